@@ -1,0 +1,365 @@
+//! The application: routes, channel layers, middleware and limits, served by [`crate::server`],
+//! by any hyper server you already run, or in-process by [`crate::testing`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{WebsocketLimits, setters};
+use crate::http::{HttpRequest, HttpResponse, text};
+use crate::io::WsStream;
+use crate::layer::{ChannelLayer, ChannelLayers};
+use crate::middleware::{Middleware, Rejection};
+use crate::routing::{CompiledRouter, Endpoints, Resolved, Router};
+use crate::runtime::{Handshake, Session};
+use crate::scope::{Scope, ScopeKind};
+
+/// Application-wide limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppLimits {
+    /// Open WebSocket connections at most; further upgrades get 503. Default 10,000.
+    pub max_connections: usize,
+    /// Largest HTTP request body; larger ones get 413. Default 1 MiB.
+    pub max_http_body_size: usize,
+    /// How long shutdown waits for connections to close and run `disconnect`. Default 10 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        Self { max_connections: 10_000, max_http_body_size: 1 << 20, shutdown_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl AppLimits {
+    setters! {
+        /// Sets [`max_connections`](Self::max_connections).
+        max_connections: usize,
+        /// Sets [`max_http_body_size`](Self::max_http_body_size).
+        max_http_body_size: usize,
+        /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
+        shutdown_timeout: Duration,
+    }
+}
+
+struct Inner {
+    router: CompiledRouter,
+    layers: ChannelLayers,
+    middleware: Vec<Arc<dyn Middleware>>,
+    websocket_limits: WebsocketLimits,
+    limits: AppLimits,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A routed application with its channel layers: what Django's `asgi.py` `application` is.
+///
+/// Cheap to clone (a reference count); every clone is the same application.
+///
+/// ```no_run
+/// use channels_core::prelude::*;
+/// # struct Echo;
+/// # impl WebsocketConsumer for Echo { type Event = NoEvents; }
+/// # async fn demo(layer: std::sync::Arc<dyn channels_core::layer::ChannelLayer>) -> std::io::Result<()> {
+/// let app = Application::builder(Router::new().websocket("/ws/echo/", |_: &Scope| Echo))
+///     .layer(layer)
+///     .build();
+/// Server::bind("127.0.0.1:8000").await?.serve(app).await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Application {
+    inner: Arc<Inner>,
+}
+
+/// Builds an [`Application`].
+pub struct ApplicationBuilder {
+    router: Router,
+    layers: ChannelLayers,
+    middleware: Vec<Arc<dyn Middleware>>,
+    websocket_limits: WebsocketLimits,
+    limits: AppLimits,
+}
+
+impl ApplicationBuilder {
+    /// Sets the default channel layer.
+    pub fn layer(mut self, layer: Arc<dyn ChannelLayer>) -> Self {
+        self.layers = self.layers.with_default(layer);
+        self
+    }
+
+    /// Sets every channel layer at once (aliases included).
+    pub fn layers(mut self, layers: ChannelLayers) -> Self {
+        self.layers = layers;
+        self
+    }
+
+    /// Adds middleware; it runs after the middleware added before it.
+    pub fn middleware(mut self, middleware: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// Sets the WebSocket limits for routes that do not set their own.
+    pub fn websocket_limits(mut self, limits: WebsocketLimits) -> Self {
+        self.websocket_limits = limits;
+        self
+    }
+
+    /// Sets the application-wide limits.
+    pub fn limits(mut self, limits: AppLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Builds the application.
+    ///
+    /// # Panics
+    /// On a route matchit rejects (see [`Router::route`]).
+    pub fn build(self) -> Application {
+        Application {
+            inner: Arc::new(Inner {
+                router: self.router.compile(),
+                layers: self.layers,
+                middleware: self.middleware,
+                websocket_limits: self.websocket_limits,
+                connections: Arc::new(Semaphore::new(self.limits.max_connections)),
+                limits: self.limits,
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+}
+
+/// The outcome of a WebSocket handshake, before any socket exists.
+pub(crate) enum Upgrade {
+    Accept { acceptance: crate::context::Acceptance, session: Session, limits: WebsocketLimits, permit: tokio::sync::OwnedSemaphorePermit },
+    Refuse { status: StatusCode, code: u16, reason: String },
+}
+
+impl Application {
+    /// Starts building an application around `router`.
+    pub fn builder(router: Router) -> ApplicationBuilder {
+        ApplicationBuilder {
+            router,
+            layers: ChannelLayers::new(),
+            middleware: Vec::new(),
+            websocket_limits: WebsocketLimits::default(),
+            limits: AppLimits::default(),
+        }
+    }
+
+    /// The configured channel layers.
+    pub fn layers(&self) -> &ChannelLayers {
+        &self.inner.layers
+    }
+
+    /// The application-wide limits.
+    pub fn limits(&self) -> &AppLimits {
+        &self.inner.limits
+    }
+
+    /// Open WebSocket connections right now.
+    pub fn open_connections(&self) -> usize {
+        self.inner.limits.max_connections - self.inner.connections.available_permits()
+    }
+
+    /// True once [`shutdown`](Self::shutdown) has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Closes every WebSocket with 1001 and waits, up to the shutdown timeout, for their
+    /// `disconnect` hooks. Returns how many connections were still open when it gave up.
+    pub async fn shutdown(&self) -> usize {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        let waited = tokio::time::timeout(self.inner.limits.shutdown_timeout, self.inner.tracker.wait()).await;
+        if waited.is_err() { self.inner.tracker.len() } else { 0 }
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Spawns a connection's task so that shutdown can wait for it.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.inner.tracker.spawn(task);
+    }
+
+    async fn scope_through_middleware(&self, mut scope: Scope) -> Result<Scope, Rejection> {
+        for middleware in &self.inner.middleware {
+            middleware.process(&mut scope).await?;
+        }
+        Ok(scope)
+    }
+
+    fn resolve(&self, scope: &mut Scope) -> Option<(Endpoints, Option<String>)> {
+        match self.inner.router.resolve(scope.raw_path()) {
+            Resolved::Found { endpoints, params } => {
+                scope.set_params(params);
+                Some((endpoints.clone(), None))
+            }
+            Resolved::Slash { endpoints, params, canonical } => {
+                scope.set_params(params);
+                Some((endpoints.clone(), Some(canonical)))
+            }
+            Resolved::NotFound => None,
+        }
+    }
+
+    /// Routes a WebSocket scope and runs the consumer's handshake (groups and `connect`).
+    pub(crate) async fn websocket_handshake(&self, scope: Scope) -> Upgrade {
+        let refuse = |status: StatusCode, reason: String| Upgrade::Refuse { status, code: crate::consumer::close_code::NORMAL, reason };
+        if self.is_shutting_down() {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into());
+        }
+        let mut scope = match self.scope_through_middleware(scope).await {
+            Ok(scope) => scope,
+            Err(rejection) => {
+                tracing::info!(status = %rejection.status, reason = %rejection.reason, "websocket refused by middleware");
+                return refuse(rejection.status, rejection.reason);
+            }
+        };
+        let Some(endpoint) = self.resolve(&mut scope).and_then(|(e, _)| e.websocket) else {
+            return refuse(StatusCode::FORBIDDEN, format!("no websocket route for {}", scope.path()));
+        };
+        let Ok(permit) = self.inner.connections.clone().try_acquire_owned() else {
+            tracing::warn!(max = self.inner.limits.max_connections, "connection limit reached; refusing a websocket");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections".into());
+        };
+        let limits = endpoint.limits().unwrap_or(&self.inner.websocket_limits).clone();
+        match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.shutdown.clone()).await {
+            Handshake::Accept { acceptance, session } => Upgrade::Accept { acceptance, session, limits, permit },
+            Handshake::Deny { status, code } => Upgrade::Refuse { status, code, reason: "websocket connection denied".into() },
+        }
+    }
+
+    /// Routes and answers an HTTP request whose body has been collected.
+    pub(crate) async fn http_request(&self, scope: Scope, body: Bytes) -> HttpResponse {
+        let mut scope = match self.scope_through_middleware(scope).await {
+            Ok(scope) => scope,
+            Err(rejection) => return text(rejection.status, rejection.reason),
+        };
+        let Some((endpoints, canonical)) = self.resolve(&mut scope) else {
+            return text(StatusCode::NOT_FOUND, "not found");
+        };
+        let Some(handler) = endpoints.http else {
+            return text(StatusCode::UPGRADE_REQUIRED, "this path takes WebSocket connections only");
+        };
+        if let Some(canonical) = canonical {
+            if matches!(*scope.method(), Method::GET | Method::HEAD) {
+                let query = scope.query_string();
+                let location = if query.is_empty() { canonical } else { format!("{canonical}?{query}") };
+                let mut response = text(StatusCode::PERMANENT_REDIRECT, "");
+                if let Ok(value) = HeaderValue::try_from(location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                return response;
+            }
+        }
+        handler.call(HttpRequest { scope, body }).await
+    }
+
+    /// Answers one hyper request: an HTTP request, or a WebSocket upgrade.
+    ///
+    /// `client` and `server` are the connection's addresses, for the scope.
+    pub async fn handle(&self, mut request: Request<Incoming>, client: Option<SocketAddr>, server: Option<SocketAddr>) -> HttpResponse {
+        if hyper_tungstenite::is_upgrade_request(&request) {
+            return self.upgrade(&mut request, client, server).await;
+        }
+        let (parts, body) = request.into_parts();
+        let scope = Scope::from_request(ScopeKind::Http, parts.method, &parts.uri, parts.headers, client, server);
+        let body = match Limited::new(body, self.inner.limits.max_http_body_size).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            }
+            Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the request body"),
+        };
+        self.http_request(scope, body).await
+    }
+
+    async fn upgrade(&self, request: &mut Request<Incoming>, client: Option<SocketAddr>, server: Option<SocketAddr>) -> HttpResponse {
+        let scope = Scope::from_request(
+            ScopeKind::Websocket,
+            request.method().clone(),
+            request.uri(),
+            request.headers().clone(),
+            client,
+            server,
+        );
+        let (acceptance, session, limits, permit) = match self.websocket_handshake(scope).await {
+            Upgrade::Accept { acceptance, session, limits, permit } => (acceptance, session, limits, permit),
+            Upgrade::Refuse { status, reason, .. } => return text(status, reason),
+        };
+        let (response, websocket) = match hyper_tungstenite::upgrade(&mut *request, Some(limits.tungstenite_config())) {
+            Ok(pair) => pair,
+            Err(e) => {
+                self.spawn(async move {
+                    session(None).await;
+                    drop(permit);
+                });
+                return text(StatusCode::BAD_REQUEST, format!("bad websocket handshake: {e}"));
+            }
+        };
+        self.spawn(async move {
+            let socket = match websocket.await {
+                Ok(ws) => Some(Box::new(ws) as WsStream),
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    None
+                }
+            };
+            session(socket).await;
+            drop(permit);
+        });
+        let mut response = response.map(|body| body.map_err(|never: Infallible| match never {}).boxed());
+        if let Some(protocol) = acceptance.subprotocol.as_deref().and_then(|p| HeaderValue::try_from(p).ok()) {
+            response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        for (name, value) in acceptance.headers {
+            response.headers_mut().append(name, value);
+        }
+        response
+    }
+
+    /// This application as a hyper service for one connection, to mount it in a hyper server
+    /// you already run. Serve the connection `with_upgrades()` so WebSockets work.
+    pub fn service(&self, client: Option<SocketAddr>, server: Option<SocketAddr>) -> AppService {
+        AppService { app: self.clone(), client, server }
+    }
+}
+
+/// An [`Application`] as a `hyper::service::Service` for one connection.
+#[derive(Clone)]
+pub struct AppService {
+    app: Application,
+    client: Option<SocketAddr>,
+    server: Option<SocketAddr>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for AppService {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let AppService { app, client, server } = self.clone();
+        Box::pin(async move { Ok(app.handle(request, client, server).await) })
+    }
+}

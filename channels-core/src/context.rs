@@ -1,0 +1,326 @@
+//! The per-connection handle a consumer's hooks get: accept, send, close, and layer operations.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use http::{HeaderName, HeaderValue};
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use crate::consumer::{Utf8Bytes, close_code_from};
+use crate::io::WsStream;
+use crate::layer::{ChannelLayer, GroupError, GroupSendReport, Message, MessageError, SendError};
+use crate::scope::Scope;
+
+/// Why a [`WebsocketContext`] operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// No channel layer is configured for this consumer's alias.
+    NoLayer,
+    /// Frames can be sent only after [`WebsocketContext::accept`].
+    NotAccepted,
+    /// The connection is closed or closing.
+    Closed,
+    /// The client did not take the frame within the send timeout (a slow or dead client).
+    SendTimeout,
+    /// A subprotocol the client did not offer, or a bad header, was given to `accept`.
+    InvalidAccept(String),
+    /// The value is not a valid layer message.
+    Message(MessageError),
+    /// `send` to a channel failed.
+    Send(SendError),
+    /// A group operation failed.
+    Group(GroupError),
+    /// The value could not be encoded as JSON.
+    Json(serde_json::Error),
+    /// The socket failed.
+    Socket(tokio_tungstenite::tungstenite::Error),
+}
+
+impl fmt::Display for ContextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoLayer => f.write_str("no channel layer is configured for this consumer"),
+            Self::NotAccepted => f.write_str("the connection has not been accepted"),
+            Self::Closed => f.write_str("the connection is closed"),
+            Self::SendTimeout => f.write_str("the client did not read in time"),
+            Self::InvalidAccept(e) => write!(f, "invalid accept: {e}"),
+            Self::Message(e) => e.fmt(f),
+            Self::Send(e) => e.fmt(f),
+            Self::Group(e) => e.fmt(f),
+            Self::Json(e) => write!(f, "JSON encoding failed: {e}"),
+            Self::Socket(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ContextError {}
+
+/// How the connection was accepted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Acceptance {
+    pub(crate) subprotocol: Option<String>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum State {
+    /// `connect` is running; frames sent after `accept` wait here for the upgrade.
+    Connecting { accepted: Option<Acceptance>, pending: Vec<WsMessage>, closing: Option<u16> },
+    /// `connect` denied; the code is reported to test communicators.
+    Denied { code: u16 },
+    Open,
+    /// The server sent a close frame with this code.
+    Closing { code: u16 },
+    /// The socket is gone (or unusable).
+    Closed,
+}
+
+/// A connection's handle, passed to every [`WebsocketConsumer`](crate::consumer::WebsocketConsumer) hook.
+///
+/// Sends go straight to the socket (after `connect` they are held until the upgrade completes).
+/// Layer operations use this connection's [`channel_name`](Self::channel_name).
+pub struct WebsocketContext {
+    scope: Scope,
+    layer: Option<Arc<dyn ChannelLayer>>,
+    channel_name: Option<String>,
+    pub(crate) state: State,
+    /// In a mutex only so that the context is `Sync`; it is reached through `get_mut`, never locked.
+    socket: Option<std::sync::Mutex<WsStream>>,
+    pub(crate) send_timeout: Duration,
+}
+
+impl fmt::Debug for WebsocketContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebsocketContext")
+            .field("path", &self.scope.path())
+            .field("channel_name", &self.channel_name)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl WebsocketContext {
+    pub(crate) fn new(
+        scope: Scope,
+        layer: Option<Arc<dyn ChannelLayer>>,
+        channel_name: Option<String>,
+        send_timeout: Duration,
+    ) -> Self {
+        Self {
+            scope,
+            layer,
+            channel_name,
+            state: State::Connecting { accepted: None, pending: Vec::new(), closing: None },
+            socket: None,
+            send_timeout,
+        }
+    }
+
+    pub(crate) fn attach(&mut self, socket: WsStream) {
+        self.socket = Some(std::sync::Mutex::new(socket));
+    }
+
+    pub(crate) fn detach(&mut self) {
+        self.socket = None;
+    }
+
+    pub(crate) fn socket_mut(&mut self) -> Option<&mut WsStream> {
+        self.socket.as_mut().map(|m| m.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The connection's scope.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// This connection's channel name, when a channel layer is configured.
+    pub fn channel_name(&self) -> Option<&str> {
+        self.channel_name.as_deref()
+    }
+
+    /// The channel layer, when one is configured.
+    pub fn channel_layer(&self) -> Option<&Arc<dyn ChannelLayer>> {
+        self.layer.as_ref()
+    }
+
+    /// Accepts the connection (inside `connect`). The 101 response goes out when `connect` returns.
+    pub fn accept(&mut self) {
+        self.accept_with(None, Vec::new()).unwrap_or_default();
+    }
+
+    /// Accepts, selecting `subprotocol`, which must be one the client offered.
+    pub fn accept_subprotocol(&mut self, subprotocol: &str) -> Result<(), ContextError> {
+        self.accept_with(Some(subprotocol), Vec::new())
+    }
+
+    /// Accepts with an optional subprotocol and extra response headers.
+    pub fn accept_with(&mut self, subprotocol: Option<&str>, headers: Vec<(String, String)>) -> Result<(), ContextError> {
+        if let Some(p) = subprotocol {
+            if !self.scope.subprotocols().iter().any(|offered| offered == p) {
+                return Err(ContextError::InvalidAccept(format!("the client did not offer subprotocol {p:?}")));
+            }
+        }
+        let headers = headers
+            .into_iter()
+            .map(|(k, v)| match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+                (Ok(k), Ok(v)) => Ok((k, v)),
+                _ => Err(ContextError::InvalidAccept(format!("invalid header {k:?}: {v:?}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        match &mut self.state {
+            State::Connecting { accepted, .. } => {
+                *accepted = Some(Acceptance { subprotocol: subprotocol.map(str::to_owned), headers });
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Denies the connection (inside `connect`): the client gets HTTP 403.
+    pub fn deny(&mut self) {
+        self.deny_with_code(crate::consumer::close_code::NORMAL);
+    }
+
+    fn deny_with_code(&mut self, code: u16) {
+        if matches!(self.state, State::Connecting { .. }) {
+            self.state = State::Denied { code };
+        }
+    }
+
+    /// True once `accept` was called (and the connection is not closed).
+    pub fn is_accepted(&self) -> bool {
+        matches!(self.state, State::Connecting { accepted: Some(_), .. } | State::Open)
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), ContextError> {
+        self.send_frame(WsMessage::Text(text.into())).await
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, data: impl Into<Bytes>) -> Result<(), ContextError> {
+        self.send_frame(WsMessage::Binary(data.into())).await
+    }
+
+    /// Sends `value` as a JSON text frame.
+    pub async fn send_json<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ContextError> {
+        let text = serde_json::to_string(value).map_err(ContextError::Json)?;
+        self.send_text(text).await
+    }
+
+    async fn send_frame(&mut self, frame: WsMessage) -> Result<(), ContextError> {
+        match &mut self.state {
+            State::Connecting { accepted: Some(_), pending, closing: None } => {
+                pending.push(frame);
+                Ok(())
+            }
+            State::Connecting { closing: Some(_), .. } => Err(ContextError::Closed),
+            State::Connecting { accepted: None, .. } => Err(ContextError::NotAccepted),
+            State::Denied { .. } | State::Closing { .. } | State::Closed => Err(ContextError::Closed),
+            State::Open => self.write(frame).await,
+        }
+    }
+
+    /// Writes one frame within the send timeout; a failure marks the socket closed.
+    pub(crate) async fn write(&mut self, frame: WsMessage) -> Result<(), ContextError> {
+        let send_timeout = self.send_timeout;
+        let Some(socket) = self.socket_mut() else {
+            return Err(ContextError::Closed);
+        };
+        let result = match tokio::time::timeout(send_timeout, socket.send(frame)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => ContextError::Socket(e),
+            Err(_) => ContextError::SendTimeout,
+        };
+        self.state = State::Closed;
+        Err(result)
+    }
+
+    /// Closes the connection with `code` (1000 is normal; 4000-4999 are yours). Inside `connect`,
+    /// before `accept`, this denies with HTTP 403 and reports `code` to test communicators.
+    pub async fn close(&mut self, code: u16) -> Result<(), ContextError> {
+        self.close_with_reason(code, "").await
+    }
+
+    /// Closes the connection with a code and a reason (at most 123 bytes; longer is cut).
+    pub async fn close_with_reason(&mut self, code: u16, reason: &str) -> Result<(), ContextError> {
+        match &mut self.state {
+            State::Connecting { accepted: None, .. } => {
+                self.deny_with_code(code);
+                Ok(())
+            }
+            State::Connecting { accepted: Some(_), pending, closing } => {
+                if closing.is_none() {
+                    pending.push(close_message(code, reason));
+                    *closing = Some(code);
+                }
+                Ok(())
+            }
+            State::Open => {
+                self.state = State::Closing { code };
+                let send_timeout = self.send_timeout;
+                let Some(socket) = self.socket_mut() else {
+                    return Err(ContextError::Closed);
+                };
+                match tokio::time::timeout(send_timeout, socket.send(close_message(code, reason))).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(ContextError::Socket(e)),
+                    Err(_) => Err(ContextError::SendTimeout),
+                }
+            }
+            State::Denied { .. } | State::Closing { .. } | State::Closed => Ok(()),
+        }
+    }
+
+    // ---- channel layer operations ----
+
+    fn layer_and_channel(&self) -> Result<(&Arc<dyn ChannelLayer>, &str), ContextError> {
+        match (&self.layer, &self.channel_name) {
+            (Some(layer), Some(name)) => Ok((layer, name)),
+            _ => Err(ContextError::NoLayer),
+        }
+    }
+
+    /// Adds this connection to `group`.
+    pub async fn group_add(&self, group: &str) -> Result<(), ContextError> {
+        let (layer, channel) = self.layer_and_channel()?;
+        layer.group_add(group, channel).await.map_err(ContextError::Group)
+    }
+
+    /// Removes this connection from `group`.
+    pub async fn group_discard(&self, group: &str) -> Result<(), ContextError> {
+        let (layer, channel) = self.layer_and_channel()?;
+        layer.group_discard(group, channel).await.map_err(ContextError::Group)
+    }
+
+    /// Encodes `event` once and sends it to every member of `group` (this connection included,
+    /// if it is a member).
+    pub async fn group_send<T: Serialize + ?Sized>(&self, group: &str, event: &T) -> Result<GroupSendReport, ContextError> {
+        let (layer, _) = self.layer_and_channel()?;
+        let message = Message::new(event).map_err(ContextError::Message)?;
+        layer.group_send(group, message).await.map_err(ContextError::Group)
+    }
+
+    /// Sends `event` to one channel (another connection's [`channel_name`](Self::channel_name),
+    /// or a worker channel).
+    pub async fn send_to<T: Serialize + ?Sized>(&self, channel: &str, event: &T) -> Result<(), ContextError> {
+        let (layer, _) = self.layer_and_channel()?;
+        let message = Message::new(event).map_err(ContextError::Message)?;
+        layer.send(channel, message).await.map_err(ContextError::Send)
+    }
+}
+
+/// A close frame; the reason is cut to the 123 bytes a control frame allows, on a char boundary.
+pub(crate) fn close_message(code: u16, reason: &str) -> WsMessage {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    WsMessage::Close(Some(CloseFrame { code: close_code_from(code), reason: reason[..end].into() }))
+}

@@ -1,0 +1,138 @@
+//! Plain HTTP endpoints beside the WebSocket ones: pages, static files, small APIs.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+use crate::scope::Scope;
+
+/// The body type of every response the application produces.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// An HTTP response.
+pub type HttpResponse = http::Response<Body>;
+
+/// An HTTP request as handlers see it: the scope and the whole body (collected up to the
+/// application's `max_http_body_size`).
+#[derive(Debug)]
+pub struct HttpRequest {
+    /// Method, path, query, headers, route params, addresses and middleware extensions.
+    pub scope: Scope,
+    /// The request body.
+    pub body: Bytes,
+}
+
+/// Something that answers HTTP requests. Any `async fn(HttpRequest) -> HttpResponse` is one.
+pub trait HttpHandler: Send + Sync + 'static {
+    /// Answers one request.
+    fn call(&self, request: HttpRequest) -> BoxFuture<'static, HttpResponse>;
+}
+
+impl<F, Fut> HttpHandler for F
+where
+    F: Fn(HttpRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HttpResponse> + Send + 'static,
+{
+    fn call(&self, request: HttpRequest) -> BoxFuture<'static, HttpResponse> {
+        Box::pin(self(request))
+    }
+}
+
+/// Wraps bytes as a response body.
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+/// A response with a status, a content type and a body.
+pub fn response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = http::Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    response(status, "text/plain; charset=utf-8", body)
+}
+
+/// A JSON response (500 if `value` cannot be encoded).
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> HttpResponse {
+    match serde_json::to_vec(value) {
+        Ok(body) => response(status, "application/json", body),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("could not encode JSON: {e}")),
+    }
+}
+
+/// A handler that serves one fixed page (an example's HTML, compiled in with `include_str!`).
+///
+/// ```
+/// use channels_core::routing::Router;
+/// use channels_core::http::page;
+/// let router = Router::new().http("/", page("text/html; charset=utf-8", "<h1>hello</h1>"));
+/// ```
+pub fn page(content_type: &'static str, body: &'static str) -> impl HttpHandler {
+    move |request: HttpRequest| async move {
+        if request.scope.method() == http::Method::GET || request.scope.method() == http::Method::HEAD {
+            response(StatusCode::OK, content_type, body)
+        } else {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+    }
+}
+
+/// A handler that serves the files under `root`; mount it on a route ending in `{*path}`.
+///
+/// Paths that try to leave `root` (`..`, absolute paths) get 404.
+pub fn static_files(root: impl Into<PathBuf>) -> impl HttpHandler {
+    let root: PathBuf = root.into();
+    move |request: HttpRequest| {
+        let root = root.clone();
+        async move {
+            let Some(relative) = request.scope.param("path").and_then(safe_relative_path) else {
+                return text(StatusCode::NOT_FOUND, "not found");
+            };
+            match tokio::fs::read(root.join(&relative)).await {
+                Ok(bytes) => response(StatusCode::OK, content_type_for(&relative), bytes),
+                Err(_) => text(StatusCode::NOT_FOUND, "not found"),
+            }
+        }
+    }
+}
+
+fn safe_relative_path(path: &str) -> Option<PathBuf> {
+    let path = Path::new(path);
+    path.components().all(|c| matches!(c, Component::Normal(_))).then(|| path.to_path_buf())
+}
+
+fn content_type_for(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("txt") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_is_refused() {
+        assert!(safe_relative_path("a/b.js").is_some());
+        for bad in ["../secret", "/etc/passwd", "a/../../b", "./a"] {
+            assert!(safe_relative_path(bad).is_none(), "{bad}");
+        }
+    }
+}

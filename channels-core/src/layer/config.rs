@@ -1,0 +1,235 @@
+//! Layer settings shared by every backend, and the URL form they are written in.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A layer URL or setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid channel layer configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The settings every layer understands, with Django's defaults.
+///
+/// ```
+/// use channels_core::layer::LayerConfig;
+/// let config = LayerConfig::default().capacity(500).channel_capacity("http.response*", 1000);
+/// assert_eq!(config.capacity_for("http.response!x"), 1000);
+/// assert_eq!(config.capacity_for("specific.a!b"), 500);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LayerConfig {
+    /// Messages a channel holds before `send` fails with `ChannelFull` (default 100).
+    pub capacity: usize,
+    /// Per-channel capacities as `(glob, capacity)`; the first matching glob wins.
+    pub channel_capacity: Vec<(String, usize)>,
+    /// How long an undelivered message lives (default 60 s).
+    pub expiry: Duration,
+    /// How long a group membership lives after its last `group_add` (default 86,400 s).
+    pub group_expiry: Duration,
+}
+
+impl Default for LayerConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 100,
+            channel_capacity: Vec::new(),
+            expiry: Duration::from_secs(60),
+            group_expiry: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl LayerConfig {
+    /// Sets the default per-channel capacity.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Adds a capacity for channels whose name matches `glob` (`*`, `?`, `[abc]`, `[!abc]`).
+    pub fn channel_capacity(mut self, glob: impl Into<String>, capacity: usize) -> Self {
+        self.channel_capacity.push((glob.into(), capacity));
+        self
+    }
+
+    /// Sets the message expiry.
+    pub fn expiry(mut self, expiry: Duration) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// Sets the group membership expiry.
+    pub fn group_expiry(mut self, group_expiry: Duration) -> Self {
+        self.group_expiry = group_expiry;
+        self
+    }
+
+    /// The capacity that applies to `channel` (its full name, local part included).
+    pub fn capacity_for(&self, channel: &str) -> usize {
+        self.channel_capacity
+            .iter()
+            .find(|(glob, _)| glob_matches(glob.as_bytes(), channel.as_bytes()))
+            .map_or(self.capacity, |&(_, capacity)| capacity)
+    }
+
+    /// Reads `capacity`, `expiry`, `group_expiry` (seconds) and `channel_capacity`
+    /// (`glob:n`, repeatable) from a URL's parameters, removing the ones it uses.
+    pub fn take_from(url: &mut LayerUrl) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        let mut rest = Vec::new();
+        for (key, value) in url.params.drain(..) {
+            match key.as_str() {
+                "capacity" => config.capacity = parse_number(&key, &value)?,
+                "expiry" => config.expiry = Duration::from_secs(parse_number(&key, &value)?),
+                "group_expiry" => config.group_expiry = Duration::from_secs(parse_number(&key, &value)?),
+                "channel_capacity" => {
+                    let (glob, n) = value
+                        .rsplit_once(':')
+                        .ok_or_else(|| ConfigError(format!("channel_capacity {value:?} is not GLOB:N")))?;
+                    config.channel_capacity.push((glob.to_owned(), parse_number(&key, n)?));
+                }
+                _ => rest.push((key, value)),
+            }
+        }
+        url.params = rest;
+        if config.capacity == 0 {
+            return Err(ConfigError("capacity must be at least 1".into()));
+        }
+        if config.expiry.is_zero() || config.group_expiry.is_zero() {
+            return Err(ConfigError("expiry and group_expiry must be at least 1 second".into()));
+        }
+        Ok(config)
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
+    value.parse().map_err(|_| ConfigError(format!("{key}={value:?} is not a whole number")))
+}
+
+/// Shell-style glob match (Python's `fnmatch` without case folding).
+fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.first() {
+        None => text.is_empty(),
+        Some(b'*') => (0..=text.len()).any(|i| glob_matches(&pattern[1..], &text[i..])),
+        Some(b'?') => !text.is_empty() && glob_matches(&pattern[1..], &text[1..]),
+        Some(b'[') => match (pattern.iter().position(|&b| b == b']'), text.first()) {
+            (Some(end), Some(&c)) if end > 1 => {
+                let (negate, set) = match pattern[1] {
+                    b'!' => (true, &pattern[2..end]),
+                    _ => (false, &pattern[1..end]),
+                };
+                set.contains(&c) != negate && glob_matches(&pattern[end + 1..], &text[1..])
+            }
+            (Some(_), _) => false,
+            (None, _) => text.first() == Some(&b'[') && glob_matches(&pattern[1..], &text[1..]),
+        },
+        Some(&p) => text.first() == Some(&p) && glob_matches(&pattern[1..], &text[1..]),
+    }
+}
+
+/// A parsed layer URL: `scheme://host1,host2/path?key=value&...`.
+///
+/// ```
+/// use channels_core::layer::LayerUrl;
+/// let url = LayerUrl::parse("redis://a:6379,b:6380/0?prefix=asgi&capacity=100").unwrap();
+/// assert_eq!(url.scheme, "redis");
+/// assert_eq!(url.hosts, ["a:6379", "b:6380"]);
+/// assert_eq!(url.path, "/0");
+/// assert_eq!(url.params[0], ("prefix".to_string(), "asgi".to_string()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LayerUrl {
+    /// `memory`, `redis`, `redis+pubsub`, ...
+    pub scheme: String,
+    /// The comma-separated hosts of the authority part, in order.
+    pub hosts: Vec<String>,
+    /// Everything between the authority and `?` (empty or starting with `/`).
+    pub path: String,
+    /// The query parameters, percent-decoded, in order.
+    pub params: Vec<(String, String)>,
+}
+
+impl LayerUrl {
+    /// Parses a layer URL.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| ConfigError(format!("{url:?} is not a URL like memory:// or redis://host:6379")))?;
+        if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
+            return Err(ConfigError(format!("{url:?} has an invalid scheme")));
+        }
+        let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, path) = match before_query.find('/') {
+            Some(i) => before_query.split_at(i),
+            None => (before_query, ""),
+        };
+        let hosts = authority.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect();
+        let params = crate::scope::parse_query(query);
+        Ok(Self { scheme: scheme.to_ascii_lowercase(), hosts, path: path.to_owned(), params })
+    }
+
+    /// Fails when parameters are left that no part of the layer understood.
+    pub fn reject_unknown_params(&self) -> Result<(), ConfigError> {
+        match self.params.first() {
+            Some((key, _)) => Err(ConfigError(format!("unknown parameter {key:?} for {}://", self.scheme))),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_like_fnmatch() {
+        assert!(glob_matches(b"http.response*", b"http.response!abc"));
+        assert!(glob_matches(b"a?c", b"abc"));
+        assert!(!glob_matches(b"a?c", b"ac"));
+        assert!(glob_matches(b"[ab]x", b"bx"));
+        assert!(!glob_matches(b"[!ab]x", b"bx"));
+        assert!(glob_matches(b"*", b""));
+        assert!(!glob_matches(b"abc", b"abcd"));
+        assert!(glob_matches(b"[", b"["));
+    }
+
+    #[test]
+    fn first_matching_capacity_wins() {
+        let c = LayerConfig::default().channel_capacity("a*", 1).channel_capacity("ab*", 2);
+        assert_eq!(c.capacity_for("abc"), 1);
+        assert_eq!(c.capacity_for("zzz"), 100);
+    }
+
+    #[test]
+    fn url_parameters_fill_the_config() {
+        let mut url =
+            LayerUrl::parse("memory://?capacity=5&expiry=2&group_expiry=3&channel_capacity=x*:9&other=1").unwrap();
+        let c = LayerConfig::take_from(&mut url).unwrap();
+        assert_eq!(c.capacity, 5);
+        assert_eq!(c.expiry, Duration::from_secs(2));
+        assert_eq!(c.group_expiry, Duration::from_secs(3));
+        assert_eq!(c.capacity_for("xy"), 9);
+        assert_eq!(url.params, vec![("other".to_string(), "1".to_string())]);
+        assert!(url.reject_unknown_params().is_err());
+    }
+
+    #[test]
+    fn bad_urls_are_clear_errors() {
+        for bad in ["memory", "://x", "mem ory://", ""] {
+            assert!(LayerUrl::parse(bad).is_err(), "{bad}");
+        }
+        for bad in ["memory://?capacity=-1", "memory://?capacity=0", "memory://?expiry=x", "memory://?channel_capacity=x"] {
+            let mut url = LayerUrl::parse(bad).unwrap();
+            assert!(LayerConfig::take_from(&mut url).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The layer message envelope: a msgpack map with a string `"type"` key, encoded once.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Why a value could not become a [`Message`], or a [`Message`] could not be decoded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The value did not serialize, or the bytes did not deserialize, with msgpack.
+    Codec(String),
+    /// The encoded value is not a map (Django messages are dicts).
+    NotAMap,
+    /// The map has no string `"type"` key.
+    MissingType,
+    /// The map uses a key reserved by the layer (`__asgi_channel__`).
+    ReservedKey(&'static str),
+}
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Codec(e) => write!(f, "message codec error: {e}"),
+            Self::NotAMap => f.write_str("a layer message must encode as a map"),
+            Self::MissingType => f.write_str("a layer message needs a string \"type\" key"),
+            Self::ReservedKey(k) => write!(f, "the key {k:?} is reserved for the channel layer"),
+        }
+    }
+}
+
+impl std::error::Error for MessageError {}
+
+/// The key the Redis layer uses to route a message to process-local channels; senders must not set it.
+pub const RESERVED_CHANNEL_KEY: &str = "__asgi_channel__";
+
+/// A channel-layer message.
+///
+/// A message is a msgpack map with a string `"type"` key, like the dicts Django Channels sends
+/// (`{"type": "chat.message", ...}`). It is encoded **once**, when it is built, and then shared
+/// by reference: cloning a `Message` copies a pointer, so a `group_send` to a thousand members
+/// neither re-encodes nor copies the payload.
+///
+/// ```
+/// use channels_core::layer::Message;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// #[serde(tag = "type", rename = "chat.message")]
+/// struct ChatMessage { text: String }
+///
+/// let msg = Message::new(&ChatMessage { text: "hi".into() }).unwrap();
+/// assert_eq!(msg.message_type(), "chat.message");
+/// let back: ChatMessage = msg.decode().unwrap();
+/// assert_eq!(back.text, "hi");
+/// ```
+#[derive(Clone)]
+pub struct Message {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bytes: Vec<u8>,
+    message_type: Box<str>,
+}
+
+#[derive(Deserialize)]
+struct TypeOnly<'a> {
+    #[serde(rename = "type", borrow)]
+    message_type: Option<&'a str>,
+    #[serde(rename = "__asgi_channel__", default)]
+    reserved: Option<serde::de::IgnoredAny>,
+}
+
+impl Message {
+    /// Encodes `value` (structs as maps, strings as str, byte buffers as bin) into a message.
+    ///
+    /// Fails if the value is not a map with a string `"type"` key, or if it sets the reserved
+    /// `__asgi_channel__` key.
+    pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self, MessageError> {
+        let bytes = rmp_serde::to_vec_named(value).map_err(|e| MessageError::Codec(e.to_string()))?;
+        Self::from_msgpack(bytes)
+    }
+
+    /// Wraps bytes that already hold a msgpack map, checking the same rules as [`Message::new`].
+    pub fn from_msgpack(bytes: Vec<u8>) -> Result<Self, MessageError> {
+        match bytes.first() {
+            Some(0x80..=0x8f | 0xde | 0xdf) => {}
+            _ => return Err(MessageError::NotAMap),
+        }
+        let head: TypeOnly<'_> =
+            rmp_serde::from_slice(&bytes).map_err(|e| MessageError::Codec(e.to_string()))?;
+        if head.reserved.is_some() {
+            return Err(MessageError::ReservedKey(RESERVED_CHANNEL_KEY));
+        }
+        let message_type = head.message_type.ok_or(MessageError::MissingType)?.into();
+        Ok(Self { inner: Arc::new(Inner { bytes, message_type }) })
+    }
+
+    /// The message's `"type"`, such as `"chat.message"`.
+    pub fn message_type(&self) -> &str {
+        &self.inner.message_type
+    }
+
+    /// The encoded msgpack map.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.inner.bytes
+    }
+
+    /// Decodes the message into a typed value, typically a consumer's `Event` enum.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
+        rmp_serde::from_slice(&self.inner.bytes).map_err(|e| MessageError::Codec(e.to_string()))
+    }
+
+    /// Decodes the message into an untyped msgpack value, for bridges and tools.
+    pub fn to_value(&self) -> Result<rmpv::Value, MessageError> {
+        self.decode()
+    }
+
+    /// True when both handles share one encoded buffer (no copy was made between them).
+    pub fn shares_buffer_with(&self, other: &Message) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("type", &self.message_type())
+            .field("len", &self.inner.bytes.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize)]
+    struct Job {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        x: u8,
+    }
+
+    #[test]
+    fn struct_encodes_as_the_same_bytes_as_python_msgpack() {
+        let msg = Message::new(&Job { kind: "job", x: 2 }).unwrap();
+        // msgpack.packb({"type": "job", "x": 2})
+        assert_eq!(msg.as_bytes(), [0x82, 0xa4, b't', b'y', b'p', b'e', 0xa3, b'j', b'o', b'b', 0xa1, b'x', 0x02]);
+    }
+
+    #[test]
+    fn non_map_values_are_rejected() {
+        assert!(matches!(Message::new(&[1, 2]), Err(MessageError::NotAMap)));
+        assert!(matches!(Message::new("text"), Err(MessageError::NotAMap)));
+    }
+
+    #[test]
+    fn a_map_without_type_is_rejected() {
+        let mut m = BTreeMap::new();
+        m.insert("text", "hi");
+        assert!(matches!(Message::new(&m), Err(MessageError::MissingType)));
+    }
+
+    #[test]
+    fn a_non_string_type_is_rejected() {
+        let mut m = BTreeMap::new();
+        m.insert("type", 5);
+        assert!(matches!(Message::new(&m), Err(MessageError::Codec(_))));
+    }
+
+    #[test]
+    fn the_reserved_routing_key_is_rejected() {
+        let mut m = BTreeMap::new();
+        m.insert("type", "x");
+        m.insert("__asgi_channel__", "y");
+        assert!(matches!(Message::new(&m), Err(MessageError::ReservedKey(_))));
+    }
+
+    #[test]
+    fn garbage_bytes_are_an_error_not_a_panic() {
+        for bytes in [vec![], vec![0x81], vec![0x81, 0xa4, b't'], vec![0xde, 0xff, 0xff], vec![0xc1; 10]] {
+            assert!(Message::from_msgpack(bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn clones_share_one_buffer() {
+        let a = Message::new(&Job { kind: "job", x: 1 }).unwrap();
+        let b = a.clone();
+        assert!(a.shares_buffer_with(&b));
+    }
+}

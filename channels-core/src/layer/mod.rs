@@ -1,0 +1,156 @@
+//! The channel layer: how consumers, processes and workers send each other messages.
+//!
+//! A layer moves [`Message`]s between *channels* (one per consumer, or a named worker channel)
+//! and fans them out to *groups* of channels. The trait is backend-independent; pick a backend
+//! by configuration (`memory://`, later `redis://...`) and no consumer code changes.
+
+mod config;
+mod message;
+mod names;
+mod registry;
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+pub use config::{ConfigError, LayerConfig, LayerUrl};
+pub use message::{Message, MessageError, RESERVED_CHANNEL_KEY};
+pub use names::{InvalidName, MAX_NAME_LENGTH, non_local_name, validate_channel_name, validate_group_name};
+pub use registry::{ChannelLayers, DEFAULT_ALIAS};
+
+/// A boxed error from a layer's backend (a lost Redis connection, say).
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why [`ChannelLayer::send`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The channel name breaks the naming rules.
+    InvalidName(InvalidName),
+    /// The channel already holds its capacity of messages (Django's `ChannelFull`).
+    ChannelFull {
+        /// The full channel.
+        channel: String,
+    },
+    /// The backend failed; the message may not have been queued.
+    Backend(BackendError),
+}
+
+/// Why [`ChannelLayer::receive`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The channel name breaks the naming rules.
+    InvalidName(InvalidName),
+    /// The backend failed.
+    Backend(BackendError),
+}
+
+/// Why a group operation (`group_add`, `group_discard`, `group_send`) failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// The group or channel name breaks the naming rules.
+    InvalidName(InvalidName),
+    /// The backend failed; the operation may not have taken effect.
+    Backend(BackendError),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidName(e) => e.fmt(f),
+            Self::ChannelFull { channel } => write!(f, "channel {channel:?} is full"),
+            Self::Backend(e) => write!(f, "channel layer backend error: {e}"),
+        }
+    }
+}
+
+impl fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidName(e) => e.fmt(f),
+            Self::Backend(e) => write!(f, "channel layer backend error: {e}"),
+        }
+    }
+}
+
+impl fmt::Display for GroupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidName(e) => e.fmt(f),
+            Self::Backend(e) => write!(f, "channel layer backend error: {e}"),
+        }
+    }
+}
+
+macro_rules! from_invalid_name {
+    ($($ty:ident),*) => {$(
+        impl std::error::Error for $ty {}
+        impl From<InvalidName> for $ty {
+            fn from(e: InvalidName) -> Self {
+                Self::InvalidName(e)
+            }
+        }
+    )*};
+}
+from_invalid_name!(SendError, ReceiveError, GroupError);
+
+/// What a [`ChannelLayer::group_send`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupSendReport {
+    /// Queues the message was put on.
+    pub queued: usize,
+    /// Queues that were full, so the message was dropped for them (Django drops silently;
+    /// we count and log it).
+    pub dropped_full: usize,
+}
+
+impl GroupSendReport {
+    /// A report of `queued` deliveries and `dropped_full` drops.
+    pub fn new(queued: usize, dropped_full: usize) -> Self {
+        Self { queued, dropped_full }
+    }
+}
+
+/// A channel layer backend.
+///
+/// Semantics follow Django Channels' channel layer spec: channels are FIFO with at-most-once
+/// delivery; `send` fails with [`SendError::ChannelFull`] when a channel holds its capacity;
+/// `group_send` never fails for a full member, it drops the message for that member and counts
+/// it; messages expire after `expiry`, group memberships after `group_expiry`. The same
+/// semantics suite ([`crate::testing::layer_suite`]) runs against every backend.
+///
+/// Every method is cancel-safe: dropping a pending `receive` loses no message.
+#[async_trait]
+pub trait ChannelLayer: Send + Sync + 'static {
+    /// Returns a new, unique, process-specific channel name starting with `prefix` (Django's
+    /// default prefix is `"specific"`).
+    async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError>;
+
+    /// Puts `message` on `channel`.
+    async fn send(&self, channel: &str, message: Message) -> Result<(), SendError>;
+
+    /// Waits for the next message on `channel`.
+    async fn receive(&self, channel: &str) -> Result<Message, ReceiveError>;
+
+    /// Adds `channel` to `group` (idempotent; refreshes the membership's expiry).
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError>;
+
+    /// Removes `channel` from `group` (a no-op when it is not a member).
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError>;
+
+    /// Sends `message` to every member of `group`, encoded once.
+    async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError>;
+
+    /// Drops every message and group.
+    async fn flush(&self) -> Result<(), GroupError>;
+
+    /// Releases whatever the layer holds for `channel` once its consumer is gone. Optional;
+    /// memberships still expire on their own.
+    async fn forget_channel(&self, _channel: &str) {}
+
+    /// The layer's settings.
+    fn config(&self) -> &LayerConfig;
+}

@@ -1,0 +1,51 @@
+//! The backend-independent core of channels-rs.
+//!
+//! Most applications use the [`channels`](https://docs.rs/channels) facade crate, which
+//! re-exports this one with the channel layer backends. This crate holds:
+//!
+//! | module | what it is |
+//! |---|---|
+//! | [`consumer`] | [`WebsocketConsumer`] and [`JsonWebsocketConsumer`]: per-connection hooks |
+//! | [`context`] | [`WebsocketContext`]: accept, send, close, groups, from inside a hook |
+//! | [`scope`] | [`Scope`]: path, query, headers, cookies, addresses, route params, extensions |
+//! | [`routing`] | [`Router`]: WebSocket and HTTP routes with `{name}` captures |
+//! | [`layer`] | [`ChannelLayer`](layer::ChannelLayer): the backend trait, messages, names, config |
+//! | [`middleware`] | [`Middleware`](middleware::Middleware) and [`OriginValidator`](middleware::OriginValidator) |
+//! | [`application`] | [`Application`]: routes + layers + middleware + limits; a hyper service |
+//! | [`server`] | [`Server`]: hyper + hyper-tungstenite, limits, graceful shutdown |
+//! | [`testing`] | [`WebsocketCommunicator`](testing::WebsocketCommunicator) and the layer semantics suite |
+
+pub mod application;
+pub mod config;
+pub mod consumer;
+pub mod context;
+pub mod http;
+mod io;
+pub mod layer;
+pub mod middleware;
+pub mod routing;
+mod runtime;
+pub mod scope;
+pub mod server;
+pub mod testing;
+
+pub use application::{AppLimits, AppService, Application, ApplicationBuilder};
+pub use config::WebsocketLimits;
+pub use consumer::{BoxError, Frame, HandlerResult, JsonWebsocketConsumer, NoEvents, WebsocketConsumer, close_code};
+pub use context::{ContextError, WebsocketContext};
+pub use routing::Router;
+pub use scope::Scope;
+pub use server::Server;
+
+/// Everything a consumer module usually needs.
+pub mod prelude {
+    pub use crate::application::{AppLimits, Application};
+    pub use crate::config::WebsocketLimits;
+    pub use crate::consumer::{
+        BoxError, Frame, HandlerResult, JsonFrameError, JsonWebsocketConsumer, NoEvents, WebsocketConsumer, close_code,
+    };
+    pub use crate::context::WebsocketContext;
+    pub use crate::routing::Router;
+    pub use crate::scope::Scope;
+    pub use crate::server::Server;
+}

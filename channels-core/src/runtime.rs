@@ -1,0 +1,338 @@
+//! The life of one WebSocket connection: handshake, the event loop, and the teardown.
+//!
+//! Handlers of one connection run one at a time, in order. Each loop turn waits on four things
+//! at once: a client frame, a channel-layer message, the keepalive timer and server shutdown.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WebsocketLimits;
+use crate::consumer::{Frame, HandlerResult, WebsocketConsumer, close_code};
+use crate::context::{Acceptance, State, WebsocketContext, close_message};
+use crate::io::WsStream;
+use crate::layer::{ChannelLayer, ChannelLayers, Message, ReceiveError};
+use crate::scope::Scope;
+
+/// Runs the accepted connection; `None` when the upgrade itself failed.
+pub(crate) type Session = Box<dyn FnOnce(Option<WsStream>) -> BoxFuture<'static, ()> + Send>;
+
+pub(crate) enum Handshake {
+    Accept { acceptance: Acceptance, session: Session },
+    Deny { status: StatusCode, code: u16 },
+}
+
+/// Runs a hook, turning a panic into an error so that one bad handler cannot take the
+/// connection down without its close frame and `disconnect`.
+async fn guarded(hook: impl Future<Output = HandlerResult>) -> HandlerResult {
+    match AssertUnwindSafe(hook).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(format!("handler panicked: {what}").into())
+        }
+    }
+}
+
+/// Builds the context, joins the consumer's groups and runs `connect`, all before the HTTP
+/// response: a denial is a plain 403, as the ASGI spec asks.
+pub(crate) async fn handshake<C: WebsocketConsumer>(
+    mut consumer: C,
+    scope: Scope,
+    layers: &ChannelLayers,
+    limits: WebsocketLimits,
+    shutdown: CancellationToken,
+) -> Handshake {
+    let layer = layers.get(C::LAYER_ALIAS).cloned();
+    let channel_name = match &layer {
+        Some(layer) => match layer.new_channel("specific").await {
+            Ok(name) => Some(name),
+            Err(e) => {
+                tracing::error!(error = %e, "could not create a channel for a new connection");
+                return Handshake::Deny { status: StatusCode::SERVICE_UNAVAILABLE, code: close_code::INTERNAL_ERROR };
+            }
+        },
+        None => None,
+    };
+    let path = scope.path().to_owned();
+    let mut ctx = WebsocketContext::new(scope, layer.clone(), channel_name.clone(), limits.send_timeout);
+
+    let groups = consumer.groups();
+    let mut joined = Vec::with_capacity(groups.len());
+    for group in groups {
+        if let Err(e) = ctx.group_add(&group).await {
+            tracing::warn!(%path, %group, error = %e, "could not join a consumer group; denying");
+            leave(layer.as_deref(), channel_name.as_deref(), &joined).await;
+            return Handshake::Deny { status: StatusCode::FORBIDDEN, code: close_code::INTERNAL_ERROR };
+        }
+        joined.push(group);
+    }
+
+    let outcome = tokio::time::timeout(limits.connect_timeout, guarded(consumer.connect(&mut ctx))).await;
+    let denial = match (&outcome, &ctx.state) {
+        (Ok(Ok(())), State::Connecting { accepted: Some(acceptance), .. }) => {
+            let acceptance = acceptance.clone();
+            let session: Session =
+                Box::new(move |socket| Box::pin(run(consumer, ctx, socket, joined, limits, shutdown)));
+            return Handshake::Accept { acceptance, session };
+        }
+        (Ok(Ok(())), State::Denied { code }) => (StatusCode::FORBIDDEN, *code),
+        (Ok(Ok(())), _) => (StatusCode::FORBIDDEN, close_code::NORMAL),
+        (Ok(Err(e)), _) => {
+            tracing::error!(%path, error = %e, "connect failed; denying");
+            (StatusCode::FORBIDDEN, close_code::INTERNAL_ERROR)
+        }
+        (Err(_), _) => {
+            tracing::warn!(%path, "connect took longer than connect_timeout; refusing");
+            (StatusCode::SERVICE_UNAVAILABLE, close_code::INTERNAL_ERROR)
+        }
+    };
+    ctx.state = State::Closed;
+    teardown(&mut consumer, &mut ctx, denial.1, &joined).await;
+    Handshake::Deny { status: denial.0, code: denial.1 }
+}
+
+async fn run<C: WebsocketConsumer>(
+    mut consumer: C,
+    mut ctx: WebsocketContext,
+    socket: Option<WsStream>,
+    groups: Vec<String>,
+    limits: WebsocketLimits,
+    shutdown: CancellationToken,
+) {
+    let code = match socket {
+        Some(socket) => {
+            ctx.attach(socket);
+            let (pending, closing) = match std::mem::replace(&mut ctx.state, State::Open) {
+                State::Connecting { pending, closing, .. } => (pending, closing),
+                _ => (Vec::new(), None),
+            };
+            for frame in pending {
+                if ctx.write(frame).await.is_err() {
+                    break;
+                }
+            }
+            if let (Some(code), State::Open) = (closing, &ctx.state) {
+                ctx.state = State::Closing { code };
+            }
+            event_loop(&mut consumer, &mut ctx, &limits, &shutdown).await
+        }
+        None => close_code::ABNORMAL,
+    };
+    ctx.state = State::Closed;
+    teardown(&mut consumer, &mut ctx, code, &groups).await;
+    ctx.detach();
+}
+
+/// `disconnect`, then leave the groups, then let the layer drop the channel.
+async fn teardown<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketContext, code: u16, groups: &[String]) {
+    if let Err(e) = guarded(consumer.disconnect(ctx, code)).await {
+        tracing::error!(path = %ctx.scope().path(), error = %e, "disconnect handler failed");
+    }
+    let (layer, channel) = (ctx.channel_layer().cloned(), ctx.channel_name().map(str::to_owned));
+    leave(layer.as_deref(), channel.as_deref(), groups).await;
+    if let (Some(layer), Some(channel)) = (layer, channel) {
+        layer.forget_channel(&channel).await;
+    }
+}
+
+async fn leave(layer: Option<&dyn ChannelLayer>, channel: Option<&str>, groups: &[String]) {
+    let (Some(layer), Some(channel)) = (layer, channel) else { return };
+    for group in groups {
+        if let Err(e) = layer.group_discard(group, channel).await {
+            tracing::warn!(%group, error = %e, "could not leave a group on disconnect");
+        }
+    }
+}
+
+type LayerReceive<'a> = Pin<Box<dyn Future<Output = Result<Message, ReceiveError>> + Send + 'a>>;
+
+fn next_message<'a>(layer: Option<&'a Arc<dyn ChannelLayer>>, channel: Option<&'a str>, backoff: bool) -> LayerReceive<'a> {
+    match (layer, channel) {
+        (Some(layer), Some(channel)) => Box::pin(async move {
+            if backoff {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            layer.receive(channel).await
+        }),
+        _ => Box::pin(std::future::pending()),
+    }
+}
+
+enum Input {
+    Shutdown,
+    Frame(Option<Result<WsMessage, WsError>>),
+    Layer(Result<Message, ReceiveError>),
+    Tick,
+}
+
+/// Runs until the connection ends; returns the close code `disconnect` gets.
+async fn event_loop<C: WebsocketConsumer>(
+    consumer: &mut C,
+    ctx: &mut WebsocketContext,
+    limits: &WebsocketLimits,
+    shutdown: &CancellationToken,
+) -> u16 {
+    let layer = ctx.channel_layer().cloned();
+    let channel = ctx.channel_name().map(str::to_owned);
+    let mut layer_rx = next_message(layer.as_ref(), channel.as_deref(), false);
+    let mut last_seen = Instant::now();
+    let mut pinged = false;
+    let keepalive = tokio::time::sleep(limits.ping_interval);
+    tokio::pin!(keepalive);
+
+    loop {
+        match ctx.state {
+            State::Open => {}
+            State::Closing { code } => return finish_close(ctx, code, limits).await,
+            _ => return close_code::ABNORMAL,
+        }
+        let Some(socket) = ctx.socket_mut() else { return close_code::ABNORMAL };
+        let input = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Input::Shutdown,
+            frame = socket.next() => Input::Frame(frame),
+            message = &mut layer_rx => Input::Layer(message),
+            () = &mut keepalive => Input::Tick,
+        };
+        let result = match input {
+            Input::Shutdown => {
+                let _ = ctx.close_with_reason(close_code::GOING_AWAY, "server shutting down").await;
+                continue;
+            }
+            Input::Frame(frame) => {
+                last_seen = Instant::now();
+                pinged = false;
+                match frame {
+                    Some(Ok(WsMessage::Text(text))) => guarded(consumer.receive(ctx, Frame::Text(text))).await,
+                    Some(Ok(WsMessage::Binary(data))) => guarded(consumer.receive(ctx, Frame::Binary(data))).await,
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        // tungstenite queued the reply; send it, then we are done.
+                        let _ = tokio::time::timeout(limits.close_timeout, socket_flush(ctx)).await;
+                        return frame.map_or(close_code::NO_STATUS, |f| f.code.into());
+                    }
+                    Some(Err(e)) => return fail(ctx, e, limits).await,
+                    None => return close_code::ABNORMAL,
+                }
+            }
+            Input::Layer(message) => {
+                let failed = message.is_err();
+                layer_rx = next_message(layer.as_ref(), channel.as_deref(), failed);
+                match message {
+                    Ok(message) => match message.decode::<C::Event>() {
+                        Ok(event) => guarded(consumer.event(ctx, event)).await,
+                        Err(e) => {
+                            tracing::warn!(
+                                r#type = message.message_type(),
+                                path = %ctx.scope().path(),
+                                error = %e,
+                                "dropping a channel-layer event this consumer does not handle"
+                            );
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "channel layer receive failed; retrying in 1 s");
+                        continue;
+                    }
+                }
+            }
+            Input::Tick => {
+                let silent = last_seen.elapsed();
+                if silent >= limits.ping_interval + limits.ping_timeout {
+                    tracing::debug!(path = %ctx.scope().path(), "no answer to ping; dropping the connection");
+                    return close_code::ABNORMAL;
+                }
+                let next = if silent >= limits.ping_interval && !pinged {
+                    pinged = true;
+                    let _ = ctx.write(WsMessage::Ping(Default::default())).await;
+                    last_seen + limits.ping_interval + limits.ping_timeout
+                } else if pinged {
+                    last_seen + limits.ping_interval + limits.ping_timeout
+                } else {
+                    last_seen + limits.ping_interval
+                };
+                keepalive.as_mut().reset(next);
+                continue;
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(path = %ctx.scope().path(), error = %e, "handler failed; closing with 1011");
+            let _ = ctx.close_with_reason(close_code::INTERNAL_ERROR, "internal error").await;
+        }
+    }
+}
+
+async fn socket_flush(ctx: &mut WebsocketContext) {
+    if let Some(socket) = ctx.socket_mut() {
+        let _ = socket.flush().await;
+    }
+}
+
+/// The server sent a close frame: wait (bounded) for the client's reply, ignoring data frames.
+async fn finish_close(ctx: &mut WebsocketContext, code: u16, limits: &WebsocketLimits) -> u16 {
+    if let Some(socket) = ctx.socket_mut() {
+        let _ = tokio::time::timeout(limits.close_timeout, async {
+            while let Some(Ok(frame)) = socket.next().await {
+                if frame.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    code
+}
+
+/// A read error: send the close code the error calls for (tungstenite only reports it), then
+/// linger so the client reads the close frame before the socket goes.
+async fn fail(ctx: &mut WebsocketContext, error: WsError, limits: &WebsocketLimits) -> u16 {
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    let (code, reason) = match &error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => (close_code::MESSAGE_TOO_BIG, "message too big"),
+        WsError::Capacity(_) => (close_code::MESSAGE_TOO_BIG, "frame too big"),
+        WsError::Utf8(_) => (close_code::INVALID_PAYLOAD, "invalid UTF-8 in text frame"),
+        WsError::Protocol(_) => (close_code::PROTOCOL_ERROR, "protocol error"),
+        _ => return close_code::ABNORMAL,
+    };
+    tracing::debug!(path = %ctx.scope().path(), %error, code, "closing after a bad frame");
+    let Some(socket) = ctx.socket_mut() else { return code };
+    let sent = tokio::time::timeout(limits.close_timeout, socket.send(close_message(code, reason))).await;
+    if matches!(sent, Ok(Ok(()))) {
+        linger(socket, limits.close_timeout).await;
+    }
+    code
+}
+
+/// Half-closes and discards what the client still sends (the rest of an oversized message),
+/// so the kernel does not answer it with a reset that could destroy our close frame.
+async fn linger(socket: &mut WsStream, limit: Duration) {
+    let io = socket.io();
+    let _ = io.shutdown().await;
+    let mut scratch = [0u8; 1024];
+    let _ = tokio::time::timeout(limit, async {
+        let mut budget: usize = 64 << 20;
+        while let Ok(n @ 1..) = io.read(&mut scratch).await {
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}

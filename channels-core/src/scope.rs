@@ -1,0 +1,294 @@
+//! The scope: everything known about a connection when it arrives.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use http::{HeaderMap, Method};
+
+/// Which protocol a scope belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeKind {
+    /// A WebSocket connection.
+    Websocket,
+    /// A plain HTTP request.
+    Http,
+}
+
+/// What is known about a connection: Django's `scope` dict, typed.
+///
+/// Middleware may add typed values with [`Scope::extensions_mut`] (an authenticated user, a
+/// session); consumers read them with [`Scope::extensions`].
+///
+/// ```
+/// use channels_core::scope::Scope;
+/// let scope = Scope::websocket("/ws/chat/lobby/?user=ann%20b")
+///     .with_header("cookie", "theme=dark; sid=42")
+///     .with_param("room", "lobby");
+/// assert_eq!(scope.param("room"), Some("lobby"));
+/// assert_eq!(scope.query_param("user").as_deref(), Some("ann b"));
+/// assert_eq!(scope.cookie("sid").as_deref(), Some("42"));
+/// ```
+#[derive(Debug)]
+pub struct Scope {
+    kind: ScopeKind,
+    method: Method,
+    path: String,
+    raw_path: String,
+    query_string: String,
+    headers: HeaderMap,
+    client: Option<SocketAddr>,
+    server: Option<SocketAddr>,
+    subprotocols: Vec<String>,
+    params: Vec<(String, String)>,
+    extensions: http::Extensions,
+}
+
+impl Scope {
+    /// Builds a scope from a request's parts, as the server does.
+    pub fn from_request(
+        kind: ScopeKind,
+        method: Method,
+        uri: &http::Uri,
+        headers: HeaderMap,
+        client: Option<SocketAddr>,
+        server: Option<SocketAddr>,
+    ) -> Self {
+        let raw_path = uri.path().to_owned();
+        let subprotocols = if kind == ScopeKind::Websocket {
+            headers
+                .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            kind,
+            method,
+            path: percent_decode(&raw_path, false).into_owned(),
+            raw_path,
+            query_string: uri.query().unwrap_or("").to_owned(),
+            headers,
+            client,
+            server,
+            subprotocols,
+            params: Vec::new(),
+            extensions: http::Extensions::new(),
+        }
+    }
+
+    /// A WebSocket scope for `path_and_query`, for tests and tools.
+    pub fn websocket(path_and_query: &str) -> Self {
+        Self::synthetic(ScopeKind::Websocket, Method::GET, path_and_query)
+    }
+
+    /// An HTTP scope for `method` and `path_and_query`, for tests and tools.
+    pub fn http(method: Method, path_and_query: &str) -> Self {
+        Self::synthetic(ScopeKind::Http, method, path_and_query)
+    }
+
+    fn synthetic(kind: ScopeKind, method: Method, path_and_query: &str) -> Self {
+        let uri: http::Uri = path_and_query.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        Self::from_request(kind, method, &uri, HeaderMap::new(), None, None)
+    }
+
+    /// Adds a header (ignored if the name or value is not valid HTTP).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        if let (Ok(n), Ok(v)) = (http::HeaderName::try_from(name), http::HeaderValue::try_from(value)) {
+            if n == http::header::SEC_WEBSOCKET_PROTOCOL {
+                self.subprotocols.extend(value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned));
+            }
+            self.headers.append(n, v);
+        }
+        self
+    }
+
+    /// Adds a route parameter.
+    pub fn with_param(mut self, name: &str, value: &str) -> Self {
+        self.params.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub(crate) fn set_params(&mut self, params: Vec<(String, String)>) {
+        self.params = params;
+    }
+
+    /// WebSocket or HTTP.
+    pub fn kind(&self) -> ScopeKind {
+        self.kind
+    }
+
+    /// The request method (`GET` for WebSockets).
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The percent-decoded path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The path as it arrived, still percent-encoded.
+    pub fn raw_path(&self) -> &str {
+        &self.raw_path
+    }
+
+    /// The raw query string, without `?`, still percent-encoded.
+    pub fn query_string(&self) -> &str {
+        &self.query_string
+    }
+
+    /// The query parameters, decoded, in order.
+    pub fn query(&self) -> Vec<(String, String)> {
+        parse_query(&self.query_string)
+    }
+
+    /// The first value of query parameter `name`, decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The first value of header `name`, if it is visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The cookies of the `Cookie` header(s), in order.
+    pub fn cookies(&self) -> Vec<(String, String)> {
+        self.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                let v = v.trim().trim_matches('"');
+                Some((k.trim().to_owned(), percent_decode(v, false).into_owned()))
+            })
+            .collect()
+    }
+
+    /// The value of cookie `name`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// The peer's address, when known.
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.client
+    }
+
+    /// The local address the connection arrived on, when known.
+    pub fn server(&self) -> Option<SocketAddr> {
+        self.server
+    }
+
+    /// The subprotocols the client offered, in its order.
+    pub fn subprotocols(&self) -> &[String] {
+        &self.subprotocols
+    }
+
+    /// The route capture `name` (`{room}` in `/ws/chat/{room}/`), percent-decoded.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Every route capture, in order.
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
+    /// Typed values set by middleware.
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
+    }
+
+    /// Typed values set by middleware, mutably.
+    pub fn extensions_mut(&mut self) -> &mut http::Extensions {
+        &mut self.extensions
+    }
+}
+
+/// Splits an `application/x-www-form-urlencoded` string into decoded pairs.
+pub(crate) fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k, true).into_owned(), percent_decode(v, true).into_owned())
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`); invalid UTF-8 is replaced.
+pub(crate) fn percent_decode(input: &str, plus_is_space: bool) -> Cow<'_, str> {
+    if !input.bytes().any(|b| b == b'%' || (plus_is_space && b == b'+')) {
+        return Cow::Borrowed(input);
+    }
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b", false), "a b");
+        assert_eq!(percent_decode("a+b", true), "a b");
+        assert_eq!(percent_decode("a+b", false), "a+b");
+        assert_eq!(percent_decode("%E4%B8%AD", false), "中");
+        assert_eq!(percent_decode("100%", false), "100%");
+        assert_eq!(percent_decode("%zz%4", false), "%zz%4");
+        assert_eq!(percent_decode("%ff", false), "\u{fffd}");
+    }
+
+    #[test]
+    fn query_pairs() {
+        assert_eq!(
+            parse_query("a=1&b=x%26y&&c"),
+            vec![("a".into(), "1".into()), ("b".into(), "x&y".into()), ("c".into(), "".into())]
+        );
+    }
+
+    #[test]
+    fn subprotocols_come_from_the_header() {
+        let uri: http::Uri = "/ws/".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("sec-websocket-protocol", "v1, v2".parse().unwrap());
+        let scope = Scope::from_request(ScopeKind::Websocket, Method::GET, &uri, headers, None, None);
+        assert_eq!(scope.subprotocols(), ["v1", "v2"]);
+    }
+}

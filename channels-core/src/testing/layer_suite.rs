@@ -1,0 +1,351 @@
+//! The channel layer semantics suite, written once and run against every backend.
+//!
+//! A backend's tests call [`layer_conformance_tests!`](crate::layer_conformance_tests) with a
+//! factory that builds a fresh, empty layer from a [`LayerConfig`]:
+//!
+//! ```ignore
+//! channels_core::layer_conformance_tests!(|config| async move {
+//!     std::sync::Arc::new(MyLayer::new(config)) as std::sync::Arc<dyn ChannelLayer>
+//! });
+//! ```
+//!
+//! Each check is also a public function here, so a backend can run them its own way.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layer::{ChannelLayer, GroupError, LayerConfig, Message, ReceiveError, SendError};
+
+/// Builds a fresh, empty layer for one check.
+pub trait LayerFactory {
+    /// Builds the layer.
+    fn make(&self, config: LayerConfig) -> impl Future<Output = Arc<dyn ChannelLayer>>;
+}
+
+impl<F, Fut> LayerFactory for F
+where
+    F: Fn(LayerConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn ChannelLayer>>,
+{
+    fn make(&self, config: LayerConfig) -> impl Future<Output = Arc<dyn ChannelLayer>> {
+        self(config)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename = "test.message")]
+struct TestMessage {
+    n: u32,
+    from: u32,
+}
+
+fn msg(n: u32) -> Message {
+    msg_from(0, n)
+}
+
+fn msg_from(from: u32, n: u32) -> Message {
+    Message::new(&TestMessage { n, from }).expect("test message encodes")
+}
+
+fn n_of(message: &Message) -> u32 {
+    message.decode::<TestMessage>().expect("test message decodes").n
+}
+
+const WAIT: Duration = Duration::from_secs(2);
+
+async fn receive(layer: &dyn ChannelLayer, channel: &str) -> Message {
+    tokio::time::timeout(WAIT, layer.receive(channel))
+        .await
+        .expect("a message should arrive")
+        .expect("receive should succeed")
+}
+
+async fn receives_nothing(layer: &dyn ChannelLayer, channel: &str) -> bool {
+    tokio::time::timeout(Duration::from_millis(200), layer.receive(channel)).await.is_err()
+}
+
+/// Messages on one channel arrive in the order they were sent.
+pub async fn send_then_receive_is_fifo(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    for n in 0..20 {
+        layer.send(&ch, msg(n)).await.expect("send");
+    }
+    for n in 0..20 {
+        assert_eq!(n_of(&receive(&*layer, &ch).await), n);
+    }
+}
+
+/// A receive that starts before the send gets the message.
+pub async fn receive_waits_for_a_later_send(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    let waiter = {
+        let (layer, ch) = (layer.clone(), ch.clone());
+        tokio::spawn(async move { receive(&*layer, &ch).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    layer.send(&ch, msg(7)).await.expect("send");
+    assert_eq!(n_of(&waiter.await.expect("join")), 7);
+}
+
+/// A receive dropped before it completes loses no message.
+pub async fn receive_is_cancel_safe(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    assert!(receives_nothing(&*layer, &ch).await);
+    layer.send(&ch, msg(1)).await.expect("send");
+    assert_eq!(n_of(&receive(&*layer, &ch).await), 1);
+}
+
+/// Plain (worker) channel names work as well as process-specific ones.
+pub async fn named_channels_work(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    layer.send("thumbnails-generate", msg(3)).await.expect("send");
+    assert_eq!(n_of(&receive(&*layer, "thumbnails-generate").await), 3);
+}
+
+/// `new_channel` names are unique, valid, and start with the prefix.
+pub async fn new_channel_names_are_unique_and_valid(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let name = layer.new_channel("specific").await.expect("new_channel");
+        assert!(name.starts_with("specific"), "{name}");
+        assert!(name.contains('!'), "process-specific names contain '!': {name}");
+        crate::layer::validate_channel_name(&name).expect("valid name");
+        assert!(seen.insert(name));
+    }
+}
+
+/// `group_send` reaches every member, and only members.
+pub async fn group_send_reaches_every_member(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let a = layer.new_channel("specific").await.expect("new_channel");
+    let b = layer.new_channel("specific").await.expect("new_channel");
+    let outsider = layer.new_channel("specific").await.expect("new_channel");
+    layer.group_add("room", &a).await.expect("group_add");
+    layer.group_add("room", &b).await.expect("group_add");
+    layer.group_add("other", &outsider).await.expect("group_add");
+    let report = layer.group_send("room", msg(1)).await.expect("group_send");
+    assert_eq!(report.dropped_full, 0);
+    assert_eq!(n_of(&receive(&*layer, &a).await), 1);
+    assert_eq!(n_of(&receive(&*layer, &b).await), 1);
+    assert!(receives_nothing(&*layer, &outsider).await);
+}
+
+/// Adding a channel twice is one membership; discarding stops delivery; discarding a
+/// non-member is a no-op.
+pub async fn group_add_is_idempotent_and_discard_stops_delivery(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let a = layer.new_channel("specific").await.expect("new_channel");
+    layer.group_add("room", &a).await.expect("group_add");
+    layer.group_add("room", &a).await.expect("group_add");
+    layer.group_send("room", msg(1)).await.expect("group_send");
+    assert_eq!(n_of(&receive(&*layer, &a).await), 1);
+    assert!(receives_nothing(&*layer, &a).await, "one membership, one delivery");
+    layer.group_discard("room", &a).await.expect("group_discard");
+    layer.group_discard("room", &a).await.expect("discarding twice is fine");
+    layer.group_discard("never-joined", &a).await.expect("discarding a non-member is fine");
+    layer.group_send("room", msg(2)).await.expect("group_send");
+    assert!(receives_nothing(&*layer, &a).await);
+}
+
+/// `group_send` to a group nobody joined succeeds and delivers nothing.
+pub async fn group_send_to_an_empty_group_is_fine(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let report = layer.group_send("nobody-here", msg(1)).await.expect("group_send");
+    assert_eq!(report.dropped_full, 0);
+}
+
+/// `send` to a channel at capacity fails with `ChannelFull`; the queued messages survive.
+pub async fn send_to_a_full_channel_is_channel_full(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default().capacity(3)).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    for n in 0..3 {
+        layer.send(&ch, msg(n)).await.expect("send under capacity");
+    }
+    match layer.send(&ch, msg(3)).await {
+        Err(SendError::ChannelFull { .. }) => {}
+        other => panic!("expected ChannelFull, got {other:?}"),
+    }
+    for n in 0..3 {
+        assert_eq!(n_of(&receive(&*layer, &ch).await), n);
+    }
+    layer.send(&ch, msg(4)).await.expect("room again after receiving");
+}
+
+/// `group_send` never fails for a full member: it drops the message for that member,
+/// counts the drop, and still delivers to the others.
+pub async fn group_send_drops_for_full_members_and_counts(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default().capacity(1)).await;
+    let full = layer.new_channel("specific").await.expect("new_channel");
+    let free = layer.new_channel("specific").await.expect("new_channel");
+    layer.send(&full, msg(0)).await.expect("fill");
+    layer.group_add("room", &full).await.expect("group_add");
+    layer.group_add("room", &free).await.expect("group_add");
+    let report = layer.group_send("room", msg(1)).await.expect("group_send never fails for a full member");
+    assert_eq!(report.dropped_full, 1, "{report:?}");
+    assert_eq!(n_of(&receive(&*layer, &free).await), 1);
+    assert_eq!(n_of(&receive(&*layer, &full).await), 0);
+    assert!(receives_nothing(&*layer, &full).await);
+}
+
+/// A per-channel capacity pattern overrides the default capacity.
+pub async fn channel_capacity_patterns_apply(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default().capacity(1).channel_capacity("big-*", 5)).await;
+    for n in 0..5 {
+        layer.send("big-queue", msg(n)).await.expect("send under pattern capacity");
+    }
+    assert!(matches!(layer.send("big-queue", msg(5)).await, Err(SendError::ChannelFull { .. })));
+    layer.send("small-queue", msg(0)).await.expect("send");
+    assert!(matches!(layer.send("small-queue", msg(1)).await, Err(SendError::ChannelFull { .. })));
+}
+
+/// Undelivered messages expire after `expiry`.
+pub async fn messages_expire(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default().expiry(Duration::from_secs(1))).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    layer.send(&ch, msg(1)).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    layer.send(&ch, msg(2)).await.expect("send");
+    assert_eq!(n_of(&receive(&*layer, &ch).await), 2, "the expired message is gone");
+}
+
+/// A group membership ends `group_expiry` after the last `group_add`.
+pub async fn group_membership_expires(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default().group_expiry(Duration::from_secs(1))).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    layer.group_add("room", &ch).await.expect("group_add");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    layer.group_send("room", msg(1)).await.expect("group_send");
+    assert!(receives_nothing(&*layer, &ch).await);
+}
+
+/// Bad names are errors, not panics; 99 characters is the longest name.
+pub async fn invalid_names_are_errors(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let long_ok = "a".repeat(99);
+    let too_long = "a".repeat(100);
+    layer.send(&long_ok, msg(1)).await.expect("99 characters is valid");
+    assert_eq!(n_of(&receive(&*layer, &long_ok).await), 1);
+    layer.group_add(&long_ok, &long_ok).await.expect("99-character group is valid");
+    for bad in [too_long.as_str(), "", "has space", "two!bangs!", "é"] {
+        assert!(matches!(layer.send(bad, msg(1)).await, Err(SendError::InvalidName(_))), "send {bad:?}");
+        assert!(matches!(layer.receive(bad).await, Err(ReceiveError::InvalidName(_))), "receive {bad:?}");
+        assert!(matches!(layer.group_add("ok", bad).await, Err(GroupError::InvalidName(_))), "group_add {bad:?}");
+        assert!(matches!(layer.group_add(bad, "ok").await, Err(GroupError::InvalidName(_))), "group {bad:?}");
+        assert!(matches!(layer.group_send(bad, msg(1)).await, Err(GroupError::InvalidName(_))), "group_send {bad:?}");
+        assert!(matches!(layer.group_discard(bad, "ok").await, Err(GroupError::InvalidName(_))), "group_discard {bad:?}");
+    }
+    assert!(matches!(layer.group_add("no!bang", "ok").await, Err(GroupError::InvalidName(_))));
+}
+
+/// `flush` drops every message and every group.
+pub async fn flush_empties_the_layer(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    layer.send(&ch, msg(1)).await.expect("send");
+    layer.group_add("room", &ch).await.expect("group_add");
+    layer.flush().await.expect("flush");
+    assert!(receives_nothing(&*layer, &ch).await);
+    layer.group_send("room", msg(2)).await.expect("group_send");
+    assert!(receives_nothing(&*layer, &ch).await);
+}
+
+/// Many concurrent senders lose nothing, and each sender's messages stay in order.
+pub async fn concurrent_senders_lose_nothing(factory: &impl LayerFactory) {
+    const SENDERS: u32 = 8;
+    const EACH: u32 = 50;
+    let layer = factory.make(LayerConfig::default().capacity(1000)).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    let tasks: Vec<_> = (0..SENDERS)
+        .map(|from| {
+            let (layer, ch) = (layer.clone(), ch.clone());
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    layer.send(&ch, msg_from(from, n)).await.expect("send");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("sender");
+    }
+    let mut next: HashMap<u32, u32> = HashMap::new();
+    for _ in 0..SENDERS * EACH {
+        let m: TestMessage = receive(&*layer, &ch).await.decode().expect("decode");
+        let expected = next.entry(m.from).or_insert(0);
+        assert_eq!(m.n, *expected, "sender {} out of order", m.from);
+        *expected += 1;
+    }
+    assert!(receives_nothing(&*layer, &ch).await);
+}
+
+/// Many concurrent group senders reach every member with nothing lost.
+pub async fn concurrent_group_sends_reach_everyone(factory: &impl LayerFactory) {
+    const MEMBERS: usize = 5;
+    const SENDS: u32 = 40;
+    let layer = factory.make(LayerConfig::default().capacity(1000)).await;
+    let mut members = Vec::new();
+    for _ in 0..MEMBERS {
+        let ch = layer.new_channel("specific").await.expect("new_channel");
+        layer.group_add("crowd", &ch).await.expect("group_add");
+        members.push(ch);
+    }
+    let tasks: Vec<_> = (0..4u32)
+        .map(|from| {
+            let layer = layer.clone();
+            tokio::spawn(async move {
+                for n in 0..SENDS / 4 {
+                    layer.group_send("crowd", msg_from(from, n)).await.expect("group_send");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("sender");
+    }
+    for ch in &members {
+        for _ in 0..SENDS {
+            receive(&*layer, ch).await;
+        }
+        assert!(receives_nothing(&*layer, ch).await);
+    }
+}
+
+/// Generates one `#[tokio::test]` per semantics check for a layer factory.
+#[macro_export]
+macro_rules! layer_conformance_tests {
+    ($factory:expr) => {
+        $crate::layer_conformance_tests!(@tests $factory;
+            send_then_receive_is_fifo,
+            receive_waits_for_a_later_send,
+            receive_is_cancel_safe,
+            named_channels_work,
+            new_channel_names_are_unique_and_valid,
+            group_send_reaches_every_member,
+            group_add_is_idempotent_and_discard_stops_delivery,
+            group_send_to_an_empty_group_is_fine,
+            send_to_a_full_channel_is_channel_full,
+            group_send_drops_for_full_members_and_counts,
+            channel_capacity_patterns_apply,
+            messages_expire,
+            group_membership_expires,
+            invalid_names_are_errors,
+            flush_empties_the_layer,
+            concurrent_senders_lose_nothing,
+            concurrent_group_sends_reach_everyone,
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $crate::testing::layer_suite::$name(&$factory).await;
+        }
+    )*};
+}

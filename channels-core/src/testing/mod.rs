@@ -1,0 +1,11 @@
+//! Testing utilities: drive an application's consumers without sockets, and check a channel
+//! layer against the shared semantics suite.
+//!
+//! [`WebsocketCommunicator`] is Django's `WebsocketCommunicator`: it runs the real handshake,
+//! routing, middleware and consumer loop over an in-memory pipe speaking real WebSocket frames,
+//! so what passes here behaves the same on a socket.
+
+pub mod layer_suite;
+mod websocket;
+
+pub use websocket::{Connected, Received, TestError, WebsocketCommunicator};

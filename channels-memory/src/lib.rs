@@ -1,0 +1,424 @@
+//! The in-memory channel layer: every channel and group lives in this process.
+//!
+//! Use it for one-process deployments, development and tests. It implements the full
+//! [`ChannelLayer`] semantics (capacity, `ChannelFull`, counted drops on `group_send`, message
+//! and group expiry), passes the shared semantics suite, and never holds a lock across an await.
+//! For several processes, use the Redis layer.
+//!
+//! ```
+//! use channels_core::layer::{ChannelLayer, LayerConfig, Message};
+//! use channels_memory::InMemoryChannelLayer;
+//! use std::collections::HashMap;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let layer = InMemoryChannelLayer::new(LayerConfig::default());
+//! let me = layer.new_channel("specific").await.unwrap();
+//! layer.group_add("lobby", &me).await.unwrap();
+//! let event = HashMap::from([("type", "chat.message"), ("text", "hi")]);
+//! layer.group_send("lobby", Message::new(&event).unwrap()).await.unwrap();
+//! assert_eq!(layer.receive(&me).await.unwrap().message_type(), "chat.message");
+//! # }
+//! ```
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use channels_core::layer::{
+    ChannelLayer, ConfigError, GroupError, GroupSendReport, LayerConfig, LayerUrl, Message, ReceiveError, SendError,
+    validate_channel_name, validate_group_name,
+};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A snapshot of the layer's contents and counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LayerStats {
+    /// Channels that hold messages or have a waiting receiver.
+    pub channels: usize,
+    /// Groups with at least one member.
+    pub groups: usize,
+    /// Messages waiting in all channels.
+    pub queued: usize,
+    /// Messages `group_send` dropped because a member's channel was full, since creation.
+    pub dropped_full: u64,
+}
+
+/// The in-memory channel layer. Cheap to clone; clones share one layer.
+#[derive(Clone)]
+pub struct InMemoryChannelLayer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: LayerConfig,
+    state: Mutex<State>,
+    dropped_full: AtomicU64,
+    sweeper_started: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    channels: HashMap<String, Queue>,
+    /// group -> (channel -> time of its last `group_add`)
+    groups: HashMap<String, HashMap<String, Instant>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// (expires at, message)
+    items: VecDeque<(Instant, Message)>,
+    /// Held (cloned) by receivers while they wait, so a queue with waiters is never dropped.
+    notify: Arc<Notify>,
+}
+
+impl Queue {
+    /// Drops expired messages from the front; true if any expired.
+    fn purge_expired(&mut self, now: Instant) -> bool {
+        let before = self.items.len();
+        while self.items.front().is_some_and(|(expires, _)| *expires <= now) {
+            self.items.pop_front();
+        }
+        self.items.len() != before
+    }
+
+    fn has_waiters(&self) -> bool {
+        Arc::strong_count(&self.notify) > 1
+    }
+}
+
+impl State {
+    /// Django's rule: a channel with an expired message is removed from every group.
+    fn remove_from_groups(&mut self, channel: &str) {
+        self.groups.retain(|_, members| {
+            members.remove(channel);
+            !members.is_empty()
+        });
+    }
+
+    /// Queues `message` on `channel` unless it holds `capacity` messages. Returns whether it
+    /// was queued; the caller notifies.
+    fn push(&mut self, channel: &str, message: Message, capacity: usize, expiry: Duration, now: Instant) -> Result<Arc<Notify>, ()> {
+        let queue = self.channels.entry(channel.to_owned()).or_default();
+        let expired = queue.purge_expired(now);
+        let result = if queue.items.len() >= capacity {
+            Err(())
+        } else {
+            queue.items.push_back((now + expiry, message));
+            Ok(queue.notify.clone())
+        };
+        if expired {
+            self.remove_from_groups(channel);
+        }
+        result
+    }
+}
+
+impl InMemoryChannelLayer {
+    /// A layer with the given settings.
+    pub fn new(config: LayerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(State::default()),
+                dropped_full: AtomicU64::new(0),
+                sweeper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A layer from a `memory://?capacity=100&expiry=60&group_expiry=86400` URL.
+    pub fn from_url(mut url: LayerUrl) -> Result<Self, ConfigError> {
+        if url.scheme != "memory" {
+            return Err(ConfigError(format!("expected a memory:// URL, got {}://", url.scheme)));
+        }
+        if !url.hosts.is_empty() || !url.path.trim_matches('/').is_empty() {
+            return Err(ConfigError("memory:// takes no host or path, only ?parameters".into()));
+        }
+        let config = LayerConfig::take_from(&mut url)?;
+        url.reject_unknown_params()?;
+        Ok(Self::new(config))
+    }
+
+    /// Counts of what the layer holds.
+    pub fn stats(&self) -> LayerStats {
+        let state = self.lock();
+        LayerStats {
+            channels: state.channels.len(),
+            groups: state.groups.len(),
+            queued: state.channels.values().map(|q| q.items.len()).sum(),
+            dropped_full: self.inner.dropped_full.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock, but a poisoned lock still holds consistent data.
+        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts the background sweep of expired messages and memberships once, on first use. The
+    /// task holds only a weak reference and ends when the layer is dropped.
+    fn ensure_sweeper(&self) {
+        if self.inner.sweeper_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.inner.sweeper_started.store(false, Ordering::Relaxed);
+            return;
+        };
+        let period = (self.inner.config.expiry.min(self.inner.config.group_expiry) / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                InMemoryChannelLayer { inner }.sweep();
+            }
+        });
+    }
+
+    /// Drops expired messages (and their channels' memberships), expired memberships, and
+    /// empty queues nobody waits on.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let group_expiry = self.inner.config.group_expiry;
+        let mut state = self.lock();
+        let mut expired = Vec::new();
+        state.channels.retain(|name, queue| {
+            if queue.purge_expired(now) {
+                expired.push(name.clone());
+            }
+            !queue.items.is_empty() || queue.has_waiters()
+        });
+        for name in expired {
+            state.remove_from_groups(&name);
+        }
+        state.groups.retain(|_, members| {
+            members.retain(|_, joined| *joined + group_expiry > now);
+            !members.is_empty()
+        });
+    }
+}
+
+impl std::fmt::Debug for InMemoryChannelLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryChannelLayer").field("config", &self.inner.config).field("stats", &self.stats()).finish()
+    }
+}
+
+#[async_trait]
+impl ChannelLayer for InMemoryChannelLayer {
+    async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
+        let suffix: String = rand::rng().sample_iter(&Alphanumeric).take(12).map(char::from).collect();
+        let name = format!("{prefix}.inmemory!{suffix}");
+        validate_channel_name(&name)?;
+        Ok(name)
+    }
+
+    async fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
+        validate_channel_name(channel)?;
+        self.ensure_sweeper();
+        let config = &self.inner.config;
+        let pushed = self.lock().push(channel, message, config.capacity_for(channel), config.expiry, Instant::now());
+        match pushed {
+            Ok(notify) => {
+                notify.notify_one();
+                Ok(())
+            }
+            Err(()) => Err(SendError::ChannelFull { channel: channel.to_owned() }),
+        }
+    }
+
+    async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
+        validate_channel_name(channel)?;
+        self.ensure_sweeper();
+        loop {
+            let notify = {
+                let mut state = self.lock();
+                let now = Instant::now();
+                let State { channels, .. } = &mut *state;
+                let queue = channels.entry(channel.to_owned()).or_default();
+                let expired = queue.purge_expired(now);
+                let popped = queue.items.pop_front().map(|(_, message)| message);
+                let notify = queue.notify.clone();
+                if queue.items.is_empty() && popped.is_some() && Arc::strong_count(&notify) == 2 {
+                    // Empty and nobody else waits: drop the queue; a later send recreates it.
+                    channels.remove(channel);
+                }
+                if expired {
+                    state.remove_from_groups(channel);
+                }
+                if let Some(message) = popped {
+                    return Ok(message);
+                }
+                notify
+            };
+            // notify_one stores a permit when nobody waits yet, so a send between the unlock
+            // and this await is not missed. Dropping this future loses no message.
+            notify.notified().await;
+        }
+    }
+
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        validate_group_name(group)?;
+        validate_channel_name(channel)?;
+        self.ensure_sweeper();
+        self.lock().groups.entry(group.to_owned()).or_default().insert(channel.to_owned(), Instant::now());
+        Ok(())
+    }
+
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        validate_group_name(group)?;
+        validate_channel_name(channel)?;
+        let mut state = self.lock();
+        if let Entry::Occupied(mut members) = state.groups.entry(group.to_owned()) {
+            members.get_mut().remove(channel);
+            if members.get().is_empty() {
+                members.remove();
+            }
+        }
+        Ok(())
+    }
+
+    async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
+        validate_group_name(group)?;
+        self.ensure_sweeper();
+        let config = &self.inner.config;
+        let now = Instant::now();
+        let mut report = GroupSendReport::default();
+        let mut wake = Vec::new();
+        {
+            let mut state = self.lock();
+            let State { channels, groups } = &mut *state;
+            let Some(members) = groups.get_mut(group) else { return Ok(report) };
+            members.retain(|_, joined| *joined + config.group_expiry > now);
+            let mut expired = Vec::new();
+            for channel in members.keys() {
+                let queue = channels.entry(channel.clone()).or_default();
+                if queue.purge_expired(now) {
+                    expired.push(channel.clone());
+                }
+                if queue.items.len() >= config.capacity_for(channel) {
+                    report.dropped_full += 1;
+                } else {
+                    queue.items.push_back((now + config.expiry, message.clone()));
+                    if queue.has_waiters() {
+                        wake.push(queue.notify.clone());
+                    }
+                    report.queued += 1;
+                }
+            }
+            if members.is_empty() {
+                groups.remove(group);
+            }
+            for channel in expired {
+                state.remove_from_groups(&channel);
+            }
+        }
+        for notify in wake {
+            notify.notify_one();
+        }
+        if report.dropped_full > 0 {
+            self.inner.dropped_full.fetch_add(report.dropped_full as u64, Ordering::Relaxed);
+            tracing::info!(group, dropped = report.dropped_full, of = report.queued + report.dropped_full, "group_send dropped messages for full channels");
+        }
+        Ok(report)
+    }
+
+    async fn flush(&self) -> Result<(), GroupError> {
+        let mut state = self.lock();
+        state.groups.clear();
+        state.channels.retain(|_, queue| {
+            queue.items.clear();
+            queue.has_waiters()
+        });
+        Ok(())
+    }
+
+    async fn forget_channel(&self, channel: &str) {
+        let mut state = self.lock();
+        if state.channels.get(channel).is_some_and(|q| !q.has_waiters()) {
+            state.channels.remove(channel);
+        }
+        state.remove_from_groups(channel);
+    }
+
+    fn config(&self) -> &LayerConfig {
+        &self.inner.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    channels_core::layer_conformance_tests!(|config: LayerConfig| async move {
+        Arc::new(InMemoryChannelLayer::new(config)) as Arc<dyn ChannelLayer>
+    });
+
+    fn msg(n: u32) -> Message {
+        Message::new(&HashMap::from([("type", "t".to_string()), ("n", n.to_string())])).unwrap()
+    }
+
+    #[tokio::test]
+    async fn group_send_shares_one_encoded_buffer_with_every_member() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+        let (a, b) = (layer.new_channel("specific").await.unwrap(), layer.new_channel("specific").await.unwrap());
+        layer.group_add("g", &a).await.unwrap();
+        layer.group_add("g", &b).await.unwrap();
+        let sent = msg(1);
+        layer.group_send("g", sent.clone()).await.unwrap();
+        assert!(layer.receive(&a).await.unwrap().shares_buffer_with(&sent));
+        assert!(layer.receive(&b).await.unwrap().shares_buffer_with(&sent));
+    }
+
+    #[tokio::test]
+    async fn drained_and_forgotten_channels_leave_nothing_behind() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+        let a = layer.new_channel("specific").await.unwrap();
+        layer.group_add("g", &a).await.unwrap();
+        layer.send(&a, msg(1)).await.unwrap();
+        layer.receive(&a).await.unwrap();
+        layer.forget_channel(&a).await;
+        assert_eq!(layer.stats(), LayerStats::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_cleans_expired_messages_and_memberships() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default().expiry(Duration::from_secs(2)));
+        let a = layer.new_channel("specific").await.unwrap();
+        layer.group_add("g", &a).await.unwrap();
+        layer.send(&a, msg(1)).await.unwrap();
+        assert_eq!(layer.stats().queued, 1);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let stats = layer.stats();
+        assert_eq!((stats.channels, stats.groups, stats.queued), (0, 0, 0), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_ends_when_the_layer_is_dropped() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default().expiry(Duration::from_secs(1)));
+        layer.send("x", msg(1)).await.unwrap();
+        let weak = Arc::downgrade(&layer.inner);
+        drop(layer);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert_eq!(InMemoryChannelLayer::from_url(LayerUrl::parse("memory://?capacity=7").unwrap()).unwrap().config().capacity, 7);
+        for bad in ["memory://?capacity=0", "memory://?bogus=1", "memory://host", "redis://x"] {
+            assert!(InMemoryChannelLayer::from_url(LayerUrl::parse(bad).unwrap()).is_err(), "{bad}");
+        }
+    }
+}
