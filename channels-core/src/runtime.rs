@@ -272,8 +272,13 @@ async fn event_loop<C: WebsocketConsumer>(
             }
         };
         if let Err(e) = result {
-            tracing::error!(path = %ctx.scope().path(), error = %e, "handler failed; closing with 1011");
-            let _ = ctx.close_with_reason(close_code::INTERNAL_ERROR, "internal error").await;
+            if matches!(ctx.state, State::Closed) {
+                // The write failed because the client is gone or too slow: not a handler bug.
+                tracing::debug!(path = %ctx.scope().path(), error = %e, "client gone while a handler was sending");
+            } else {
+                tracing::error!(path = %ctx.scope().path(), error = %e, "handler failed; closing with 1011");
+                let _ = ctx.close_with_reason(close_code::INTERNAL_ERROR, "internal error").await;
+            }
         }
     }
 }

@@ -422,3 +422,42 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod stress {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_receivers_and_group_senders() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default().capacity(100_000));
+        let mut receivers = Vec::new();
+        for _ in 0..20 {
+            let ch = layer.new_channel("specific").await.unwrap();
+            layer.group_add("g", &ch).await.unwrap();
+            let layer = layer.clone();
+            receivers.push(tokio::spawn(async move {
+                let mut n = 0;
+                while n < 2000 {
+                    match tokio::time::timeout(Duration::from_secs(3), layer.receive(&ch)).await {
+                        Ok(_) => n += 1,
+                        Err(_) => break,
+                    }
+                    if n % 7 == 0 { tokio::task::yield_now().await; }
+                }
+                n
+            }));
+        }
+        let senders: Vec<_> = (0..20).map(|_| {
+            let layer = layer.clone();
+            tokio::spawn(async move {
+                for i in 0..100u32 {
+                    layer.group_send("g", Message::new(&HashMap::from([("type", "t".to_string()), ("i", i.to_string())])).unwrap()).await.unwrap();
+                    if i % 3 == 0 { tokio::task::yield_now().await; }
+                }
+            })
+        }).collect();
+        for s in senders { s.await.unwrap(); }
+        for r in receivers { assert_eq!(r.await.unwrap(), 2000); }
+    }
+}

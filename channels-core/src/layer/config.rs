@@ -15,7 +15,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The settings every layer understands, with Django's defaults.
+/// The settings every layer understands.
+///
+/// The defaults are Django's (`expiry` 60 s, `group_expiry` 86,400 s) except `capacity`:
+/// Django's 100 drops messages silently as soon as a burst outruns a consumer (twenty chat users
+/// sending ten messages at once is enough), so ours is 1,000. A queued message costs a pointer,
+/// not a copy, so the larger default costs memory only while a consumer is behind.
 ///
 /// ```
 /// use channels_core::layer::LayerConfig;
@@ -26,7 +31,7 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LayerConfig {
-    /// Messages a channel holds before `send` fails with `ChannelFull` (default 100).
+    /// Messages a channel holds before `send` fails with `ChannelFull` (default 1,000).
     pub capacity: usize,
     /// Per-channel capacities as `(glob, capacity)`; the first matching glob wins.
     pub channel_capacity: Vec<(String, usize)>,
@@ -39,7 +44,7 @@ pub struct LayerConfig {
 impl Default for LayerConfig {
     fn default() -> Self {
         Self {
-            capacity: 100,
+            capacity: 1000,
             channel_capacity: Vec::new(),
             expiry: Duration::from_secs(60),
             group_expiry: Duration::from_secs(86_400),
@@ -206,7 +211,7 @@ mod tests {
     fn first_matching_capacity_wins() {
         let c = LayerConfig::default().channel_capacity("a*", 1).channel_capacity("ab*", 2);
         assert_eq!(c.capacity_for("abc"), 1);
-        assert_eq!(c.capacity_for("zzz"), 100);
+        assert_eq!(c.capacity_for("zzz"), 1000);
     }
 
     #[test]

@@ -1,0 +1,266 @@
+//! Group chat: twenty browser tabs, one live conversation.
+//!
+//! Run it with `cargo run --example chat` and open <http://127.0.0.1:8000/>.
+//!
+//! What it shows:
+//! - a [`WebsocketConsumer`] with typed channel-layer events (`chat.message`, `chat.join`,
+//!   `chat.leave`), joined to the group `chat_<room>` taken from the URL capture `{room}`;
+//! - the layer chosen by configuration: `--layer memory://` (default) or the `CHANNELS_LAYER`
+//!   environment variable; no code changes between backends;
+//! - the close word (`关闭` or `/close`) that makes the server close the connection cleanly;
+//! - origin checking, limits and graceful shutdown (Ctrl-C closes every socket with 1001).
+//!
+//! Protocol (stable; other clients rely on it):
+//! - `GET /` and `GET /home/`: the chat page. WebSocket: `/ws/chat/{room}/?user=NAME`.
+//! - Client → server: a text frame, plain text or `{"message": "..."}`.
+//! - Server → client: JSON text frames `{"type": "chat.message", "user", "text", "ts"}`,
+//!   `{"type": "chat.join", "user", "ts"}`, `{"type": "chat.leave", "user", "ts"}`, and, to a
+//!   newcomer only, `{"type": "chat.presence", "users": [...]}` (who is online in this process).
+//! - On the channel layer, room `R` is group `chat_R` and a message is the event
+//!   `{"type": "chat.message", "user": str, "text": str, "ts": float}`, as in the Django
+//!   Channels tutorial, so a Django consumer on the same layer can join the conversation.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use channels::http::page;
+use channels::middleware::OriginValidator;
+use channels::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Longest chat message, in characters.
+const MAX_TEXT_CHARS: usize = 4000;
+/// Longest user name, in characters.
+const MAX_USER_CHARS: usize = 32;
+
+/// The events a room's members exchange on the channel layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum ChatEvent {
+    #[serde(rename = "chat.message")]
+    Message {
+        user: String,
+        text: String,
+        #[serde(default)]
+        ts: f64,
+    },
+    #[serde(rename = "chat.join")]
+    Join {
+        user: String,
+        #[serde(default)]
+        ts: f64,
+    },
+    #[serde(rename = "chat.leave")]
+    Leave {
+        user: String,
+        #[serde(default)]
+        ts: f64,
+    },
+}
+
+/// What a client may send: `{"message": "..."}` (anything else is taken as plain text).
+#[derive(Deserialize)]
+struct Inbound {
+    message: String,
+}
+
+/// Who is connected to each room in this process.
+#[derive(Clone, Default)]
+struct Presence(Arc<Mutex<HashMap<String, HashMap<String, usize>>>>);
+
+impl Presence {
+    fn join(&self, room: &str, user: &str) -> Vec<String> {
+        let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let users = rooms.entry(room.to_owned()).or_default();
+        *users.entry(user.to_owned()).or_default() += 1;
+        let mut names: Vec<String> = users.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn leave(&self, room: &str, user: &str) {
+        let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(users) = rooms.get_mut(room) {
+            if let Some(count) = users.get_mut(user) {
+                *count -= 1;
+                if *count == 0 {
+                    users.remove(user);
+                }
+            }
+            if users.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+}
+
+struct ChatConsumer {
+    room: String,
+    group: String,
+    user: String,
+    presence: Presence,
+    joined: bool,
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
+fn valid_room(room: &str) -> bool {
+    (1..=50).contains(&room.len()) && room.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl ChatConsumer {
+    fn new(scope: &Scope, presence: Presence) -> Self {
+        let room = scope.param("room").unwrap_or_default().to_owned();
+        let user = scope
+            .query_param("user")
+            .map(|u| u.trim().chars().filter(|c| !c.is_control()).take(MAX_USER_CHARS).collect::<String>())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| format!("guest-{}", rand_suffix()));
+        Self { group: format!("chat_{room}"), room, user, presence, joined: false }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
+    nanos % 10_000
+}
+
+impl WebsocketConsumer for ChatConsumer {
+    type Event = ChatEvent;
+
+    fn groups(&self) -> Vec<String> {
+        // An invalid room yields no group; `connect` then denies the connection.
+        if valid_room(&self.room) { vec![self.group.clone()] } else { Vec::new() }
+    }
+
+    async fn connect(&mut self, ctx: &mut WebsocketContext) -> HandlerResult {
+        if !valid_room(&self.room) {
+            ctx.deny();
+            return Ok(());
+        }
+        ctx.accept();
+        let users = self.presence.join(&self.room, &self.user);
+        self.joined = true;
+        ctx.send_json(&serde_json::json!({ "type": "chat.presence", "users": users })).await?;
+        ctx.group_send(&self.group, &ChatEvent::Join { user: self.user.clone(), ts: now() }).await?;
+        Ok(())
+    }
+
+    async fn receive(&mut self, ctx: &mut WebsocketContext, frame: Frame) -> HandlerResult {
+        let Some(raw) = frame.as_text() else {
+            return Ok(()); // binary frames mean nothing in this protocol
+        };
+        let text = match serde_json::from_str::<Inbound>(raw) {
+            Ok(inbound) => inbound.message,
+            Err(_) => raw.to_owned(),
+        };
+        let text = text.trim();
+        if text == "关闭" || text == "/close" {
+            ctx.close(close_code::NORMAL).await?;
+            return Ok(());
+        }
+        if text.is_empty() {
+            return Ok(());
+        }
+        if text.chars().count() > MAX_TEXT_CHARS {
+            let error = format!("messages are limited to {MAX_TEXT_CHARS} characters");
+            ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": error })).await?;
+            return Ok(());
+        }
+        let event = ChatEvent::Message { user: self.user.clone(), text: text.to_owned(), ts: now() };
+        ctx.group_send(&self.group, &event).await?;
+        Ok(())
+    }
+
+    async fn event(&mut self, ctx: &mut WebsocketContext, event: ChatEvent) -> HandlerResult {
+        ctx.send_json(&event).await?;
+        Ok(())
+    }
+
+    async fn disconnect(&mut self, ctx: &mut WebsocketContext, _code: u16) -> HandlerResult {
+        if self.joined {
+            self.presence.leave(&self.room, &self.user);
+            ctx.group_send(&self.group, &ChatEvent::Leave { user: self.user.clone(), ts: now() }).await?;
+        }
+        Ok(())
+    }
+}
+
+struct Options {
+    bind: String,
+    layer: String,
+    allowed_origins: Vec<String>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: chat [--bind ADDR] [--layer URL] [--allowed-origin HOST]...\n\
+         \n  --bind ADDR            listen address (default 127.0.0.1:8000, env CHANNELS_BIND)\
+         \n  --layer URL            channel layer (default memory://, env CHANNELS_LAYER)\
+         \n  --allowed-origin HOST  also accept browser pages from HOST (repeatable)"
+    );
+    std::process::exit(2)
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        bind: std::env::var("CHANNELS_BIND").unwrap_or_else(|_| "127.0.0.1:8000".into()),
+        layer: std::env::var(channels::layers::LAYER_ENV_VAR).unwrap_or_else(|_| "memory://".into()),
+        allowed_origins: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+            None => (arg, None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next()).unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--bind" => options.bind = value(),
+            "--layer" => options.layer = value(),
+            "--allowed-origin" => options.allowed_origins.push(value()),
+            _ => usage(),
+        }
+    }
+    options
+}
+
+/// The chat application, on any layer: shared by `main` and the end-to-end tests.
+fn app(layer: Arc<dyn channels::layers::ChannelLayer>, bind: Option<SocketAddr>, extra_origins: &[String]) -> Application {
+    let presence = Presence::default();
+    let html = include_str!("index.html");
+    let router = Router::new()
+        .http("/", page("text/html; charset=utf-8", html))
+        .http("/home/", page("text/html; charset=utf-8", html))
+        .websocket("/ws/chat/{room}/", move |scope: &Scope| ChatConsumer::new(scope, presence.clone()));
+    let mut origins: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec();
+    if let Some(bind) = bind {
+        origins.push(bind.ip().to_string());
+    }
+    origins.extend_from_slice(extra_origins);
+    Application::builder(router)
+        .layer(layer)
+        .middleware(OriginValidator::new(origins).allow_missing_origin(true))
+        .build()
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let options = options();
+    let layer = channels::layers::from_url(&options.layer)?;
+    let server = Server::bind(&options.bind).await?;
+    let addr = server.local_addr()?;
+    let app = app(layer, Some(addr), &options.allowed_origins);
+    tracing::info!(layer = %options.layer, "chat is running: open http://{addr}/ in a few browser tabs");
+    println!("chat: open http://{addr}/ (layer {})", options.layer);
+    server.serve(app).await?;
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Helpers shared by the end-to-end tests: run an example binary, connect real clients.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The path of an example binary that `cargo test` built next to this test.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let target_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = target_dir.join("examples").join(name);
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test` so examples are built", path.display());
+    path
+}
+
+/// A running example process, killed when dropped.
+pub struct Example {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Everything the process logged so far (drained by a thread so the pipe never fills).
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Example {
+    /// Starts `name` on a free port and waits for it to print its address.
+    pub fn start(name: &str, args: &[&str]) -> Example {
+        let mut child = Command::new(example_binary(name))
+            .args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", std::env::var("EXAMPLE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start example");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the example's first line");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("the example printed no address: {line:?}"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Example { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- example log ---\n{}", self.log.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+    client
+}
+
+/// The next text frame, skipping pings; panics after 5 s.
+pub async fn next_text(client: &mut Client) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), client.next()).await.expect("a frame within 5 s") {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// The next JSON event, as a `serde_json::Value`.
+pub async fn next_json(client: &mut Client) -> serde_json::Value {
+    serde_json::from_str(&next_text(client).await).expect("JSON event")
+}
+
+/// The next event of type `kind`, skipping others.
+pub async fn next_of_type(client: &mut Client, kind: &str) -> serde_json::Value {
+    loop {
+        let event = next_json(client).await;
+        if event["type"] == kind {
+            return event;
+        }
+    }
+}
+
+/// Waits for the server's close frame and returns its code.
+pub async fn close_code(client: &mut Client) -> u16 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), client.next()).await.expect("a frame within 5 s") {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+            Some(Ok(Message::Close(None))) => return 1005,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+pub async fn send_text(client: &mut Client, text: &str) {
+    client.send(Message::text(text)).await.expect("send");
+}
