@@ -3,7 +3,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use http::StatusCode;
+pub use http::StatusCode;
 
 use crate::scope::{Scope, ScopeKind};
 
@@ -45,7 +45,7 @@ impl std::error::Error for Rejection {}
 ///
 /// struct TokenAuth;
 ///
-/// #[async_trait::async_trait]
+/// #[channels_core::async_trait]
 /// impl Middleware for TokenAuth {
 ///     async fn process(&self, scope: &mut Scope) -> Result<(), Rejection> {
 ///         match scope.query_param("token").as_deref() {
@@ -53,7 +53,7 @@ impl std::error::Error for Rejection {}
 ///                 scope.extensions_mut().insert(User("ann".into()));
 ///                 Ok(())
 ///             }
-///             _ => Err(Rejection::new(http::StatusCode::FORBIDDEN, "bad token")),
+///             _ => Err(Rejection::new(channels_core::middleware::StatusCode::FORBIDDEN, "bad token")),
 ///         }
 ///     }
 /// }

@@ -307,11 +307,12 @@ async fn finish_close(ctx: &mut WebsocketContext, code: u16, limits: &WebsocketL
 /// A read error: send the close code the error calls for (tungstenite only reports it), then
 /// linger so the client reads the close frame before the socket goes.
 async fn fail(ctx: &mut WebsocketContext, error: WsError, limits: &WebsocketLimits) -> u16 {
-    use tokio_tungstenite::tungstenite::error::CapacityError;
+    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
     let (code, reason) = match &error {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => (close_code::MESSAGE_TOO_BIG, "message too big"),
         WsError::Capacity(_) => (close_code::MESSAGE_TOO_BIG, "frame too big"),
         WsError::Utf8(_) => (close_code::INVALID_PAYLOAD, "invalid UTF-8 in text frame"),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return close_code::ABNORMAL,
         WsError::Protocol(_) => (close_code::PROTOCOL_ERROR, "protocol error"),
         _ => return close_code::ABNORMAL,
     };

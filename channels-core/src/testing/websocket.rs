@@ -225,10 +225,15 @@ impl WebsocketCommunicator {
             return match next {
                 Some(Ok(WsMessage::Text(t))) => Ok(Received::Text(t.to_string())),
                 Some(Ok(WsMessage::Binary(b))) => Ok(Received::Binary(b)),
-                Some(Ok(WsMessage::Close(frame))) => Ok(match frame {
-                    Some(f) => Received::Close(f.code.into(), f.reason.to_string()),
-                    None => Received::Close(1005, String::new()),
-                }),
+                Some(Ok(WsMessage::Close(frame))) => {
+                    // Answer the close and hang up, as a real client does.
+                    let _ = tokio::time::timeout(timeout, socket.flush()).await;
+                    self.socket = None;
+                    Ok(match frame {
+                        Some(f) => Received::Close(f.code.into(), f.reason.to_string()),
+                        None => Received::Close(1005, String::new()),
+                    })
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => Err(TestError::Socket(e)),
                 None => Err(TestError::Closed),

@@ -1,0 +1,474 @@
+//! Consumer behaviour through the in-process communicator: no sockets, real frames.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use channels::layers::{ChannelLayer, LayerConfig, Message};
+use channels::memory::InMemoryChannelLayer;
+use channels::middleware::{Middleware, Rejection};
+use channels::prelude::*;
+use channels::testing::{Connected, WebsocketCommunicator};
+use serde::{Deserialize, Serialize};
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn log(log: &Log, line: impl Into<String>) {
+    log.lock().expect("log").push(line.into());
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum Event {
+    #[serde(rename = "test.ping")]
+    Ping { n: u32 },
+    #[serde(rename = "test.fail")]
+    Fail,
+}
+
+/// A consumer whose behaviour is chosen by the query string, recording its hooks.
+struct Probe {
+    log: Log,
+    group: Option<String>,
+}
+
+impl WebsocketConsumer for Probe {
+    type Event = Event;
+
+    fn groups(&self) -> Vec<String> {
+        self.group.iter().cloned().collect()
+    }
+
+    async fn connect(&mut self, ctx: &mut WebsocketContext) -> HandlerResult {
+        log(&self.log, "connect");
+        let mode = ctx.scope().query_param("mode").unwrap_or_default();
+        match mode.as_str() {
+            "deny" => ctx.deny(),
+            "close4003" => ctx.close(4003).await?,
+            "silent" => {}
+            "error" => return Err("connect blew up".into()),
+            "send-early" => {
+                let err = ctx.send_text("too early").await.expect_err("sending before accept fails");
+                log(&self.log, format!("early: {err}"));
+                ctx.accept();
+            }
+            "welcome" => {
+                ctx.accept();
+                ctx.send_text("welcome").await?;
+            }
+            "welcome-bye" => {
+                ctx.accept();
+                ctx.send_text("welcome").await?;
+                ctx.close_with_reason(4000, "bye").await?;
+            }
+            "subprotocol" => ctx.accept_subprotocol("v2")?,
+            "bad-subprotocol" => {
+                let err = ctx.accept_subprotocol("v9").expect_err("v9 was not offered");
+                log(&self.log, format!("{err}"));
+                ctx.accept();
+            }
+            "headers" => ctx.accept_with(None, vec![("x-test".into(), "1".into())])?,
+            _ => ctx.accept(),
+        }
+        Ok(())
+    }
+
+    async fn receive(&mut self, ctx: &mut WebsocketContext, frame: Frame) -> HandlerResult {
+        match frame {
+            Frame::Text(text) => match text.as_str() {
+                "room" => ctx.send_text(ctx.scope().param("room").unwrap_or("-").to_owned()).await?,
+                "channel" => ctx.send_text(ctx.channel_name().unwrap_or("none").to_owned()).await?,
+                "fail" => return Err("receive failed on purpose".into()),
+                "panic" => panic!("receive panicked on purpose"),
+                "close" => ctx.close(4001).await?,
+                "user" => {
+                    let user = ctx.scope().extensions().get::<User>().map_or("anonymous".into(), |u| u.0.clone());
+                    ctx.send_text(user).await?;
+                }
+                "group-send" => {
+                    let report = ctx.group_send("g", &Event::Ping { n: 9 }).await?;
+                    ctx.send_text(format!("queued {}", report.queued)).await?;
+                }
+                other => ctx.send_text(format!("echo {other}")).await?,
+            },
+            Frame::Binary(data) => ctx.send_binary(data).await?,
+        }
+        Ok(())
+    }
+
+    async fn event(&mut self, ctx: &mut WebsocketContext, event: Event) -> HandlerResult {
+        match event {
+            Event::Ping { n } => ctx.send_text(format!("ping {n}")).await?,
+            Event::Fail => return Err("event failed".into()),
+        }
+        Ok(())
+    }
+
+    async fn disconnect(&mut self, _ctx: &mut WebsocketContext, code: u16) -> HandlerResult {
+        log(&self.log, format!("disconnect {code}"));
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct User(String);
+
+struct FakeAuth;
+
+#[channels::async_trait]
+impl Middleware for FakeAuth {
+    async fn process(&self, scope: &mut Scope) -> Result<(), Rejection> {
+        match scope.query_param("token").as_deref() {
+            None => Ok(()),
+            Some("good") => {
+                scope.extensions_mut().insert(User("ann".into()));
+                Ok(())
+            }
+            Some(_) => Err(Rejection::new(channels::middleware::StatusCode::UNAUTHORIZED, "bad token")),
+        }
+    }
+}
+
+struct Fixture {
+    app: Application,
+    layer: InMemoryChannelLayer,
+    log: Log,
+}
+
+fn fixture() -> Fixture {
+    let log: Log = Arc::default();
+    let layer = InMemoryChannelLayer::new(LayerConfig::default());
+    let (l1, l2) = (log.clone(), log.clone());
+    let router = Router::new()
+        .websocket("/ws/", move |_: &Scope| Probe { log: l1.clone(), group: None })
+        .websocket("/ws/rooms/{room}/", move |scope: &Scope| Probe {
+            log: l2.clone(),
+            group: scope.param("room").filter(|r| r.is_ascii()).map(|r| format!("room_{r}")),
+        });
+    let app = Application::builder(router).layer(Arc::new(layer.clone())).middleware(FakeAuth).build();
+    Fixture { app, layer, log }
+}
+
+fn logged(fixture: &Fixture) -> Vec<String> {
+    fixture.log.lock().expect("log").clone()
+}
+
+fn ping(n: u32) -> Message {
+    Message::new(&Event::Ping { n }).expect("message")
+}
+
+async fn connected(fixture: &Fixture, path: &str) -> WebsocketCommunicator {
+    let mut client = WebsocketCommunicator::new(&fixture.app, path);
+    assert_eq!(client.connect().await.expect("connect"), Connected::Accepted { subprotocol: None });
+    client
+}
+
+#[tokio::test]
+async fn the_default_connect_accepts() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    client.send_text("hi").await.expect("send");
+    assert_eq!(client.receive_text().await.expect("reply"), "echo hi");
+    client.disconnect().await.expect("disconnect");
+    assert_eq!(logged(&f), ["connect", "disconnect 1000"]);
+}
+
+#[tokio::test]
+async fn deny_is_403_and_disconnect_still_runs_once() {
+    let f = fixture();
+    let mut client = WebsocketCommunicator::new(&f.app, "/ws/?mode=deny");
+    assert_eq!(client.connect().await.expect("connect"), Connected::Denied { status: 403, code: 1000 });
+    assert_eq!(logged(&f), ["connect", "disconnect 1000"]);
+}
+
+#[tokio::test]
+async fn close_before_accept_denies_with_that_code() {
+    let f = fixture();
+    let mut client = WebsocketCommunicator::new(&f.app, "/ws/?mode=close4003");
+    assert_eq!(client.connect().await.expect("connect"), Connected::Denied { status: 403, code: 4003 });
+}
+
+#[tokio::test]
+async fn returning_without_accepting_denies() {
+    let f = fixture();
+    let mut client = WebsocketCommunicator::new(&f.app, "/ws/?mode=silent");
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Denied { status: 403, .. }));
+}
+
+#[tokio::test]
+async fn a_failing_connect_denies() {
+    let f = fixture();
+    let mut client = WebsocketCommunicator::new(&f.app, "/ws/?mode=error");
+    assert_eq!(client.connect().await.expect("connect"), Connected::Denied { status: 403, code: 1011 });
+    assert_eq!(logged(&f), ["connect", "disconnect 1011"]);
+}
+
+#[tokio::test]
+async fn sending_before_accept_is_an_error_and_frames_sent_in_connect_arrive_after_the_upgrade() {
+    let f = fixture();
+    let _early = connected(&f, "/ws/?mode=send-early").await;
+    assert!(logged(&f).iter().any(|l| l == "early: the connection has not been accepted"), "{:?}", logged(&f));
+    let mut client = connected(&f, "/ws/?mode=welcome").await;
+    assert_eq!(client.receive_text().await.expect("greeting"), "welcome");
+}
+
+#[tokio::test]
+async fn close_inside_connect_after_accept_sends_the_frames_then_closes() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/?mode=welcome-bye").await;
+    assert_eq!(client.receive_text().await.expect("greeting"), "welcome");
+    assert_eq!(client.receive_close().await.expect("close"), (4000, "bye".to_string()));
+}
+
+#[tokio::test]
+async fn a_subprotocol_the_client_offered_is_selected() {
+    let f = fixture();
+    let mut client = WebsocketCommunicator::new(&f.app, "/ws/?mode=subprotocol").subprotocols(&["v1", "v2"]);
+    assert_eq!(client.connect().await.expect("connect"), Connected::Accepted { subprotocol: Some("v2".into()) });
+}
+
+#[tokio::test]
+async fn a_subprotocol_the_client_did_not_offer_is_refused() {
+    let f = fixture();
+    let mut client = WebsocketCommunicator::new(&f.app, "/ws/?mode=bad-subprotocol").subprotocols(&["v1"]);
+    assert_eq!(client.connect().await.expect("connect"), Connected::Accepted { subprotocol: None });
+    assert!(logged(&f).iter().any(|l| l.contains("did not offer subprotocol \"v9\"")), "{:?}", logged(&f));
+}
+
+#[tokio::test]
+async fn accept_headers_reach_the_client() {
+    let f = fixture();
+    let client = connected(&f, "/ws/?mode=headers").await;
+    assert_eq!(client.response_headers(), [("x-test".to_string(), "1".to_string())]);
+}
+
+#[tokio::test]
+async fn route_params_are_decoded_into_the_scope() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/rooms/caf%C3%A9/").await;
+    client.send_text("room").await.expect("send");
+    assert_eq!(client.receive_text().await.expect("reply"), "café");
+}
+
+#[tokio::test]
+async fn a_group_name_that_breaks_the_rules_denies_the_connection() {
+    let f = fixture();
+    let mut client = WebsocketCommunicator::new(&f.app, "/ws/rooms/has%20space/");
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Denied { status: 403, .. }));
+}
+
+#[tokio::test]
+async fn a_missing_trailing_slash_still_reaches_the_websocket_route() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/rooms/lobby").await;
+    client.send_text("room").await.expect("send");
+    assert_eq!(client.receive_text().await.expect("reply"), "lobby");
+}
+
+#[tokio::test]
+async fn an_unknown_path_is_denied_with_403() {
+    let f = fixture();
+    let mut client = WebsocketCommunicator::new(&f.app, "/nowhere/");
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Denied { status: 403, .. }));
+}
+
+#[tokio::test]
+async fn typed_events_are_dispatched_to_members_of_the_consumers_groups() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/rooms/lobby/").await;
+    f.layer.group_send("room_lobby", ping(7)).await.expect("group_send");
+    assert_eq!(client.receive_text().await.expect("event"), "ping 7");
+}
+
+#[tokio::test]
+async fn an_event_of_unknown_type_is_dropped_and_the_connection_stays_up() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/rooms/lobby/").await;
+    let unknown = Message::new(&HashMap::from([("type", "no.such.handler")])).expect("message");
+    f.layer.group_send("room_lobby", unknown).await.expect("group_send");
+    let malformed = Message::new(&HashMap::from([("type", "test.ping"), ("n", "not a number")])).expect("message");
+    f.layer.group_send("room_lobby", malformed).await.expect("group_send");
+    assert!(client.receive_nothing().await);
+    f.layer.group_send("room_lobby", ping(1)).await.expect("group_send");
+    assert_eq!(client.receive_text().await.expect("event"), "ping 1");
+}
+
+#[tokio::test]
+async fn direct_sends_reach_a_consumer_by_channel_name() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    client.send_text("channel").await.expect("send");
+    let channel = client.receive_text().await.expect("channel name");
+    assert!(channel.starts_with("specific."), "{channel}");
+    f.layer.send(&channel, ping(3)).await.expect("send");
+    assert_eq!(client.receive_text().await.expect("event"), "ping 3");
+}
+
+#[tokio::test]
+async fn a_failing_handler_closes_with_1011_and_disconnect_runs() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    client.send_text("fail").await.expect("send");
+    assert_eq!(client.receive_close().await.expect("close").0, 1011);
+    client.wait_closed().await.expect("closed");
+    assert_eq!(logged(&f).last().map(String::as_str), Some("disconnect 1011"));
+}
+
+#[tokio::test]
+async fn a_panicking_handler_closes_with_1011_and_disconnect_runs() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    client.send_text("panic").await.expect("send");
+    assert_eq!(client.receive_close().await.expect("close").0, 1011);
+    client.wait_closed().await.expect("closed");
+    assert_eq!(logged(&f).last().map(String::as_str), Some("disconnect 1011"));
+}
+
+#[tokio::test]
+async fn a_failing_event_handler_closes_with_1011() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/rooms/x/").await;
+    f.layer.group_send("room_x", Message::new(&Event::Fail).expect("message")).await.expect("group_send");
+    assert_eq!(client.receive_close().await.expect("close").0, 1011);
+}
+
+#[tokio::test]
+async fn a_server_close_reports_its_code_to_disconnect() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    client.send_text("close").await.expect("send");
+    assert_eq!(client.receive_close().await.expect("close").0, 4001);
+    client.disconnect().await.expect("disconnect");
+    assert_eq!(logged(&f).last().map(String::as_str), Some("disconnect 4001"));
+}
+
+#[tokio::test]
+async fn the_clients_close_code_reaches_disconnect_exactly_once() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    client.disconnect_with(4321).await.expect("disconnect");
+    assert_eq!(logged(&f), ["connect", "disconnect 4321"]);
+}
+
+#[tokio::test]
+async fn a_vanished_client_gets_disconnect_1006() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    client.drop_connection();
+    client.wait_closed().await.expect("closed");
+    assert_eq!(logged(&f), ["connect", "disconnect 1006"]);
+}
+
+#[tokio::test]
+async fn groups_are_left_after_disconnect() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/rooms/gone/").await;
+    client.disconnect().await.expect("disconnect");
+    let report = f.layer.group_send("room_gone", ping(1)).await.expect("group_send");
+    assert_eq!(report.queued, 0);
+    assert_eq!(f.layer.stats().channels, 0, "the channel was forgotten");
+}
+
+#[tokio::test]
+async fn binary_frames_round_trip() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    let all_bytes: Vec<u8> = (0..=255).collect();
+    client.send_binary(all_bytes.clone()).await.expect("send");
+    assert_eq!(client.receive_binary().await.expect("reply"), all_bytes);
+}
+
+#[tokio::test]
+async fn middleware_extensions_reach_the_consumer_and_rejections_refuse() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/?token=good").await;
+    client.send_text("user").await.expect("send");
+    assert_eq!(client.receive_text().await.expect("reply"), "ann");
+    let mut refused = WebsocketCommunicator::new(&f.app, "/ws/?token=bad");
+    assert!(matches!(refused.connect().await.expect("connect"), Connected::Denied { status: 401, .. }));
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    client.send_raw_text_frame(vec![b'o', b'k', 0xc3]).await.expect("send");
+    assert_eq!(client.receive_close().await.expect("close").0, 1007);
+    client.wait_closed().await.expect("closed");
+    assert_eq!(logged(&f).last().map(String::as_str), Some("disconnect 1007"));
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_with_1009() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/").await;
+    let _ = client.send_binary(vec![0u8; (1 << 20) + 1]).await;
+    assert_eq!(client.receive_close().await.expect("close").0, 1009);
+}
+
+#[tokio::test]
+async fn without_a_layer_there_is_no_channel_and_group_operations_fail_clearly() {
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let app = Application::builder(Router::new().websocket("/ws/", move |_: &Scope| Probe { log: l.clone(), group: None })).build();
+    let mut client = WebsocketCommunicator::new(&app, "/ws/");
+    client.connect().await.expect("connect");
+    client.send_text("channel").await.expect("send");
+    assert_eq!(client.receive_text().await.expect("reply"), "none");
+    client.send_text("group-send").await.expect("send");
+    assert_eq!(client.receive_close().await.expect("close").0, 1011);
+}
+
+mod json {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Inbound {
+        message: String,
+    }
+
+    struct Shouter;
+
+    impl JsonWebsocketConsumer for Shouter {
+        type Inbound = Inbound;
+        type Event = NoEvents;
+
+        async fn receive_json(&mut self, ctx: &mut WebsocketContext, inbound: Inbound) -> HandlerResult {
+            ctx.send_json(&serde_json::json!({ "shout": inbound.message.to_uppercase() })).await?;
+            Ok(())
+        }
+    }
+
+    fn app() -> Application {
+        Application::builder(Router::new().websocket("/ws/", |_: &Scope| Shouter)).build()
+    }
+
+    #[tokio::test]
+    async fn valid_json_is_decoded_into_the_inbound_type() {
+        let app = app();
+        let mut client = WebsocketCommunicator::new(&app, "/ws/");
+        client.connect().await.expect("connect");
+        client.send_json(&serde_json::json!({ "message": "hi" })).await.expect("send");
+        let reply: serde_json::Value = client.receive_json().await.expect("reply");
+        assert_eq!(reply["shout"], "HI");
+    }
+
+    #[tokio::test]
+    async fn malformed_json_closes_with_1007() {
+        for bad in ["{not json", "", "{\"other\": 1}", "[1,2]"] {
+            let app = app();
+            let mut client = WebsocketCommunicator::new(&app, "/ws/");
+            client.connect().await.expect("connect");
+            client.send_text(bad).await.expect("send");
+            assert_eq!(client.receive_close().await.expect("close").0, 1007, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_binary_frame_closes_with_1003() {
+        let app = app();
+        let mut client = WebsocketCommunicator::new(&app, "/ws/");
+        client.connect().await.expect("connect");
+        client.send_binary(vec![1, 2, 3]).await.expect("send");
+        assert_eq!(client.receive_close().await.expect("close").0, 1003);
+    }
+}
