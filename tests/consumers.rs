@@ -138,12 +138,13 @@ fn fixture() -> Fixture {
     let log: Log = Arc::default();
     let layer = InMemoryChannelLayer::new(LayerConfig::default());
     let (l1, l2) = (log.clone(), log.clone());
-    let router = Router::new()
-        .websocket("/ws/", move |_: &Scope| Probe { log: l1.clone(), group: None })
-        .websocket("/ws/rooms/{room}/", move |scope: &Scope| Probe {
+    let router = Router::new().websocket("/ws/", move |_: &Scope| Probe { log: l1.clone(), group: None }).websocket(
+        "/ws/rooms/{room}/",
+        move |scope: &Scope| Probe {
             log: l2.clone(),
             group: scope.param("room").filter(|r| r.is_ascii()).map(|r| format!("room_{r}")),
-        });
+        },
+    );
     let app = Application::builder(router).layer(Arc::new(layer.clone())).middleware(FakeAuth).build();
     Fixture { app, layer, log }
 }
@@ -409,7 +410,9 @@ async fn an_oversized_message_closes_with_1009() {
 async fn without_a_layer_there_is_no_channel_and_group_operations_fail_clearly() {
     let log: Log = Arc::default();
     let l = log.clone();
-    let app = Application::builder(Router::new().websocket("/ws/", move |_: &Scope| Probe { log: l.clone(), group: None })).build();
+    let app =
+        Application::builder(Router::new().websocket("/ws/", move |_: &Scope| Probe { log: l.clone(), group: None }))
+            .build();
     let mut client = WebsocketCommunicator::new(&app, "/ws/");
     client.connect().await.expect("connect");
     client.send_text("channel").await.expect("send");

@@ -147,8 +147,17 @@ impl ApplicationBuilder {
 
 /// The outcome of a WebSocket handshake, before any socket exists.
 pub(crate) enum Upgrade {
-    Accept { acceptance: crate::context::Acceptance, session: Session, limits: WebsocketLimits, permit: tokio::sync::OwnedSemaphorePermit },
-    Refuse { status: StatusCode, code: u16, reason: String },
+    Accept {
+        acceptance: crate::context::Acceptance,
+        session: Session,
+        limits: WebsocketLimits,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    Refuse {
+        status: StatusCode,
+        code: u16,
+        reason: String,
+    },
 }
 
 impl Application {
@@ -224,7 +233,11 @@ impl Application {
 
     /// Routes a WebSocket scope and runs the consumer's handshake (groups and `connect`).
     pub(crate) async fn websocket_handshake(&self, scope: Scope) -> Upgrade {
-        let refuse = |status: StatusCode, reason: String| Upgrade::Refuse { status, code: crate::consumer::close_code::NORMAL, reason };
+        let refuse = |status: StatusCode, reason: String| Upgrade::Refuse {
+            status,
+            code: crate::consumer::close_code::NORMAL,
+            reason,
+        };
         if self.is_shutting_down() {
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into());
         }
@@ -245,7 +258,9 @@ impl Application {
         let limits = endpoint.limits().unwrap_or(&self.inner.websocket_limits).clone();
         match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.shutdown.clone()).await {
             Handshake::Accept { acceptance, session } => Upgrade::Accept { acceptance, session, limits, permit },
-            Handshake::Deny { status, code } => Upgrade::Refuse { status, code, reason: "websocket connection denied".into() },
+            Handshake::Deny { status, code } => {
+                Upgrade::Refuse { status, code, reason: "websocket connection denied".into() }
+            }
         }
     }
 
@@ -261,16 +276,16 @@ impl Application {
         let Some(handler) = endpoints.http else {
             return text(StatusCode::UPGRADE_REQUIRED, "this path takes WebSocket connections only");
         };
-        if let Some(canonical) = canonical {
-            if matches!(*scope.method(), Method::GET | Method::HEAD) {
-                let query = scope.query_string();
-                let location = if query.is_empty() { canonical } else { format!("{canonical}?{query}") };
-                let mut response = text(StatusCode::PERMANENT_REDIRECT, "");
-                if let Ok(value) = HeaderValue::try_from(location) {
-                    response.headers_mut().insert(header::LOCATION, value);
-                }
-                return response;
+        if let Some(canonical) = canonical
+            && matches!(*scope.method(), Method::GET | Method::HEAD)
+        {
+            let query = scope.query_string();
+            let location = if query.is_empty() { canonical } else { format!("{canonical}?{query}") };
+            let mut response = text(StatusCode::PERMANENT_REDIRECT, "");
+            if let Ok(value) = HeaderValue::try_from(location) {
+                response.headers_mut().insert(header::LOCATION, value);
             }
+            return response;
         }
         handler.call(HttpRequest { scope, body }).await
     }
@@ -278,7 +293,12 @@ impl Application {
     /// Answers one hyper request: an HTTP request, or a WebSocket upgrade.
     ///
     /// `client` and `server` are the connection's addresses, for the scope.
-    pub async fn handle(&self, mut request: Request<Incoming>, client: Option<SocketAddr>, server: Option<SocketAddr>) -> HttpResponse {
+    pub async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        client: Option<SocketAddr>,
+        server: Option<SocketAddr>,
+    ) -> HttpResponse {
         if hyper_tungstenite::is_upgrade_request(&request) {
             return self.upgrade(&mut request, client, server).await;
         }
@@ -294,7 +314,15 @@ impl Application {
         self.http_request(scope, body).await
     }
 
-    async fn upgrade(&self, request: &mut Request<Incoming>, client: Option<SocketAddr>, server: Option<SocketAddr>) -> HttpResponse {
+    async fn upgrade(
+        &self,
+        request: &mut Request<Incoming>,
+        client: Option<SocketAddr>,
+        server: Option<SocketAddr>,
+    ) -> HttpResponse {
+        if let Err(problem) = check_handshake(request) {
+            return text(StatusCode::BAD_REQUEST, format!("bad websocket handshake: {problem}"));
+        }
         let scope = Scope::from_request(
             ScopeKind::Websocket,
             request.method().clone(),
@@ -343,6 +371,27 @@ impl Application {
     pub fn service(&self, client: Option<SocketAddr>, server: Option<SocketAddr>) -> AppService {
         AppService { app: self.clone(), client, server }
     }
+}
+
+/// Checks what RFC 6455 asks of an upgrade request before any consumer code runs.
+fn check_handshake<B>(request: &Request<B>) -> Result<(), &'static str> {
+    if request.method() != Method::GET {
+        return Err("the method must be GET");
+    }
+    let header = |name| request.headers().get(name).map(HeaderValue::as_bytes);
+    if header(header::SEC_WEBSOCKET_VERSION) != Some(b"13") {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    // A key is 16 random bytes in base64: 22 characters and "==".
+    let key_ok = header(header::SEC_WEBSOCKET_KEY).is_some_and(|key| {
+        key.len() == 24
+            && key.ends_with(b"==")
+            && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+    });
+    if !key_ok {
+        return Err("Sec-WebSocket-Key must be 16 bytes in base64");
+    }
+    Ok(())
 }
 
 /// An [`Application`] as a `hyper::service::Service` for one connection.

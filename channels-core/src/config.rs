@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Per-connection WebSocket limits. Set them for the whole application
-/// ([`crate::Application::websocket_limits`]) or for one route
+/// ([`crate::ApplicationBuilder::websocket_limits`]) or for one route
 /// ([`crate::routing::WebsocketRoute::limits`]).
 ///
 /// ```

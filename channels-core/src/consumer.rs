@@ -142,7 +142,11 @@ pub trait WebsocketConsumer: Send + 'static {
     }
 
     /// A channel-layer message arrived for this connection.
-    fn event(&mut self, _ctx: &mut WebsocketContext, _event: Self::Event) -> impl Future<Output = HandlerResult> + Send {
+    fn event(
+        &mut self,
+        _ctx: &mut WebsocketContext,
+        _event: Self::Event,
+    ) -> impl Future<Output = HandlerResult> + Send {
         async { Ok(()) }
     }
 
@@ -199,11 +203,19 @@ pub trait JsonWebsocketConsumer: Send + 'static {
     }
 
     /// The client sent a JSON message.
-    fn receive_json(&mut self, ctx: &mut WebsocketContext, message: Self::Inbound) -> impl Future<Output = HandlerResult> + Send;
+    fn receive_json(
+        &mut self,
+        ctx: &mut WebsocketContext,
+        message: Self::Inbound,
+    ) -> impl Future<Output = HandlerResult> + Send;
 
     /// The client sent a frame that is not a JSON `Inbound`. The default closes the connection
     /// (1003 for binary, 1007 for bad JSON).
-    fn receive_invalid(&mut self, ctx: &mut WebsocketContext, error: JsonFrameError) -> impl Future<Output = HandlerResult> + Send {
+    fn receive_invalid(
+        &mut self,
+        ctx: &mut WebsocketContext,
+        error: JsonFrameError,
+    ) -> impl Future<Output = HandlerResult> + Send {
         async move {
             let code = match error {
                 JsonFrameError::Binary => close_code::UNSUPPORTED_DATA,
@@ -216,7 +228,11 @@ pub trait JsonWebsocketConsumer: Send + 'static {
     }
 
     /// See [`WebsocketConsumer::event`].
-    fn event(&mut self, _ctx: &mut WebsocketContext, _event: Self::Event) -> impl Future<Output = HandlerResult> + Send {
+    fn event(
+        &mut self,
+        _ctx: &mut WebsocketContext,
+        _event: Self::Event,
+    ) -> impl Future<Output = HandlerResult> + Send {
         async { Ok(()) }
     }
 

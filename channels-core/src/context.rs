@@ -71,12 +71,20 @@ pub(crate) struct Acceptance {
 #[derive(Debug)]
 pub(crate) enum State {
     /// `connect` is running; frames sent after `accept` wait here for the upgrade.
-    Connecting { accepted: Option<Acceptance>, pending: Vec<WsMessage>, closing: Option<u16> },
+    Connecting {
+        accepted: Option<Acceptance>,
+        pending: Vec<WsMessage>,
+        closing: Option<u16>,
+    },
     /// `connect` denied; the code is reported to test communicators.
-    Denied { code: u16 },
+    Denied {
+        code: u16,
+    },
     Open,
     /// The server sent a close frame with this code.
-    Closing { code: u16 },
+    Closing {
+        code: u16,
+    },
     /// The socket is gone (or unusable).
     Closed,
 }
@@ -160,11 +168,15 @@ impl WebsocketContext {
     }
 
     /// Accepts with an optional subprotocol and extra response headers.
-    pub fn accept_with(&mut self, subprotocol: Option<&str>, headers: Vec<(String, String)>) -> Result<(), ContextError> {
-        if let Some(p) = subprotocol {
-            if !self.scope.subprotocols().iter().any(|offered| offered == p) {
-                return Err(ContextError::InvalidAccept(format!("the client did not offer subprotocol {p:?}")));
-            }
+    pub fn accept_with(
+        &mut self,
+        subprotocol: Option<&str>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), ContextError> {
+        if let Some(p) = subprotocol
+            && !self.scope.subprotocols().iter().any(|offered| offered == p)
+        {
+            return Err(ContextError::InvalidAccept(format!("the client did not offer subprotocol {p:?}")));
         }
         let headers = headers
             .into_iter()
@@ -301,7 +313,11 @@ impl WebsocketContext {
 
     /// Encodes `event` once and sends it to every member of `group` (this connection included,
     /// if it is a member).
-    pub async fn group_send<T: Serialize + ?Sized>(&self, group: &str, event: &T) -> Result<GroupSendReport, ContextError> {
+    pub async fn group_send<T: Serialize + ?Sized>(
+        &self,
+        group: &str,
+        event: &T,
+    ) -> Result<GroupSendReport, ContextError> {
         let (layer, _) = self.layer_and_channel()?;
         let message = Message::new(event).map_err(ContextError::Message)?;
         layer.group_send(group, message).await.map_err(ContextError::Group)

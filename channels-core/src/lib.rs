@@ -29,9 +29,9 @@ pub mod scope;
 pub mod server;
 pub mod testing;
 
+pub use application::{AppLimits, AppService, Application, ApplicationBuilder};
 /// The attribute for implementing [`Middleware`](middleware::Middleware) and [`ChannelLayer`](layer::ChannelLayer).
 pub use async_trait::async_trait;
-pub use application::{AppLimits, AppService, Application, ApplicationBuilder};
 pub use config::WebsocketLimits;
 pub use consumer::{BoxError, Frame, HandlerResult, JsonWebsocketConsumer, NoEvents, WebsocketConsumer, close_code};
 pub use context::{ContextError, WebsocketContext};

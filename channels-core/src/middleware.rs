@@ -199,7 +199,9 @@ mod tests {
     #[test]
     fn hostile_origins_are_refused() {
         let v = OriginValidator::localhost();
-        for bad in ["", "null", "http://", "http://localhost@evil.com", "http://localhost.evil.com", "http://127.0.0.1:99999"] {
+        for bad in
+            ["", "null", "http://", "http://localhost@evil.com", "http://localhost.evil.com", "http://127.0.0.1:99999"]
+        {
             assert!(!v.is_allowed(bad), "{bad:?}");
         }
         assert!(v.is_allowed("http://[::1]:8000"));

@@ -186,7 +186,8 @@ impl Router {
         for (path, endpoints) in other.routes {
             let slot = self.routes.entry(format!("{prefix}{path}")).or_default();
             assert!(
-                !(slot.websocket.is_some() && endpoints.websocket.is_some() || slot.http.is_some() && endpoints.http.is_some()),
+                !(slot.websocket.is_some() && endpoints.websocket.is_some()
+                    || slot.http.is_some() && endpoints.http.is_some()),
                 "nested route {prefix}{path:?} is mounted twice"
             );
             slot.websocket = slot.websocket.take().or(endpoints.websocket);
@@ -212,9 +213,16 @@ impl Router {
 
 /// How a path resolved.
 pub(crate) enum Resolved<'a> {
-    Found { endpoints: &'a Endpoints, params: Vec<(String, String)> },
+    Found {
+        endpoints: &'a Endpoints,
+        params: Vec<(String, String)>,
+    },
     /// The path differs from a route by a trailing slash.
-    Slash { endpoints: &'a Endpoints, params: Vec<(String, String)>, canonical: String },
+    Slash {
+        endpoints: &'a Endpoints,
+        params: Vec<(String, String)>,
+        canonical: String,
+    },
     NotFound,
 }
 
@@ -225,10 +233,7 @@ pub(crate) struct CompiledRouter {
 impl CompiledRouter {
     pub(crate) fn resolve(&self, raw_path: &str) -> Resolved<'_> {
         let params = |m: &matchit::Match<'_, '_, &Endpoints>| {
-            m.params
-                .iter()
-                .map(|(k, v)| (k.to_owned(), crate::scope::percent_decode(v, false).into_owned()))
-                .collect()
+            m.params.iter().map(|(k, v)| (k.to_owned(), crate::scope::percent_decode(v, false).into_owned())).collect()
         };
         if let Ok(m) = self.matcher.at(raw_path) {
             return Resolved::Found { endpoints: m.value, params: params(&m) };

@@ -161,7 +161,11 @@ async fn leave(layer: Option<&dyn ChannelLayer>, channel: Option<&str>, groups: 
 
 type LayerReceive<'a> = Pin<Box<dyn Future<Output = Result<Message, ReceiveError>> + Send + 'a>>;
 
-fn next_message<'a>(layer: Option<&'a Arc<dyn ChannelLayer>>, channel: Option<&'a str>, backoff: bool) -> LayerReceive<'a> {
+fn next_message<'a>(
+    layer: Option<&'a Arc<dyn ChannelLayer>>,
+    channel: Option<&'a str>,
+    backoff: bool,
+) -> LayerReceive<'a> {
     match (layer, channel) {
         (Some(layer), Some(channel)) => Box::pin(async move {
             if backoff {

@@ -51,7 +51,11 @@ impl Server {
     }
 
     /// Serves until `signal` completes, then shuts down gracefully.
-    pub async fn serve_with_shutdown(self, app: Application, signal: impl Future<Output = ()> + Send) -> io::Result<()> {
+    pub async fn serve_with_shutdown(
+        self,
+        app: Application,
+        signal: impl Future<Output = ()> + Send,
+    ) -> io::Result<()> {
         tokio::pin!(signal);
         loop {
             let (stream, client) = tokio::select! {

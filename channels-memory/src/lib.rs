@@ -104,7 +104,14 @@ impl State {
 
     /// Queues `message` on `channel` unless it holds `capacity` messages. Returns whether it
     /// was queued; the caller notifies.
-    fn push(&mut self, channel: &str, message: Message, capacity: usize, expiry: Duration, now: Instant) -> Result<Arc<Notify>, ()> {
+    fn push(
+        &mut self,
+        channel: &str,
+        message: Message,
+        capacity: usize,
+        expiry: Duration,
+        now: Instant,
+    ) -> Result<Arc<Notify>, ()> {
         let queue = self.channels.entry(channel.to_owned()).or_default();
         let expired = queue.purge_expired(now);
         let result = if queue.items.len() >= capacity {
@@ -211,7 +218,10 @@ impl InMemoryChannelLayer {
 
 impl std::fmt::Debug for InMemoryChannelLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InMemoryChannelLayer").field("config", &self.inner.config).field("stats", &self.stats()).finish()
+        f.debug_struct("InMemoryChannelLayer")
+            .field("config", &self.inner.config)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -329,7 +339,12 @@ impl ChannelLayer for InMemoryChannelLayer {
         }
         if report.dropped_full > 0 {
             self.inner.dropped_full.fetch_add(report.dropped_full as u64, Ordering::Relaxed);
-            tracing::info!(group, dropped = report.dropped_full, of = report.queued + report.dropped_full, "group_send dropped messages for full channels");
+            tracing::info!(
+                group,
+                dropped = report.dropped_full,
+                of = report.queued + report.dropped_full,
+                "group_send dropped messages for full channels"
+            );
         }
         Ok(report)
     }
@@ -416,7 +431,10 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        assert_eq!(InMemoryChannelLayer::from_url(LayerUrl::parse("memory://?capacity=7").unwrap()).unwrap().config().capacity, 7);
+        assert_eq!(
+            InMemoryChannelLayer::from_url(LayerUrl::parse("memory://?capacity=7").unwrap()).unwrap().config().capacity,
+            7
+        );
         for bad in ["memory://?capacity=0", "memory://?bogus=1", "memory://host", "redis://x"] {
             assert!(InMemoryChannelLayer::from_url(LayerUrl::parse(bad).unwrap()).is_err(), "{bad}");
         }
@@ -443,21 +461,38 @@ mod stress {
                         Ok(_) => n += 1,
                         Err(_) => break,
                     }
-                    if n % 7 == 0 { tokio::task::yield_now().await; }
+                    if n % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 n
             }));
         }
-        let senders: Vec<_> = (0..20).map(|_| {
-            let layer = layer.clone();
-            tokio::spawn(async move {
-                for i in 0..100u32 {
-                    layer.group_send("g", Message::new(&HashMap::from([("type", "t".to_string()), ("i", i.to_string())])).unwrap()).await.unwrap();
-                    if i % 3 == 0 { tokio::task::yield_now().await; }
-                }
+        let senders: Vec<_> = (0..20)
+            .map(|_| {
+                let layer = layer.clone();
+                tokio::spawn(async move {
+                    for i in 0..100u32 {
+                        layer
+                            .group_send(
+                                "g",
+                                Message::new(&HashMap::from([("type", "t".to_string()), ("i", i.to_string())]))
+                                    .unwrap(),
+                            )
+                            .await
+                            .unwrap();
+                        if i % 3 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
             })
-        }).collect();
-        for s in senders { s.await.unwrap(); }
-        for r in receivers { assert_eq!(r.await.unwrap(), 2000); }
+            .collect();
+        for s in senders {
+            s.await.unwrap();
+        }
+        for r in receivers {
+            assert_eq!(r.await.unwrap(), 2000);
+        }
     }
 }

@@ -230,7 +230,11 @@ fn options() -> Options {
 }
 
 /// The chat application, on any layer: shared by `main` and the end-to-end tests.
-fn app(layer: Arc<dyn channels::layers::ChannelLayer>, bind: Option<SocketAddr>, extra_origins: &[String]) -> Application {
+fn app(
+    layer: Arc<dyn channels::layers::ChannelLayer>,
+    bind: Option<SocketAddr>,
+    extra_origins: &[String],
+) -> Application {
     let presence = Presence::default();
     let html = include_str!("index.html");
     let router = Router::new()

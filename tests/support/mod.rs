@@ -124,15 +124,19 @@ pub async fn next_of_type(client: &mut Client, kind: &str) -> serde_json::Value 
     }
 }
 
-/// Waits for the server's close frame and returns its code.
+/// Waits for the server's close frame and returns its code. Like a browser, it then answers
+/// the close (tungstenite sends the reply on the next read) and waits for the server to hang up.
 pub async fn close_code(client: &mut Client) -> u16 {
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), client.next()).await.expect("a frame within 5 s") {
-            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
-            Some(Ok(Message::Close(None))) => return 1005,
+        let code = match tokio::time::timeout(Duration::from_secs(5), client.next()).await.expect("a frame within 5 s")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => frame.code.into(),
+            Some(Ok(Message::Close(None))) => 1005,
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),
-        }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.next()).await;
+        return code;
     }
 }
 

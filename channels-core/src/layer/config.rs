@@ -232,7 +232,9 @@ mod tests {
         for bad in ["memory", "://x", "mem ory://", ""] {
             assert!(LayerUrl::parse(bad).is_err(), "{bad}");
         }
-        for bad in ["memory://?capacity=-1", "memory://?capacity=0", "memory://?expiry=x", "memory://?channel_capacity=x"] {
+        for bad in
+            ["memory://?capacity=-1", "memory://?capacity=0", "memory://?expiry=x", "memory://?channel_capacity=x"]
+        {
             let mut url = LayerUrl::parse(bad).unwrap();
             assert!(LayerConfig::take_from(&mut url).is_err(), "{bad}");
         }

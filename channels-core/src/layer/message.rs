@@ -90,8 +90,7 @@ impl Message {
             Some(0x80..=0x8f | 0xde | 0xdf) => {}
             _ => return Err(MessageError::NotAMap),
         }
-        let head: TypeOnly<'_> =
-            rmp_serde::from_slice(&bytes).map_err(|e| MessageError::Codec(e.to_string()))?;
+        let head: TypeOnly<'_> = rmp_serde::from_slice(&bytes).map_err(|e| MessageError::Codec(e.to_string()))?;
         if head.reserved.is_some() {
             return Err(MessageError::ReservedKey(RESERVED_CHANNEL_KEY));
         }
@@ -127,10 +126,7 @@ impl Message {
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Message")
-            .field("type", &self.message_type())
-            .field("len", &self.inner.bytes.len())
-            .finish()
+        f.debug_struct("Message").field("type", &self.message_type()).field("len", &self.inner.bytes.len()).finish()
     }
 }
 

@@ -240,7 +240,10 @@ pub async fn invalid_names_are_errors(factory: &impl LayerFactory) {
         assert!(matches!(layer.group_add("ok", bad).await, Err(GroupError::InvalidName(_))), "group_add {bad:?}");
         assert!(matches!(layer.group_add(bad, "ok").await, Err(GroupError::InvalidName(_))), "group {bad:?}");
         assert!(matches!(layer.group_send(bad, msg(1)).await, Err(GroupError::InvalidName(_))), "group_send {bad:?}");
-        assert!(matches!(layer.group_discard(bad, "ok").await, Err(GroupError::InvalidName(_))), "group_discard {bad:?}");
+        assert!(
+            matches!(layer.group_discard(bad, "ok").await, Err(GroupError::InvalidName(_))),
+            "group_discard {bad:?}"
+        );
     }
     assert!(matches!(layer.group_add("no!bang", "ok").await, Err(GroupError::InvalidName(_))));
 }
