@@ -194,3 +194,16 @@ async fn sigterm_closes_every_client_with_1001_and_exits_cleanly() {
     let (ok, _example) = exited.await.expect("join");
     assert!(ok, "the server exits with success after a graceful shutdown");
 }
+
+#[tokio::test]
+async fn presence_counts_every_connection_of_a_user() {
+    let example = Example::start("chat", &[]);
+    let mut first = connect(&example.url("/ws/chat/tabs/?user=dave")).await;
+    next_json(&mut first).await;
+    let mut second = connect(&example.url("/ws/chat/tabs/?user=dave")).await;
+    next_json(&mut second).await;
+    let mut bob = connect(&example.url("/ws/chat/tabs/?user=bob")).await;
+    let presence = next_json(&mut bob).await;
+    assert_eq!(presence["users"], serde_json::json!(["bob", "dave"]));
+    assert_eq!(presence["connections"], serde_json::json!({"bob": 1, "dave": 2}));
+}

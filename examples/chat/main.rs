@@ -15,7 +15,8 @@
 //! - Client → server: a text frame, plain text or `{"message": "..."}`.
 //! - Server → client: JSON text frames `{"type": "chat.message", "user", "text", "ts"}`,
 //!   `{"type": "chat.join", "user", "ts"}`, `{"type": "chat.leave", "user", "ts"}`, and, to a
-//!   newcomer only, `{"type": "chat.presence", "users": [...]}` (who is online in this process).
+//!   newcomer only, `{"type": "chat.presence", "users": [...], "connections": {"user": n}}`
+//!   (who is online in this process, and with how many connections).
 //! - On the channel layer, room `R` is group `chat_R` and a message is the event
 //!   `{"type": "chat.message", "user": str, "text": str, "ts": float}`, as in the Django
 //!   Channels tutorial, so a Django consumer on the same layer can join the conversation.
@@ -71,13 +72,12 @@ struct Inbound {
 struct Presence(Arc<Mutex<HashMap<String, HashMap<String, usize>>>>);
 
 impl Presence {
-    fn join(&self, room: &str, user: &str) -> Vec<String> {
+    /// Counts one more connection of `user` in `room`; returns everyone's connection counts.
+    fn join(&self, room: &str, user: &str) -> std::collections::BTreeMap<String, usize> {
         let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let users = rooms.entry(room.to_owned()).or_default();
         *users.entry(user.to_owned()).or_default() += 1;
-        let mut names: Vec<String> = users.keys().cloned().collect();
-        names.sort();
-        names
+        users.iter().map(|(name, count)| (name.clone(), *count)).collect()
     }
 
     fn leave(&self, room: &str, user: &str) {
@@ -125,8 +125,7 @@ impl ChatConsumer {
 }
 
 fn rand_suffix() -> u32 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
-    nanos % 10_000
+    rand::random_range(1000..10_000)
 }
 
 impl WebsocketConsumer for ChatConsumer {
@@ -143,9 +142,11 @@ impl WebsocketConsumer for ChatConsumer {
             return Ok(());
         }
         ctx.accept();
-        let users = self.presence.join(&self.room, &self.user);
+        let connections = self.presence.join(&self.room, &self.user);
         self.joined = true;
-        ctx.send_json(&serde_json::json!({ "type": "chat.presence", "users": users })).await?;
+        let users: Vec<&String> = connections.keys().collect();
+        let presence = serde_json::json!({ "type": "chat.presence", "users": users, "connections": connections });
+        ctx.send_json(&presence).await?;
         ctx.group_send(&self.group, &ChatEvent::Join { user: self.user.clone(), ts: now() }).await?;
         Ok(())
     }
