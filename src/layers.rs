@@ -36,3 +36,75 @@ pub fn from_env(default_url: &str) -> Result<Arc<dyn ChannelLayer>, ConfigError>
         _ => from_url(default_url),
     }
 }
+
+/// Prefix of the environment variables that configure named layers: `CHANNELS_LAYER_ANALYTICS`
+/// sets the alias `analytics`.
+pub const ALIAS_ENV_PREFIX: &str = "CHANNELS_LAYER_";
+
+/// Every layer the environment configures: the default from `CHANNELS_LAYER` (or
+/// `default_url`), and one alias per `CHANNELS_LAYER_<NAME>` variable — Django's
+/// `CHANNEL_LAYERS` setting, from the environment.
+pub fn configure(default_url: &str) -> Result<ChannelLayers, ConfigError> {
+    configure_from(std::env::vars(), default_url)
+}
+
+/// [`configure`] from the given variables instead of the process environment.
+///
+/// ```
+/// let vars = [
+///     ("CHANNELS_LAYER".to_string(), "memory://?capacity=10".to_string()),
+///     ("CHANNELS_LAYER_ANALYTICS".to_string(), "memory://?capacity=20".to_string()),
+/// ];
+/// let layers = channels::layers::configure_from(vars, "memory://").unwrap();
+/// assert_eq!(layers.default_layer().unwrap().config().capacity, 10);
+/// assert_eq!(layers.get("analytics").unwrap().config().capacity, 20);
+/// ```
+pub fn configure_from(
+    vars: impl IntoIterator<Item = (String, String)>,
+    default_url: &str,
+) -> Result<ChannelLayers, ConfigError> {
+    let mut default = None;
+    let mut layers = ChannelLayers::new();
+    for (key, value) in vars {
+        let value = value.trim();
+        if key == LAYER_ENV_VAR {
+            default = Some(from_url(value).map_err(|e| ConfigError(format!("{key}: {}", e.0)))?);
+        } else if let Some(alias) = key.strip_prefix(ALIAS_ENV_PREFIX).filter(|a| !a.is_empty()) {
+            let layer = from_url(value).map_err(|e| ConfigError(format!("{key}: {}", e.0)))?;
+            layers = layers.with_alias(alias.to_ascii_lowercase(), layer);
+        }
+    }
+    let default = match default {
+        Some(layer) => layer,
+        None => from_url(default_url)?,
+    };
+    Ok(layers.with_default(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_schemes_and_parameters_are_clear_errors() {
+        let err = from_url("kafka://x").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("unknown channel layer scheme"), "{err}");
+        let err = from_url("redis://127.0.0.1:6379").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("not available yet"), "{err}");
+        assert!(from_url("memory://?capacity=many").is_err());
+        assert!(from_url("not a url").is_err());
+    }
+
+    #[test]
+    fn a_bad_alias_names_its_variable() {
+        let vars = [("CHANNELS_LAYER_X".to_string(), "memory://?bogus=1".to_string())];
+        let err = configure_from(vars, "memory://").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("CHANNELS_LAYER_X"), "{err}");
+    }
+
+    #[test]
+    fn the_default_url_applies_without_variables() {
+        let layers = configure_from(Vec::new(), "memory://?capacity=3").expect("configure");
+        assert_eq!(layers.default_layer().map(|l| l.config().capacity), Some(3));
+    }
+}
