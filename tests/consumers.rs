@@ -475,3 +475,25 @@ mod json {
         assert_eq!(client.receive_close().await.expect("close").0, 1003);
     }
 }
+
+#[tokio::test]
+async fn a_long_lived_connection_keeps_its_groups_past_group_expiry() {
+    let log: Log = Arc::default();
+    let layer = InMemoryChannelLayer::new(LayerConfig::default().group_expiry(std::time::Duration::from_secs(1)));
+    let l = log.clone();
+    let router = Router::new()
+        .websocket("/ws/rooms/{room}/", move |_: &Scope| Probe { log: l.clone(), group: Some("room_long".into()) });
+    let app = Application::builder(router)
+        .layer(Arc::new(layer.clone()))
+        .websocket_limits(WebsocketLimits::default().ping_interval(std::time::Duration::from_millis(100)))
+        .build();
+    let mut client = WebsocketCommunicator::new(&app, "/ws/rooms/long/");
+    client.connect().await.expect("connect");
+    for _ in 0..25 {
+        // Keep reading so the pings are answered.
+        assert!(client.receive_nothing_within(std::time::Duration::from_millis(100)).await);
+    }
+    let report = layer.group_send("room_long", ping(5)).await.expect("group_send");
+    assert_eq!(report.queued, 1, "still a member after 2.5 s with a 1 s group_expiry");
+    assert_eq!(client.receive_text().await.expect("event"), "ping 5");
+}

@@ -129,7 +129,7 @@ async fn run<C: WebsocketConsumer>(
             if let (Some(code), State::Open) = (closing, &ctx.state) {
                 ctx.state = State::Closing { code };
             }
-            event_loop(&mut consumer, &mut ctx, &limits, &shutdown).await
+            event_loop(&mut consumer, &mut ctx, &groups, &limits, &shutdown).await
         }
         None => close_code::ABNORMAL,
     };
@@ -188,6 +188,7 @@ enum Input {
 async fn event_loop<C: WebsocketConsumer>(
     consumer: &mut C,
     ctx: &mut WebsocketContext,
+    groups: &[String],
     limits: &WebsocketLimits,
     shutdown: &CancellationToken,
 ) -> u16 {
@@ -196,6 +197,7 @@ async fn event_loop<C: WebsocketConsumer>(
     let mut layer_rx = next_message(layer.as_ref(), channel.as_deref(), false);
     let mut last_seen = Instant::now();
     let mut pinged = false;
+    let mut groups_joined = Instant::now();
     let keepalive = tokio::time::sleep(limits.ping_interval);
     tokio::pin!(keepalive);
 
@@ -220,7 +222,11 @@ async fn event_loop<C: WebsocketConsumer>(
             }
             Input::Frame(frame) => {
                 last_seen = Instant::now();
-                pinged = false;
+                if pinged {
+                    // The client answered: the next check is a ping interval from now.
+                    pinged = false;
+                    keepalive.as_mut().reset(last_seen + limits.ping_interval);
+                }
                 match frame {
                     Some(Ok(WsMessage::Text(text))) => guarded(consumer.receive(ctx, Frame::Text(text))).await,
                     Some(Ok(WsMessage::Binary(data))) => guarded(consumer.receive(ctx, Frame::Binary(data))).await,
@@ -257,6 +263,19 @@ async fn event_loop<C: WebsocketConsumer>(
                 }
             }
             Input::Tick => {
+                // Memberships expire `group_expiry` after the last group_add; a connection that
+                // lives longer stays in its groups by joining them again.
+                if let Some(layer) = &layer
+                    && !groups.is_empty()
+                    && groups_joined.elapsed() >= layer.config().group_expiry / 2
+                {
+                    groups_joined = Instant::now();
+                    for group in groups {
+                        if let Err(e) = ctx.group_add(group).await {
+                            tracing::warn!(%group, error = %e, "could not renew a group membership");
+                        }
+                    }
+                }
                 let silent = last_seen.elapsed();
                 if silent >= limits.ping_interval + limits.ping_timeout {
                     tracing::debug!(path = %ctx.scope().path(), "no answer to ping; dropping the connection");

@@ -163,36 +163,38 @@ pub async fn group_send_to_an_empty_group_is_fine(factory: &impl LayerFactory) {
 }
 
 /// `send` to a channel at capacity fails with `ChannelFull`; the queued messages survive.
+///
+/// Named (worker) channels are used because a backend may share one queue, and so one
+/// capacity, among all process-specific channels of a process (channels_redis does).
 pub async fn send_to_a_full_channel_is_channel_full(factory: &impl LayerFactory) {
     let layer = factory.make(LayerConfig::default().capacity(3)).await;
-    let ch = layer.new_channel("specific").await.expect("new_channel");
+    let ch = "full-queue";
     for n in 0..3 {
-        layer.send(&ch, msg(n)).await.expect("send under capacity");
+        layer.send(ch, msg(n)).await.expect("send under capacity");
     }
-    match layer.send(&ch, msg(3)).await {
+    match layer.send(ch, msg(3)).await {
         Err(SendError::ChannelFull { .. }) => {}
         other => panic!("expected ChannelFull, got {other:?}"),
     }
     for n in 0..3 {
-        assert_eq!(n_of(&receive(&*layer, &ch).await), n);
+        assert_eq!(n_of(&receive(&*layer, ch).await), n);
     }
-    layer.send(&ch, msg(4)).await.expect("room again after receiving");
+    layer.send(ch, msg(4)).await.expect("room again after receiving");
 }
 
 /// `group_send` never fails for a full member: it drops the message for that member,
 /// counts the drop, and still delivers to the others.
 pub async fn group_send_drops_for_full_members_and_counts(factory: &impl LayerFactory) {
     let layer = factory.make(LayerConfig::default().capacity(1)).await;
-    let full = layer.new_channel("specific").await.expect("new_channel");
-    let free = layer.new_channel("specific").await.expect("new_channel");
-    layer.send(&full, msg(0)).await.expect("fill");
-    layer.group_add("room", &full).await.expect("group_add");
-    layer.group_add("room", &free).await.expect("group_add");
+    let (full, free) = ("full-worker", "free-worker");
+    layer.send(full, msg(0)).await.expect("fill");
+    layer.group_add("room", full).await.expect("group_add");
+    layer.group_add("room", free).await.expect("group_add");
     let report = layer.group_send("room", msg(1)).await.expect("group_send never fails for a full member");
-    assert_eq!(report.dropped_full, 1, "{report:?}");
-    assert_eq!(n_of(&receive(&*layer, &free).await), 1);
-    assert_eq!(n_of(&receive(&*layer, &full).await), 0);
-    assert!(receives_nothing(&*layer, &full).await);
+    assert_eq!((report.queued, report.dropped_full), (1, 1), "{report:?}");
+    assert_eq!(n_of(&receive(&*layer, free).await), 1);
+    assert_eq!(n_of(&receive(&*layer, full).await), 0);
+    assert!(receives_nothing(&*layer, full).await);
 }
 
 /// A per-channel capacity pattern overrides the default capacity.
