@@ -7,7 +7,8 @@ pub use channels_core::layer::*;
 /// The environment variable [`from_env`] reads.
 pub const LAYER_ENV_VAR: &str = "CHANNELS_LAYER";
 
-/// Builds a layer from a URL: `memory://?capacity=100&expiry=60&group_expiry=86400`.
+/// Builds a layer from a URL: `memory://?capacity=100&expiry=60&group_expiry=86400`, or
+/// `redis://host:6379/0?prefix=asgi&capacity=100` (several hosts, comma-separated, for sharding).
 ///
 /// Swapping backends is a change of this string, not of code.
 ///
@@ -21,11 +22,15 @@ pub fn from_url(url: &str) -> Result<Arc<dyn ChannelLayer>, ConfigError> {
     match parsed.scheme.as_str() {
         #[cfg(feature = "memory")]
         "memory" => Ok(Arc::new(channels_memory::InMemoryChannelLayer::from_url(parsed)?)),
-        "redis" | "rediss" | "redis+pubsub" => Err(ConfigError(format!(
-            "{}:// layers are not available yet in this version of channels-rs; use memory://",
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            Ok(Arc::new(channels_redis::RedisChannelLayer::new(channels_redis::RedisConfig::from_layer_url(parsed)?)?))
+        }
+        "redis+pubsub" | "rediss+pubsub" => Err(ConfigError(format!(
+            "{}:// layers are not available yet in this version of channels-rs; use redis:// or memory://",
             parsed.scheme
         ))),
-        other => Err(ConfigError(format!("unknown channel layer scheme {other:?}; expected memory://"))),
+        other => Err(ConfigError(format!("unknown channel layer scheme {other:?}; expected memory:// or redis://"))),
     }
 }
 
@@ -89,8 +94,9 @@ mod tests {
     fn unknown_schemes_and_parameters_are_clear_errors() {
         let err = from_url("kafka://x").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("unknown channel layer scheme"), "{err}");
-        let err = from_url("redis://127.0.0.1:6379").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = from_url("redis+pubsub://127.0.0.1:6379").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("not available yet"), "{err}");
+        assert!(from_url("redis://127.0.0.1:6379/0?prefix=x").is_ok(), "connections are made on first use");
         assert!(from_url("memory://?capacity=many").is_err());
         assert!(from_url("not a url").is_err());
     }

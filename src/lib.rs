@@ -9,7 +9,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `memory` | yes | [`InMemoryChannelLayer`](memory::InMemoryChannelLayer), `memory://` URLs |
-//! | `redis` | no | the Redis layer crate (not implemented yet) |
+//! | `redis` | yes | [`RedisChannelLayer`](redis::RedisChannelLayer), `redis://` URLs, compatible with Python's `channels_redis` |
 
 pub use channels_core::*;
 

@@ -1,5 +1,23 @@
-//! **Not implemented yet.** The Redis channel layer for channels-rs will live here: a
-//! `RedisChannelLayer` byte-compatible with Python's `channels_redis` 4.x (so Django and Rust
-//! processes can share one Redis) and a pub/sub variant.
+//! The Redis channel layer for channels-rs, byte-compatible with Python's `channels_redis` 4.x.
 //!
-//! Until it lands, `redis://` layer URLs are refused with a clear error; use `memory://`.
+//! [`RedisChannelLayer`] (`redis://...` URLs) keeps queues and groups in Redis exactly as
+//! `channels_redis.core.RedisChannelLayer` does — key names, sorted-set queues scored by float
+//! seconds, the 12-byte random member prefix, msgpack map bodies, `__asgi_channel__` routing,
+//! group sorted sets and the CRC-32 shard hash — so a Django Channels process and a Rust
+//! process can share one Redis and each other's groups.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use channels_core::layer::ChannelLayer;
+//! let layer: Arc<dyn ChannelLayer> =
+//!     Arc::new(channels_redis::RedisChannelLayer::from_url("redis://127.0.0.1:6379/0").unwrap());
+//! ```
+
+mod config;
+mod layer;
+mod scripts;
+pub mod testing;
+pub mod wire;
+
+pub use config::RedisConfig;
+pub use layer::RedisChannelLayer;

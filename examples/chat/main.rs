@@ -173,7 +173,13 @@ impl WebsocketConsumer for ChatConsumer {
             return Ok(());
         }
         let event = ChatEvent::Message { user: self.user.clone(), text: text.to_owned(), ts: now() };
-        ctx.group_send(&self.group, &event).await?;
+        if let Err(e) = ctx.group_send(&self.group, &event).await {
+            // The layer is unreachable (Redis down, say): tell the sender instead of dropping
+            // the message silently or the connection.
+            tracing::warn!(error = %e, "could not send a chat message");
+            let error = "message not delivered: the server cannot reach its channel layer";
+            ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": error })).await?;
+        }
         Ok(())
     }
 

@@ -1,0 +1,108 @@
+//! Settings of the Redis layer, read from `redis://host:port/db?prefix=asgi&capacity=...` URLs.
+
+use std::time::Duration;
+
+use channels_core::layer::{ConfigError, LayerConfig, LayerUrl};
+
+/// Settings of a [`RedisChannelLayer`](crate::RedisChannelLayer).
+///
+/// Every process that shares the layer (Python ones included) must agree on `hosts` (same
+/// order), `prefix` and the expiry settings; see the layers guide in `docs/`.
+///
+/// ```
+/// use channels_redis::RedisConfig;
+/// let config = RedisConfig::from_url("redis://a:6379,b:6380/2?prefix=chat&capacity=500").unwrap();
+/// assert_eq!(config.hosts, ["redis://a:6379/2", "redis://b:6380/2"]);
+/// assert_eq!(config.prefix, "chat");
+/// assert_eq!(config.layer.capacity, 500);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// One Redis URL per shard, in order (the order decides which shard holds which key).
+    pub hosts: Vec<String>,
+    /// Prepended to every key (channels_redis's `prefix`, default `asgi`).
+    pub prefix: String,
+    /// Capacity, expiry and group expiry.
+    pub layer: LayerConfig,
+    /// How long one blocking pop waits before it is re-issued (channels_redis uses 5 s).
+    pub blocking_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Settings for one Redis at `url` (`redis://127.0.0.1:6379/0`), with defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            hosts: vec![url.into()],
+            prefix: "asgi".into(),
+            layer: LayerConfig::default(),
+            blocking_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N`.
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        Self::from_layer_url(LayerUrl::parse(url)?)
+    }
+
+    /// As [`from_url`](Self::from_url), from a parsed URL.
+    pub fn from_layer_url(mut url: LayerUrl) -> Result<Self, ConfigError> {
+        let scheme = match url.scheme.as_str() {
+            "redis" | "redis+pubsub" => "redis",
+            "rediss" | "rediss+pubsub" => {
+                return Err(ConfigError("TLS (rediss://) is not supported yet; use redis://".into()));
+            }
+            other => return Err(ConfigError(format!("expected a redis:// URL, got {other}://"))),
+        };
+        let db = url.path.trim_matches('/');
+        if !db.is_empty() && db.parse::<u32>().is_err() {
+            return Err(ConfigError(format!("the path must be a database number, got {:?}", url.path)));
+        }
+        let path = if db.is_empty() { String::new() } else { format!("/{db}") };
+        let hosts: Vec<String> = if url.hosts.is_empty() {
+            vec![format!("{scheme}://127.0.0.1:6379{path}")]
+        } else {
+            url.hosts.iter().map(|host| format!("{scheme}://{host}{path}")).collect()
+        };
+        let layer = LayerConfig::take_from(&mut url)?;
+        let mut prefix = "asgi".to_owned();
+        let mut rest = Vec::new();
+        for (key, value) in url.params.drain(..) {
+            match key.as_str() {
+                "prefix" => prefix = value,
+                _ => rest.push((key, value)),
+            }
+        }
+        url.params = rest;
+        url.reject_unknown_params()?;
+        Ok(Self { hosts, prefix, layer, blocking_timeout: Duration::from_secs(5) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_channels_redis() {
+        let config = RedisConfig::from_url("redis://").unwrap();
+        assert_eq!(config.hosts, ["redis://127.0.0.1:6379"]);
+        assert_eq!(config.prefix, "asgi");
+        assert_eq!(config.layer.expiry, Duration::from_secs(60));
+        assert_eq!(config.layer.group_expiry, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn credentials_and_db_stay_in_each_host_url() {
+        let config = RedisConfig::from_url("redis://:pw@h1:1,h2:2/3?expiry=5").unwrap();
+        assert_eq!(config.hosts, ["redis://:pw@h1:1/3", "redis://h2:2/3"]);
+        assert_eq!(config.layer.expiry, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_urls_are_clear_errors() {
+        for bad in ["redis://h/notadb", "redis://h?bogus=1", "rediss://h", "memory://", "redis://h?capacity=0"] {
+            assert!(RedisConfig::from_url(bad).is_err(), "{bad}");
+        }
+    }
+}

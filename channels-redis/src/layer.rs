@@ -1,0 +1,657 @@
+//! `RedisChannelLayer`: the sorted-set layer of channels_redis 4.x, in Rust.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use channels_core::layer::{
+    BackendError, ChannelLayer, ConfigError, GroupError, GroupSendReport, LayerConfig, Message, ReceiveError,
+    SendError, non_local_name, validate_channel_name, validate_group_name,
+};
+use rand::RngCore;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Notify, OnceCell, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RedisConfig;
+use crate::scripts;
+use crate::wire::{self, Routing, consistent_hash};
+
+/// A channel layer on Redis that speaks channels_redis 4.x's format, so Django Channels
+/// processes and Rust processes share one Redis and each other's groups.
+///
+/// Each process has one queue (`<prefix>specific.<32 hex>!`) that all its consumers share; a
+/// background task per shard pops it and hands each message to the local channel (or channels)
+/// it names. Group sends put one message per receiving process, encoded once.
+///
+/// Beyond channels_redis: the process queue is read on every shard (so Python's misrouted
+/// multi-host direct sends still arrive), memberships of local channels are re-added after a
+/// Redis restart, local buffers are bounded and honour `expiry`, messages for consumers that
+/// are gone are dropped instead of piling up, and an undecodable payload is logged and skipped.
+///
+/// ```no_run
+/// use channels_core::layer::ChannelLayer;
+/// use channels_redis::RedisChannelLayer;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let layer = RedisChannelLayer::from_url("redis://127.0.0.1:6379/0?prefix=asgi")?;
+/// let me = layer.new_channel("specific").await?;
+/// layer.group_add("chat_lobby", &me).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisChannelLayer {
+    inner: Arc<Inner>,
+}
+
+struct Shard {
+    client: redis::Client,
+    commands: OnceCell<ConnectionManager>,
+}
+
+#[derive(Default)]
+struct LocalQueue {
+    /// (expires at, message): a message that waits longer than `expiry` is dropped, here too.
+    items: VecDeque<(Instant, Message)>,
+    notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Local {
+    /// Channels created here and not yet forgotten, with what has arrived for them.
+    channels: HashMap<String, LocalQueue>,
+    /// Groups local channels joined, so they can be re-joined after Redis loses them.
+    memberships: HashMap<String, HashSet<String>>,
+    /// Process queue keys a pump already reads.
+    pumped: HashSet<String>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    shards: Vec<Shard>,
+    client_prefix: String,
+    local: Mutex<Local>,
+    round_robin: AtomicUsize,
+    dropped_full: AtomicU64,
+    stop: CancellationToken,
+    normal_receivers: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ConnectionManager>>>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Ends the background pumps.
+        self.stop.cancel();
+    }
+}
+
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
+    Box::new(e)
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl RedisChannelLayer {
+    /// A layer with the given settings. Connections are made on first use.
+    pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
+        if config.hosts.is_empty() {
+            return Err(ConfigError("at least one Redis host is needed".into()));
+        }
+        let shards = config
+            .hosts
+            .iter()
+            .map(|url| {
+                redis::Client::open(url.as_str())
+                    .map(|client| Shard { client, commands: OnceCell::new() })
+                    .map_err(|e| ConfigError(format!("bad Redis URL {url:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                shards,
+                client_prefix: random_hex(),
+                local: Mutex::new(Local::default()),
+                round_robin: AtomicUsize::new(0),
+                dropped_full: AtomicU64::new(0),
+                stop: CancellationToken::new(),
+                normal_receivers: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// A layer from a `redis://host:port/db?prefix=asgi&capacity=1000` URL.
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        Self::new(RedisConfig::from_url(url)?)
+    }
+
+    /// The layer's Redis settings.
+    pub fn redis_config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// Messages dropped because a channel or a local buffer was full, since creation.
+    pub fn dropped_full(&self) -> u64 {
+        self.inner.dropped_full.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queue_key(&self, channel: &str) -> String {
+        format!("{}{}", self.config.prefix, non_local_name(channel))
+    }
+
+    fn group_key(&self, group: &str) -> String {
+        format!("{}:group:{}", self.config.prefix, group)
+    }
+
+    fn shard_for(&self, value: &str) -> usize {
+        consistent_hash(value, self.shards.len())
+    }
+
+    fn is_ours(&self, channel: &str) -> bool {
+        channel.contains('!') && non_local_name(channel).ends_with(&format!("{}!", self.client_prefix))
+    }
+
+    fn expiry_secs(&self) -> u64 {
+        self.config.layer.expiry.as_secs().max(1)
+    }
+
+    fn group_expiry_secs(&self) -> u64 {
+        self.config.layer.group_expiry.as_secs().max(1)
+    }
+
+    async fn conn(&self, shard: usize) -> Result<ConnectionManager, redis::RedisError> {
+        let shard = &self.shards[shard];
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2);
+        shard.commands.get_or_try_init(|| shard.client.get_connection_manager_with_config(config)).await.cloned()
+    }
+
+    /// Hands a popped process-queue member to the local channels it names.
+    fn deliver(&self, member: &[u8]) {
+        let decoded = wire::unframe(member).and_then(wire::decode_body);
+        let (message, routing) = match decoded {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping a channel layer message that does not decode");
+                return;
+            }
+        };
+        let targets = match routing {
+            Routing::One(channel) => vec![channel],
+            Routing::Many(channels) => channels,
+            Routing::None => {
+                tracing::warn!(r#type = message.message_type(), "skipping a message with no target channel");
+                return;
+            }
+        };
+        let expires = Instant::now() + self.config.layer.expiry;
+        let mut local = self.lock();
+        for channel in targets {
+            let capacity = self.config.layer.capacity_for(&channel);
+            match local.channels.get_mut(&channel) {
+                Some(queue) if queue.items.len() >= capacity => {
+                    self.dropped_full.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%channel, "local buffer full; dropping a message");
+                }
+                Some(queue) => {
+                    queue.items.push_back((expires, message.clone()));
+                    queue.notify.notify_one();
+                }
+                None => tracing::debug!(%channel, "message for a channel that is gone; dropped"),
+            }
+        }
+    }
+
+    /// Re-adds every local membership after Redis lost its data (a restart without persistence).
+    async fn rejoin_groups(&self) {
+        let memberships: Vec<(String, String)> = self
+            .lock()
+            .memberships
+            .iter()
+            .flat_map(|(group, channels)| channels.iter().map(move |c| (group.clone(), c.clone())))
+            .collect();
+        for (group, channel) in memberships {
+            if let Err(e) = self.raw_group_add(&group, &channel).await {
+                tracing::warn!(%group, error = %e, "could not re-join a group");
+                return;
+            }
+        }
+    }
+
+    async fn raw_group_add(&self, group: &str, channel: &str) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn(self.shard_for(group)).await?;
+        redis::pipe()
+            .atomic()
+            .cmd("ZADD")
+            .arg(self.group_key(group))
+            .arg(wire::now_seconds())
+            .arg(channel)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(self.group_key(group))
+            .arg(self.group_expiry_secs())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+    }
+}
+
+/// Pops one process queue on one shard, forever, until the layer is dropped.
+async fn pump(weak: Weak<Inner>, client: redis::Client, key: String, timeout: Duration, stop: CancellationToken) {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(None)
+        .set_number_of_retries(1);
+    let mut conn: Option<ConnectionManager> = None;
+    let mut failing = false;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let popped = tokio::select! {
+            () = stop.cancelled() => return,
+            popped = async {
+                if conn.is_none() {
+                    conn = Some(client.get_connection_manager_with_config(config.clone()).await?);
+                }
+                let Some(c) = conn.as_mut() else { unreachable!() };
+                redis::cmd("BZPOPMIN")
+                    .arg(&key)
+                    .arg(timeout.as_secs_f64())
+                    .query_async::<Option<(Vec<u8>, Vec<u8>, f64)>>(c)
+                    .await
+            } => popped,
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        match popped {
+            Ok(popped) => {
+                if failing {
+                    failing = false;
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(%key, "Redis is back; re-joining groups");
+                    inner.rejoin_groups().await;
+                }
+                if let Some((_, member, _)) = popped {
+                    inner.deliver(&member);
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(%key, error = %e, "lost the Redis connection; retrying");
+                }
+                failing = true;
+                drop(inner);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+impl RedisChannelLayer {
+    /// Starts the pumps (one per shard) for a process queue, once.
+    fn ensure_pumps(&self, queue_key: &str) {
+        if !self.inner.lock().pumped.insert(queue_key.to_owned()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.inner.lock().pumped.remove(queue_key);
+            return;
+        };
+        let timeout = self.inner.config.blocking_timeout;
+        for shard in &self.inner.shards {
+            runtime.spawn(pump(
+                Arc::downgrade(&self.inner),
+                shard.client.clone(),
+                queue_key.to_owned(),
+                timeout,
+                self.inner.stop.clone(),
+            ));
+        }
+    }
+
+    async fn receive_local(&self, channel: &str) -> Result<Message, ReceiveError> {
+        self.ensure_pumps(&self.inner.queue_key(channel));
+        loop {
+            let notify = {
+                let mut local = self.inner.lock();
+                let queue = local.channels.entry(channel.to_owned()).or_default();
+                let now = Instant::now();
+                while let Some((expires, message)) = queue.items.pop_front() {
+                    if expires > now {
+                        return Ok(message);
+                    }
+                }
+                queue.notify.clone()
+            };
+            notify.notified().await;
+        }
+    }
+
+    /// A worker channel: channels_redis's restore → pop → back up → clean up dance, so Python
+    /// and Rust receivers can share the channel. Cancel-safe: the pop runs in its own task and
+    /// puts the message back if nobody is waiting for it any more.
+    async fn receive_normal(&self, channel: &str) -> Result<Message, ReceiveError> {
+        let slot = {
+            let mut receivers = self.inner.normal_receivers.lock().await;
+            receivers.entry(channel.to_owned()).or_default().clone()
+        };
+        let (tx, rx) = oneshot::channel();
+        let layer = self.clone();
+        let channel = channel.to_owned();
+        tokio::spawn(async move {
+            let mut conn = slot.lock().await;
+            let result = layer.pop_normal(&channel, &mut conn, tx).await;
+            if let Err(e) = result {
+                tracing::warn!(%channel, error = %e, "worker channel receive failed");
+            }
+        });
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(ReceiveError::Backend("the receive task ended".into())),
+        }
+    }
+
+    async fn pop_normal(
+        &self,
+        channel: &str,
+        conn: &mut Option<ConnectionManager>,
+        reply: oneshot::Sender<Result<Message, ReceiveError>>,
+    ) -> Result<(), redis::RedisError> {
+        let queue = self.inner.queue_key(channel);
+        let backup = format!("{queue}$inflight");
+        let shards = self.inner.shards.len();
+        let timeout = if shards > 1 { Duration::from_secs(1) } else { self.inner.config.blocking_timeout };
+        let mut reply = Some(reply);
+        loop {
+            if reply.as_ref().is_some_and(|r| r.is_closed()) {
+                return Ok(());
+            }
+            let shard = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % shards;
+            let popped = async {
+                let mut commands = self.inner.conn(shard).await?;
+                scripts::RESTORE.key(&queue).key(&backup).invoke_async::<()>(&mut commands).await?;
+                // A dedicated blocking connection per worker channel (the shard's client is
+                // reused; with several shards each pop goes to the next one).
+                let client = &self.inner.shards[shard].client;
+                let config = ConnectionManagerConfig::new().set_response_timeout(None).set_number_of_retries(1);
+                if conn.is_none() || shards > 1 {
+                    *conn = Some(client.get_connection_manager_with_config(config).await?);
+                }
+                let Some(blocking) = conn.as_mut() else { unreachable!() };
+                let popped: Option<(Vec<u8>, Vec<u8>, f64)> =
+                    redis::cmd("BZPOPMIN").arg(&queue).arg(timeout.as_secs_f64()).query_async(blocking).await?;
+                if let Some((_, member, score)) = &popped {
+                    redis::cmd("ZADD").arg(&backup).arg(*score).arg(member).query_async::<()>(&mut commands).await?;
+                }
+                Ok::<_, redis::RedisError>(popped.map(|(_, member, _)| (member, commands)))
+            }
+            .await;
+            let (member, mut commands) = match popped {
+                Ok(Some(pair)) => pair,
+                Ok(None) => continue,
+                Err(e) => {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(Err(ReceiveError::Backend(backend(e))));
+                    }
+                    return Ok(());
+                }
+            };
+            let decoded = wire::unframe(&member).and_then(wire::decode_body);
+            match decoded {
+                Ok((message, _)) => {
+                    let delivered = reply.take().map(|r| r.send(Ok(message)).is_ok()).unwrap_or(false);
+                    if delivered {
+                        redis::cmd("ZPOPMIN").arg(&backup).query_async::<()>(&mut commands).await?;
+                    } else {
+                        // The caller gave up: put the message back where it was.
+                        scripts::RESTORE.key(&queue).key(&backup).invoke_async::<()>(&mut commands).await?;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "skipping a worker message that does not decode");
+                    redis::cmd("ZPOPMIN").arg(&backup).query_async::<()>(&mut commands).await?;
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisChannelLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisChannelLayer")
+            .field("hosts", &self.inner.config.hosts)
+            .field("prefix", &self.inner.config.prefix)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl ChannelLayer for RedisChannelLayer {
+    async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
+        let name = format!("{prefix}.{}!{}", self.inner.client_prefix, random_hex());
+        validate_channel_name(&name)?;
+        self.inner.lock().channels.entry(name.clone()).or_default();
+        self.ensure_pumps(&self.inner.queue_key(&name));
+        Ok(name)
+    }
+
+    async fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
+        validate_channel_name(channel)?;
+        let inner = &self.inner;
+        let (routing, shard) = if channel.contains('!') {
+            // channels_redis hashes the full name here (channels#1492); the receiver listens
+            // on hash(non-local name), so that is where we write.
+            (Routing::One(channel.to_owned()), inner.shard_for(non_local_name(channel)))
+        } else {
+            (Routing::None, inner.round_robin.fetch_add(1, Ordering::Relaxed) % inner.shards.len())
+        };
+        let payload = wire::frame(&wire::body_with_routing(&message, &routing));
+        let now = wire::now_seconds();
+        let mut conn = inner.conn(shard).await.map_err(|e| SendError::Backend(backend(e)))?;
+        let queued: i64 = scripts::SEND
+            .key(inner.queue_key(channel))
+            .arg(now.floor() as i64 - inner.expiry_secs() as i64)
+            .arg(inner.config.layer.capacity_for(channel))
+            .arg(now)
+            .arg(payload)
+            .arg(inner.expiry_secs())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| SendError::Backend(backend(e)))?;
+        if queued == 1 { Ok(()) } else { Err(SendError::ChannelFull { channel: channel.to_owned() }) }
+    }
+
+    async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
+        validate_channel_name(channel)?;
+        if !channel.contains('!') {
+            return self.receive_normal(channel).await;
+        }
+        if !self.inner.is_ours(channel) {
+            return Err(ReceiveError::Backend(
+                format!("{channel:?} belongs to another process: a process receives only on channels it created")
+                    .into(),
+            ));
+        }
+        self.receive_local(channel).await
+    }
+
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        validate_group_name(group)?;
+        validate_channel_name(channel)?;
+        self.inner.raw_group_add(group, channel).await.map_err(|e| GroupError::Backend(backend(e)))?;
+        if self.inner.is_ours(channel) {
+            let mut local = self.inner.lock();
+            if local.channels.contains_key(channel) {
+                local.memberships.entry(group.to_owned()).or_default().insert(channel.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        validate_group_name(group)?;
+        validate_channel_name(channel)?;
+        {
+            let mut local = self.inner.lock();
+            if let Some(members) = local.memberships.get_mut(group) {
+                members.remove(channel);
+                if members.is_empty() {
+                    local.memberships.remove(group);
+                }
+            }
+        }
+        let mut conn =
+            self.inner.conn(self.inner.shard_for(group)).await.map_err(|e| GroupError::Backend(backend(e)))?;
+        redis::cmd("ZREM")
+            .arg(self.inner.group_key(group))
+            .arg(channel)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| GroupError::Backend(backend(e)))
+    }
+
+    async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
+        validate_group_name(group)?;
+        let inner = &self.inner;
+        let now = wire::now_seconds();
+        let key = inner.group_key(group);
+        let mut conn = inner.conn(inner.shard_for(group)).await.map_err(|e| GroupError::Backend(backend(e)))?;
+        let (members,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg(0)
+            .arg(now.floor() as i64 - inner.group_expiry_secs() as i64)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| GroupError::Backend(backend(e)))?;
+
+        // One message per receiving queue, naming every member that shares it.
+        let mut buckets: Vec<(String, Vec<String>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for member in members {
+            let non_local = non_local_name(&member).to_owned();
+            match index.get(&non_local) {
+                Some(&i) => buckets[i].1.push(member),
+                None => {
+                    index.insert(non_local.clone(), buckets.len());
+                    buckets.push((non_local, vec![member]));
+                }
+            }
+        }
+        let mut by_shard: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, (non_local, _)) in buckets.iter().enumerate() {
+            by_shard.entry(inner.shard_for(non_local)).or_default().push(i);
+        }
+        let mut report = GroupSendReport::default();
+        for (shard, indices) in by_shard {
+            let mut invocation = scripts::GROUP_SEND.prepare_invoke();
+            for &i in &indices {
+                invocation.key(format!("{}{}", inner.config.prefix, buckets[i].0));
+            }
+            for &i in &indices {
+                invocation.arg(wire::frame(&wire::body_with_routing(&message, &Routing::Many(buckets[i].1.clone()))));
+            }
+            for &i in &indices {
+                invocation.arg(inner.config.layer.capacity_for(&buckets[i].1[0]));
+            }
+            invocation.arg(now.floor() as i64 - inner.expiry_secs() as i64).arg(now).arg(inner.expiry_secs());
+            let mut conn = inner.conn(shard).await.map_err(|e| GroupError::Backend(backend(e)))?;
+            let queued: Vec<i64> =
+                invocation.invoke_async(&mut conn).await.map_err(|e| GroupError::Backend(backend(e)))?;
+            for (&i, flag) in indices.iter().zip(queued) {
+                let members = buckets[i].1.len();
+                if flag == 1 {
+                    report.queued += members;
+                } else {
+                    report.dropped_full += members;
+                }
+            }
+        }
+        if report.dropped_full > 0 {
+            inner.dropped_full.fetch_add(report.dropped_full as u64, Ordering::Relaxed);
+            tracing::info!(group, dropped = report.dropped_full, "group_send dropped messages for full channels");
+        }
+        Ok(report)
+    }
+
+    async fn flush(&self) -> Result<(), GroupError> {
+        let pattern = escape_glob(&self.inner.config.prefix) + "*";
+        for shard in 0..self.inner.shards.len() {
+            let mut conn = self.inner.conn(shard).await.map_err(|e| GroupError::Backend(backend(e)))?;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| GroupError::Backend(backend(e)))?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(keys)
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(|e| GroupError::Backend(backend(e)))?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let mut local = self.inner.lock();
+        local.memberships.clear();
+        for queue in local.channels.values_mut() {
+            queue.items.clear();
+        }
+        Ok(())
+    }
+
+    async fn forget_channel(&self, channel: &str) {
+        let mut local = self.inner.lock();
+        local.channels.remove(channel);
+        local.memberships.retain(|_, members| {
+            members.remove(channel);
+            !members.is_empty()
+        });
+    }
+
+    fn config(&self) -> &LayerConfig {
+        &self.inner.config.layer
+    }
+}
+
+fn escape_glob(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,274 @@
+//! The bytes channels_redis 4.x puts in Redis: payload framing, the routing key, shard hashing.
+//!
+//! A queue member is `random(12) || body`, where body is the msgpack map of the message plus
+//! `"__asgi_channel__"`: the full channel name (a str) for a direct send to a process-specific
+//! channel, the list of member channel names sharing one queue for a group send, and absent for
+//! a direct send to a normal channel.
+
+use std::fmt;
+
+use channels_core::layer::{Message, RESERVED_CHANNEL_KEY};
+use rand::RngCore;
+
+/// Bytes of random prefix before every payload (`random_prefix_length` in channels_redis).
+pub const RANDOM_PREFIX_LENGTH: usize = 12;
+
+/// Where a queued message goes inside the receiving process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routing {
+    /// No routing key: the message is for whoever receives on the queue (a normal channel).
+    None,
+    /// A direct send to one process-specific channel.
+    One(String),
+    /// A group send to these channels, which share one queue.
+    Many(Vec<String>),
+}
+
+/// A payload that is not what channels_redis writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError(pub String);
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "undecodable channel layer payload: {}", self.0)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// The shard for `value` among `ring_size` hosts, exactly as channels_redis computes it
+/// (CRC-32 of the UTF-8 bytes, low 12 bits, scaled in floating point).
+pub fn consistent_hash(value: &str, ring_size: usize) -> usize {
+    if ring_size <= 1 {
+        return 0;
+    }
+    let big = f64::from(crc32fast::hash(value.as_bytes()) & 0xfff);
+    (big / (4096.0 / ring_size as f64)) as usize
+}
+
+fn map_header(body: &[u8]) -> Result<(usize, usize), WireError> {
+    let too_short = || WireError("truncated map header".into());
+    match body.first() {
+        Some(&b @ 0x80..=0x8f) => Ok((usize::from(b & 0x0f), 1)),
+        Some(0xde) => {
+            let n = body.get(1..3).ok_or_else(too_short)?;
+            Ok((usize::from(u16::from_be_bytes([n[0], n[1]])), 3))
+        }
+        Some(0xdf) => {
+            let n = body.get(1..5).ok_or_else(too_short)?;
+            Ok((u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize, 5))
+        }
+        _ => Err(WireError("the body is not a msgpack map".into())),
+    }
+}
+
+/// The message's map with the routing key appended, as Python appends it (last).
+pub fn body_with_routing(message: &Message, routing: &Routing) -> Vec<u8> {
+    let bytes = message.as_bytes();
+    let Ok((count, header_len)) = map_header(bytes) else {
+        // Message guarantees a map; keep the bytes as they are if that ever fails.
+        return bytes.to_vec();
+    };
+    let mut out = Vec::with_capacity(bytes.len() + 40);
+    let extra = usize::from(!matches!(routing, Routing::None));
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_map_len(&mut out, (count + extra) as u32);
+    out.extend_from_slice(&bytes[header_len..]);
+    match routing {
+        Routing::None => {}
+        Routing::One(channel) => {
+            let _ = rmp::encode::write_str(&mut out, RESERVED_CHANNEL_KEY);
+            let _ = rmp::encode::write_str(&mut out, channel);
+        }
+        Routing::Many(channels) => {
+            let _ = rmp::encode::write_str(&mut out, RESERVED_CHANNEL_KEY);
+            let _ = rmp::encode::write_array_len(&mut out, channels.len() as u32);
+            for channel in channels {
+                let _ = rmp::encode::write_str(&mut out, channel);
+            }
+        }
+    }
+    out
+}
+
+/// `random(12) || body`.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; RANDOM_PREFIX_LENGTH];
+    rand::rng().fill_bytes(&mut out);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Drops the random prefix.
+pub fn unframe(member: &[u8]) -> Result<&[u8], WireError> {
+    member
+        .get(RANDOM_PREFIX_LENGTH..)
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| WireError("shorter than its prefix".into()))
+}
+
+/// Decodes a body into the message (without the routing key) and its routing.
+pub fn decode_body(body: &[u8]) -> Result<(Message, Routing), WireError> {
+    let mut reader = body;
+    let value = rmpv::decode::read_value(&mut reader).map_err(|e| WireError(e.to_string()))?;
+    if !reader.is_empty() {
+        return Err(WireError(format!("{} bytes after the map", reader.len())));
+    }
+    let rmpv::Value::Map(mut entries) = value else {
+        return Err(WireError("the body is not a msgpack map".into()));
+    };
+    if entries.iter().any(|(k, _)| !k.is_str()) {
+        return Err(WireError("a map key is not a string".into()));
+    }
+    let routing = match entries.iter().position(|(k, _)| k.as_str() == Some(RESERVED_CHANNEL_KEY)) {
+        None => Routing::None,
+        Some(i) => match entries.remove(i).1 {
+            rmpv::Value::String(s) => {
+                Routing::One(s.into_str().ok_or_else(|| WireError("routing key is not UTF-8".into()))?)
+            }
+            rmpv::Value::Array(items) => Routing::Many(
+                items
+                    .into_iter()
+                    .map(|v| match v {
+                        rmpv::Value::String(s) => s.into_str(),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| WireError("routing list holds a non-string".into()))?,
+            ),
+            _ => return Err(WireError("routing key is neither a string nor a list".into())),
+        },
+    };
+    let mut bytes = Vec::with_capacity(body.len());
+    rmpv::encode::write_value(&mut bytes, &rmpv::Value::Map(entries)).map_err(|e| WireError(e.to_string()))?;
+    let message = Message::from_msgpack(bytes).map_err(|e| WireError(e.to_string()))?;
+    Ok((message, routing))
+}
+
+/// Formats a Unix time in seconds the way Python's `repr(time.time())` does, near enough for
+/// Redis scores (full f64 precision).
+pub fn now_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[derive(serde::Serialize)]
+    struct Chat {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        text: &'static str,
+    }
+
+    fn chat() -> Message {
+        Message::new(&Chat { kind: "chat.message", text: "hi" }).unwrap()
+    }
+
+    #[test]
+    fn shard_hash_matches_channels_redis_vectors() {
+        assert_eq!(consistent_hash("key_one", 2), 1);
+        assert_eq!(consistent_hash("key_two", 2), 0);
+        assert_eq!(consistent_hash("key_one", 10), 6);
+        assert_eq!(consistent_hash("key_two", 10), 4);
+        assert_eq!(crc32fast::hash(b"room1"), 3_832_756_778);
+        assert_eq!(consistent_hash("room1", 2), 1);
+        assert_eq!(consistent_hash("room1", 3), 1);
+        assert_eq!(consistent_hash("room1", 4), 2);
+        assert_eq!(consistent_hash("anything", 1), 0);
+    }
+
+    #[test]
+    fn the_float_formula_differs_from_integer_division_where_python_does() {
+        // bigval 2048 with 186 hosts: 2048 / (4096 / 186) = 92.99999999999999 in f64.
+        let big = 2048.0_f64;
+        assert_eq!((big / (4096.0 / 186.0)) as usize, 92);
+        assert_eq!(2048 * 186 / 4096, 93);
+    }
+
+    #[test]
+    fn group_send_body_is_byte_exact() {
+        let body = body_with_routing(&chat(), &Routing::Many(vec!["specific.abc!def".into()]));
+        assert_eq!(
+            hex(&body),
+            "83a474797065ac636861742e6d657373616765a474657874a26869b05f5f617367695f6368616e6e656c5f5f91b073706563696669632e61626321646566"
+        );
+    }
+
+    #[test]
+    fn direct_send_body_carries_a_string() {
+        let body = body_with_routing(&chat(), &Routing::One("specific.abc!def".into()));
+        assert_eq!(
+            hex(&body),
+            "83a474797065ac636861742e6d657373616765a474657874a26869b05f5f617367695f6368616e6e656c5f5fb073706563696669632e61626321646566"
+        );
+    }
+
+    #[test]
+    fn a_normal_channel_send_carries_no_routing_key() {
+        let msg = Message::new(&BTreeMap::from([("type", "job")])).unwrap();
+        assert_eq!(body_with_routing(&msg, &Routing::None), msg.as_bytes());
+    }
+
+    #[test]
+    fn python_values_decode() {
+        // {"type":"t","b":b"\x00\x01","f":1.5,"n":-1,"big":2**40,"none":None,"t2":True,"l":(1,2)}
+        let body = [
+            "88",
+            "a474797065",
+            "a174",
+            "a162c4020001",
+            "a166cb3ff8000000000000",
+            "a16eff",
+            "a3626967cf0000010000000000",
+            "a46e6f6e65c0",
+            "a27432c3",
+            "a16c920102",
+        ]
+        .concat();
+        let bytes: Vec<u8> =
+            (0..body.len()).step_by(2).map(|i| u8::from_str_radix(&body[i..i + 2], 16).unwrap()).collect();
+        let (message, routing) = decode_body(&bytes).unwrap();
+        assert_eq!(routing, Routing::None);
+        assert_eq!(message.message_type(), "t");
+        let value = message.to_value().unwrap();
+        let get = |k: &str| value.as_map().unwrap().iter().find(|(key, _)| key.as_str() == Some(k)).unwrap().1.clone();
+        assert_eq!(get("b"), rmpv::Value::Binary(vec![0, 1]));
+        assert_eq!(get("f").as_f64(), Some(1.5));
+        assert_eq!(get("big").as_u64(), Some(1 << 40));
+    }
+
+    #[test]
+    fn routing_round_trips_and_is_removed() {
+        for routing in [Routing::One("a!b".into()), Routing::Many(vec!["a!b".into(), "a!c".into()]), Routing::None] {
+            let framed = frame(&body_with_routing(&chat(), &routing));
+            let (message, decoded) = decode_body(unframe(&framed).unwrap()).unwrap();
+            assert_eq!(decoded, routing);
+            assert_eq!(message.as_bytes(), chat().as_bytes(), "the routing key is gone");
+        }
+    }
+
+    #[test]
+    fn poison_payloads_are_errors_not_panics() {
+        let bad: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0; 12],
+            [vec![0; 12], vec![0x92, 0x01, 0x02]].concat(),
+            [vec![0; 12], vec![0x81, 0x01, 0xa1, b'x']].concat(),
+            [vec![0; 12], vec![0x81, 0xa4, b't', b'y', b'p', b'e']].concat(),
+            [vec![0; 12], vec![0xdf, 0xff, 0xff, 0xff, 0xff]].concat(),
+            [vec![0; 12], vec![0x81, 0xb0], b"__asgi_channel__".to_vec(), vec![0x05]].concat(),
+            [vec![0; 12], vec![0x80, 0x80]].concat(),
+        ];
+        for member in bad {
+            let result = unframe(&member).and_then(decode_body);
+            assert!(result.is_err(), "{member:?}");
+        }
+    }
+}

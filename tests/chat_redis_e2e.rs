@@ -1,0 +1,99 @@
+//! The chat example scaled out: two processes on one Redis share one room.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use channels::redis::testing::RedisServer;
+use support::{Example, connect, next_json, next_of_type, send_text};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chat_processes_on_one_redis_share_a_room() {
+    let redis = RedisServer::start();
+    let layer = format!("{}/0?prefix=chat", redis.url());
+    let east = Example::start("chat", &["--layer", &layer]);
+    let west = Example::start("chat", &["--layer", &layer]);
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let example = if i % 2 == 0 { &east } else { &west };
+        let mut client = connect(&example.url(&format!("/ws/chat/shared/?user=c{i}"))).await;
+        assert_eq!(next_json(&mut client).await["type"], "chat.presence");
+        clients.push(client);
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        send_text(client, &format!("hello from c{i}")).await;
+    }
+    for client in &mut clients {
+        let mut heard = HashSet::new();
+        while heard.len() < 6 {
+            let event = next_of_type(client, "chat.message").await;
+            heard.insert(event["text"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    // Joins cross processes too: a newcomer on west is announced on east.
+    let mut late = connect(&west.url("/ws/chat/shared/?user=late")).await;
+    next_json(&mut late).await;
+    let announced = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = next_of_type(&mut clients[0], "chat.join").await;
+            if event["user"] == "late" {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(announced.is_ok(), "east heard west's newcomer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_survives_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let layer = redis.url();
+    let example = Example::start("chat", &["--layer", &layer]);
+    let mut ann = connect(&example.url("/ws/chat/outage/?user=ann")).await;
+    next_json(&mut ann).await;
+    let mut bob = connect(&example.url("/ws/chat/outage/?user=bob")).await;
+    next_json(&mut bob).await;
+    send_text(&mut ann, "before").await;
+    assert_eq!(next_of_type(&mut bob, "chat.message").await["text"], "before");
+
+    redis.stop();
+    // During the outage the sender is told its message did not go out; the server stays up.
+    send_text(&mut ann, "during").await;
+    let error = next_of_type(&mut ann, "chat.error").await;
+    assert!(error["error"].as_str().unwrap_or_default().contains("not delivered"), "{error}");
+    redis.restart();
+
+    // Within 5 s of the restart, new and surviving connections chat again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut carol = loop {
+        if let Ok((mut client, _)) = tokio_tungstenite::connect_async(example.url("/ws/chat/outage/?user=carol")).await
+        {
+            if next_json(&mut client).await["type"] == "chat.presence" {
+                break client;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no connection within 5 s of the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let recovered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            send_text(&mut carol, "after").await;
+            let got = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    let event = next_of_type(&mut bob, "chat.message").await;
+                    if event["text"] == "after" {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if got.is_ok() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(recovered.is_ok(), "bob (connected through the outage) hears carol within 5 s");
+}
