@@ -266,6 +266,11 @@ async fn pump(weak: Weak<Inner>, client: redis::Client, key: String, timeout: Du
                     conn = Some(client.get_connection_manager_with_config(config.clone()).await?);
                 }
                 let Some(c) = conn.as_mut() else { unreachable!() };
+                if failing {
+                    // Answer quickly once Redis is back, instead of after a whole blocking pop.
+                    redis::cmd("PING").query_async::<()>(c).await?;
+                    return Ok(None);
+                }
                 redis::cmd("BZPOPMIN")
                     .arg(&key)
                     .arg(timeout.as_secs_f64())

@@ -1,0 +1,174 @@
+//! What the layer writes into a real Redis, byte for byte, and what it does with bad data there.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use channels_core::layer::{ChannelLayer, LayerConfig, Message};
+use channels_redis::wire::{self, Routing};
+use channels_redis::{RedisChannelLayer, RedisConfig};
+use redis::AsyncCommands;
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).expect("client").get_multiplexed_async_connection().await.expect("connection")
+}
+
+fn chat(text: &str) -> Message {
+    Message::new(&BTreeMap::from([("type", "chat.message"), ("text", text)])).expect("message")
+}
+
+fn layer(url: &str, prefix: &str) -> RedisChannelLayer {
+    RedisChannelLayer::from_url(&format!("{url}?prefix={prefix}")).expect("layer")
+}
+
+#[tokio::test]
+async fn a_direct_send_to_another_process_is_a_scored_member_with_a_random_prefix() {
+    let server = support::shared();
+    let layer = layer(&server.url(), "w1");
+    let target = "specific.0123456789abcdef0123456789abcdef!xyz";
+    let before = wire::now_seconds();
+    layer.send(target, chat("hi")).await.expect("send");
+    let mut conn = raw(&server.url()).await;
+    let key = "w1specific.0123456789abcdef0123456789abcdef!";
+    let members: Vec<(Vec<u8>, f64)> = conn.zrange_withscores(key, 0, -1).await.expect("zrange");
+    assert_eq!(members.len(), 1);
+    let (member, score) = &members[0];
+    assert!(*score >= before && *score <= wire::now_seconds(), "scored by the send time in float seconds");
+    assert_eq!(&member[12..], wire::body_with_routing(&chat("hi"), &Routing::One(target.into())));
+    let ttl: i64 = conn.ttl(key).await.expect("ttl");
+    assert!((55..=60).contains(&ttl), "the key expires with the message expiry: {ttl}");
+}
+
+#[tokio::test]
+async fn identical_messages_stay_distinct_members() {
+    let server = support::shared();
+    let layer = layer(&server.url(), "w2");
+    for _ in 0..3 {
+        layer.send("worker", chat("same")).await.expect("send");
+    }
+    let mut conn = raw(&server.url()).await;
+    let count: usize = conn.zcard("w2worker").await.expect("zcard");
+    assert_eq!(count, 3, "the random prefix keeps equal payloads apart");
+}
+
+#[tokio::test]
+async fn group_keys_and_members_follow_channels_redis() {
+    let server = support::shared();
+    let layer = layer(&server.url(), "w3");
+    layer.group_add("room", "specific.aaaa!1").await.expect("group_add");
+    layer.group_add("room", "specific.aaaa!2").await.expect("group_add");
+    layer.group_add("room", "specific.bbbb!1").await.expect("group_add");
+    let mut conn = raw(&server.url()).await;
+    let members: Vec<String> = conn.zrange("w3:group:room", 0, -1).await.expect("zrange");
+    assert_eq!(members.len(), 3);
+    let ttl: i64 = conn.ttl("w3:group:room").await.expect("ttl");
+    assert!(ttl > 86_000, "group_expiry sets the key TTL: {ttl}");
+
+    let report = layer.group_send("room", chat("all")).await.expect("group_send");
+    assert_eq!(report.queued, 3);
+    // One message per receiving process, naming its members.
+    let a: Vec<Vec<u8>> = conn.zrange("w3specific.aaaa!", 0, -1).await.expect("zrange");
+    let b: Vec<Vec<u8>> = conn.zrange("w3specific.bbbb!", 0, -1).await.expect("zrange");
+    assert_eq!((a.len(), b.len()), (1, 1));
+    let routing = |member: &[u8]| wire::decode_body(&member[12..]).expect("decodes").1;
+    assert_eq!(routing(&a[0]), Routing::Many(vec!["specific.aaaa!1".into(), "specific.aaaa!2".into()]));
+    assert_eq!(routing(&b[0]), Routing::Many(vec!["specific.bbbb!1".into()]));
+    layer.group_discard("room", "specific.aaaa!1").await.expect("discard");
+    let left: Vec<String> = conn.zrange("w3:group:room", 0, -1).await.expect("zrange");
+    assert_eq!(left.len(), 2);
+}
+
+#[tokio::test]
+async fn flush_removes_only_this_prefix() {
+    let server = support::shared();
+    let layer = layer(&server.url(), "w4:");
+    layer.send("worker", chat("x")).await.expect("send");
+    layer.group_add("g", "worker").await.expect("group_add");
+    let mut conn = raw(&server.url()).await;
+    let _: () = conn.set("w4other", "untouched").await.expect("set");
+    layer.flush().await.expect("flush");
+    let keys: Vec<String> = conn.keys("w4:*").await.expect("keys");
+    assert!(keys.is_empty(), "{keys:?}");
+    let other: Option<String> = conn.get("w4other").await.expect("get");
+    assert_eq!(other.as_deref(), Some("untouched"));
+}
+
+#[tokio::test]
+async fn a_poison_payload_in_our_queue_is_skipped_and_the_next_message_arrives() {
+    let server = support::shared();
+    let layer = layer(&server.url(), "w5");
+    let me = layer.new_channel("specific").await.expect("new_channel");
+    let key = format!("w5{}", channels_core::layer::non_local_name(&me));
+    let mut conn = raw(&server.url()).await;
+    let now = wire::now_seconds();
+    for poison in [b"short".to_vec(), vec![0u8; 40], [vec![1u8; 12], vec![0x92, 1, 2]].concat()] {
+        let _: () = conn.zadd(&key, poison, now).await.expect("zadd");
+    }
+    layer.send(&me, chat("good")).await.expect("send");
+    let got = tokio::time::timeout(Duration::from_secs(5), layer.receive(&me)).await.expect("arrives").expect("ok");
+    assert_eq!(got.as_bytes(), chat("good").as_bytes());
+}
+
+#[tokio::test]
+async fn direct_sends_across_two_shards_reach_the_receiver() {
+    let a = support::RedisServer::start();
+    let b = support::RedisServer::start();
+    let url = format!("redis://127.0.0.1:{},127.0.0.1:{}", a.port, b.port);
+    let sender = RedisChannelLayer::from_url(&format!("{url}?prefix=s")).expect("layer");
+    let receiver = RedisChannelLayer::from_url(&format!("{url}?prefix=s")).expect("layer");
+    let mut names = Vec::new();
+    for _ in 0..8 {
+        names.push(receiver.new_channel("specific").await.expect("new_channel"));
+    }
+    for (i, name) in names.iter().enumerate() {
+        sender.send(name, chat(&i.to_string())).await.expect("send");
+        receiver.group_add("both", name).await.expect("group_add");
+    }
+    for name in &names {
+        tokio::time::timeout(Duration::from_secs(5), receiver.receive(name)).await.expect("direct").expect("ok");
+    }
+    sender.group_send("both", chat("group")).await.expect("group_send");
+    for name in &names {
+        let got =
+            tokio::time::timeout(Duration::from_secs(5), receiver.receive(name)).await.expect("group").expect("ok");
+        assert_eq!(got.as_bytes(), chat("group").as_bytes());
+    }
+    // A message written where channels_redis's sender puts it (hash of the full name) arrives too.
+    let name = &names[0];
+    let wrong_shard = wire::consistent_hash(name, 2);
+    let port = if wrong_shard == 0 { a.port } else { b.port };
+    let mut conn = raw(&format!("redis://127.0.0.1:{port}")).await;
+    let body = wire::body_with_routing(&chat("misrouted"), &Routing::One(name.clone()));
+    let key = format!("s{}", channels_core::layer::non_local_name(name));
+    let _: () = conn.zadd(key, wire::frame(&body), wire::now_seconds()).await.expect("zadd");
+    let got =
+        tokio::time::timeout(Duration::from_secs(5), receiver.receive(name)).await.expect("misrouted").expect("ok");
+    assert_eq!(got.as_bytes(), chat("misrouted").as_bytes());
+}
+
+#[tokio::test]
+async fn operations_fail_with_errors_while_redis_is_down_and_work_after_it_returns() {
+    let mut server = support::RedisServer::start();
+    let layer = RedisChannelLayer::new(RedisConfig::from_url(&server.url()).expect("config")).expect("layer");
+    let me = layer.new_channel("specific").await.expect("new_channel");
+    layer.group_add("g", &me).await.expect("group_add");
+    server.stop();
+    assert!(layer.send("worker", chat("x")).await.is_err());
+    assert!(layer.group_send("g", chat("x")).await.is_err(), "a failed group_send is an error, not silence");
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // The membership comes back on its own once the pump reconnects.
+        if let Ok(report) = layer.group_send("g", chat("back")).await
+            && report.queued == 1
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not working again within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(5), layer.receive(&me)).await.expect("arrives").expect("ok");
+    assert_eq!(got.as_bytes(), chat("back").as_bytes());
+    let _ = LayerConfig::default();
+}
