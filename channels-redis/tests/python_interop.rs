@@ -1,0 +1,184 @@
+//! Interop with real Python: Django Channels 4.3 + channels_redis 4.3 on the same Redis.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use channels_core::layer::{ChannelLayer, Message};
+use channels_redis::RedisChannelLayer;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python() -> PathBuf {
+    let python = repo_root().join("target/test-venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/install-test-deps first", python.display());
+    python
+}
+
+/// A running Python peer whose stdout lines are JSON.
+struct Peer {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Peer {
+    fn spawn(hosts: &str, prefix: &str, args: &[&str]) -> Peer {
+        let mut child = Command::new(python())
+            .arg(repo_root().join("tests/python/channels_redis_peer.py"))
+            .args([hosts, prefix])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the Python peer");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Peer { child, lines }
+    }
+
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
+            .await
+            .expect("the Python peer answers within 20 s")
+            .expect("read")
+            .expect("the Python peer ended early (see its stderr above)");
+        serde_json::from_str(&line).expect("JSON from the peer")
+    }
+
+    async fn finish(mut self) {
+        assert_eq!(self.next().await, json!({"done": true}));
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("exit").expect("wait");
+        assert!(status.success());
+    }
+}
+
+async fn run(hosts: &str, prefix: &str, args: &[&str]) {
+    Peer::spawn(hosts, prefix, args).finish().await;
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+enum ChatEvent {
+    #[serde(rename = "chat.message")]
+    Message { user: String, text: String, ts: f64 },
+}
+
+fn chat(text: &str) -> Message {
+    Message::new(&ChatEvent::Message { user: "rust".into(), text: text.into(), ts: 1.25 }).expect("message")
+}
+
+async fn receive(layer: &RedisChannelLayer, channel: &str) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), layer.receive(channel)).await.expect("arrives").expect("ok")
+}
+
+fn layer(hosts: &str, prefix: &str) -> RedisChannelLayer {
+    RedisChannelLayer::from_url(&format!("{hosts}?prefix={prefix}")).expect("layer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_group_send_reaches_a_rust_consumer_as_a_typed_event() {
+    let hosts = support::shared().url();
+    let rust = layer(&hosts, "i1");
+    let me = rust.new_channel("specific").await.expect("new_channel");
+    rust.group_add("chat_lobby", &me).await.expect("group_add");
+    let event = r#"{"type": "chat.message", "user": "django", "text": "héllo from python", "ts": 1795.5}"#;
+    run(&hosts, "i1", &["group_send", "chat_lobby", event]).await;
+    let got: ChatEvent = receive(&rust, &me).await.decode().expect("typed event");
+    assert_eq!(got, ChatEvent::Message { user: "django".into(), text: "héllo from python".into(), ts: 1795.5 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_group_send_reaches_a_python_consumer_as_a_dict() {
+    let hosts = support::shared().url();
+    let mut python = Peer::spawn(&hosts, "i2", &["listen", "chat_lobby", "2"]);
+    python.next().await; // {"channel": ...}: Python has joined
+    let rust = layer(&hosts, "i2");
+    rust.group_send("chat_lobby", chat("hi python")).await.expect("group_send");
+    let mut raw = std::collections::BTreeMap::new();
+    raw.insert("type", rmpv::Value::from("raw.types"));
+    raw.insert("bytes", rmpv::Value::Binary(vec![0, 1, 255]));
+    raw.insert("big", rmpv::Value::from(1u64 << 40));
+    raw.insert("none", rmpv::Value::Nil);
+    raw.insert("list", rmpv::Value::Array(vec![1.into(), "two".into()]));
+    rust.group_send("chat_lobby", Message::new(&raw).expect("message")).await.expect("group_send");
+    assert_eq!(python.next().await, json!({"type": "chat.message", "user": "rust", "text": "hi python", "ts": 1.25}));
+    assert_eq!(
+        python.next().await,
+        json!({"type": "raw.types", "big": 1u64 << 40, "bytes": {"__bytes__": "0001ff"}, "list": [1, "two"], "none": null})
+    );
+    python.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_sends_work_both_ways() {
+    let hosts = support::shared().url();
+    let rust = layer(&hosts, "i3");
+    let mut python = Peer::spawn(&hosts, "i3", &["listen", "unused", "1"]);
+    let python_channel = python.next().await["channel"].as_str().expect("channel").to_owned();
+    rust.send(&python_channel, chat("to python")).await.expect("send");
+    assert_eq!(python.next().await["text"], "to python");
+    python.finish().await;
+
+    let me = rust.new_channel("specific").await.expect("new_channel");
+    run(&hosts, "i3", &["send", &me, r#"{"type": "chat.message", "user": "py", "text": "to rust", "ts": 2.0}"#]).await;
+    let got: ChatEvent = receive(&rust, &me).await.decode().expect("typed");
+    assert_eq!(got, ChatEvent::Message { user: "py".into(), text: "to rust".into(), ts: 2.0 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_channels_are_shared_with_python_receivers_and_senders() {
+    let hosts = support::shared().url();
+    let rust = layer(&hosts, "i4");
+    rust.send("thumbnails", chat("job for python")).await.expect("send");
+    let mut python = Peer::spawn(&hosts, "i4", &["worker", "thumbnails", "1"]);
+    assert_eq!(python.next().await["text"], "job for python");
+    python.finish().await;
+    run(&hosts, "i4", &["send", "thumbnails", r#"{"type": "chat.message", "user": "py", "text": "job for rust", "ts": 3.0}"#])
+        .await;
+    let got: ChatEvent = receive(&rust, "thumbnails").await.decode().expect("typed");
+    assert_eq!(got, ChatEvent::Message { user: "py".into(), text: "job for rust".into(), ts: 3.0 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_interoperate_both_ways() {
+    let a = support::RedisServer::start();
+    let b = support::RedisServer::start();
+    let hosts = format!("redis://127.0.0.1:{},redis://127.0.0.1:{}", a.port, b.port);
+    let rust_hosts = format!("redis://127.0.0.1:{},127.0.0.1:{}", a.port, b.port);
+    let rust = layer(&rust_hosts, "i5");
+    let mut mine = Vec::new();
+    for i in 0..6 {
+        let ch = rust.new_channel("specific").await.expect("new_channel");
+        rust.group_add(&format!("room{i}"), &ch).await.expect("group_add");
+        mine.push(ch);
+    }
+    for i in 0..6 {
+        let event = format!(r#"{{"type": "chat.message", "user": "py", "text": "room{i}", "ts": 1.0}}"#);
+        run(&hosts, "i5", &["group_send", &format!("room{i}"), &event]).await;
+    }
+    for (i, ch) in mine.iter().enumerate() {
+        let got: ChatEvent = receive(&rust, ch).await.decode().expect("typed");
+        assert_eq!(got, ChatEvent::Message { user: "py".into(), text: format!("room{i}"), ts: 1.0 });
+    }
+    // Python's direct send to a specific channel hashes the full name (channels#1492); with two
+    // shards it often lands where Python itself would never look, but we read every shard.
+    for (i, ch) in mine.iter().enumerate() {
+        let event = format!(r#"{{"type": "chat.message", "user": "py", "text": "direct{i}", "ts": 1.0}}"#);
+        run(&hosts, "i5", &["send", ch, &event]).await;
+        let got: ChatEvent = receive(&rust, ch).await.decode().expect("typed");
+        assert_eq!(got, ChatEvent::Message { user: "py".into(), text: format!("direct{i}"), ts: 1.0 });
+    }
+    let mut python = Peer::spawn(&hosts, "i5", &["listen", "mixed", "1"]);
+    python.next().await;
+    rust.group_send("mixed", chat("across shards")).await.expect("group_send");
+    assert_eq!(python.next().await["text"], "across shards");
+    python.finish().await;
+}
