@@ -27,6 +27,10 @@ pub struct RedisConfig {
     pub layer: LayerConfig,
     /// How long one blocking pop waits before it is re-issued (channels_redis uses 5 s).
     pub blocking_timeout: Duration,
+    /// channels_redis's `symmetric_encryption_keys`: when set, payloads are Fernet-encrypted
+    /// with the first key and decrypted with any (URL parameter `symmetric_encryption_key`,
+    /// repeatable).
+    pub symmetric_encryption_keys: Vec<String>,
 }
 
 impl RedisConfig {
@@ -37,10 +41,11 @@ impl RedisConfig {
             prefix: "asgi".into(),
             layer: LayerConfig::default(),
             blocking_timeout: Duration::from_secs(5),
+            symmetric_encryption_keys: Vec::new(),
         }
     }
 
-    /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N`.
+    /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N&symmetric_encryption_key=K`.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         Self::from_layer_url(LayerUrl::parse(url)?)
     }
@@ -66,16 +71,18 @@ impl RedisConfig {
         };
         let layer = LayerConfig::take_from(&mut url)?;
         let mut prefix = "asgi".to_owned();
+        let mut symmetric_encryption_keys = Vec::new();
         let mut rest = Vec::new();
         for (key, value) in url.params.drain(..) {
             match key.as_str() {
                 "prefix" => prefix = value,
+                "symmetric_encryption_key" => symmetric_encryption_keys.push(value),
                 _ => rest.push((key, value)),
             }
         }
         url.params = rest;
         url.reject_unknown_params()?;
-        Ok(Self { hosts, prefix, layer, blocking_timeout: Duration::from_secs(5) })
+        Ok(Self { hosts, prefix, layer, blocking_timeout: Duration::from_secs(5), symmetric_encryption_keys })
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisConfig;
+use crate::crypto::Encryption;
 use crate::scripts;
 use crate::wire::{self, Routing, consistent_hash};
 
@@ -70,6 +71,7 @@ struct Local {
 
 struct Inner {
     config: RedisConfig,
+    encryption: Option<Encryption>,
     shards: Vec<Shard>,
     client_prefix: String,
     local: Mutex<Local>,
@@ -111,8 +113,13 @@ impl RedisChannelLayer {
                     .map_err(|e| ConfigError(format!("bad Redis URL {url:?}: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        let encryption = match config.symmetric_encryption_keys.as_slice() {
+            [] => None,
+            keys => Some(Encryption::new(keys)?),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
+                encryption,
                 config,
                 shards,
                 client_prefix: random_hex(),
@@ -162,6 +169,24 @@ impl Inner {
         channel.contains('!') && non_local_name(channel).ends_with(&format!("{}!", self.client_prefix))
     }
 
+    /// `random(12) || body`, the body encrypted when keys are configured.
+    fn seal(&self, body: Vec<u8>) -> Vec<u8> {
+        match &self.encryption {
+            Some(encryption) => wire::frame(&encryption.encrypt(&body)),
+            None => wire::frame(&body),
+        }
+    }
+
+    /// The message and routing in a queue member.
+    fn open(&self, member: &[u8]) -> Result<(Message, Routing), wire::WireError> {
+        let body = wire::unframe(member)?;
+        match &self.encryption {
+            // channels_redis decrypts with a TTL of expiry + 10 s.
+            Some(encryption) => wire::decode_body(&encryption.decrypt(body, Some(self.expiry_secs() + 10))?),
+            None => wire::decode_body(body),
+        }
+    }
+
     fn expiry_secs(&self) -> u64 {
         self.config.layer.expiry.as_secs().max(1)
     }
@@ -181,8 +206,7 @@ impl Inner {
 
     /// Hands a popped process-queue member to the local channels it names.
     fn deliver(&self, member: &[u8]) {
-        let decoded = wire::unframe(member).and_then(wire::decode_body);
-        let (message, routing) = match decoded {
+        let (message, routing) = match self.open(member) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "skipping a channel layer message that does not decode");
@@ -416,8 +440,7 @@ impl RedisChannelLayer {
                     return Ok(());
                 }
             };
-            let decoded = wire::unframe(&member).and_then(wire::decode_body);
-            match decoded {
+            match self.inner.open(&member) {
                 Ok((message, _)) => {
                     let delivered = reply.take().map(|r| r.send(Ok(message)).is_ok()).unwrap_or(false);
                     if delivered {
@@ -466,7 +489,7 @@ impl ChannelLayer for RedisChannelLayer {
         } else {
             (Routing::None, inner.round_robin.fetch_add(1, Ordering::Relaxed) % inner.shards.len())
         };
-        let payload = wire::frame(&wire::body_with_routing(&message, &routing));
+        let payload = inner.seal(wire::body_with_routing(&message, &routing));
         let now = wire::now_seconds();
         let mut conn = inner.conn(shard).await.map_err(|e| SendError::Backend(backend(e)))?;
         let queued: i64 = scripts::SEND
@@ -575,7 +598,7 @@ impl ChannelLayer for RedisChannelLayer {
                 invocation.key(format!("{}{}", inner.config.prefix, buckets[i].0));
             }
             for &i in &indices {
-                invocation.arg(wire::frame(&wire::body_with_routing(&message, &Routing::Many(buckets[i].1.clone()))));
+                invocation.arg(inner.seal(wire::body_with_routing(&message, &Routing::Many(buckets[i].1.clone()))));
             }
             for &i in &indices {
                 invocation.arg(inner.config.layer.capacity_for(&buckets[i].1[0]));

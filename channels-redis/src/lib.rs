@@ -14,6 +14,7 @@
 //! ```
 
 mod config;
+pub mod crypto;
 mod layer;
 mod scripts;
 pub mod testing;

@@ -31,7 +31,12 @@ struct Peer {
 
 impl Peer {
     fn spawn(hosts: &str, prefix: &str, args: &[&str]) -> Peer {
+        Self::spawn_with_keys(hosts, prefix, args, "")
+    }
+
+    fn spawn_with_keys(hosts: &str, prefix: &str, args: &[&str], keys: &str) -> Peer {
         let mut child = Command::new(python())
+            .env("CHANNELS_KEYS", keys)
             .arg(repo_root().join("tests/python/channels_redis_peer.py"))
             .args([hosts, prefix])
             .args(args)
@@ -55,7 +60,8 @@ impl Peer {
 
     async fn finish(mut self) {
         assert_eq!(self.next().await, json!({"done": true}));
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("exit").expect("wait");
+        let status =
+            tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("exit").expect("wait");
         assert!(status.success());
     }
 }
@@ -141,8 +147,12 @@ async fn worker_channels_are_shared_with_python_receivers_and_senders() {
     let mut python = Peer::spawn(&hosts, "i4", &["worker", "thumbnails", "1"]);
     assert_eq!(python.next().await["text"], "job for python");
     python.finish().await;
-    run(&hosts, "i4", &["send", "thumbnails", r#"{"type": "chat.message", "user": "py", "text": "job for rust", "ts": 3.0}"#])
-        .await;
+    run(
+        &hosts,
+        "i4",
+        &["send", "thumbnails", r#"{"type": "chat.message", "user": "py", "text": "job for rust", "ts": 3.0}"#],
+    )
+    .await;
     let got: ChatEvent = receive(&rust, "thumbnails").await.decode().expect("typed");
     assert_eq!(got, ChatEvent::Message { user: "py".into(), text: "job for rust".into(), ts: 3.0 });
 }
@@ -181,4 +191,32 @@ async fn two_shards_interoperate_both_ways() {
     rust.group_send("mixed", chat("across shards")).await.expect("group_send");
     assert_eq!(python.next().await["text"], "across shards");
     python.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_payloads_interoperate_both_ways_with_key_rotation() {
+    let hosts = support::shared().url();
+    let rust = RedisChannelLayer::from_url(&format!(
+        "{hosts}?prefix=i6&symmetric_encryption_key=new-key&symmetric_encryption_key=old-key"
+    ))
+    .expect("layer");
+    let me = rust.new_channel("specific").await.expect("new_channel");
+    rust.group_add("secret", &me).await.expect("group_add");
+    // Python still encrypts with the old key; we decrypt with our second key.
+    let event = r#"{"type": "chat.message", "user": "py", "text": "sealed", "ts": 1.0}"#;
+    Peer::spawn_with_keys(&hosts, "i6", &["group_send", "secret", event], "old-key").finish().await;
+    let got: ChatEvent = receive(&rust, &me).await.decode().expect("typed");
+    assert_eq!(got, ChatEvent::Message { user: "py".into(), text: "sealed".into(), ts: 1.0 });
+    // We encrypt with our first key, which Python knows as its second.
+    let mut python = Peer::spawn_with_keys(&hosts, "i6", &["listen", "secret", "1"], "other,new-key");
+    python.next().await;
+    rust.group_send("secret", chat("sealed for python")).await.expect("group_send");
+    assert_eq!(python.next().await["text"], "sealed for python");
+    python.finish().await;
+    // Without the key, the payload is unreadable: it is skipped, never delivered as garbage.
+    let plain = layer(&hosts, "i6");
+    let outsider = plain.new_channel("specific").await.expect("new_channel");
+    plain.group_add("secret", &outsider).await.expect("group_add");
+    rust.group_send("secret", chat("not for you")).await.expect("group_send");
+    assert!(tokio::time::timeout(Duration::from_millis(500), plain.receive(&outsider)).await.is_err());
 }

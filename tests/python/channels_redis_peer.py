@@ -9,10 +9,12 @@ usage: channels_redis_peer.py HOSTS PREFIX MODE ARGS...
     worker CHANNEL COUNT         receive COUNT messages on a normal (worker) channel
 Messages are JSON on the command line and on stdout; bytes are {"__bytes__": "<hex>"}.
 Every wait is bounded; the script prints {"done": true} at the end.
+Environment: CHANNELS_KEYS=k1,k2 sets symmetric_encryption_keys.
 """
 
 import asyncio
 import json
+import os
 import sys
 
 from django.conf import settings
@@ -48,7 +50,9 @@ def emit(value):
 
 async def main():
     hosts, prefix, mode, *args = sys.argv[1:]
-    layer = RedisChannelLayer(hosts=hosts.split(","), prefix=prefix, capacity=1000)
+    keys = [k for k in os.environ.get("CHANNELS_KEYS", "").split(",") if k]
+    options = {"symmetric_encryption_keys": keys} if keys else {}
+    layer = RedisChannelLayer(hosts=hosts.split(","), prefix=prefix, capacity=1000, **options)
     if mode == "group_send":
         await layer.group_send(args[0], from_json(json.loads(args[1])))
     elif mode == "send":
