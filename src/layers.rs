@@ -26,11 +26,13 @@ pub fn from_url(url: &str) -> Result<Arc<dyn ChannelLayer>, ConfigError> {
         "redis" | "rediss" => {
             Ok(Arc::new(channels_redis::RedisChannelLayer::new(channels_redis::RedisConfig::from_layer_url(parsed)?)?))
         }
-        "redis+pubsub" | "rediss+pubsub" => Err(ConfigError(format!(
-            "{}:// layers are not available yet in this version of channels-rs; use redis:// or memory://",
-            parsed.scheme
+        #[cfg(feature = "redis")]
+        "redis+pubsub" | "rediss+pubsub" => Ok(Arc::new(channels_redis::RedisPubSubChannelLayer::new(
+            channels_redis::RedisConfig::from_layer_url(parsed)?,
+        )?)),
+        other => Err(ConfigError(format!(
+            "unknown channel layer scheme {other:?}; expected memory://, redis:// or redis+pubsub://"
         ))),
-        other => Err(ConfigError(format!("unknown channel layer scheme {other:?}; expected memory:// or redis://"))),
     }
 }
 
@@ -72,6 +74,9 @@ pub fn configure_from(
     let mut layers = ChannelLayers::new();
     for (key, value) in vars {
         let value = value.trim();
+        if value.is_empty() {
+            continue; // an empty variable counts as unset, as in from_env
+        }
         if key == LAYER_ENV_VAR {
             default = Some(from_url(value).map_err(|e| ConfigError(format!("{key}: {}", e.0)))?);
         } else if let Some(alias) = key.strip_prefix(ALIAS_ENV_PREFIX).filter(|a| !a.is_empty()) {
@@ -94,9 +99,9 @@ mod tests {
     fn unknown_schemes_and_parameters_are_clear_errors() {
         let err = from_url("kafka://x").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("unknown channel layer scheme"), "{err}");
-        let err = from_url("redis+pubsub://127.0.0.1:6379").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("not available yet"), "{err}");
         assert!(from_url("redis://127.0.0.1:6379/0?prefix=x").is_ok(), "connections are made on first use");
+        assert!(from_url("redis+pubsub://127.0.0.1:6379").is_ok());
+        assert!(from_url("rediss://127.0.0.1:6379").is_err(), "TLS is refused clearly");
         assert!(from_url("memory://?capacity=many").is_err());
         assert!(from_url("not a url").is_err());
     }

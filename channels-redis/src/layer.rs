@@ -1,6 +1,6 @@
 //! `RedisChannelLayer`: the sorted-set layer of channels_redis 4.x, in Rust.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -12,12 +12,12 @@ use channels_core::layer::{
 };
 use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{Notify, OnceCell, oneshot};
-use tokio::time::Instant;
+use tokio::sync::{OnceCell, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisConfig;
 use crate::crypto::Encryption;
+use crate::mailbox::{self, Mailbox};
 use crate::scripts;
 use crate::wire::{self, Routing, consistent_hash};
 
@@ -53,16 +53,9 @@ struct Shard {
 }
 
 #[derive(Default)]
-struct LocalQueue {
-    /// (expires at, message): a message that waits longer than `expiry` is dropped, here too.
-    items: VecDeque<(Instant, Message)>,
-    notify: Arc<Notify>,
-}
-
-#[derive(Default)]
 struct Local {
     /// Channels created here and not yet forgotten, with what has arrived for them.
-    channels: HashMap<String, LocalQueue>,
+    channels: HashMap<String, Mailbox>,
     /// Groups local channels joined, so they can be re-joined after Redis loses them.
     memberships: HashMap<String, HashSet<String>>,
     /// Process queue keys a pump already reads.
@@ -221,18 +214,16 @@ impl Inner {
                 return;
             }
         };
-        let expires = Instant::now() + self.config.layer.expiry;
+        let expiry = Some(self.config.layer.expiry);
         let mut local = self.lock();
         for channel in targets {
             let capacity = self.config.layer.capacity_for(&channel);
             match local.channels.get_mut(&channel) {
-                Some(queue) if queue.items.len() >= capacity => {
-                    self.dropped_full.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%channel, "local buffer full; dropping a message");
-                }
-                Some(queue) => {
-                    queue.items.push_back((expires, message.clone()));
-                    queue.notify.notify_one();
+                Some(mailbox) => {
+                    if !mailbox.push(message.clone(), capacity, expiry) {
+                        self.dropped_full.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%channel, "local buffer full; dropping a message");
+                    }
                 }
                 None => tracing::debug!(%channel, "message for a channel that is gone; dropped"),
             }
@@ -355,20 +346,7 @@ impl RedisChannelLayer {
 
     async fn receive_local(&self, channel: &str) -> Result<Message, ReceiveError> {
         self.ensure_pumps(&self.inner.queue_key(channel));
-        loop {
-            let notify = {
-                let mut local = self.inner.lock();
-                let queue = local.channels.entry(channel.to_owned()).or_default();
-                let now = Instant::now();
-                while let Some((expires, message)) = queue.items.pop_front() {
-                    if expires > now {
-                        return Ok(message);
-                    }
-                }
-                queue.notify.clone()
-            };
-            notify.notified().await;
-        }
+        Ok(mailbox::receive(&self.inner.local, |local| local.channels.entry(channel.to_owned()).or_default()).await)
     }
 
     /// A worker channel: channels_redis's restore → pop → back up → clean up dance, so Python
@@ -653,8 +631,8 @@ impl ChannelLayer for RedisChannelLayer {
         }
         let mut local = self.inner.lock();
         local.memberships.clear();
-        for queue in local.channels.values_mut() {
-            queue.items.clear();
+        for mailbox in local.channels.values_mut() {
+            mailbox.clear();
         }
         Ok(())
     }

@@ -16,9 +16,12 @@
 mod config;
 pub mod crypto;
 mod layer;
+mod mailbox;
+mod pubsub;
 mod scripts;
 pub mod testing;
 pub mod wire;
 
 pub use config::RedisConfig;
 pub use layer::RedisChannelLayer;
+pub use pubsub::RedisPubSubChannelLayer;

@@ -9,7 +9,8 @@ usage: channels_redis_peer.py HOSTS PREFIX MODE ARGS...
     worker CHANNEL COUNT         receive COUNT messages on a normal (worker) channel
 Messages are JSON on the command line and on stdout; bytes are {"__bytes__": "<hex>"}.
 Every wait is bounded; the script prints {"done": true} at the end.
-Environment: CHANNELS_KEYS=k1,k2 sets symmetric_encryption_keys.
+Environment: CHANNELS_KEYS=k1,k2 sets symmetric_encryption_keys; CHANNELS_PUBSUB=1 uses
+channels_redis's RedisPubSubChannelLayer instead of RedisChannelLayer.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from django.conf import settings
 settings.configure()
 
 from channels_redis.core import RedisChannelLayer  # noqa: E402
+from channels_redis.pubsub import RedisPubSubChannelLayer  # noqa: E402
 
 
 def to_json(value):
@@ -52,7 +54,10 @@ async def main():
     hosts, prefix, mode, *args = sys.argv[1:]
     keys = [k for k in os.environ.get("CHANNELS_KEYS", "").split(",") if k]
     options = {"symmetric_encryption_keys": keys} if keys else {}
-    layer = RedisChannelLayer(hosts=hosts.split(","), prefix=prefix, capacity=1000, **options)
+    if os.environ.get("CHANNELS_PUBSUB"):
+        layer = RedisPubSubChannelLayer(hosts=hosts.split(","), prefix=prefix, **options)
+    else:
+        layer = RedisChannelLayer(hosts=hosts.split(","), prefix=prefix, capacity=1000, **options)
     if mode == "group_send":
         await layer.group_send(args[0], from_json(json.loads(args[1])))
     elif mode == "send":
