@@ -84,6 +84,10 @@ impl WebsocketConsumer for Probe {
                     let user = ctx.scope().extensions().get::<User>().map_or("anonymous".into(), |u| u.0.clone());
                     ctx.send_text(user).await?;
                 }
+                "join-extra" => {
+                    ctx.group_add("extra").await?;
+                    ctx.send_text(ctx.groups().join(",")).await?;
+                }
                 "group-send" => {
                     let report = ctx.group_send("g", &Event::Ping { n: 9 }).await?;
                     ctx.send_text(format!("queued {}", report.queued)).await?;
@@ -496,4 +500,15 @@ async fn a_long_lived_connection_keeps_its_groups_past_group_expiry() {
     let report = layer.group_send("room_long", ping(5)).await.expect("group_send");
     assert_eq!(report.queued, 1, "still a member after 2.5 s with a 1 s group_expiry");
     assert_eq!(client.receive_text().await.expect("event"), "ping 5");
+}
+
+#[tokio::test]
+async fn groups_joined_in_handlers_are_left_when_the_connection_ends() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/rooms/lobby/").await;
+    client.send_text("join-extra").await.expect("send");
+    assert_eq!(client.receive_text().await.expect("groups"), "room_lobby,extra");
+    client.disconnect().await.expect("disconnect");
+    assert_eq!(f.layer.group_send("extra", ping(1)).await.expect("group_send").queued, 0);
+    assert_eq!(f.layer.stats().groups, 0);
 }

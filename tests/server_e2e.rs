@@ -87,6 +87,12 @@ async fn start(limits: WebsocketLimits, app_limits: AppLimits) -> Running {
         .websocket("/ws/", move |_: &Scope| Probe { disconnects: d.clone() })
         .http("/hello/", |request: HttpRequest| async move {
             text(http::StatusCode::OK, format!("hello, {} bytes", request.body.len()))
+        })
+        .http("/panic/", |_: HttpRequest| async move {
+            if true {
+                panic!("handler bug");
+            }
+            text(http::StatusCode::OK, "unreachable")
         });
     let app = Application::builder(router).websocket_limits(limits).limits(app_limits).build();
     let server = Server::bind("127.0.0.1:0").await.expect("bind").header_read_timeout(Duration::from_millis(500));

@@ -4,11 +4,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -287,7 +289,14 @@ impl Application {
             }
             return response;
         }
-        handler.call(HttpRequest { scope, body }).await
+        let path = scope.path().to_owned();
+        match AssertUnwindSafe(handler.call(HttpRequest { scope, body })).catch_unwind().await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::error!(%path, "HTTP handler panicked; answering 500");
+                text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+            }
+        }
     }
 
     /// Answers one hyper request: an HTTP request, or a WebSocket upgrade.

@@ -101,6 +101,7 @@ pub struct WebsocketContext {
     /// In a mutex only so that the context is `Sync`; it is reached through `get_mut`, never locked.
     socket: Option<std::sync::Mutex<WsStream>>,
     pub(crate) send_timeout: Duration,
+    groups: Vec<String>,
 }
 
 impl fmt::Debug for WebsocketContext {
@@ -127,6 +128,7 @@ impl WebsocketContext {
             state: State::Connecting { accepted: None, pending: Vec::new(), closing: None },
             socket: None,
             send_timeout,
+            groups: Vec::new(),
         }
     }
 
@@ -299,16 +301,29 @@ impl WebsocketContext {
         }
     }
 
-    /// Adds this connection to `group`.
-    pub async fn group_add(&self, group: &str) -> Result<(), ContextError> {
+    /// Adds this connection to `group`. The membership is renewed before `group_expiry` for as
+    /// long as the connection lives, and dropped when it ends.
+    pub async fn group_add(&mut self, group: &str) -> Result<(), ContextError> {
         let (layer, channel) = self.layer_and_channel()?;
-        layer.group_add(group, channel).await.map_err(ContextError::Group)
+        layer.group_add(group, channel).await.map_err(ContextError::Group)?;
+        if !self.groups.iter().any(|g| g == group) {
+            self.groups.push(group.to_owned());
+        }
+        Ok(())
     }
 
     /// Removes this connection from `group`.
-    pub async fn group_discard(&self, group: &str) -> Result<(), ContextError> {
+    pub async fn group_discard(&mut self, group: &str) -> Result<(), ContextError> {
         let (layer, channel) = self.layer_and_channel()?;
-        layer.group_discard(group, channel).await.map_err(ContextError::Group)
+        layer.group_discard(group, channel).await.map_err(ContextError::Group)?;
+        self.groups.retain(|g| g != group);
+        Ok(())
+    }
+
+    /// The groups this connection is in (joined through [`groups`](crate::WebsocketConsumer::groups)
+    /// or [`group_add`](Self::group_add)).
+    pub fn groups(&self) -> &[String] {
+        &self.groups
     }
 
     /// Encodes `event` once and sends it to every member of `group` (this connection included,

@@ -71,23 +71,19 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
     let path = scope.path().to_owned();
     let mut ctx = WebsocketContext::new(scope, layer.clone(), channel_name.clone(), limits.send_timeout);
 
-    let groups = consumer.groups();
-    let mut joined = Vec::with_capacity(groups.len());
-    for group in groups {
+    for group in consumer.groups() {
         if let Err(e) = ctx.group_add(&group).await {
             tracing::warn!(%path, %group, error = %e, "could not join a consumer group; denying");
-            leave(layer.as_deref(), channel_name.as_deref(), &joined).await;
+            leave(&mut ctx).await;
             return Handshake::Deny { status: StatusCode::FORBIDDEN, code: close_code::INTERNAL_ERROR };
         }
-        joined.push(group);
     }
 
     let outcome = tokio::time::timeout(limits.connect_timeout, guarded(consumer.connect(&mut ctx))).await;
     let denial = match (&outcome, &ctx.state) {
         (Ok(Ok(())), State::Connecting { accepted: Some(acceptance), .. }) => {
             let acceptance = acceptance.clone();
-            let session: Session =
-                Box::new(move |socket| Box::pin(run(consumer, ctx, socket, joined, limits, shutdown)));
+            let session: Session = Box::new(move |socket| Box::pin(run(consumer, ctx, socket, limits, shutdown)));
             return Handshake::Accept { acceptance, session };
         }
         (Ok(Ok(())), State::Denied { code }) => (StatusCode::FORBIDDEN, *code),
@@ -102,7 +98,7 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
         }
     };
     ctx.state = State::Closed;
-    teardown(&mut consumer, &mut ctx, denial.1, &joined).await;
+    teardown(&mut consumer, &mut ctx, denial.1).await;
     Handshake::Deny { status: denial.0, code: denial.1 }
 }
 
@@ -110,7 +106,6 @@ async fn run<C: WebsocketConsumer>(
     mut consumer: C,
     mut ctx: WebsocketContext,
     socket: Option<WsStream>,
-    groups: Vec<String>,
     limits: WebsocketLimits,
     shutdown: CancellationToken,
 ) {
@@ -129,31 +124,29 @@ async fn run<C: WebsocketConsumer>(
             if let (Some(code), State::Open) = (closing, &ctx.state) {
                 ctx.state = State::Closing { code };
             }
-            event_loop(&mut consumer, &mut ctx, &groups, &limits, &shutdown).await
+            event_loop(&mut consumer, &mut ctx, &limits, &shutdown).await
         }
         None => close_code::ABNORMAL,
     };
     ctx.state = State::Closed;
-    teardown(&mut consumer, &mut ctx, code, &groups).await;
+    teardown(&mut consumer, &mut ctx, code).await;
     ctx.detach();
 }
 
-/// `disconnect`, then leave the groups, then let the layer drop the channel.
-async fn teardown<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketContext, code: u16, groups: &[String]) {
+/// `disconnect`, then leave every group, then let the layer drop the channel.
+async fn teardown<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketContext, code: u16) {
     if let Err(e) = guarded(consumer.disconnect(ctx, code)).await {
         tracing::error!(path = %ctx.scope().path(), error = %e, "disconnect handler failed");
     }
-    let (layer, channel) = (ctx.channel_layer().cloned(), ctx.channel_name().map(str::to_owned));
-    leave(layer.as_deref(), channel.as_deref(), groups).await;
-    if let (Some(layer), Some(channel)) = (layer, channel) {
-        layer.forget_channel(&channel).await;
+    leave(ctx).await;
+    if let (Some(layer), Some(channel)) = (ctx.channel_layer(), ctx.channel_name()) {
+        layer.forget_channel(channel).await;
     }
 }
 
-async fn leave(layer: Option<&dyn ChannelLayer>, channel: Option<&str>, groups: &[String]) {
-    let (Some(layer), Some(channel)) = (layer, channel) else { return };
-    for group in groups {
-        if let Err(e) = layer.group_discard(group, channel).await {
+async fn leave(ctx: &mut WebsocketContext) {
+    for group in ctx.groups().to_vec() {
+        if let Err(e) = ctx.group_discard(&group).await {
             tracing::warn!(%group, error = %e, "could not leave a group on disconnect");
         }
     }
@@ -188,7 +181,6 @@ enum Input {
 async fn event_loop<C: WebsocketConsumer>(
     consumer: &mut C,
     ctx: &mut WebsocketContext,
-    groups: &[String],
     limits: &WebsocketLimits,
     shutdown: &CancellationToken,
 ) -> u16 {
@@ -266,12 +258,12 @@ async fn event_loop<C: WebsocketConsumer>(
                 // Memberships expire `group_expiry` after the last group_add; a connection that
                 // lives longer stays in its groups by joining them again.
                 if let Some(layer) = &layer
-                    && !groups.is_empty()
+                    && !ctx.groups().is_empty()
                     && groups_joined.elapsed() >= layer.config().group_expiry / 2
                 {
                     groups_joined = Instant::now();
-                    for group in groups {
-                        if let Err(e) = ctx.group_add(group).await {
+                    for group in ctx.groups().to_vec() {
+                        if let Err(e) = ctx.group_add(&group).await {
                             tracing::warn!(%group, error = %e, "could not renew a group membership");
                         }
                     }
