@@ -1,6 +1,6 @@
 //! The backend-independent core of channels-rs.
 //!
-//! Most applications use the [`channels`](https://docs.rs/channels) facade crate, which
+//! Most applications use the `channels` facade crate of this workspace, which
 //! re-exports this one with the channel layer backends. This crate holds:
 //!
 //! | module | what it is |
