@@ -3,6 +3,10 @@
 use std::time::Duration;
 
 use channels_core::layer::{ConfigError, LayerConfig, LayerUrl};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+use crate::crypto::Encryption;
 
 /// Settings of a [`RedisChannelLayer`](crate::RedisChannelLayer).
 ///
@@ -84,6 +88,42 @@ impl RedisConfig {
         url.reject_unknown_params()?;
         Ok(Self { hosts, prefix, layer, blocking_timeout: Duration::from_secs(5), symmetric_encryption_keys })
     }
+}
+
+impl RedisConfig {
+    /// One client per shard, in order.
+    pub(crate) fn open_clients(&self) -> Result<Vec<redis::Client>, ConfigError> {
+        if self.hosts.is_empty() {
+            return Err(ConfigError("at least one Redis host is needed".into()));
+        }
+        self.hosts
+            .iter()
+            .map(|url| {
+                redis::Client::open(url.as_str()).map_err(|e| ConfigError(format!("bad Redis URL {url:?}: {e}")))
+            })
+            .collect()
+    }
+
+    /// The payload encryption, when keys are configured.
+    pub(crate) fn encryption(&self) -> Result<Option<Encryption>, ConfigError> {
+        match self.symmetric_encryption_keys.as_slice() {
+            [] => Ok(None),
+            keys => Encryption::new(keys).map(Some),
+        }
+    }
+}
+
+/// The shard's shared connection for ordinary commands, made on first use (and again on the
+/// next use if that failed); it reconnects by itself after a Redis restart.
+pub(crate) async fn command_connection(
+    client: &redis::Client,
+    cell: &OnceCell<ConnectionManager>,
+) -> Result<ConnectionManager, redis::RedisError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2);
+    cell.get_or_try_init(|| client.get_connection_manager_with_config(config)).await.cloned()
 }
 
 #[cfg(test)]

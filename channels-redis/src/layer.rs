@@ -10,12 +10,11 @@ use channels_core::layer::{
     BackendError, ChannelLayer, ConfigError, GroupError, GroupSendReport, LayerConfig, Message, ReceiveError,
     SendError, non_local_name, validate_channel_name, validate_group_name,
 };
-use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{OnceCell, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, command_connection};
 use crate::crypto::Encryption;
 use crate::mailbox::{self, Mailbox};
 use crate::scripts;
@@ -85,37 +84,18 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
     Box::new(e)
 }
 
-fn random_hex() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl RedisChannelLayer {
     /// A layer with the given settings. Connections are made on first use.
     pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
-        if config.hosts.is_empty() {
-            return Err(ConfigError("at least one Redis host is needed".into()));
-        }
-        let shards = config
-            .hosts
-            .iter()
-            .map(|url| {
-                redis::Client::open(url.as_str())
-                    .map(|client| Shard { client, commands: OnceCell::new() })
-                    .map_err(|e| ConfigError(format!("bad Redis URL {url:?}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        let encryption = match config.symmetric_encryption_keys.as_slice() {
-            [] => None,
-            keys => Some(Encryption::new(keys)?),
-        };
+        let shards =
+            config.open_clients()?.into_iter().map(|client| Shard { client, commands: OnceCell::new() }).collect();
+        let encryption = config.encryption()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 encryption,
                 config,
                 shards,
-                client_prefix: random_hex(),
+                client_prefix: wire::random_hex(),
                 local: Mutex::new(Local::default()),
                 round_robin: AtomicUsize::new(0),
                 dropped_full: AtomicU64::new(0),
@@ -190,11 +170,7 @@ impl Inner {
 
     async fn conn(&self, shard: usize) -> Result<ConnectionManager, redis::RedisError> {
         let shard = &self.shards[shard];
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
-        shard.commands.get_or_try_init(|| shard.client.get_connection_manager_with_config(config)).await.cloned()
+        command_connection(&shard.client, &shard.commands).await
     }
 
     /// Hands a popped process-queue member to the local channels it names.
@@ -450,7 +426,7 @@ impl std::fmt::Debug for RedisChannelLayer {
 #[async_trait]
 impl ChannelLayer for RedisChannelLayer {
     async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
-        let name = format!("{prefix}.{}!{}", self.inner.client_prefix, random_hex());
+        let name = format!("{prefix}.{}!{}", self.inner.client_prefix, wire::random_hex());
         validate_channel_name(&name)?;
         self.inner.lock().channels.entry(name.clone()).or_default();
         self.ensure_pumps(&self.inner.queue_key(&name));

@@ -21,14 +21,14 @@ use channels_core::layer::{
     SendError, validate_channel_name, validate_group_name,
 };
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, PubSubSink};
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, command_connection};
 use crate::crypto::Encryption;
 use crate::mailbox::{self, Mailbox};
-use crate::wire::consistent_hash;
+use crate::wire::{self, consistent_hash};
 
 /// A channel layer on Redis publish/subscribe, compatible with
 /// `channels_redis.pubsub.RedisPubSubChannelLayer` (`redis+pubsub://` URLs).
@@ -132,11 +132,7 @@ impl Inner {
 
     async fn publisher(&self, shard: usize) -> Result<ConnectionManager, redis::RedisError> {
         let shard = &self.shards[shard];
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
-        shard.publisher.get_or_try_init(|| shard.client.get_connection_manager_with_config(config)).await.cloned()
+        command_connection(&shard.client, &shard.publisher).await
     }
 }
 
@@ -192,30 +188,22 @@ impl RedisPubSubChannelLayer {
     /// A layer with the given settings (`prefix`, `hosts`, encryption keys; `capacity` bounds
     /// the local buffers).
     pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
-        if config.hosts.is_empty() {
-            return Err(ConfigError("at least one Redis host is needed".into()));
-        }
         let shards = config
-            .hosts
-            .iter()
-            .map(|url| {
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| ConfigError(format!("bad Redis URL {url:?}: {e}")))?;
+            .open_clients()?
+            .into_iter()
+            .map(|client| {
                 let (sink_tx, sink) = watch::channel(None);
-                Ok(Shard {
+                Shard {
                     client,
                     publisher: OnceCell::new(),
                     sink,
                     sink_tx,
                     subscriptions: Mutex::new(HashSet::new()),
                     started: std::sync::Once::new(),
-                })
+                }
             })
-            .collect::<Result<_, ConfigError>>()?;
-        let encryption = match config.symmetric_encryption_keys.as_slice() {
-            [] => None,
-            keys => Some(Encryption::new(keys)?),
-        };
+            .collect();
+        let encryption = config.encryption()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -289,10 +277,7 @@ impl std::fmt::Debug for RedisPubSubChannelLayer {
 #[async_trait]
 impl ChannelLayer for RedisPubSubChannelLayer {
     async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
-        let mut random = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
-        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let name = format!("{}{prefix}.{hex}", self.inner.config.prefix);
+        let name = format!("{}{prefix}.{}", self.inner.config.prefix, wire::random_hex());
         validate_channel_name(&name)?;
         self.inner.lock().channels.entry(name.clone()).or_default();
         self.subscribe(&name).await.map_err(ReceiveError::Backend)?;

@@ -145,6 +145,13 @@ pub fn decode_body(body: &[u8]) -> Result<(Message, Routing), WireError> {
     Ok((message, routing))
 }
 
+/// 32 random lowercase hex digits, like Python's `uuid4().hex`.
+pub fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Formats a Unix time in seconds the way Python's `repr(time.time())` does, near enough for
 /// Redis scores (full f64 precision).
 pub fn now_seconds() -> f64 {
