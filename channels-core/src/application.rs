@@ -290,7 +290,7 @@ impl Application {
             return response;
         }
         let path = scope.path().to_owned();
-        match AssertUnwindSafe(handler.call(HttpRequest { scope, body })).catch_unwind().await {
+        match AssertUnwindSafe(handler.call(HttpRequest { scope, body, app: self.clone() })).catch_unwind().await {
             Ok(response) => response,
             Err(_) => {
                 tracing::error!(%path, "HTTP handler panicked; answering 500");

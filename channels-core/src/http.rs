@@ -20,12 +20,19 @@ pub type HttpResponse = http::Response<Body>;
 
 /// An HTTP request as handlers see it: the scope and the whole body (collected up to the
 /// application's `max_http_body_size`).
-#[derive(Debug)]
 pub struct HttpRequest {
     /// Method, path, query, headers, route params, addresses and middleware extensions.
     pub scope: Scope,
     /// The request body.
     pub body: Bytes,
+    /// The application serving the request: its channel layers, for handlers that send.
+    pub app: crate::Application,
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRequest").field("scope", &self.scope).field("body", &self.body.len()).finish()
+    }
 }
 
 /// Something that answers HTTP requests. Any `async fn(HttpRequest) -> HttpResponse` is one.

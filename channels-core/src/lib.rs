@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`consumer`] | [`WebsocketConsumer`] and [`JsonWebsocketConsumer`]: per-connection hooks |
 //! | [`context`] | [`WebsocketContext`]: accept, send, close, groups, from inside a hook |
+//! | [`http_consumer`] | [`HttpConsumer`](http_consumer::HttpConsumer): long polling, streaming (SSE) and plain answers with a channel |
 //! | [`scope`] | [`Scope`]: path, query, headers, cookies, addresses, route params, extensions |
 //! | [`routing`] | [`Router`]: WebSocket and HTTP routes with `{name}` captures |
 //! | [`layer`] | [`ChannelLayer`](layer::ChannelLayer): the backend trait, messages, names, config |
@@ -20,6 +21,7 @@ pub mod config;
 pub mod consumer;
 pub mod context;
 pub mod http;
+pub mod http_consumer;
 mod io;
 pub mod layer;
 pub mod middleware;
@@ -47,6 +49,7 @@ pub mod prelude {
         BoxError, Frame, HandlerResult, JsonFrameError, JsonWebsocketConsumer, NoEvents, WebsocketConsumer, close_code,
     };
     pub use crate::context::WebsocketContext;
+    pub use crate::http_consumer::{HttpConsumer, HttpContext};
     pub use crate::routing::Router;
     pub use crate::scope::Scope;
     pub use crate::server::Server;

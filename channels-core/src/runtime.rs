@@ -34,7 +34,7 @@ pub(crate) enum Handshake {
 
 /// Runs a hook, turning a panic into an error so that one bad handler cannot take the
 /// connection down without its close frame and `disconnect`.
-async fn guarded(hook: impl Future<Output = HandlerResult>) -> HandlerResult {
+pub(crate) async fn guarded(hook: impl Future<Output = HandlerResult>) -> HandlerResult {
     match AssertUnwindSafe(hook).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {

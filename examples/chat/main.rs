@@ -17,6 +17,9 @@
 //!   `{"type": "chat.join", "user", "ts"}`, `{"type": "chat.leave", "user", "ts"}`, and, to a
 //!   newcomer only, `{"type": "chat.presence", "users": [...], "connections": {"user": n}}`
 //!   (who is online in this process, and with how many connections).
+//! - The same rooms over plain HTTP (see `transports.rs`): `POST /chat/{room}/messages`,
+//!   `GET /chat/{room}/events?client=ID&wait=25` (long polling; `wait=0` polls) and
+//!   `GET /chat/{room}/stream` (server-sent events), all carrying the same JSON events.
 //! - On the channel layer, room `R` is group `chat_R` and a message is the event
 //!   `{"type": "chat.message", "user": str, "text": str, "ts": float}`, as in the Django
 //!   Channels tutorial, so a Django consumer on the same layer can join the conversation.
@@ -24,22 +27,25 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod transports;
 
 use channels::http::page;
+use channels::http_consumer::http_consumer;
 use channels::middleware::OriginValidator;
 use channels::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Longest chat message, in characters.
-const MAX_TEXT_CHARS: usize = 4000;
+pub(crate) const MAX_TEXT_CHARS: usize = 4000;
 /// Longest user name, in characters.
 const MAX_USER_CHARS: usize = 32;
 
 /// The events a room's members exchange on the channel layer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type")]
-enum ChatEvent {
+pub(crate) enum ChatEvent {
     #[serde(rename = "chat.message")]
     Message {
         user: String,
@@ -63,24 +69,24 @@ enum ChatEvent {
 
 /// What a client may send: `{"message": "..."}` (anything else is taken as plain text).
 #[derive(Deserialize)]
-struct Inbound {
-    message: String,
+pub(crate) struct Inbound {
+    pub(crate) message: String,
 }
 
 /// Who is connected to each room in this process.
 #[derive(Clone, Default)]
-struct Presence(Arc<Mutex<HashMap<String, HashMap<String, usize>>>>);
+pub(crate) struct Presence(Arc<Mutex<HashMap<String, HashMap<String, usize>>>>);
 
 impl Presence {
     /// Counts one more connection of `user` in `room`; returns everyone's connection counts.
-    fn join(&self, room: &str, user: &str) -> std::collections::BTreeMap<String, usize> {
+    pub(crate) fn join(&self, room: &str, user: &str) -> std::collections::BTreeMap<String, usize> {
         let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let users = rooms.entry(room.to_owned()).or_default();
         *users.entry(user.to_owned()).or_default() += 1;
         users.iter().map(|(name, count)| (name.clone(), *count)).collect()
     }
 
-    fn leave(&self, room: &str, user: &str) {
+    pub(crate) fn leave(&self, room: &str, user: &str) {
         let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(users) = rooms.get_mut(room) {
             if let Some(count) = users.get_mut(user) {
@@ -104,24 +110,29 @@ struct ChatConsumer {
     joined: bool,
 }
 
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
 }
 
-fn valid_room(room: &str) -> bool {
+pub(crate) fn valid_room(room: &str) -> bool {
     (1..=50).contains(&room.len()) && room.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 impl ChatConsumer {
     fn new(scope: &Scope, presence: Presence) -> Self {
         let room = scope.param("room").unwrap_or_default().to_owned();
-        let user = scope
-            .query_param("user")
-            .map(|u| u.trim().chars().filter(|c| !c.is_control()).take(MAX_USER_CHARS).collect::<String>())
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| format!("guest-{}", rand_suffix()));
-        Self { group: format!("chat_{room}"), room, user, presence, joined: false }
+        Self { group: format!("chat_{room}"), room, user: user_name(scope), presence, joined: false }
     }
+}
+
+/// The `?user=` name: trimmed, control characters dropped, at most 32 characters; a random
+/// guest name when missing.
+pub(crate) fn user_name(scope: &Scope) -> String {
+    scope
+        .query_param("user")
+        .map(|u| u.trim().chars().filter(|c| !c.is_control()).take(MAX_USER_CHARS).collect::<String>())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("guest-{}", rand_suffix()))
 }
 
 fn rand_suffix() -> u32 {
@@ -201,14 +212,16 @@ struct Options {
     bind: String,
     layer: String,
     allowed_origins: Vec<String>,
+    poll_timeout: Duration,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: chat [--bind ADDR] [--layer URL] [--allowed-origin HOST]...\n\
+        "usage: chat [--bind ADDR] [--layer URL] [--allowed-origin HOST]... [--poll-timeout SECS]\n\
          \n  --bind ADDR            listen address (default 127.0.0.1:8000, env CHANNELS_BIND)\
          \n  --layer URL            channel layer (default memory://, env CHANNELS_LAYER)\
-         \n  --allowed-origin HOST  also accept browser pages from HOST (repeatable)"
+         \n  --allowed-origin HOST  also accept browser pages from HOST (repeatable)\
+         \n  --poll-timeout SECS    drop polling clients silent this long (default 60)"
     );
     std::process::exit(2)
 }
@@ -218,6 +231,7 @@ fn options() -> Options {
         bind: std::env::var("CHANNELS_BIND").unwrap_or_else(|_| "127.0.0.1:8000".into()),
         layer: std::env::var(channels::layers::LAYER_ENV_VAR).unwrap_or_else(|_| "memory://".into()),
         allowed_origins: Vec::new(),
+        poll_timeout: Duration::from_secs(60),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -230,6 +244,10 @@ fn options() -> Options {
             "--bind" => options.bind = value(),
             "--layer" => options.layer = value(),
             "--allowed-origin" => options.allowed_origins.push(value()),
+            "--poll-timeout" => match value().parse::<f64>() {
+                Ok(secs) if secs > 0.0 && secs.is_finite() => options.poll_timeout = Duration::from_secs_f64(secs),
+                _ => usage(),
+            },
             _ => usage(),
         }
     }
@@ -237,17 +255,26 @@ fn options() -> Options {
 }
 
 /// The chat application, on any layer: shared by `main` and the end-to-end tests.
-fn app(
-    layer: Arc<dyn channels::layers::ChannelLayer>,
-    bind: Option<SocketAddr>,
-    extra_origins: &[String],
-) -> Application {
+fn app(layer: Arc<dyn channels::layers::ChannelLayer>, bind: Option<SocketAddr>, options: &Options) -> Application {
+    let extra_origins = &options.allowed_origins;
     let presence = Presence::default();
+    let polls = transports::PollClients::new(presence.clone(), options.poll_timeout);
+    tokio::spawn(polls.clone().sweep_forever(layer.clone()));
     let html = include_str!("index.html");
+    let (ws_presence, sse_presence) = (presence.clone(), presence);
     let router = Router::new()
         .http("/", page("text/html; charset=utf-8", html))
         .http("/home/", page("text/html; charset=utf-8", html))
-        .websocket("/ws/chat/{room}/", move |scope: &Scope| ChatConsumer::new(scope, presence.clone()));
+        .websocket("/ws/chat/{room}/", move |scope: &Scope| ChatConsumer::new(scope, ws_presence.clone()))
+        .http("/chat/{room}/messages", transports::post_message)
+        .http("/chat/{room}/events", move |request| {
+            let polls = polls.clone();
+            async move { polls.poll(request).await }
+        })
+        .http(
+            "/chat/{room}/stream",
+            http_consumer(move |scope: &Scope| transports::ChatStream::new(scope, sse_presence.clone())),
+        );
     let mut origins: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec();
     if let Some(bind) = bind {
         origins.push(bind.ip().to_string());
@@ -269,7 +296,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layer = channels::layers::from_url(&options.layer)?;
     let server = Server::bind(&options.bind).await?;
     let addr = server.local_addr()?;
-    let app = app(layer, Some(addr), &options.allowed_origins);
+    let app = app(layer, Some(addr), &options);
     tracing::info!(layer = %options.layer, "chat is running: open http://{addr}/ in a few browser tabs");
     println!("chat: open http://{addr}/ (layer {})", options.layer);
     server.serve(app).await?;

@@ -1,0 +1,293 @@
+//! The chat over plain HTTP: posting, polling, long polling (seed 1.1 and 1.2) and server-sent
+//! events, in the same rooms as the WebSocket users.
+//!
+//! - `POST /chat/{room}/messages?user=NAME`: a text body or `{"message": "..."}` → 202.
+//! - `GET /chat/{room}/events?client=ID&user=NAME&wait=25`: a JSON array of the events the
+//!   WebSocket sends. `wait=0` answers at once (polling); otherwise the request is held until an
+//!   event arrives or `wait` seconds pass (long polling). Each client ID has its own layer
+//!   channel in the room's group: the seed's "one queue per user". A client that stops polling
+//!   is dropped after the poll timeout and announced with `chat.leave`.
+//! - `GET /chat/{room}/stream?user=NAME`: server-sent events, one `data:` line per event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use channels::http::{HttpRequest, HttpResponse, json};
+use channels::http_consumer::{HttpConsumer, HttpContext};
+use channels::layers::{ChannelLayer, Message};
+use channels::middleware::StatusCode;
+use channels::prelude::*;
+use tokio::time::Instant;
+
+use crate::{ChatEvent, Inbound, MAX_TEXT_CHARS, Presence, now, user_name, valid_room};
+
+/// Longest wait a long poll may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Most events one poll answer carries.
+const MAX_BATCH: usize = 100;
+
+fn error(status: StatusCode, message: &str) -> HttpResponse {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn layer_of(request: &HttpRequest) -> Option<Arc<dyn ChannelLayer>> {
+    request.app.layers().default_layer().cloned()
+}
+
+/// `POST /chat/{room}/messages`.
+pub(crate) async fn post_message(request: HttpRequest) -> HttpResponse {
+    if request.scope.method() != http::Method::POST {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+    }
+    let room = request.scope.param("room").unwrap_or_default().to_owned();
+    if !valid_room(&room) {
+        return error(StatusCode::BAD_REQUEST, "room names are 1-50 letters, digits, '-', '_' or '.'");
+    }
+    let Ok(body) = std::str::from_utf8(&request.body) else {
+        return error(StatusCode::BAD_REQUEST, "the body must be UTF-8 text");
+    };
+    let text = if body.trim_start().starts_with('{') {
+        match serde_json::from_str::<Inbound>(body) {
+            Ok(inbound) => inbound.message,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}")),
+        }
+    } else {
+        body.to_owned()
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "the message is empty");
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("messages are limited to {MAX_TEXT_CHARS} characters"));
+    }
+    let Some(layer) = layer_of(&request) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no channel layer");
+    };
+    let event = ChatEvent::Message { user: user_name(&request.scope), text: text.to_owned(), ts: now() };
+    let sent = match Message::new(&event) {
+        Ok(message) => layer.group_send(&format!("chat_{room}"), message).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match sent {
+        Ok(_) => json(StatusCode::ACCEPTED, &serde_json::json!({ "ok": true })),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not send a posted message");
+            error(StatusCode::SERVICE_UNAVAILABLE, "message not delivered: the server cannot reach its channel layer")
+        }
+    }
+}
+
+/// A polling client: its queue (a layer channel in the room's group) outlives its requests.
+struct PollClient {
+    channel: String,
+    room: String,
+    user: String,
+    last_seen: Instant,
+    polling: usize,
+}
+
+/// The polling clients of this process, by (room, client ID).
+#[derive(Clone)]
+pub(crate) struct PollClients {
+    clients: Arc<Mutex<HashMap<(String, String), PollClient>>>,
+    presence: Presence,
+    timeout: Duration,
+}
+
+fn valid_client_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+}
+
+impl PollClients {
+    pub(crate) fn new(presence: Presence, timeout: Duration) -> Self {
+        Self { clients: Arc::default(), presence, timeout }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), PollClient>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `GET /chat/{room}/events`.
+    pub(crate) async fn poll(&self, request: HttpRequest) -> HttpResponse {
+        let room = request.scope.param("room").unwrap_or_default().to_owned();
+        if !valid_room(&room) {
+            return error(StatusCode::BAD_REQUEST, "room names are 1-50 letters, digits, '-', '_' or '.'");
+        }
+        let Some(client) = request.scope.query_param("client").filter(|c| valid_client_id(c)) else {
+            return error(StatusCode::BAD_REQUEST, "?client=ID is required: 1-64 letters, digits, '-' or '_'");
+        };
+        let wait = match request.scope.query_param("wait").map(|w| w.parse::<f64>()) {
+            None => Duration::from_secs(25),
+            Some(Ok(w)) if w.is_finite() && w >= 0.0 => Duration::from_secs_f64(w).min(MAX_WAIT),
+            Some(_) => return error(StatusCode::BAD_REQUEST, "?wait= must be a number of seconds"),
+        };
+        let Some(layer) = layer_of(&request) else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "no channel layer");
+        };
+        let key = (room.clone(), client);
+        let existing = {
+            let mut clients = self.lock();
+            clients.get_mut(&key).map(|c| {
+                c.polling += 1;
+                c.channel.clone()
+            })
+        };
+        let channel = match existing {
+            Some(channel) => channel,
+            None => match self.register(&layer, &key, user_name(&request.scope)).await {
+                Ok(events) => return json(StatusCode::OK, &events),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not register a polling client");
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "the server cannot reach its channel layer");
+                }
+            },
+        };
+        let events = collect(&*layer, &channel, wait).await;
+        if let Some(c) = self.lock().get_mut(&key) {
+            c.polling -= 1;
+            c.last_seen = Instant::now();
+        }
+        json(StatusCode::OK, &events)
+    }
+
+    /// A new client: its channel joins the room, it is announced, and its first answer is the
+    /// presence snapshot (as the WebSocket's first frame).
+    async fn register(
+        &self,
+        layer: &Arc<dyn ChannelLayer>,
+        key: &(String, String),
+        user: String,
+    ) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
+        let (room, _) = key;
+        let channel = layer.new_channel("specific").await?;
+        layer.group_add(&format!("chat_{room}"), &channel).await?;
+        let connections = self.presence.join(room, &user);
+        let users: Vec<&String> = connections.keys().collect();
+        let presence = serde_json::json!({ "type": "chat.presence", "users": users, "connections": connections });
+        self.lock().insert(
+            key.clone(),
+            PollClient { channel, room: room.clone(), user: user.clone(), last_seen: Instant::now(), polling: 0 },
+        );
+        layer.group_send(&format!("chat_{room}"), Message::new(&ChatEvent::Join { user, ts: now() })?).await?;
+        Ok(vec![presence])
+    }
+
+    /// Drops clients that stopped polling, announcing each with `chat.leave`. Runs until the
+    /// process ends.
+    pub(crate) async fn sweep_forever(self, layer: Arc<dyn ChannelLayer>) {
+        let mut tick = tokio::time::interval((self.timeout / 4).max(Duration::from_millis(100)));
+        loop {
+            tick.tick().await;
+            let gone: Vec<PollClient> = {
+                let mut clients = self.lock();
+                let expired: Vec<(String, String)> = clients
+                    .iter()
+                    .filter(|(_, c)| c.polling == 0 && c.last_seen.elapsed() > self.timeout)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                expired.iter().filter_map(|k| clients.remove(k)).collect()
+            };
+            for client in gone {
+                let group = format!("chat_{}", client.room);
+                let _ = layer.group_discard(&group, &client.channel).await;
+                layer.forget_channel(&client.channel).await;
+                self.presence.leave(&client.room, &client.user);
+                if let Ok(message) = Message::new(&ChatEvent::Leave { user: client.user, ts: now() }) {
+                    let _ = layer.group_send(&group, message).await;
+                }
+            }
+        }
+    }
+}
+
+/// The first event (waiting up to `wait`), then whatever else is already there.
+async fn collect(layer: &dyn ChannelLayer, channel: &str, wait: Duration) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    let mut deadline = wait;
+    while events.len() < MAX_BATCH {
+        // Receives are cancel-safe: a timeout here loses nothing.
+        match tokio::time::timeout(deadline, layer.receive(channel)).await {
+            Ok(Ok(message)) => {
+                if let Ok(event) = message.decode::<ChatEvent>() {
+                    events.push(serde_json::to_value(event).unwrap_or_default());
+                }
+                deadline = Duration::ZERO;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "poll receive failed");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    events
+}
+
+/// `GET /chat/{room}/stream`: server-sent events.
+pub(crate) struct ChatStream {
+    room: String,
+    user: String,
+    presence: Presence,
+    joined: bool,
+}
+
+impl ChatStream {
+    pub(crate) fn new(scope: &Scope, presence: Presence) -> Self {
+        Self {
+            room: scope.param("room").unwrap_or_default().to_owned(),
+            user: user_name(scope),
+            presence,
+            joined: false,
+        }
+    }
+}
+
+const KEEPALIVE: Duration = Duration::from_secs(20);
+
+impl HttpConsumer for ChatStream {
+    type Event = ChatEvent;
+
+    fn groups(&self) -> Vec<String> {
+        if valid_room(&self.room) { vec![format!("chat_{}", self.room)] } else { Vec::new() }
+    }
+
+    async fn handle(&mut self, ctx: &mut HttpContext) -> HandlerResult {
+        if !valid_room(&self.room) {
+            ctx.send_json(400, &serde_json::json!({ "error": "invalid room name" }))?;
+            return Ok(());
+        }
+        ctx.send_headers(200, &[("content-type", "text/event-stream"), ("x-accel-buffering", "no")]).await?;
+        let connections = self.presence.join(&self.room, &self.user);
+        self.joined = true;
+        let users: Vec<&String> = connections.keys().collect();
+        let presence = serde_json::json!({ "type": "chat.presence", "users": users, "connections": connections });
+        ctx.send_body(format!("data: {presence}\n\n"), true).await?;
+        ctx.group_send(&format!("chat_{}", self.room), &ChatEvent::Join { user: self.user.clone(), ts: now() }).await?;
+        ctx.set_timeout(KEEPALIVE);
+        Ok(())
+    }
+
+    async fn event(&mut self, ctx: &mut HttpContext, event: ChatEvent) -> HandlerResult {
+        let data = serde_json::to_string(&event)?;
+        ctx.send_body(format!("data: {data}\n\n"), true).await?;
+        Ok(())
+    }
+
+    async fn timeout(&mut self, ctx: &mut HttpContext) -> HandlerResult {
+        // A comment line keeps proxies from closing an idle stream.
+        ctx.send_body(": keepalive\n\n", true).await?;
+        ctx.set_timeout(KEEPALIVE);
+        Ok(())
+    }
+
+    async fn disconnect(&mut self, ctx: &mut HttpContext) -> HandlerResult {
+        if self.joined {
+            self.presence.leave(&self.room, &self.user);
+            ctx.group_send(&format!("chat_{}", self.room), &ChatEvent::Leave { user: self.user.clone(), ts: now() })
+                .await?;
+        }
+        Ok(())
+    }
+}
