@@ -69,10 +69,9 @@ async fn chat_survives_a_redis_restart() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut carol = loop {
         if let Ok((mut client, _)) = tokio_tungstenite::connect_async(example.url("/ws/chat/outage/?user=carol")).await
+            && next_json(&mut client).await["type"] == "chat.presence"
         {
-            if next_json(&mut client).await["type"] == "chat.presence" {
-                break client;
-            }
+            break client;
         }
         assert!(tokio::time::Instant::now() < deadline, "no connection within 5 s of the restart");
         tokio::time::sleep(Duration::from_millis(100)).await;

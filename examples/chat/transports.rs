@@ -25,7 +25,7 @@ use crate::{ChatEvent, Inbound, MAX_TEXT_CHARS, Presence, now, user_name, valid_
 /// Longest wait a long poll may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Most events one poll answer carries.
-const MAX_BATCH: usize = 100;
+const MAX_BATCH: usize = 200;
 
 fn error(status: StatusCode, message: &str) -> HttpResponse {
     json(status, &serde_json::json!({ "error": message }))

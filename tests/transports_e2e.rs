@@ -1,0 +1,123 @@
+//! The chat over every transport at once: WebSocket, long polling, polling, server-sent events.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::{EventStream, Example, connect, http, next_json, next_of_type, send_text};
+
+/// Long-polls until `count` chat messages arrived; returns their texts in order.
+async fn poll_messages(example: &Example, room: &str, client: &str, wait: u32, count: usize) -> Vec<String> {
+    let mut texts = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while texts.len() < count {
+        assert!(tokio::time::Instant::now() < deadline, "{client} got only {texts:?}");
+        let (status, body) =
+            http(example.addr, "GET", &format!("/chat/{room}/events?client={client}&wait={wait}"), "").await;
+        assert_eq!(status, 200, "{body}");
+        let events: Vec<serde_json::Value> = serde_json::from_str(&body).expect("a JSON array");
+        texts.extend(
+            events.iter().filter(|e| e["type"] == "chat.message").map(|e| e["text"].as_str().unwrap_or("").to_owned()),
+        );
+        if wait == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    texts
+}
+
+fn in_order_per_sender(texts: &[String]) -> bool {
+    let mut next: HashMap<&str, u32> = HashMap::new();
+    texts.iter().all(|t| {
+        let (sender, n) = t.split_once(':').unwrap_or(("", ""));
+        let expected = next.entry(sender).or_default();
+        let ok = n.parse::<u32>().ok() == Some(*expected);
+        *expected += 1;
+        ok
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_long_poll_poll_and_sse_users_share_one_room() {
+    let example = Example::start("chat", &[]);
+    let mut ws = connect(&example.url("/ws/chat/mixed/?user=w")).await;
+    next_json(&mut ws).await;
+    let mut sse = EventStream::open(example.addr, "/chat/mixed/stream?user=s").await;
+    assert_eq!(sse.next().await["type"], "chat.presence");
+    for client in ["longpoller", "poller"] {
+        let (status, body) =
+            http(example.addr, "GET", &format!("/chat/mixed/events?client={client}&user={client}"), "").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("chat.presence"), "the first answer is the presence snapshot: {body}");
+    }
+    // Each transport sends three numbered messages.
+    for n in 0..3 {
+        send_text(&mut ws, &format!("w:{n}")).await;
+        for (user, body) in
+            [("l", format!("l:{n}")), ("p", format!("{{\"message\": \"p:{n}\"}}")), ("s", format!("s:{n}"))]
+        {
+            let (status, reply) = http(example.addr, "POST", &format!("/chat/mixed/messages?user={user}"), &body).await;
+            assert_eq!(status, 202, "{reply}");
+        }
+    }
+    let long_poll = poll_messages(&example, "mixed", "longpoller", 25, 12).await;
+    let polled = poll_messages(&example, "mixed", "poller", 0, 12).await;
+    let mut over_ws = Vec::new();
+    while over_ws.len() < 12 {
+        over_ws.push(next_of_type(&mut ws, "chat.message").await["text"].as_str().unwrap_or("").to_owned());
+    }
+    let mut over_sse = Vec::new();
+    while over_sse.len() < 12 {
+        over_sse.push(sse.next_of_type("chat.message").await["text"].as_str().unwrap_or("").to_owned());
+    }
+    for (name, texts) in [("long poll", &long_poll), ("poll", &polled), ("websocket", &over_ws), ("sse", &over_sse)] {
+        assert_eq!(texts.len(), 12, "{name}: {texts:?}");
+        assert!(in_order_per_sender(texts), "{name} out of order: {texts:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_polling_client_is_dropped_and_announced() {
+    let example = Example::start("chat", &["--poll-timeout", "1"]);
+    let mut watcher = connect(&example.url("/ws/chat/quiet/?user=watcher")).await;
+    next_json(&mut watcher).await;
+    let (status, _) = http(example.addr, "GET", "/chat/quiet/events?client=ghost&user=ghost&wait=0", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(next_of_type(&mut watcher, "chat.join").await["user"], "watcher");
+    assert_eq!(next_of_type(&mut watcher, "chat.join").await["user"], "ghost");
+    // The ghost never polls again.
+    let leave = tokio::time::timeout(Duration::from_secs(5), next_of_type(&mut watcher, "chat.leave")).await;
+    assert_eq!(leave.expect("announced within 5 s")["user"], "ghost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_posts_get_clear_errors_and_nothing_is_broadcast() {
+    let example = Example::start("chat", &[]);
+    let mut listener = connect(&example.url("/ws/chat/strict/?user=listener")).await;
+    next_json(&mut listener).await;
+    next_of_type(&mut listener, "chat.join").await;
+    let big_text = "x".repeat(5000);
+    let huge_body = "y".repeat((1 << 20) + 1);
+    let cases: [(&str, &str, u16, &str); 6] = [
+        ("/chat/strict/messages", "{\"message\": ", 400, "malformed JSON"),
+        ("/chat/strict/messages", "{\"other\": 1}", 400, "malformed JSON"),
+        ("/chat/strict/messages", "   ", 400, "empty"),
+        ("/chat/strict/messages", &big_text, 413, "limited to"),
+        ("/chat/strict/messages", &huge_body, 413, "too large"),
+        ("/chat/bad%20room/messages", "hi", 400, "room names"),
+    ];
+    for (path, body, status, says) in cases {
+        let (got, reply) = http(example.addr, "POST", path, body).await;
+        assert_eq!(got, status, "{path} {:.20}: {reply}", body);
+        assert!(reply.contains(says), "{reply}");
+    }
+    let (status, _) = http(example.addr, "GET", "/chat/strict/messages", "").await;
+    assert_eq!(status, 405);
+    let (status, reply) = http(example.addr, "GET", "/chat/strict/events?client=bad%20id", "").await;
+    assert_eq!((status, reply.contains("client")), (400, true));
+    let (status, reply) = http(example.addr, "GET", "/chat/strict/events?client=ok&wait=soon", "").await;
+    assert_eq!((status, reply.contains("wait")), (400, true));
+    let heard = tokio::time::timeout(Duration::from_millis(300), next_of_type(&mut listener, "chat.message")).await;
+    assert!(heard.is_err(), "nothing was broadcast: {heard:?}");
+}
