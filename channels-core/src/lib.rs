@@ -14,6 +14,7 @@
 //! | [`middleware`] | [`Middleware`](middleware::Middleware) and [`OriginValidator`](middleware::OriginValidator) |
 //! | [`application`] | [`Application`]: routes + layers + middleware + limits; a hyper service |
 //! | [`server`] | [`Server`]: hyper + hyper-tungstenite, limits, graceful shutdown |
+//! | [`worker`] | [`WorkerRouter`](worker::WorkerRouter): consumers of named channels (Django's `runworker`) |
 //! | [`testing`] | [`WebsocketCommunicator`](testing::WebsocketCommunicator) and the layer semantics suite |
 
 pub mod application;
@@ -30,6 +31,7 @@ mod runtime;
 pub mod scope;
 pub mod server;
 pub mod testing;
+pub mod worker;
 
 pub use application::{AppLimits, AppService, Application, ApplicationBuilder};
 /// The attribute for implementing [`Middleware`](middleware::Middleware) and [`ChannelLayer`](layer::ChannelLayer).

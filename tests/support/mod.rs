@@ -35,8 +35,10 @@ pub struct Example {
 impl Example {
     /// Starts `name` on a free port and waits for it to print its address.
     pub fn start(name: &str, args: &[&str]) -> Example {
+        let role_worker = args.windows(2).any(|w| w == ["--role", "worker"]);
+        let bind: &[&str] = if role_worker { &[] } else { &["--bind", "127.0.0.1:0"] };
         let mut child = Command::new(example_binary(name))
-            .args(["--bind", "127.0.0.1:0"])
+            .args(bind)
             .args(args)
             .env("RUST_LOG", std::env::var("EXAMPLE_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
@@ -46,12 +48,15 @@ impl Example {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the example's first line");
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("the example printed no address: {line:?}"));
+        let addr = if role_worker {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            line.split("http://")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("the example printed no address: {line:?}"))
+        };
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         if let Some(stderr) = child.stderr.take() {
             let log = log.clone();
