@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use crate::consumer::{Utf8Bytes, close_code_from};
 use crate::io::WsStream;
 use crate::layer::{ChannelLayer, GroupError, GroupSendReport, Message, MessageError, SendError};
+
 use crate::scope::Scope;
 
 /// Why a [`WebsocketContext`] operation failed.
@@ -95,20 +96,18 @@ pub(crate) enum State {
 /// Layer operations use this connection's [`channel_name`](Self::channel_name).
 pub struct WebsocketContext {
     scope: Scope,
-    layer: Option<Arc<dyn ChannelLayer>>,
-    channel_name: Option<String>,
+    membership: Membership,
     pub(crate) state: State,
     /// In a mutex only so that the context is `Sync`; it is reached through `get_mut`, never locked.
     socket: Option<std::sync::Mutex<WsStream>>,
     pub(crate) send_timeout: Duration,
-    groups: Vec<String>,
 }
 
 impl fmt::Debug for WebsocketContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebsocketContext")
             .field("path", &self.scope.path())
-            .field("channel_name", &self.channel_name)
+            .field("channel_name", &self.membership.channel_name)
             .field("state", &self.state)
             .finish()
     }
@@ -123,12 +122,10 @@ impl WebsocketContext {
     ) -> Self {
         Self {
             scope,
-            layer,
-            channel_name,
+            membership: Membership::new(layer, channel_name),
             state: State::Connecting { accepted: None, pending: Vec::new(), closing: None },
             socket: None,
             send_timeout,
-            groups: Vec::new(),
         }
     }
 
@@ -151,12 +148,12 @@ impl WebsocketContext {
 
     /// This connection's channel name, when a channel layer is configured.
     pub fn channel_name(&self) -> Option<&str> {
-        self.channel_name.as_deref()
+        self.membership.channel_name.as_deref()
     }
 
     /// The channel layer, when one is configured.
     pub fn channel_layer(&self) -> Option<&Arc<dyn ChannelLayer>> {
-        self.layer.as_ref()
+        self.membership.layer.as_ref()
     }
 
     /// Accepts the connection (inside `connect`). The 101 response goes out when `connect` returns.
@@ -294,36 +291,21 @@ impl WebsocketContext {
 
     // ---- channel layer operations ----
 
-    fn layer_and_channel(&self) -> Result<(&Arc<dyn ChannelLayer>, &str), ContextError> {
-        match (&self.layer, &self.channel_name) {
-            (Some(layer), Some(name)) => Ok((layer, name)),
-            _ => Err(ContextError::NoLayer),
-        }
-    }
-
     /// Adds this connection to `group`. The membership is renewed before `group_expiry` for as
     /// long as the connection lives, and dropped when it ends.
     pub async fn group_add(&mut self, group: &str) -> Result<(), ContextError> {
-        let (layer, channel) = self.layer_and_channel()?;
-        layer.group_add(group, channel).await.map_err(ContextError::Group)?;
-        if !self.groups.iter().any(|g| g == group) {
-            self.groups.push(group.to_owned());
-        }
-        Ok(())
+        self.membership.group_add(group).await
     }
 
     /// Removes this connection from `group`.
     pub async fn group_discard(&mut self, group: &str) -> Result<(), ContextError> {
-        let (layer, channel) = self.layer_and_channel()?;
-        layer.group_discard(group, channel).await.map_err(ContextError::Group)?;
-        self.groups.retain(|g| g != group);
-        Ok(())
+        self.membership.group_discard(group).await
     }
 
     /// The groups this connection is in (joined through [`groups`](crate::WebsocketConsumer::groups)
     /// or [`group_add`](Self::group_add)).
     pub fn groups(&self) -> &[String] {
-        &self.groups
+        &self.membership.groups
     }
 
     /// Encodes `event` once and sends it to every member of `group` (this connection included,
@@ -333,17 +315,89 @@ impl WebsocketContext {
         group: &str,
         event: &T,
     ) -> Result<GroupSendReport, ContextError> {
-        let (layer, _) = self.layer_and_channel()?;
-        let message = Message::new(event).map_err(ContextError::Message)?;
-        layer.group_send(group, message).await.map_err(ContextError::Group)
+        self.membership.group_send(group, event).await
     }
 
     /// Sends `event` to one channel (another connection's [`channel_name`](Self::channel_name),
     /// or a worker channel).
     pub async fn send_to<T: Serialize + ?Sized>(&self, channel: &str, event: &T) -> Result<(), ContextError> {
-        let (layer, _) = self.layer_and_channel()?;
+        self.membership.send_to(channel, event).await
+    }
+
+    pub(crate) async fn leave_groups(&mut self) {
+        self.membership.leave_all().await;
+    }
+}
+
+/// A connection's (or request's, or worker's) place on the channel layer: its channel and the
+/// groups it joined. Shared by every kind of context.
+#[derive(Default)]
+pub(crate) struct Membership {
+    pub(crate) layer: Option<Arc<dyn ChannelLayer>>,
+    pub(crate) channel_name: Option<String>,
+    pub(crate) groups: Vec<String>,
+}
+
+impl Membership {
+    pub(crate) fn new(layer: Option<Arc<dyn ChannelLayer>>, channel_name: Option<String>) -> Self {
+        Self { layer, channel_name, groups: Vec::new() }
+    }
+
+    fn layer(&self) -> Result<&Arc<dyn ChannelLayer>, ContextError> {
+        self.layer.as_ref().ok_or(ContextError::NoLayer)
+    }
+
+    fn layer_and_channel(&self) -> Result<(&Arc<dyn ChannelLayer>, &str), ContextError> {
+        match (&self.layer, &self.channel_name) {
+            (Some(layer), Some(name)) => Ok((layer, name)),
+            _ => Err(ContextError::NoLayer),
+        }
+    }
+
+    pub(crate) async fn group_add(&mut self, group: &str) -> Result<(), ContextError> {
+        let (layer, channel) = self.layer_and_channel()?;
+        layer.group_add(group, channel).await.map_err(ContextError::Group)?;
+        if !self.groups.iter().any(|g| g == group) {
+            self.groups.push(group.to_owned());
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn group_discard(&mut self, group: &str) -> Result<(), ContextError> {
+        let (layer, channel) = self.layer_and_channel()?;
+        layer.group_discard(group, channel).await.map_err(ContextError::Group)?;
+        self.groups.retain(|g| g != group);
+        Ok(())
+    }
+
+    pub(crate) async fn group_send<T: Serialize + ?Sized>(
+        &self,
+        group: &str,
+        event: &T,
+    ) -> Result<GroupSendReport, ContextError> {
+        let layer = self.layer()?;
+        let message = Message::new(event).map_err(ContextError::Message)?;
+        layer.group_send(group, message).await.map_err(ContextError::Group)
+    }
+
+    pub(crate) async fn send_to<T: Serialize + ?Sized>(&self, channel: &str, event: &T) -> Result<(), ContextError> {
+        let layer = self.layer()?;
         let message = Message::new(event).map_err(ContextError::Message)?;
         layer.send(channel, message).await.map_err(ContextError::Send)
+    }
+
+    /// Leaves every group (errors are logged), then lets the layer release the channel.
+    pub(crate) async fn leave_all(&mut self) {
+        for group in std::mem::take(&mut self.groups) {
+            if let (Some(layer), Some(channel)) = (&self.layer, &self.channel_name)
+                && let Err(e) = layer.group_discard(&group, channel).await
+            {
+                tracing::warn!(%group, error = %e, "could not leave a group");
+            }
+        }
+        if let (Some(layer), Some(channel)) = (&self.layer, &self.channel_name) {
+            layer.forget_channel(channel).await;
+        }
     }
 }
 

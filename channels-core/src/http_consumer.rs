@@ -18,9 +18,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::consumer::HandlerResult;
-use crate::context::ContextError;
+use crate::context::{ContextError, Membership};
 use crate::http::{HttpHandler, HttpRequest, HttpResponse, response, text};
-use crate::layer::{ChannelLayer, DEFAULT_ALIAS, GroupSendReport, Message};
+use crate::layer::{ChannelLayer, DEFAULT_ALIAS, GroupSendReport};
 use crate::runtime::guarded;
 use crate::scope::Scope;
 
@@ -104,9 +104,7 @@ enum Reply {
 pub struct HttpContext {
     scope: Scope,
     body: Bytes,
-    layer: Option<Arc<dyn ChannelLayer>>,
-    channel_name: Option<String>,
-    groups: Vec<String>,
+    membership: Membership,
     reply: Reply,
     send_timeout: Duration,
     deadline: Option<tokio::time::Instant>,
@@ -116,7 +114,7 @@ impl std::fmt::Debug for HttpContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpContext")
             .field("path", &self.scope.path())
-            .field("channel_name", &self.channel_name)
+            .field("channel_name", &self.channel_name())
             .finish()
     }
 }
@@ -144,12 +142,12 @@ impl HttpContext {
 
     /// This request's channel name, when a channel layer is configured.
     pub fn channel_name(&self) -> Option<&str> {
-        self.channel_name.as_deref()
+        self.membership.channel_name.as_deref()
     }
 
     /// The channel layer, when one is configured.
     pub fn channel_layer(&self) -> Option<&Arc<dyn ChannelLayer>> {
-        self.layer.as_ref()
+        self.membership.layer.as_ref()
     }
 
     /// True once the response is complete (or the client is gone).
@@ -223,21 +221,9 @@ impl HttpContext {
         sent
     }
 
-    fn layer_and_channel(&self) -> Result<(&Arc<dyn ChannelLayer>, &str), ContextError> {
-        match (&self.layer, &self.channel_name) {
-            (Some(layer), Some(name)) => Ok((layer, name)),
-            _ => Err(ContextError::NoLayer),
-        }
-    }
-
     /// Adds this request's channel to `group` until the request ends.
     pub async fn group_add(&mut self, group: &str) -> Result<(), ContextError> {
-        let (layer, channel) = self.layer_and_channel()?;
-        layer.group_add(group, channel).await.map_err(ContextError::Group)?;
-        if !self.groups.iter().any(|g| g == group) {
-            self.groups.push(group.to_owned());
-        }
-        Ok(())
+        self.membership.group_add(group).await
     }
 
     /// Encodes `event` once and sends it to every member of `group`.
@@ -246,16 +232,12 @@ impl HttpContext {
         group: &str,
         event: &T,
     ) -> Result<GroupSendReport, ContextError> {
-        let (layer, _) = self.layer_and_channel()?;
-        let message = Message::new(event).map_err(ContextError::Message)?;
-        layer.group_send(group, message).await.map_err(ContextError::Group)
+        self.membership.group_send(group, event).await
     }
 
     /// Sends `event` to one channel.
     pub async fn send_to<T: Serialize + ?Sized>(&self, channel: &str, event: &T) -> Result<(), ContextError> {
-        let (layer, _) = self.layer_and_channel()?;
-        let message = Message::new(event).map_err(ContextError::Message)?;
-        layer.send(channel, message).await.map_err(ContextError::Send)
+        self.membership.send_to(channel, event).await
     }
 
     /// Resolves when the client is gone (it closed the connection or dropped the stream).
@@ -317,9 +299,7 @@ async fn serve<C: HttpConsumer>(consumer: C, request: HttpRequest) -> HttpRespon
     let ctx = HttpContext {
         scope,
         body,
-        layer,
-        channel_name,
-        groups: Vec::new(),
+        membership: Membership::new(layer, channel_name),
         reply: Reply::Pending(head_tx),
         send_timeout: Duration::from_secs(10),
         deadline: None,
@@ -348,8 +328,8 @@ async fn session<C: HttpConsumer>(
         failed = true;
     }
     if !failed {
-        let layer = ctx.layer.clone();
-        let channel = ctx.channel_name.clone();
+        let layer = ctx.membership.layer.clone();
+        let channel = ctx.membership.channel_name.clone();
         while !ctx.is_finished() {
             let deadline = ctx.deadline;
             let timer = async move {
@@ -406,10 +386,5 @@ async fn session<C: HttpConsumer>(
     if let Err(e) = guarded(consumer.disconnect(&mut ctx)).await {
         tracing::error!(%path, error = %e, "HTTP consumer disconnect failed");
     }
-    if let (Some(layer), Some(channel)) = (&ctx.layer, &ctx.channel_name) {
-        for group in &ctx.groups {
-            let _ = layer.group_discard(group, channel).await;
-        }
-        layer.forget_channel(channel).await;
-    }
+    ctx.membership.leave_all().await;
 }

@@ -74,7 +74,7 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
     for group in consumer.groups() {
         if let Err(e) = ctx.group_add(&group).await {
             tracing::warn!(%path, %group, error = %e, "could not join a consumer group; denying");
-            leave(&mut ctx).await;
+            ctx.leave_groups().await;
             return Handshake::Deny { status: StatusCode::FORBIDDEN, code: close_code::INTERNAL_ERROR };
         }
     }
@@ -138,18 +138,7 @@ async fn teardown<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketCon
     if let Err(e) = guarded(consumer.disconnect(ctx, code)).await {
         tracing::error!(path = %ctx.scope().path(), error = %e, "disconnect handler failed");
     }
-    leave(ctx).await;
-    if let (Some(layer), Some(channel)) = (ctx.channel_layer(), ctx.channel_name()) {
-        layer.forget_channel(channel).await;
-    }
-}
-
-async fn leave(ctx: &mut WebsocketContext) {
-    for group in ctx.groups().to_vec() {
-        if let Err(e) = ctx.group_discard(&group).await {
-            tracing::warn!(%group, error = %e, "could not leave a group on disconnect");
-        }
-    }
+    ctx.leave_groups().await;
 }
 
 type LayerReceive<'a> = Pin<Box<dyn Future<Output = Result<Message, ReceiveError>> + Send + 'a>>;

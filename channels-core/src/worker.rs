@@ -19,8 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::consumer::HandlerResult;
-use crate::context::ContextError;
-use crate::layer::{ChannelLayer, GroupSendReport, Message};
+use crate::context::{ContextError, Membership};
+use crate::layer::{ChannelLayer, GroupSendReport};
 use crate::runtime::guarded;
 
 /// A consumer of one named channel.
@@ -54,25 +54,27 @@ pub trait WorkerConsumer: Send + 'static {
 
 /// What a worker's handler can do besides its own work: send on the layer.
 pub struct WorkerContext {
-    layer: Arc<dyn ChannelLayer>,
-    channel: String,
+    membership: Membership,
 }
 
 impl std::fmt::Debug for WorkerContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerContext").field("channel", &self.channel).finish()
+        f.debug_struct("WorkerContext").field("channel", &self.channel()).finish()
     }
 }
 
 impl WorkerContext {
     /// The channel this worker receives on.
     pub fn channel(&self) -> &str {
-        &self.channel
+        self.membership.channel_name.as_deref().unwrap_or_default()
     }
 
     /// The layer.
     pub fn channel_layer(&self) -> &Arc<dyn ChannelLayer> {
-        &self.layer
+        match &self.membership.layer {
+            Some(layer) => layer,
+            None => unreachable!("a worker context is always built with its layer"),
+        }
     }
 
     /// Encodes `event` once and sends it to every member of `group`.
@@ -81,14 +83,12 @@ impl WorkerContext {
         group: &str,
         event: &T,
     ) -> Result<GroupSendReport, ContextError> {
-        let message = Message::new(event).map_err(ContextError::Message)?;
-        self.layer.group_send(group, message).await.map_err(ContextError::Group)
+        self.membership.group_send(group, event).await
     }
 
     /// Sends `event` to one channel.
     pub async fn send_to<T: Serialize + ?Sized>(&self, channel: &str, event: &T) -> Result<(), ContextError> {
-        let message = Message::new(event).map_err(ContextError::Message)?;
-        self.layer.send(channel, message).await.map_err(ContextError::Send)
+        self.membership.send_to(channel, event).await
     }
 }
 
@@ -180,7 +180,7 @@ async fn work<C: WorkerConsumer>(
     channel: String,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let ctx = WorkerContext { layer: layer.clone(), channel: channel.clone() };
+    let ctx = WorkerContext { membership: Membership::new(Some(layer.clone()), Some(channel.clone())) };
     loop {
         let received = tokio::select! {
             () = stop.cancelled() => return,

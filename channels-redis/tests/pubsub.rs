@@ -42,13 +42,25 @@ suite!(
     group_send_reaches_every_member,
     group_add_is_idempotent_and_discard_stops_delivery,
     group_send_to_an_empty_group_is_fine,
-    flush_empties_the_layer,
     concurrent_senders_lose_nothing,
     concurrent_group_sends_reach_everyone
 );
 
 fn msg(text: &str) -> Message {
     Message::new(&json!({"type": "chat.message", "user": "rust", "text": text, "ts": 1.0})).expect("message")
+}
+
+#[tokio::test]
+async fn flush_drops_buffered_messages_and_groups() {
+    let layer = layer_on(&support::shared().url(), LayerConfig::default());
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    layer.group_add("room", &ch).await.expect("group_add");
+    layer.send(&ch, msg("buffered")).await.expect("send");
+    // A publish is delivered asynchronously: let it land in the local buffer first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    layer.flush().await.expect("flush");
+    layer.group_send("room", msg("after")).await.expect("group_send");
+    assert!(tokio::time::timeout(Duration::from_millis(300), layer.receive(&ch)).await.is_err());
 }
 
 #[tokio::test]
