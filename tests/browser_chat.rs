@@ -1,5 +1,6 @@
 //! The chat page in a real headless Chromium: runs `tests/browser/chat.test.mjs` (Playwright
-//! driving Debian's `/usr/bin/chromium`) against the real chat example process.
+//! driving Debian's `/usr/bin/chromium`) against the real chat example process, over every
+//! transport the page offers (WebSocket, long polling, polling, server-sent events).
 //!
 //! Needs `scripts/install-test-deps` (Chromium and the npm packages); fails rather than skips
 //! when they are missing, so a green run always means the browser test really ran.
@@ -14,7 +15,11 @@ use std::time::{Duration, Instant};
 use support::Example;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
+/// The script gives up by itself after 90 s; this leaves it time to start and to report why.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(105);
+/// Polling clients that stop polling are dropped this soon, so the script can see it happen;
+/// still long enough for a poller's brief network outage (which the script causes) to be resumed.
+const POLL_TIMEOUT_SECS: &str = "5";
 
 /// Reads a child's pipe to the end on a thread, so a chatty script never blocks on a full pipe.
 fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
@@ -28,13 +33,13 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<St
 }
 
 #[test]
-fn two_users_chat_in_headless_chromium() {
+fn chat_page_over_every_transport_in_headless_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for needed in [Path::new(CHROMIUM), &root.join("tests/browser/node_modules/playwright-core")] {
         assert!(needed.exists(), "{} is missing: run scripts/install-test-deps first", needed.display());
     }
 
-    let example = Example::start("chat", &[]);
+    let example = Example::start("chat", &["--poll-timeout", POLL_TIMEOUT_SECS]);
     let base = format!("http://{}/", example.addr);
     let mut child = Command::new("node")
         .arg("tests/browser/chat.test.mjs")
@@ -62,7 +67,8 @@ fn two_users_chat_in_headless_chromium() {
     };
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
-    let output = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    let server_log = example.log.lock().map(|log| log.clone()).unwrap_or_default();
+    let output = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n--- chat server log ---\n{server_log}");
     match status {
         None => panic!("the browser test did not finish within {SCRIPT_TIMEOUT:?} and was killed\n{output}"),
         Some(status) => assert!(status.success(), "the browser test failed ({status})\n{output}"),
