@@ -121,3 +121,30 @@ async fn malformed_posts_get_clear_errors_and_nothing_is_broadcast() {
     let heard = tokio::time::timeout(Duration::from_millis(300), next_of_type(&mut listener, "chat.message")).await;
     assert!(heard.is_err(), "nothing was broadcast: {heard:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_that_hangs_up_mid_wait_still_times_out_and_delete_leaves_at_once() {
+    let example = Example::start("chat", &["--poll-timeout", "1"]);
+    let mut watcher = connect(&example.url("/ws/chat/cut/?user=watcher")).await;
+    next_json(&mut watcher).await;
+    next_of_type(&mut watcher, "chat.join").await;
+    for (client, user) in [("cutoff", "cutoff"), ("leaver", "leaver")] {
+        let (status, _) = http(example.addr, "GET", &format!("/chat/cut/events?client={client}&user={user}"), "").await;
+        assert_eq!(status, 200);
+        assert_eq!(next_of_type(&mut watcher, "chat.join").await["user"], user);
+    }
+    // Drain the join notices, then start a long poll and hang up in the middle of it.
+    http(example.addr, "GET", "/chat/cut/events?client=cutoff&wait=0", "").await;
+    let addr = example.addr;
+    let held = tokio::spawn(async move { http(addr, "GET", "/chat/cut/events?client=cutoff&wait=25", "").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.abort();
+    // The leaver says goodbye explicitly.
+    let (status, _) = http(example.addr, "DELETE", "/chat/cut/events?client=leaver", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(next_of_type(&mut watcher, "chat.leave").await["user"], "leaver");
+    let (status, _) = http(example.addr, "DELETE", "/chat/cut/events?client=leaver", "").await;
+    assert_eq!(status, 404, "gone already");
+    let leave = tokio::time::timeout(Duration::from_secs(5), next_of_type(&mut watcher, "chat.leave")).await;
+    assert_eq!(leave.expect("the cut-off poller times out")["user"], "cutoff");
+}

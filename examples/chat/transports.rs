@@ -6,7 +6,8 @@
 //!   WebSocket sends. `wait=0` answers at once (polling); otherwise the request is held until an
 //!   event arrives or `wait` seconds pass (long polling). Each client ID has its own layer
 //!   channel in the room's group: the seed's "one queue per user". A client that stops polling
-//!   is dropped after the poll timeout and announced with `chat.leave`.
+//!   is dropped after the poll timeout and announced with `chat.leave`; `DELETE` on the same
+//!   URL leaves at once.
 //! - `GET /chat/{room}/stream?user=NAME`: server-sent events, one `data:` line per event.
 
 use std::collections::HashMap;
@@ -109,8 +110,12 @@ impl PollClients {
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `GET /chat/{room}/events`.
+    /// `GET /chat/{room}/events` polls; `DELETE` leaves the room at once.
     pub(crate) async fn poll(&self, request: HttpRequest) -> HttpResponse {
+        let method = request.scope.method().clone();
+        if method != http::Method::GET && method != http::Method::DELETE {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use GET to poll or DELETE to leave");
+        }
         let room = request.scope.param("room").unwrap_or_default().to_owned();
         if !valid_room(&room) {
             return error(StatusCode::BAD_REQUEST, "room names are 1-50 letters, digits, '-', '_' or '.'");
@@ -127,6 +132,16 @@ impl PollClients {
             return error(StatusCode::SERVICE_UNAVAILABLE, "no channel layer");
         };
         let key = (room.clone(), client);
+        if method == http::Method::DELETE {
+            let removed = self.lock().remove(&key);
+            return match removed {
+                Some(client) => {
+                    self.drop_client(&*layer, client).await;
+                    json(StatusCode::OK, &serde_json::json!({ "ok": true }))
+                }
+                None => error(StatusCode::NOT_FOUND, "no such client in this room"),
+            };
+        }
         let existing = {
             let mut clients = self.lock();
             clients.get_mut(&key).map(|c| {
@@ -144,11 +159,10 @@ impl PollClients {
                 }
             },
         };
+        // Counts the poll as finished even when the client hangs up mid-wait and this future
+        // is dropped, so the sweep can still time the client out.
+        let _polling = PollGuard { clients: self, key: &key };
         let events = collect(&*layer, &channel, wait).await;
-        if let Some(c) = self.lock().get_mut(&key) {
-            c.polling -= 1;
-            c.last_seen = Instant::now();
-        }
         json(StatusCode::OK, &events)
     }
 
@@ -190,14 +204,34 @@ impl PollClients {
                 expired.iter().filter_map(|k| clients.remove(k)).collect()
             };
             for client in gone {
-                let group = format!("chat_{}", client.room);
-                let _ = layer.group_discard(&group, &client.channel).await;
-                layer.forget_channel(&client.channel).await;
-                self.presence.leave(&client.room, &client.user);
-                if let Ok(message) = Message::new(&ChatEvent::Leave { user: client.user, ts: now() }) {
-                    let _ = layer.group_send(&group, message).await;
-                }
+                self.drop_client(&*layer, client).await;
             }
+        }
+    }
+
+    /// Takes a client's channel out of its room and announces that it left.
+    async fn drop_client(&self, layer: &dyn ChannelLayer, client: PollClient) {
+        let group = format!("chat_{}", client.room);
+        let _ = layer.group_discard(&group, &client.channel).await;
+        layer.forget_channel(&client.channel).await;
+        self.presence.leave(&client.room, &client.user);
+        if let Ok(message) = Message::new(&ChatEvent::Leave { user: client.user, ts: now() }) {
+            let _ = layer.group_send(&group, message).await;
+        }
+    }
+}
+
+/// Marks the end of one poll when dropped.
+struct PollGuard<'a> {
+    clients: &'a PollClients,
+    key: &'a (String, String),
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.clients.lock().get_mut(self.key) {
+            c.polling = c.polling.saturating_sub(1);
+            c.last_seen = Instant::now();
         }
     }
 }
