@@ -61,6 +61,9 @@ struct Local {
     pumped: HashSet<String>,
 }
 
+/// Blocking connections of one worker channel, by shard, made on first use.
+type BlockingConnections = HashMap<usize, ConnectionManager>;
+
 struct Inner {
     config: RedisConfig,
     encryption: Option<Encryption>,
@@ -70,7 +73,9 @@ struct Inner {
     round_robin: AtomicUsize,
     dropped_full: AtomicU64,
     stop: CancellationToken,
-    normal_receivers: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ConnectionManager>>>>>,
+    /// Per worker channel: one blocking connection per shard, and a lock so that this
+    /// process pops a channel once at a time (as channels_redis does).
+    normal_receivers: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<BlockingConnections>>>>,
 }
 
 impl Drop for Inner {
@@ -337,8 +342,8 @@ impl RedisChannelLayer {
         let layer = self.clone();
         let channel = channel.to_owned();
         tokio::spawn(async move {
-            let mut conn = slot.lock().await;
-            let result = layer.pop_normal(&channel, &mut conn, tx).await;
+            let mut blocking = slot.lock().await;
+            let result = layer.pop_normal(&channel, &mut blocking, tx).await;
             if let Err(e) = result {
                 tracing::warn!(%channel, error = %e, "worker channel receive failed");
             }
@@ -352,7 +357,7 @@ impl RedisChannelLayer {
     async fn pop_normal(
         &self,
         channel: &str,
-        conn: &mut Option<ConnectionManager>,
+        blocking: &mut BlockingConnections,
         reply: oneshot::Sender<Result<Message, ReceiveError>>,
     ) -> Result<(), redis::RedisError> {
         let queue = self.inner.queue_key(channel);
@@ -368,14 +373,16 @@ impl RedisChannelLayer {
             let popped = async {
                 let mut commands = self.inner.conn(shard).await?;
                 scripts::RESTORE.key(&queue).key(&backup).invoke_async::<()>(&mut commands).await?;
-                // A dedicated blocking connection per worker channel (the shard's client is
-                // reused; with several shards each pop goes to the next one).
+                // Blocking pops get connections of their own (one per shard), so they never
+                // hold up other commands; with several shards each pop goes to the next one.
                 let client = &self.inner.shards[shard].client;
                 let config = ConnectionManagerConfig::new().set_response_timeout(None).set_number_of_retries(1);
-                if conn.is_none() || shards > 1 {
-                    *conn = Some(client.get_connection_manager_with_config(config).await?);
-                }
-                let Some(blocking) = conn.as_mut() else { unreachable!() };
+                let blocking = match blocking.entry(shard) {
+                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        entry.insert(client.get_connection_manager_with_config(config).await?)
+                    }
+                };
                 let popped: Option<(Vec<u8>, Vec<u8>, f64)> =
                     redis::cmd("BZPOPMIN").arg(&queue).arg(timeout.as_secs_f64()).query_async(blocking).await?;
                 if let Some((_, member, score)) = &popped {
