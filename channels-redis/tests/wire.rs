@@ -172,3 +172,22 @@ async fn operations_fail_with_errors_while_redis_is_down_and_work_after_it_retur
     assert_eq!(got.as_bytes(), chat("back").as_bytes());
     let _ = LayerConfig::default();
 }
+
+#[tokio::test]
+async fn worker_channels_spread_over_two_shards_are_all_received() {
+    let a = support::RedisServer::start();
+    let b = support::RedisServer::start();
+    let url = format!("redis://127.0.0.1:{},127.0.0.1:{}", a.port, b.port);
+    let layer = RedisChannelLayer::from_url(&format!("{url}?prefix=n")).expect("layer");
+    for i in 0..6 {
+        layer.send("jobs", chat(&i.to_string())).await.expect("send");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let got =
+            tokio::time::timeout(Duration::from_secs(10), layer.receive("jobs")).await.expect("arrives").expect("ok");
+        seen.push(got.decode::<BTreeMap<String, String>>().expect("map")["text"].clone());
+    }
+    seen.sort();
+    assert_eq!(seen, ["0", "1", "2", "3", "4", "5"]);
+}
