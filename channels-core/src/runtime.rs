@@ -69,7 +69,7 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
         None => None,
     };
     let path = scope.path().to_owned();
-    let mut ctx = WebsocketContext::new(scope, layer.clone(), channel_name.clone(), limits.send_timeout);
+    let mut ctx = WebsocketContext::new(scope, layer, channel_name, limits.send_timeout);
 
     for group in consumer.groups() {
         if let Err(e) = ctx.group_add(&group).await {
