@@ -1,0 +1,364 @@
+//! The chat load generator: N WebSocket clients in one room, some of which send numbered,
+//! timestamped messages with a bounded window, all of which count and time deliveries.
+//!
+//! Phases: connect every client (bounded concurrency); warm up (client 0 sends `w K` until
+//! every client has seen one, which also drains the join/presence events that were queued
+//! before it); settle; then the measured send phase, which ends when every expected delivery
+//! arrived or the time limit passed. It runs on a single-threaded tokio runtime, pinned to one
+//! CPU by the caller.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::server::ServerProcess;
+use super::stats::percentile;
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub(crate) struct Scenario {
+    /// Clients in the room.
+    pub(crate) clients: usize,
+    /// Clients `0..senders` send.
+    pub(crate) senders: usize,
+    /// Messages each sender sends.
+    pub(crate) messages_per_sender: usize,
+    /// Messages a sender may have sent and not yet seen come back.
+    pub(crate) window: usize,
+    /// The room every client joins.
+    pub(crate) room: &'static str,
+    /// Longest send phase; the run reports what was delivered by then.
+    pub(crate) time_limit: Duration,
+}
+
+impl Scenario {
+    /// Every client receives every message, its own included.
+    pub(crate) fn expected(&self) -> u64 {
+        (self.clients * self.senders * self.messages_per_sender) as u64
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub(crate) expected: u64,
+    pub(crate) delivered: u64,
+    /// From the start of the send phase to the last delivery (or the time limit).
+    pub(crate) wall: Duration,
+    /// Server CPU time used during the send phase.
+    pub(crate) server_cpu: Duration,
+    /// The part of `server_cpu` spent in the kernel (socket I/O), from `stime` (10 ms ticks).
+    pub(crate) server_system: Duration,
+    /// The part spent in user space (the server's own code), from `utime` (10 ms ticks).
+    pub(crate) server_user: Duration,
+    /// Load-generator CPU time used during the send phase.
+    pub(crate) client_cpu: Duration,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) max: Duration,
+    /// Connect plus warm-up time.
+    pub(crate) setup: Duration,
+    /// Frames other than `chat.message` seen (presence, join, leave).
+    pub(crate) setup_events: u64,
+    pub(crate) timed_out: bool,
+}
+
+impl Outcome {
+    pub(crate) fn per_second(&self) -> f64 {
+        self.delivered as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    pub(crate) fn per_server_cpu_second(&self) -> f64 {
+        self.delivered as f64 / self.server_cpu.as_secs_f64().max(1e-9)
+    }
+
+    /// Share of the server's CPU time spent in the kernel, in percent.
+    pub(crate) fn kernel_percent(&self) -> f64 {
+        100.0 * self.server_system.as_secs_f64() / (self.server_system + self.server_user).as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Setup,
+    Warmup(u32),
+    Go,
+    Stop,
+}
+
+struct Shared {
+    base: Instant,
+    expected: u64,
+    delivered: AtomicU64,
+    /// Microseconds since `base` of the delivery that completed the run.
+    done_at_us: AtomicU64,
+    connected: AtomicUsize,
+    failed: AtomicUsize,
+    ready: AtomicUsize,
+    setup_events: AtomicU64,
+}
+
+struct ClientReport {
+    latencies_us: Vec<u32>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(borrow, default)]
+    text: Option<&'a str>,
+}
+
+const CONNECT_CONCURRENCY: usize = 32;
+const CONNECT_LIMIT: Duration = Duration::from_secs(120);
+const WARMUP_LIMIT: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Runs `scenario` against `server` and measures it.
+pub(crate) fn run(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(drive(scenario, server))
+}
+
+async fn drive(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, String> {
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        expected: scenario.expected(),
+        delivered: AtomicU64::new(0),
+        done_at_us: AtomicU64::new(0),
+        connected: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        ready: AtomicUsize::new(0),
+        setup_events: AtomicU64::new(0),
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
+    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let setup_start = Instant::now();
+    let mut tasks = Vec::with_capacity(scenario.clients);
+    for index in 0..scenario.clients {
+        let url = format!("ws://{}/ws/chat/{}/?user=u{index}", server.addr(), scenario.room);
+        tasks.push(tokio::spawn(client(
+            index,
+            url,
+            scenario.clone(),
+            shared.clone(),
+            phase_rx.clone(),
+            permits.clone(),
+        )));
+    }
+    let stop = |tasks: Vec<tokio::task::JoinHandle<ClientReport>>, phase_tx: &watch::Sender<Phase>| {
+        let _ = phase_tx.send(Phase::Stop);
+        tasks.iter().for_each(|task| task.abort());
+    };
+
+    // Connect.
+    while shared.connected.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < scenario.clients {
+        if setup_start.elapsed() > CONNECT_LIMIT {
+            stop(tasks, &phase_tx);
+            return Err(format!("only {} clients connected", shared.connected.load(Ordering::Relaxed)));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if shared.failed.load(Ordering::Relaxed) > 0 {
+        let _ = phase_tx.send(Phase::Stop);
+        let mut first_error = None;
+        for task in tasks {
+            if let Ok(report) = task.await {
+                first_error = first_error.or(report.error);
+            }
+        }
+        return Err(format!(
+            "{} of {} clients failed to connect: {}",
+            shared.failed.load(Ordering::Relaxed),
+            scenario.clients,
+            first_error.unwrap_or_default()
+        ));
+    }
+
+    // Warm up: every client has drained what was queued for it before the warm-up message.
+    let warmup_start = Instant::now();
+    let mut round = 0;
+    while shared.ready.load(Ordering::Relaxed) < scenario.clients {
+        if warmup_start.elapsed() > WARMUP_LIMIT {
+            let ready = shared.ready.load(Ordering::Relaxed);
+            stop(tasks, &phase_tx);
+            return Err(format!("only {ready} of {} clients saw the warm-up message", scenario.clients));
+        }
+        let _ = phase_tx.send(Phase::Warmup(round));
+        round += 1;
+        let wait = Instant::now();
+        while wait.elapsed() < Duration::from_millis(500) && shared.ready.load(Ordering::Relaxed) < scenario.clients {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tokio::time::sleep(SETTLE).await;
+    let setup = setup_start.elapsed();
+    let setup_events = shared.setup_events.load(Ordering::Relaxed);
+
+    // The measured phase.
+    let server_cpu_before = server.cpu();
+    let (user_before, system_before) = super::user_system_time(server.pid());
+    let client_cpu_before = super::cpu_time(std::process::id());
+    let go_us = shared.base.elapsed().as_micros() as u64;
+    let go = Instant::now();
+    let _ = phase_tx.send(Phase::Go);
+    let mut timed_out = false;
+    while shared.delivered.load(Ordering::Acquire) < shared.expected {
+        if go.elapsed() >= scenario.time_limit {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let server_cpu = server.cpu().saturating_sub(server_cpu_before);
+    let (user_after, system_after) = super::user_system_time(server.pid());
+    let client_cpu = super::cpu_time(std::process::id()).saturating_sub(client_cpu_before);
+    let delivered = shared.delivered.load(Ordering::Acquire);
+    let wall = if timed_out {
+        go.elapsed()
+    } else {
+        Duration::from_micros(shared.done_at_us.load(Ordering::Acquire).saturating_sub(go_us))
+    };
+
+    let _ = phase_tx.send(Phase::Stop);
+    let mut latencies = Vec::with_capacity(delivered as usize);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for task in tasks {
+        let abort = task.abort_handle();
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(report)) => latencies.extend(report.latencies_us),
+            Ok(Err(_)) => {}
+            Err(_) => abort.abort(),
+        }
+    }
+    latencies.sort_unstable();
+    let us = |v: u32| Duration::from_micros(u64::from(v));
+    Ok(Outcome {
+        expected: shared.expected,
+        delivered,
+        wall,
+        server_cpu,
+        server_system: system_after.saturating_sub(system_before),
+        server_user: user_after.saturating_sub(user_before),
+        client_cpu,
+        p50: us(percentile(&latencies, 50.0)),
+        p99: us(percentile(&latencies, 99.0)),
+        max: us(latencies.last().copied().unwrap_or(0)),
+        setup,
+        setup_events,
+        timed_out,
+    })
+}
+
+async fn client(
+    index: usize,
+    url: String,
+    scenario: Scenario,
+    shared: Arc<Shared>,
+    mut phase: watch::Receiver<Phase>,
+    permits: Arc<Semaphore>,
+) -> ClientReport {
+    let mut report = ClientReport { latencies_us: Vec::new(), error: None };
+    let connected = {
+        let _permit = permits.acquire().await;
+        let config = WebSocketConfig::default().read_buffer_size(4096);
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true),
+        )
+        .await
+    };
+    let mut ws = match connected {
+        Ok(Ok((ws, _))) => {
+            shared.connected.fetch_add(1, Ordering::Relaxed);
+            ws
+        }
+        Ok(Err(e)) => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            report.error = Some(format!("{url}: {e}"));
+            return report;
+        }
+        Err(_) => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            report.error = Some(format!("{url}: connect timed out"));
+            return report;
+        }
+    };
+
+    let sends = if index < scenario.senders { scenario.messages_per_sender } else { 0 };
+    report.latencies_us.reserve(scenario.senders * scenario.messages_per_sender);
+    let (mut go, mut ready) = (false, false);
+    let (mut sent, mut echoed) = (0usize, 0usize);
+    loop {
+        if go && sent < sends && sent - echoed < scenario.window {
+            let now_us = shared.base.elapsed().as_micros();
+            if ws.send(Message::text(format!("m {index} {sent} {now_us}"))).await.is_err() {
+                break;
+            }
+            sent += 1;
+            continue;
+        }
+        tokio::select! {
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let current = *phase.borrow_and_update();
+                match current {
+                    Phase::Stop => break,
+                    Phase::Go => go = true,
+                    Phase::Warmup(round) if index == 0 => {
+                        if ws.send(Message::text(format!("w {round}"))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Phase::Warmup(_) | Phase::Setup => {}
+                }
+            }
+            frame = ws.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
+                };
+                let Ok(incoming) = serde_json::from_str::<Incoming<'_>>(text.as_str()) else { continue };
+                if incoming.kind != "chat.message" {
+                    shared.setup_events.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let Some(body) = incoming.text else { continue };
+                if body.starts_with("w ") {
+                    if !ready {
+                        ready = true;
+                        shared.ready.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                let mut fields = body.strip_prefix("m ").unwrap_or_default().split(' ');
+                let from: Option<usize> = fields.next().and_then(|v| v.parse().ok());
+                let sent_us: Option<u64> = fields.nth(1).and_then(|v| v.parse().ok());
+                let (Some(from), Some(sent_us)) = (from, sent_us) else { continue };
+                let now_us = shared.base.elapsed().as_micros() as u64;
+                report.latencies_us.push(now_us.saturating_sub(sent_us).min(u64::from(u32::MAX)) as u32);
+                if from == index {
+                    echoed += 1;
+                }
+                if shared.delivered.fetch_add(1, Ordering::AcqRel) + 1 == shared.expected {
+                    shared.done_at_us.store(now_us, Ordering::Release);
+                }
+            }
+        }
+    }
+    report
+}

@@ -1,0 +1,117 @@
+//! Pieces shared by the benchmark programs in `benches/`: starting and measuring the server
+//! processes, the hand-written baseline server, the chat load generator and small statistics.
+//!
+//! Each benchmark target includes this module with `mod common;` and uses a different subset
+//! of it, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+pub(crate) mod baseline;
+pub(crate) mod compare;
+pub(crate) mod load;
+pub(crate) mod server;
+pub(crate) mod stats;
+
+use std::time::Duration;
+
+/// True when `cargo bench` started this program (it passes `--bench`). `cargo test
+/// --all-targets` runs bench targets without it; they then skip the load test instead of
+/// spending minutes on it.
+pub(crate) fn started_by_cargo_bench() -> bool {
+    if std::env::args().any(|arg| arg == "--bench") {
+        return true;
+    }
+    eprintln!("skipped: this is a load benchmark; run it with `cargo bench --bench NAME` (see docs/performance.md)");
+    false
+}
+
+/// Runs-per-server, from `BENCH_RUNS` (default 3).
+pub(crate) fn runs() -> usize {
+    std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(3)
+}
+
+/// CPU time consumed so far by every live thread of `pid` (from `/proc/PID/task/*/schedstat`,
+/// nanosecond resolution), falling back to `utime + stime` from `/proc/PID/stat`.
+pub(crate) fn cpu_time(pid: u32) -> Duration {
+    let mut total: u64 = 0;
+    let mut found = false;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+            if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                total += ns;
+                found = true;
+            }
+        }
+    }
+    if found {
+        return Duration::from_nanos(total);
+    }
+    let (user, system) = user_system_time(pid);
+    user + system
+}
+
+/// User and system (kernel) CPU time of `pid` so far, from `utime` and `stime` in
+/// `/proc/PID/stat` (clock-tick resolution, usually 10 ms).
+pub(crate) fn user_system_time(pid: u32) -> (Duration, Duration) {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let rest = stat.rsplit_once(')')?.1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `)`.
+        Some((fields.get(11)?.parse::<u64>().ok()?, fields.get(12)?.parse::<u64>().ok()?))
+    });
+    let (user, system) = ticks.unwrap_or((0, 0));
+    let hz = clock_ticks_per_second();
+    (Duration::from_millis(user * 1000 / hz), Duration::from_millis(system * 1000 / hz))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// `VmRSS` of `pid` in KiB.
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Warns when the soft limit on open files is below `needed` (it cannot be raised from here
+/// without `unsafe`; use `ulimit -n` in the shell).
+pub(crate) fn check_open_files(needed: u64) {
+    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+        let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse::<u64>().ok()
+    });
+    match soft {
+        Some(soft) if soft < needed => {
+            eprintln!(
+                "warning: the open-files limit is {soft}, this benchmark needs about {needed}; raise it with `ulimit -n`"
+            )
+        }
+        Some(_) => {}
+        None => eprintln!("warning: could not read the open-files limit"),
+    }
+}
+
+/// Number of CPUs the machine has (`nproc --all`: plain `nproc` counts only the CPUs this
+/// process may run on, which is 1 once the load generator is pinned).
+pub(crate) fn cpus() -> usize {
+    std::process::Command::new("nproc")
+        .arg("--all")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}

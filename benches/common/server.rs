@@ -1,0 +1,215 @@
+//! Server processes under test: the real chat example and the baseline, each a child process
+//! pinned to CPU 0 (when `taskset` exists), with their output drained so pipes never fill.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use super::baseline;
+
+/// Which server a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `examples/chat`, release build, in-memory layer.
+    Chat,
+    /// The hand-written tokio-tungstenite + `broadcast` server of [`baseline`].
+    Baseline,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat",
+            Kind::Baseline => "baseline",
+        }
+    }
+}
+
+/// True when `taskset` can pin processes (checked once).
+pub(crate) fn pinning() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        Command::new("taskset")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Pins this process (the load generator) to CPU 1. Call it before starting any runtime, so
+/// that every thread created later inherits the mask.
+pub(crate) fn pin_load_generator() {
+    if !pinning() {
+        eprintln!("note: taskset not found; server and load generator are not pinned");
+        return;
+    }
+    let pid = std::process::id().to_string();
+    let pinned = Command::new("taskset").args(["-a", "-p", "-c", "1", &pid]).stdout(Stdio::null()).status();
+    if !pinned.is_ok_and(|s| s.success()) {
+        eprintln!("note: could not pin the load generator to CPU 1");
+    }
+}
+
+/// Builds `examples/chat` in release mode and returns the path of the executable.
+pub(crate) fn build_chat_example() -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building the chat example (cargo build --release --example chat) ...");
+    let output = Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--release", "--example", "chat", "--message-format=json-render-diagnostics"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("cargo build --release --example chat failed ({})", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in stdout.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == "chat"
+            && let Some(path) = message["executable"].as_str()
+        {
+            return Ok(PathBuf::from(path));
+        }
+    }
+    Err("cargo did not report the chat executable".into())
+}
+
+/// What a server wrote on stderr (with `RUST_LOG=warn`: warnings and errors only).
+#[derive(Debug, Default)]
+pub(crate) struct Log {
+    /// Lines seen.
+    pub(crate) lines: usize,
+    /// The first few lines.
+    pub(crate) first: Vec<String>,
+}
+
+/// A running server process; killed when dropped.
+pub(crate) struct ServerProcess {
+    kind: Kind,
+    child: Child,
+    /// Kept open: the baseline server exits when its stdin closes.
+    _stdin: Option<ChildStdin>,
+    addr: SocketAddr,
+    log: Arc<Mutex<Log>>,
+}
+
+impl ServerProcess {
+    /// Starts a server on `127.0.0.1:0` and waits for the address it prints first.
+    pub(crate) fn start(kind: Kind, chat: &Path) -> Result<Self, String> {
+        let program = match kind {
+            Kind::Chat => chat.to_path_buf(),
+            Kind::Baseline => std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?,
+        };
+        let mut command = if pinning() {
+            let mut command = Command::new("taskset");
+            command.args(["-c", "0"]).arg(&program);
+            command
+        } else {
+            Command::new(&program)
+        };
+        match kind {
+            Kind::Chat => command.args(["--bind", "127.0.0.1:0"]),
+            Kind::Baseline => command.arg(baseline::FLAG),
+        };
+        command.env("RUST_LOG", "warn").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| format!("could not start {}: {e}", program.display()))?;
+        let stdin = child.stdin.take();
+        let log = Arc::new(Mutex::new(Log::default()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    log.lines += 1;
+                    if log.first.len() < 5 {
+                        log.first.push(line);
+                    }
+                }
+            });
+        }
+        let (first_line, address_line) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+                let _ = first_line.send(lines.next());
+                lines.for_each(drop);
+            });
+        }
+        let mut server = Self { kind, child, _stdin: stdin, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log };
+        let line = address_line.recv_timeout(Duration::from_secs(30)).ok().flatten();
+        let addr = line.as_deref().and_then(parse_address);
+        match addr {
+            Some(addr) => server.addr = addr,
+            None => {
+                std::thread::sleep(Duration::from_millis(200));
+                let log = server.take_log();
+                return Err(format!(
+                    "{} did not print its address (first stdout line {line:?}; stderr {:?})",
+                    kind.name(),
+                    log.first
+                ));
+            }
+        }
+        Ok(server)
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time the server has used so far.
+    pub(crate) fn cpu(&self) -> Duration {
+        super::cpu_time(self.pid())
+    }
+
+    /// The server's resident set size in KiB.
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        super::rss_kib(self.pid())
+    }
+
+    /// Kills the server and returns what it logged.
+    pub(crate) fn stop(mut self) -> Log {
+        self.kill();
+        std::thread::sleep(Duration::from_millis(50));
+        self.take_log()
+    }
+
+    fn take_log(&mut self) -> Log {
+        std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `chat: open http://127.0.0.1:PORT/ (layer memory://)` → `127.0.0.1:PORT`.
+fn parse_address(line: &str) -> Option<SocketAddr> {
+    let rest = line.split_once("http://")?.1;
+    rest.split('/').next()?.parse().ok()
+}
