@@ -336,7 +336,7 @@ impl Application {
             ScopeKind::Websocket,
             request.method().clone(),
             request.uri(),
-            request.headers().clone(),
+            detached_headers(request.headers()),
             client,
             server,
         );
@@ -380,6 +380,18 @@ impl Application {
     pub fn service(&self, client: Option<SocketAddr>, server: Option<SocketAddr>) -> AppService {
         AppService { app: self.clone(), client, server }
     }
+}
+
+/// A copy of the headers in allocations of their own. hyper's header values point into its
+/// 8 KiB read buffer; a plain clone would keep that buffer alive for the socket's lifetime.
+fn detached_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut copy = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.append(name.clone(), value);
+        }
+    }
+    copy
 }
 
 /// Checks what RFC 6455 asks of an upgrade request before any consumer code runs.

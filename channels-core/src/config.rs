@@ -80,7 +80,9 @@ impl WebsocketLimits {
     pub(crate) fn tungstenite_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size.max(256))
-            .write_buffer_size(0)
+            // Frames of a burst collect up to 1 KiB before a write; the buffer is allocated
+            // on first use, so idle sockets do not pay for it.
+            .write_buffer_size(1024)
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_message_size))
     }

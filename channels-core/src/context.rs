@@ -101,6 +101,8 @@ pub struct WebsocketContext {
     /// In a mutex only so that the context is `Sync`; it is reached through `get_mut`, never locked.
     socket: Option<std::sync::Mutex<WsStream>>,
     pub(crate) send_timeout: Duration,
+    /// While set, frames are buffered without a flush; the runtime flushes after a batch.
+    pub(crate) batching: bool,
 }
 
 impl fmt::Debug for WebsocketContext {
@@ -126,6 +128,7 @@ impl WebsocketContext {
             state: State::Connecting { accepted: None, pending: Vec::new(), closing: None },
             socket: None,
             send_timeout,
+            batching: false,
         }
     }
 
@@ -238,19 +241,42 @@ impl WebsocketContext {
         }
     }
 
-    /// Writes one frame within the send timeout; a failure marks the socket closed.
+    /// Writes one frame within the send timeout (buffered only, while batching); a failure
+    /// marks the socket closed.
     pub(crate) async fn write(&mut self, frame: WsMessage) -> Result<(), ContextError> {
+        let (send_timeout, batching) = (self.send_timeout, self.batching);
+        let Some(socket) = self.socket_mut() else {
+            return Err(ContextError::Closed);
+        };
+        let written = if batching {
+            tokio::time::timeout(send_timeout, socket.feed(frame)).await
+        } else {
+            tokio::time::timeout(send_timeout, socket.send(frame)).await
+        };
+        self.check(written)
+    }
+
+    /// Sends what is buffered, within the send timeout.
+    pub(crate) async fn flush(&mut self) -> Result<(), ContextError> {
         let send_timeout = self.send_timeout;
         let Some(socket) = self.socket_mut() else {
             return Err(ContextError::Closed);
         };
-        let result = match tokio::time::timeout(send_timeout, socket.send(frame)).await {
+        let flushed = tokio::time::timeout(send_timeout, socket.flush()).await;
+        self.check(flushed)
+    }
+
+    fn check(
+        &mut self,
+        outcome: Result<Result<(), tokio_tungstenite::tungstenite::Error>, tokio::time::error::Elapsed>,
+    ) -> Result<(), ContextError> {
+        let error = match outcome {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => ContextError::Socket(e),
             Err(_) => ContextError::SendTimeout,
         };
         self.state = State::Closed;
-        Err(result)
+        Err(error)
     }
 
     /// Closes the connection with `code` (1000 is normal; 4000-4999 are yours). Inside `connect`,

@@ -129,7 +129,8 @@ async fn run<C: WebsocketConsumer>(
         None => close_code::ABNORMAL,
     };
     ctx.state = State::Closed;
-    teardown(&mut consumer, &mut ctx, code).await;
+    // Boxed: the rarely used parts should not make every connection's future larger.
+    Box::pin(teardown(&mut consumer, &mut ctx, code)).await;
     ctx.detach();
 }
 
@@ -159,6 +160,36 @@ fn next_message<'a>(
     }
 }
 
+/// Most layer events handled before one flush.
+const MAX_BATCH: usize = 64;
+
+/// Decodes a layer message into the consumer's event type and runs `event`; an event of another
+/// type is logged and dropped.
+async fn dispatch_event<C: WebsocketConsumer>(
+    consumer: &mut C,
+    ctx: &mut WebsocketContext,
+    message: Result<Message, ReceiveError>,
+) -> HandlerResult {
+    match message {
+        Ok(message) => match message.decode::<C::Event>() {
+            Ok(event) => guarded(consumer.event(ctx, event)).await,
+            Err(e) => {
+                tracing::warn!(
+                    r#type = message.message_type(),
+                    path = %ctx.scope().path(),
+                    error = %e,
+                    "dropping a channel-layer event this consumer does not handle"
+                );
+                Ok(())
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "channel layer receive failed; retrying in 1 s");
+            Ok(())
+        }
+    }
+}
+
 enum Input {
     Shutdown,
     Frame(Option<Result<WsMessage, WsError>>),
@@ -185,7 +216,7 @@ async fn event_loop<C: WebsocketConsumer>(
     loop {
         match ctx.state {
             State::Open => {}
-            State::Closing { code } => return finish_close(ctx, code, limits).await,
+            State::Closing { code } => return Box::pin(finish_close(ctx, code, limits)).await,
             _ => return close_code::ABNORMAL,
         }
         let Some(socket) = ctx.socket_mut() else { return close_code::ABNORMAL };
@@ -217,31 +248,31 @@ async fn event_loop<C: WebsocketConsumer>(
                         let _ = tokio::time::timeout(limits.close_timeout, socket_flush(ctx)).await;
                         return frame.map_or(close_code::NO_STATUS, |f| f.code.into());
                     }
-                    Some(Err(e)) => return fail(ctx, e, limits).await,
+                    Some(Err(e)) => return Box::pin(fail(ctx, e, limits)).await,
                     None => return close_code::ABNORMAL,
                 }
             }
             Input::Layer(message) => {
-                let failed = message.is_err();
-                layer_rx = next_message(layer.as_ref(), channel.as_deref(), failed);
-                match message {
-                    Ok(message) => match message.decode::<C::Event>() {
-                        Ok(event) => guarded(consumer.event(ctx, event)).await,
-                        Err(e) => {
-                            tracing::warn!(
-                                r#type = message.message_type(),
-                                path = %ctx.scope().path(),
-                                error = %e,
-                                "dropping a channel-layer event this consumer does not handle"
-                            );
-                            continue;
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "channel layer receive failed; retrying in 1 s");
-                        continue;
+                // Handle every event already waiting, writing their frames into the socket's
+                // buffer, then flush once: one write for a burst instead of one per frame.
+                ctx.batching = true;
+                let mut next = Some(message);
+                let mut result = Ok(());
+                let mut handled = 0;
+                while let Some(message) = next.take() {
+                    layer_rx = next_message(layer.as_ref(), channel.as_deref(), message.is_err());
+                    result = dispatch_event(consumer, ctx, message).await;
+                    handled += 1;
+                    if result.is_err() || !matches!(ctx.state, State::Open) || handled == MAX_BATCH {
+                        break;
                     }
+                    next = (&mut layer_rx).now_or_never();
                 }
+                ctx.batching = false;
+                if matches!(ctx.state, State::Open) {
+                    let _ = ctx.flush().await;
+                }
+                result
             }
             Input::Tick => {
                 // Memberships expire `group_expiry` after the last group_add; a connection that
@@ -334,7 +365,7 @@ async fn fail(ctx: &mut WebsocketContext, error: WsError, limits: &WebsocketLimi
 async fn linger(socket: &mut WsStream, limit: Duration) {
     let io = socket.io();
     let _ = io.shutdown().await;
-    let mut scratch = [0u8; 1024];
+    let mut scratch = vec![0u8; 1024];
     let _ = tokio::time::timeout(limit, async {
         let mut budget: usize = 64 << 20;
         while let Ok(n @ 1..) = io.read(&mut scratch).await {

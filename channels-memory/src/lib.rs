@@ -249,16 +249,27 @@ impl ChannelLayer for InMemoryChannelLayer {
     }
 
     async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
-        validate_channel_name(channel)?;
         self.ensure_sweeper();
         loop {
             let notify = {
                 let mut state = self.lock();
                 let now = Instant::now();
                 let State { channels, .. } = &mut *state;
-                let queue = channels.entry(channel.to_owned()).or_default();
+                // The hot path (a consumer's own, existing queue) neither allocates nor re-checks
+                // the name: only valid names ever get a queue.
+                let queue = match channels.get_mut(channel) {
+                    Some(queue) => queue,
+                    None => {
+                        validate_channel_name(channel)?;
+                        channels.entry(channel.to_owned()).or_default()
+                    }
+                };
                 let expired = queue.purge_expired(now);
                 let popped = queue.items.pop_front().map(|(_, message)| message);
+                if queue.items.is_empty() && queue.items.capacity() > 64 {
+                    // Give back what a burst grew; an idle consumer keeps no big buffer.
+                    queue.items = VecDeque::new();
+                }
                 let notify = queue.notify.clone();
                 if queue.items.is_empty() && popped.is_some() && Arc::strong_count(&notify) == 2 {
                     // Empty and nobody else waits: drop the queue; a later send recreates it.
