@@ -117,7 +117,7 @@ async fn run<C: WebsocketConsumer>(
                 _ => (Vec::new(), None),
             };
             for frame in pending {
-                if ctx.write(frame).await.is_err() {
+                if Box::pin(ctx.write(frame)).await.is_err() {
                     break;
                 }
             }
@@ -229,7 +229,7 @@ async fn event_loop<C: WebsocketConsumer>(
         };
         let result = match input {
             Input::Shutdown => {
-                let _ = ctx.close_with_reason(close_code::GOING_AWAY, "server shutting down").await;
+                let _ = Box::pin(ctx.close_with_reason(close_code::GOING_AWAY, "server shutting down")).await;
                 continue;
             }
             Input::Frame(frame) => {
@@ -240,12 +240,16 @@ async fn event_loop<C: WebsocketConsumer>(
                     keepalive.as_mut().reset(last_seen + limits.ping_interval);
                 }
                 match frame {
-                    Some(Ok(WsMessage::Text(text))) => guarded(consumer.receive(ctx, Frame::Text(text))).await,
-                    Some(Ok(WsMessage::Binary(data))) => guarded(consumer.receive(ctx, Frame::Binary(data))).await,
+                    Some(Ok(WsMessage::Text(text))) => {
+                        Box::pin(guarded(consumer.receive(ctx, Frame::Text(text)))).await
+                    }
+                    Some(Ok(WsMessage::Binary(data))) => {
+                        Box::pin(guarded(consumer.receive(ctx, Frame::Binary(data)))).await
+                    }
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
                     Some(Ok(WsMessage::Close(frame))) => {
                         // tungstenite queued the reply; send it, then we are done.
-                        let _ = tokio::time::timeout(limits.close_timeout, socket_flush(ctx)).await;
+                        let _ = Box::pin(tokio::time::timeout(limits.close_timeout, socket_flush(ctx))).await;
                         return frame.map_or(close_code::NO_STATUS, |f| f.code.into());
                     }
                     Some(Err(e)) => return Box::pin(fail(ctx, e, limits)).await,
@@ -261,7 +265,7 @@ async fn event_loop<C: WebsocketConsumer>(
                 let mut handled = 0;
                 while let Some(message) = next.take() {
                     layer_rx = next_message(layer.as_ref(), channel.as_deref(), message.is_err());
-                    result = dispatch_event(consumer, ctx, message).await;
+                    result = Box::pin(dispatch_event(consumer, ctx, message)).await;
                     handled += 1;
                     if result.is_err() || !matches!(ctx.state, State::Open) || handled == MAX_BATCH {
                         break;
@@ -270,7 +274,7 @@ async fn event_loop<C: WebsocketConsumer>(
                 }
                 ctx.batching = false;
                 if matches!(ctx.state, State::Open) {
-                    let _ = ctx.flush().await;
+                    let _ = Box::pin(ctx.flush()).await;
                 }
                 result
             }
@@ -283,7 +287,7 @@ async fn event_loop<C: WebsocketConsumer>(
                 {
                     groups_joined = Instant::now();
                     for group in ctx.groups().to_vec() {
-                        if let Err(e) = ctx.group_add(&group).await {
+                        if let Err(e) = Box::pin(ctx.group_add(&group)).await {
                             tracing::warn!(%group, error = %e, "could not renew a group membership");
                         }
                     }
@@ -295,7 +299,7 @@ async fn event_loop<C: WebsocketConsumer>(
                 }
                 let next = if silent >= limits.ping_interval && !pinged {
                     pinged = true;
-                    let _ = ctx.write(WsMessage::Ping(Default::default())).await;
+                    let _ = Box::pin(ctx.write(WsMessage::Ping(Default::default()))).await;
                     last_seen + limits.ping_interval + limits.ping_timeout
                 } else if pinged {
                     last_seen + limits.ping_interval + limits.ping_timeout
@@ -312,7 +316,7 @@ async fn event_loop<C: WebsocketConsumer>(
                 tracing::debug!(path = %ctx.scope().path(), error = %e, "client gone while a handler was sending");
             } else {
                 tracing::error!(path = %ctx.scope().path(), error = %e, "handler failed; closing with 1011");
-                let _ = ctx.close_with_reason(close_code::INTERNAL_ERROR, "internal error").await;
+                let _ = Box::pin(ctx.close_with_reason(close_code::INTERNAL_ERROR, "internal error")).await;
             }
         }
     }
