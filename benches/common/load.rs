@@ -7,6 +7,7 @@
 //! arrived or the time limit passed. It runs on a single-threaded tokio runtime, pinned to one
 //! CPU by the caller.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -122,16 +123,48 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(120);
 const WARMUP_LIMIT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// Where the clients connect and whose CPU time counts as the server's.
+#[derive(Debug, Clone)]
+pub(crate) struct Targets {
+    /// Client `i` connects to `addrs[i % addrs.len()]` (so client 0, the first sender, to the
+    /// first address).
+    pub(crate) addrs: Vec<SocketAddr>,
+    /// Every server-side process (for the Redis runs: the chat processes and redis-server);
+    /// their CPU times are summed.
+    pub(crate) pids: Vec<u32>,
+}
+
+impl Targets {
+    fn cpu(&self) -> Duration {
+        self.pids.iter().map(|&pid| super::cpu_time(pid)).sum()
+    }
+
+    fn user_system(&self) -> (Duration, Duration) {
+        self.pids
+            .iter()
+            .map(|&pid| super::user_system_time(pid))
+            .fold((Duration::ZERO, Duration::ZERO), |(user, system), (u, s)| (user + u, system + s))
+    }
+}
+
 /// Runs `scenario` against `server` and measures it.
 pub(crate) fn run(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, String> {
+    run_on(scenario, &Targets { addrs: vec![server.addr()], pids: vec![server.pid()] })
+}
+
+/// Runs `scenario` with its clients spread over several server processes.
+pub(crate) fn run_on(scenario: &Scenario, targets: &Targets) -> Result<Outcome, String> {
+    if targets.addrs.is_empty() {
+        return Err("no server address".into());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    runtime.block_on(drive(scenario, server))
+    runtime.block_on(drive(scenario, targets))
 }
 
-async fn drive(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, String> {
+async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String> {
     let shared = Arc::new(Shared {
         base: Instant::now(),
         expected: scenario.expected(),
@@ -147,7 +180,8 @@ async fn drive(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, S
     let setup_start = Instant::now();
     let mut tasks = Vec::with_capacity(scenario.clients);
     for index in 0..scenario.clients {
-        let url = format!("ws://{}/ws/chat/{}/?user=u{index}", server.addr(), scenario.room);
+        let addr = server.addrs[index % server.addrs.len()];
+        let url = format!("ws://{addr}/ws/chat/{}/?user=u{index}", scenario.room);
         tasks.push(tokio::spawn(client(
             index,
             url,
@@ -208,7 +242,7 @@ async fn drive(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, S
 
     // The measured phase.
     let server_cpu_before = server.cpu();
-    let (user_before, system_before) = super::user_system_time(server.pid());
+    let (user_before, system_before) = server.user_system();
     let client_cpu_before = super::cpu_time(std::process::id());
     let go_us = shared.base.elapsed().as_micros() as u64;
     let go = Instant::now();
@@ -222,7 +256,7 @@ async fn drive(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, S
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let server_cpu = server.cpu().saturating_sub(server_cpu_before);
-    let (user_after, system_after) = super::user_system_time(server.pid());
+    let (user_after, system_after) = server.user_system();
     let client_cpu = super::cpu_time(std::process::id()).saturating_sub(client_cpu_before);
     let delivered = shared.delivered.load(Ordering::Acquire);
     let wall = if timed_out {

@@ -104,6 +104,12 @@ pub(crate) struct ServerProcess {
 impl ServerProcess {
     /// Starts a server on `127.0.0.1:0` and waits for the address it prints first.
     pub(crate) fn start(kind: Kind, chat: &Path) -> Result<Self, String> {
+        Self::start_with(kind, chat, &[])
+    }
+
+    /// [`start`](Self::start) with extra command-line arguments (for the chat example, e.g.
+    /// `--layer redis://127.0.0.1:PORT` or `--poll-timeout SECS`).
+    pub(crate) fn start_with(kind: Kind, chat: &Path, extra_args: &[String]) -> Result<Self, String> {
         let program = match kind {
             Kind::Chat => chat.to_path_buf(),
             Kind::Baseline => std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?,
@@ -119,6 +125,7 @@ impl ServerProcess {
             Kind::Chat => command.args(["--bind", "127.0.0.1:0"]),
             Kind::Baseline => command.arg(baseline::FLAG),
         };
+        command.args(extra_args);
         command.env("RUST_LOG", "warn").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| format!("could not start {}: {e}", program.display()))?;
         let stdin = child.stdin.take();

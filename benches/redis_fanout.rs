@@ -1,0 +1,372 @@
+//! Cross-process group fan-out over Redis: 1 room x 1,000 clients, one sender x 1,000
+//! messages (at most 8 in flight), so 1,000,000 deliveries, in three configurations:
+//!
+//! - `memory`: one chat process (release, in-memory layer) with all 1,000 clients;
+//! - `redis`: a redis-server started here on a free port and TWO chat processes
+//!   (`--layer redis://127.0.0.1:PORT`) with 500 clients each, the sender on the first;
+//! - `django`: the same on two daphne processes serving the minimal Django Channels chat of
+//!   `benches/django/` (channels_redis, same Redis), when the test venv has daphne. Django is
+//!   far slower, so it sends `DJANGO_MESSAGES` messages (default 100) within 120 s.
+//!
+//! Server CPU is the sum over every server-side process, redis-server included; all of them
+//! are pinned to CPU 0 and the load generator to CPU 1 (when `taskset` exists).
+//!
+//! `cargo bench --bench redis_fanout` (see docs/performance.md). `BENCH_RUNS=N` changes the
+//! number of runs per configuration (default 3); `BENCH_NO_DJANGO=1` leaves Django out.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use channels::redis::testing::RedisServer;
+use common::load::{self, Outcome, Scenario, Targets};
+use common::server::{self, Kind, Log, ServerProcess};
+use common::stats::{median, si};
+
+/// Bars: Redis at least this share of in-memory, and this multiple of Django (both in
+/// deliveries per server CPU-second).
+const BAR_REDIS_VS_MEMORY: f64 = 0.5;
+const BAR_REDIS_VS_DJANGO: f64 = 20.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Config {
+    Memory,
+    Redis,
+    Django,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::Memory => "memory",
+            Config::Redis => "redis",
+            Config::Django => "django",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    if common::baseline::run_if_requested() || !common::started_by_cargo_bench() {
+        return ExitCode::SUCCESS;
+    }
+    common::check_open_files(1200);
+    let chat = match server::build_chat_example() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let daphne = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/daphne");
+    let django = std::env::var_os("BENCH_NO_DJANGO").is_none() && daphne.exists();
+    if !django {
+        println!("note: Django left out ({} missing or BENCH_NO_DJANGO set)", daphne.display());
+    }
+    server::pin_load_generator();
+    let runs = common::runs();
+    let scenario = Scenario {
+        clients: 1000,
+        senders: 1,
+        messages_per_sender: 1000,
+        window: 8,
+        room: "bench",
+        time_limit: Duration::from_secs(60),
+    };
+    let django_messages =
+        std::env::var("DJANGO_MESSAGES").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(100);
+    // Django needs about 55 s for 100 messages here; give it room to finish.
+    let django_scenario =
+        Scenario { messages_per_sender: django_messages, time_limit: Duration::from_secs(120), ..scenario.clone() };
+    let configs: Vec<Config> = [Config::Memory, Config::Redis, Config::Django]
+        .into_iter()
+        .filter(|&c| c != Config::Django || django)
+        .collect();
+
+    println!("== fan-out over Redis: 1 room x 1,000 clients, 1 sender, window 8");
+    println!(
+        "memory: 1 chat process x 1,000 clients; redis: 2 chat processes x 500 clients + redis-server; django: 2 daphne x 500 + redis-server ({django_messages} messages)"
+    );
+    println!(
+        "{runs} runs per configuration, alternating; cpus: {}; pinned: {}",
+        common::cpus(),
+        if server::pinning() { "servers CPU 0, load generator CPU 1" } else { "no (taskset missing)" }
+    );
+    println!(
+        "{:<7} {:>3} {:>19} {:>8} {:>10} {:>8} {:>8} {:>9} {:>6} {:>12} {:>7} {:>7} {:>5}",
+        "config",
+        "run",
+        "delivered",
+        "wall s",
+        "deliv/s",
+        "p50 ms",
+        "p99 ms",
+        "srv CPU s",
+        "kernel",
+        "deliv/CPU-s",
+        "gen CPU",
+        "setup s",
+        "warns"
+    );
+    let mut results: Vec<(Config, Vec<Outcome>)> = configs.iter().map(|&c| (c, Vec::new())).collect();
+    let mut incomplete = false;
+    for round in 1..=runs {
+        for (config, outcomes) in &mut results {
+            let scenario = if *config == Config::Django { &django_scenario } else { &scenario };
+            let (outcome, logs) = match run_config(*config, scenario, &chat, &daphne) {
+                Ok(result) => result,
+                Err(e) => {
+                    println!("{:<7} {:>3} failed: {e}", config.name(), round);
+                    incomplete = true;
+                    continue;
+                }
+            };
+            let warns: usize = logs.iter().map(|log| log.lines).sum();
+            match outcome {
+                Ok(o) => {
+                    println!(
+                        "{:<7} {:>3} {:>19} {:>8.3} {:>10} {:>8.1} {:>8.1} {:>9.3} {:>5.0}% {:>12} {:>6.0}% {:>7.1} {:>5}{}",
+                        config.name(),
+                        round,
+                        format!("{}/{}", o.delivered, o.expected),
+                        o.wall.as_secs_f64(),
+                        si(o.per_second()),
+                        o.p50.as_secs_f64() * 1e3,
+                        o.p99.as_secs_f64() * 1e3,
+                        o.server_cpu.as_secs_f64(),
+                        o.kernel_percent(),
+                        si(o.per_server_cpu_second()),
+                        100.0 * o.client_cpu.as_secs_f64() / o.wall.as_secs_f64().max(1e-9),
+                        o.setup.as_secs_f64(),
+                        warns,
+                        if o.timed_out { "  TIMED OUT" } else { "" },
+                    );
+                    incomplete |= o.delivered != o.expected;
+                    outcomes.push(o);
+                }
+                Err(e) => {
+                    println!("{:<7} {:>3} failed: {e}", config.name(), round);
+                    incomplete = true;
+                }
+            }
+            for line in logs.iter().flat_map(|log| log.first.iter()).take(5) {
+                println!("          server log: {line}");
+            }
+        }
+    }
+
+    let med = |runs: &[Outcome], f: fn(&Outcome) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    println!("-- medians of {runs} runs");
+    for (config, runs) in &results {
+        println!(
+            "{:<7} delivered {} (min {} of {}), {} deliveries/s, p50 {:.1} ms, p99 {:.1} ms, server CPU {:.3} s ({:.0} % in the kernel), {} deliveries per server CPU-second",
+            config.name(),
+            med(runs, |o| o.delivered as f64),
+            runs.iter().map(|o| o.delivered).min().unwrap_or(0),
+            runs.first().map_or(0, |o| o.expected),
+            si(med(runs, Outcome::per_second)),
+            med(runs, |o| o.p50.as_secs_f64() * 1e3),
+            med(runs, |o| o.p99.as_secs_f64() * 1e3),
+            med(runs, |o| o.server_cpu.as_secs_f64()),
+            med(runs, Outcome::kernel_percent),
+            si(med(runs, Outcome::per_server_cpu_second)),
+        );
+    }
+    let of = |config: Config| results.iter().find(|(c, _)| *c == config).map(|(_, runs)| runs.as_slice());
+    let ratio = |a: Config, b: Config, f: fn(&Outcome) -> f64| match (of(a), of(b)) {
+        (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => med(a, f) / med(b, f),
+        _ => f64::NAN,
+    };
+    let verdict = |value: f64, bar: f64| if value >= bar { "met" } else { "MISSED" };
+    let cpu = ratio(Config::Redis, Config::Memory, Outcome::per_server_cpu_second);
+    println!(
+        "redis/memory: deliveries per server CPU-second {cpu:.2} (bar >= {BAR_REDIS_VS_MEMORY}: {}), throughput {:.2}",
+        verdict(cpu, BAR_REDIS_VS_MEMORY),
+        ratio(Config::Redis, Config::Memory, Outcome::per_second),
+    );
+    if django {
+        let cpu = ratio(Config::Redis, Config::Django, Outcome::per_server_cpu_second);
+        println!(
+            "redis/django: deliveries per server CPU-second {cpu:.1} (bar >= {BAR_REDIS_VS_DJANGO}: {}), throughput {:.1}",
+            verdict(cpu, BAR_REDIS_VS_DJANGO),
+            ratio(Config::Redis, Config::Django, Outcome::per_second),
+        );
+    }
+    if incomplete {
+        println!("NOTE: at least one run did not deliver everything (see above)");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Starts the processes of one configuration, runs the scenario, stops everything and returns
+/// the outcome with what the servers logged.
+fn run_config(
+    config: Config,
+    scenario: &Scenario,
+    chat: &Path,
+    daphne: &Path,
+) -> Result<(Result<Outcome, String>, Vec<Log>), String> {
+    match config {
+        Config::Memory => {
+            let server = ServerProcess::start(Kind::Chat, chat)?;
+            let outcome = load::run(scenario, &server);
+            Ok((outcome, vec![server.stop()]))
+        }
+        Config::Redis => {
+            let redis = RedisServer::start();
+            let redis_pid = pin_redis(&redis)?;
+            let layer = vec!["--layer".to_owned(), redis.url()];
+            let first = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
+            let second = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
+            let targets =
+                Targets { addrs: vec![first.addr(), second.addr()], pids: vec![first.pid(), second.pid(), redis_pid] };
+            let outcome = run_split(scenario, &targets, ["chat 1", "chat 2", "redis-server"]);
+            let logs = vec![first.stop(), second.stop()];
+            drop(redis);
+            Ok((outcome, logs))
+        }
+        Config::Django => {
+            let redis = RedisServer::start();
+            let redis_pid = pin_redis(&redis)?;
+            let first = Daphne::start(daphne, &redis.url())?;
+            let second = Daphne::start(daphne, &redis.url())?;
+            let targets =
+                Targets { addrs: vec![first.addr, second.addr], pids: vec![first.pid(), second.pid(), redis_pid] };
+            let outcome = run_split(scenario, &targets, ["daphne 1", "daphne 2", "redis-server"]);
+            let logs = vec![first.stop(), second.stop()];
+            drop(redis);
+            Ok((outcome, logs))
+        }
+    }
+}
+
+/// [`load::run_on`], printing how the server CPU of the whole run (connecting and warm-up
+/// included) was split between the processes.
+fn run_split(scenario: &Scenario, targets: &Targets, names: [&str; 3]) -> Result<Outcome, String> {
+    let before: Vec<Duration> = targets.pids.iter().map(|&pid| common::cpu_time(pid)).collect();
+    let outcome = load::run_on(scenario, targets);
+    let split: Vec<String> = targets
+        .pids
+        .iter()
+        .zip(&before)
+        .zip(names)
+        .map(|((&pid, &before), name)| {
+            format!("{name} {:.2} s", common::cpu_time(pid).saturating_sub(before).as_secs_f64())
+        })
+        .collect();
+    println!("          CPU of the whole run (setup included): {}", split.join(", "));
+    outcome
+}
+
+/// Finds redis-server's process ID (from `INFO server`) and pins it to the servers' CPU.
+fn pin_redis(redis: &RedisServer) -> Result<u32, String> {
+    let info = redis.cli(&["INFO", "server"]);
+    let pid = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .ok_or_else(|| "could not read redis-server's process_id".to_owned())?;
+    if server::pinning() {
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", "0", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !pinned.is_ok_and(|s| s.success()) {
+            eprintln!("note: could not pin redis-server to CPU 0");
+        }
+    }
+    Ok(pid)
+}
+
+/// A daphne process serving `benches/django/`, pinned to CPU 0; killed when dropped.
+struct Daphne {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Log>>,
+}
+
+impl Daphne {
+    fn start(daphne: &Path, redis_url: &str) -> Result<Self, String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = if server::pinning() {
+            let mut command = Command::new("taskset");
+            command.args(["-c", "0"]).arg(daphne);
+            command
+        } else {
+            Command::new(daphne)
+        };
+        command
+            .args(["-v", "0", "-b", "127.0.0.1", "-p", &port.to_string(), "benchchat.asgi:application"])
+            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/django"))
+            .env("DJANGO_SETTINGS_MODULE", "benchchat.settings")
+            .env("BENCH_REDIS_URL", redis_url)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| format!("could not start {}: {e}", daphne.display()))?;
+        let log = Arc::new(Mutex::new(Log::default()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    log.lines += 1;
+                    if log.first.len() < 5 {
+                        log.first.push(line);
+                    }
+                }
+            });
+        }
+        let mut daphne = Self { child, addr, log };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(daphne);
+            }
+            if let Ok(Some(status)) = daphne.child.try_wait() {
+                let log = daphne.take_log();
+                return Err(format!("daphne exited ({status}): {:?}", log.first));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = daphne.take_log();
+        Err(format!("daphne did not listen on {addr} within 30 s: {:?}", log.first))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) -> Log {
+        self.kill();
+        std::thread::sleep(Duration::from_millis(50));
+        self.take_log()
+    }
+
+    fn take_log(&mut self) -> Log {
+        std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daphne {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
