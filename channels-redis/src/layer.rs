@@ -245,6 +245,9 @@ impl Inner {
     }
 }
 
+/// Most queued messages a pump takes in one round trip after its blocking pop.
+const POP_BATCH: usize = 127;
+
 /// Pops one process queue on one shard, forever, until the layer is dropped.
 async fn pump(weak: Weak<Inner>, client: redis::Client, key: String, timeout: Duration, stop: CancellationToken) {
     let config = ConnectionManagerConfig::new()
@@ -267,11 +270,16 @@ async fn pump(weak: Weak<Inner>, client: redis::Client, key: String, timeout: Du
                     redis::cmd("PING").query_async::<()>(c).await?;
                     return Ok(None);
                 }
-                redis::cmd("BZPOPMIN")
+                let first = redis::cmd("BZPOPMIN")
                     .arg(&key)
                     .arg(timeout.as_secs_f64())
                     .query_async::<Option<(Vec<u8>, Vec<u8>, f64)>>(c)
-                    .await
+                    .await?;
+                let Some((_, member, _)) = first else { return Ok(None) };
+                // Whatever else is queued comes in the same round trip.
+                let more: Vec<(Vec<u8>, f64)> =
+                    redis::cmd("ZPOPMIN").arg(&key).arg(POP_BATCH).query_async(c).await?;
+                Ok::<_, redis::RedisError>(Some(std::iter::once(member).chain(more.into_iter().map(|(m, _)| m)).collect::<Vec<_>>()))
             } => popped,
         };
         let Some(inner) = weak.upgrade() else { return };
@@ -283,7 +291,7 @@ async fn pump(weak: Weak<Inner>, client: redis::Client, key: String, timeout: Du
                     tracing::info!(%key, "Redis is back; re-joining groups");
                     inner.rejoin_groups().await;
                 }
-                if let Some((_, member, _)) = popped {
+                for member in popped.into_iter().flatten() {
                     inner.deliver(&member);
                 }
             }
@@ -326,8 +334,12 @@ impl RedisChannelLayer {
     }
 
     async fn receive_local(&self, channel: &str) -> Result<Message, ReceiveError> {
-        self.ensure_pumps(&self.inner.queue_key(channel));
-        Ok(mailbox::receive(&self.inner.local, |local| local.channels.entry(channel.to_owned()).or_default()).await)
+        // A channel made by `new_channel` has its mailbox and its pumps already: the hot path
+        // neither allocates nor starts anything.
+        if !self.inner.lock().channels.contains_key(channel) {
+            self.ensure_pumps(&self.inner.queue_key(channel));
+        }
+        Ok(mailbox::receive(&self.inner.local, |local| mailbox::get_or_create(&mut local.channels, channel)).await)
     }
 
     /// A worker channel: channels_redis's restore → pop → back up → clean up dance, so Python

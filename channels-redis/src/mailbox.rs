@@ -43,6 +43,17 @@ impl Mailbox {
     }
 }
 
+/// The mailbox of `channel`, looked up without allocating when it exists.
+pub(crate) fn get_or_create<'a>(
+    mailboxes: &'a mut std::collections::HashMap<String, Mailbox>,
+    channel: &str,
+) -> &'a mut Mailbox {
+    if !mailboxes.contains_key(channel) {
+        mailboxes.insert(channel.to_owned(), Mailbox::default());
+    }
+    mailboxes.get_mut(channel).unwrap_or_else(|| unreachable!("inserted above"))
+}
+
 /// Waits for the next message in the mailbox `find` picks out of the shared state (creating it
 /// if needed). Cancel-safe: nothing is taken until it is returned.
 pub(crate) async fn receive<T>(state: &Mutex<T>, find: impl Fn(&mut T) -> &mut Mailbox) -> Message {

@@ -301,7 +301,7 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         if !known {
             self.subscribe(channel).await.map_err(ReceiveError::Backend)?;
         }
-        Ok(mailbox::receive(&self.inner.local, |local| local.channels.entry(channel.to_owned()).or_default()).await)
+        Ok(mailbox::receive(&self.inner.local, |local| mailbox::get_or_create(&mut local.channels, channel)).await)
     }
 
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
