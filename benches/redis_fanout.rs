@@ -16,16 +16,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use channels::redis::testing::RedisServer;
 use common::load::{self, Outcome, Scenario, Targets};
-use common::server::{self, Kind, Log, ServerProcess};
+use common::server::{self, Kind, Log, Process, ServerProcess};
 use common::stats::{median, si};
 
 /// Bars: Redis at least this share of in-memory, and this multiple of Django (both in
@@ -285,9 +283,8 @@ fn pin_redis(redis: &RedisServer) -> Result<u32, String> {
 
 /// A daphne process serving `benches/django/`, pinned to CPU 0; killed when dropped.
 struct Daphne {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-    log: Arc<Mutex<Log>>,
 }
 
 impl Daphne {
@@ -297,13 +294,7 @@ impl Daphne {
             .map_err(|e| format!("no free port: {e}"))?
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut command = if server::pinning() {
-            let mut command = Command::new("taskset");
-            command.args(["-c", "0"]).arg(daphne);
-            command
-        } else {
-            Command::new(daphne)
-        };
+        let mut command = Process::command(daphne);
         command
             .args(["-v", "0", "-b", "127.0.0.1", "-p", &port.to_string(), "benchchat.asgi:application"])
             .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/django"))
@@ -311,62 +302,28 @@ impl Daphne {
             .env("BENCH_REDIS_URL", redis_url)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|e| format!("could not start {}: {e}", daphne.display()))?;
-        let log = Arc::new(Mutex::new(Log::default()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                    log.lines += 1;
-                    if log.first.len() < 5 {
-                        log.first.push(line);
-                    }
-                }
-            });
-        }
-        let mut daphne = Self { child, addr, log };
+            .stdout(Stdio::null());
+        let mut daphne = Self { process: Process::spawn(command, &daphne.display().to_string())?, addr };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(daphne);
             }
-            if let Ok(Some(status)) = daphne.child.try_wait() {
-                let log = daphne.take_log();
+            if let Ok(Some(status)) = daphne.process.child_mut().try_wait() {
+                let log = daphne.process.take_log();
                 return Err(format!("daphne exited ({status}): {:?}", log.first));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let log = daphne.take_log();
+        let log = daphne.process.take_log();
         Err(format!("daphne did not listen on {addr} within 30 s: {:?}", log.first))
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
-    fn stop(mut self) -> Log {
-        self.kill();
-        std::thread::sleep(Duration::from_millis(50));
-        self.take_log()
-    }
-
-    fn take_log(&mut self) -> Log {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn kill(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daphne {
-    fn drop(&mut self) {
-        self.kill();
+    fn stop(self) -> Log {
+        self.process.stop()
     }
 }

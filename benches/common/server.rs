@@ -92,13 +92,84 @@ pub(crate) struct Log {
 }
 
 /// A running server process; killed when dropped.
+/// A child process whose stderr is drained into a [`Log`] (so the pipe never fills); killed
+/// when dropped.
+pub(crate) struct Process {
+    child: Child,
+    log: Arc<Mutex<Log>>,
+}
+
+impl Process {
+    /// A command for `program`, pinned to CPU 0 when `taskset` exists.
+    pub(crate) fn command(program: &Path) -> Command {
+        if pinning() {
+            let mut command = Command::new("taskset");
+            command.args(["-c", "0"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+
+    /// Starts `command` with its stderr captured.
+    pub(crate) fn spawn(mut command: Command, what: &str) -> Result<Self, String> {
+        command.stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| format!("could not start {what}: {e}"))?;
+        let log = Arc::new(Mutex::new(Log::default()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    log.lines += 1;
+                    if log.first.len() < 5 {
+                        log.first.push(line);
+                    }
+                }
+            });
+        }
+        Ok(Self { child, log })
+    }
+
+    pub(crate) fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process and returns what it logged.
+    pub(crate) fn stop(mut self) -> Log {
+        self.kill();
+        std::thread::sleep(Duration::from_millis(50));
+        self.take_log()
+    }
+
+    pub(crate) fn take_log(&mut self) -> Log {
+        std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub(crate) struct ServerProcess {
     kind: Kind,
-    child: Child,
+    process: Process,
     /// Kept open: the baseline server exits when its stdin closes.
     _stdin: Option<ChildStdin>,
     addr: SocketAddr,
-    log: Arc<Mutex<Log>>,
 }
 
 impl ServerProcess {
@@ -114,50 +185,31 @@ impl ServerProcess {
             Kind::Chat => chat.to_path_buf(),
             Kind::Baseline => std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?,
         };
-        let mut command = if pinning() {
-            let mut command = Command::new("taskset");
-            command.args(["-c", "0"]).arg(&program);
-            command
-        } else {
-            Command::new(&program)
-        };
+        let mut command = Process::command(&program);
         match kind {
             Kind::Chat => command.args(["--bind", "127.0.0.1:0"]),
             Kind::Baseline => command.arg(baseline::FLAG),
         };
         command.args(extra_args);
-        command.env("RUST_LOG", "warn").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|e| format!("could not start {}: {e}", program.display()))?;
-        let stdin = child.stdin.take();
-        let log = Arc::new(Mutex::new(Log::default()));
-        if let Some(stderr) = child.stderr.take() {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                    log.lines += 1;
-                    if log.first.len() < 5 {
-                        log.first.push(line);
-                    }
-                }
-            });
-        }
+        command.env("RUST_LOG", "warn").stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut process = Process::spawn(command, &program.display().to_string())?;
+        let stdin = process.child_mut().stdin.take();
         let (first_line, address_line) = mpsc::channel();
-        if let Some(stdout) = child.stdout.take() {
+        if let Some(stdout) = process.child_mut().stdout.take() {
             std::thread::spawn(move || {
                 let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
                 let _ = first_line.send(lines.next());
                 lines.for_each(drop);
             });
         }
-        let mut server = Self { kind, child, _stdin: stdin, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log };
+        let mut server = Self { kind, process, _stdin: stdin, addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
         let line = address_line.recv_timeout(Duration::from_secs(30)).ok().flatten();
         let addr = line.as_deref().and_then(parse_address);
         match addr {
             Some(addr) => server.addr = addr,
             None => {
                 std::thread::sleep(Duration::from_millis(200));
-                let log = server.take_log();
+                let log = server.process.take_log();
                 return Err(format!(
                     "{} did not print its address (first stdout line {line:?}; stderr {:?})",
                     kind.name(),
@@ -177,7 +229,7 @@ impl ServerProcess {
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// CPU time the server has used so far.
@@ -191,27 +243,8 @@ impl ServerProcess {
     }
 
     /// Kills the server and returns what it logged.
-    pub(crate) fn stop(mut self) -> Log {
-        self.kill();
-        std::thread::sleep(Duration::from_millis(50));
-        self.take_log()
-    }
-
-    fn take_log(&mut self) -> Log {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn kill(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill();
+    pub(crate) fn stop(self) -> Log {
+        self.process.stop()
     }
 }
 
