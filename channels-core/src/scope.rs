@@ -3,7 +3,9 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use http::{HeaderMap, Method};
+use std::sync::OnceLock;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// Which protocol a scope belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +37,11 @@ pub struct Scope {
     path: String,
     raw_path: String,
     query_string: String,
-    headers: HeaderMap,
+    /// The headers as a flat list: a `HeaderMap` costs about 1 KiB even for a handful of
+    /// headers, and most connections never need one.
+    header_list: Vec<(HeaderName, HeaderValue)>,
+    /// Built from `header_list` the first time [`Scope::headers`] is called.
+    header_map: OnceLock<HeaderMap>,
     client: Option<SocketAddr>,
     server: Option<SocketAddr>,
     subprotocols: Vec<String>,
@@ -73,7 +79,8 @@ impl Scope {
             path: percent_decode(&raw_path, false).into_owned(),
             raw_path,
             query_string: uri.query().unwrap_or("").to_owned(),
-            headers,
+            header_list: flatten(headers),
+            header_map: OnceLock::new(),
             client,
             server,
             subprotocols,
@@ -103,7 +110,8 @@ impl Scope {
             if n == http::header::SEC_WEBSOCKET_PROTOCOL {
                 self.subprotocols.extend(value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned));
             }
-            self.headers.append(n, v);
+            self.header_list.push((n, v));
+            self.header_map = OnceLock::new();
         }
         self
     }
@@ -155,19 +163,28 @@ impl Scope {
 
     /// The request headers.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.header_map.get_or_init(|| {
+            let mut map = HeaderMap::with_capacity(self.header_list.len());
+            for (name, value) in &self.header_list {
+                map.append(name.clone(), value.clone());
+            }
+            map
+        })
+    }
+
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a HeaderValue> + use<'a> {
+        let name = name.to_ascii_lowercase();
+        self.header_list.iter().filter(move |(n, _)| n.as_str() == name).map(|(_, v)| v)
     }
 
     /// The first value of header `name`, if it is visible ASCII.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+        self.header_values(name).next().and_then(|v| v.to_str().ok())
     }
 
     /// The cookies of the `Cookie` header(s), in order.
     pub fn cookies(&self) -> Vec<(String, String)> {
-        self.headers
-            .get_all(http::header::COOKIE)
-            .iter()
+        self.header_values("cookie")
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| {
@@ -217,6 +234,21 @@ impl Scope {
     pub fn extensions_mut(&mut self) -> &mut http::Extensions {
         &mut self.extensions
     }
+}
+
+/// A header map as a list, in order, repeated names kept.
+fn flatten(headers: HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    let mut list = Vec::with_capacity(headers.len());
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in headers {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        if let Some(name) = &current {
+            list.push((name.clone(), value));
+        }
+    }
+    list
 }
 
 /// Splits an `application/x-www-form-urlencoded` string into decoded pairs.
