@@ -144,7 +144,8 @@ impl Inner {
     }
 
     fn is_ours(&self, channel: &str) -> bool {
-        channel.contains('!') && non_local_name(channel).ends_with(&format!("{}!", self.client_prefix))
+        // `<prefix>.<client_prefix>!<local>`: our 32-hex id right before the first '!'.
+        channel.split_once('!').is_some_and(|(non_local, _)| non_local.ends_with(self.client_prefix.as_str()))
     }
 
     /// `random(12) || body`, the body encrypted when keys are configured.
@@ -479,6 +480,11 @@ impl ChannelLayer for RedisChannelLayer {
     }
 
     async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
+        // The hot path, a consumer receiving on its own channel, skips the checks: only valid
+        // names of ours ever get a mailbox.
+        if self.inner.lock().channels.contains_key(channel) {
+            return self.receive_local(channel).await;
+        }
         validate_channel_name(channel)?;
         if !channel.contains('!') {
             return self.receive_normal(channel).await;
