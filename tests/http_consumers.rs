@@ -189,3 +189,53 @@ async fn a_thousand_held_requests_all_complete_when_one_message_arrives() {
     }
     assert!(started.elapsed() < Duration::from_secs(10), "answered in {:?}", started.elapsed());
 }
+
+mod in_process {
+    use super::*;
+    use channels::testing::HttpCommunicator;
+
+    fn app() -> (Application, InMemoryChannelLayer) {
+        let layer = InMemoryChannelLayer::new(Default::default());
+        let log: Log = Arc::default();
+        let router = Router::new().http("/news/", http_consumer(move |_: &Scope| Newsroom { log: log.clone() }));
+        (Application::builder(router).layer(Arc::new(layer.clone())).build(), layer)
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_sockets() {
+        let (app, _) = app();
+        let response =
+            HttpCommunicator::new(&app, "POST", "/news/?mode=now").body("1234").get_response().await.expect("response");
+        assert_eq!((response.status, &response.body[..]), (200, &b"4 bytes"[..]));
+        assert_eq!(response.header("cache-control"), Some("no-store"));
+    }
+
+    #[tokio::test]
+    async fn a_held_response_and_a_stream_without_sockets() {
+        let (app, layer) = app();
+        let held = tokio::spawn({
+            let app = app.clone();
+            async move { HttpCommunicator::new(&app, "GET", "/news/?mode=hold").get_response().await }
+        });
+        while layer.stats().groups == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        layer.group_send("news", news("held")).await.expect("group_send");
+        assert_eq!(held.await.expect("join").expect("response").body, "held");
+
+        let mut stream = HttpCommunicator::new(&app, "GET", "/news/?mode=stream").get_stream().await.expect("stream");
+        assert_eq!(stream.status, 200);
+        assert!(stream.next_chunk().await.expect("chunk").expect("open").starts_with(b"data: "));
+        layer.group_send("news", news("streamed")).await.expect("group_send");
+        let chunk = stream.next_chunk().await.expect("chunk").expect("open");
+        assert!(String::from_utf8_lossy(&chunk).contains("streamed"));
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_timeouts() {
+        let (app, _) = app();
+        assert_eq!(HttpCommunicator::new(&app, "GET", "/nope/").get_response().await.expect("response").status, 404);
+        let response = HttpCommunicator::new(&app, "GET", "/news/?mode=hold&wait=0.1").get_response().await.expect("r");
+        assert_eq!(response.status, 204);
+    }
+}
