@@ -19,7 +19,6 @@ use common::stats::median;
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The bar for the chat example.
 const BAR_KIB: f64 = 8.0;
@@ -50,17 +49,8 @@ fn main() -> ExitCode {
     if common::baseline::run_if_requested() || !common::started_by_cargo_bench() {
         return ExitCode::SUCCESS;
     }
-    let connections: usize =
-        std::env::var("IDLE_CONNECTIONS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(5000);
-    common::check_open_files(connections as u64 + 200);
-    let chat = match server::build_chat_example() {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    server::pin_load_generator();
+    let connections = common::env_number("IDLE_CONNECTIONS", 5000);
+    let Some(chat) = server::prepare(connections as u64 + 200) else { return ExitCode::FAILURE };
     let runs = common::runs();
     println!("== idle memory: {connections} idle WebSocket connections, server VmRSS after minus before");
     println!("{runs} runs per configuration; cpus: {}; pinned: {}", common::cpus(), server::pinning());
@@ -157,14 +147,9 @@ fn measure(server: &ServerProcess, connections: usize, rooms: Rooms) -> Result<M
             tasks.push(tokio::spawn(async move {
                 let attempt = {
                     let _permit = permits.acquire().await;
-                    let config = WebSocketConfig::default().read_buffer_size(4096);
-                    tokio::time::timeout(
-                        Duration::from_secs(30),
-                        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true),
-                    )
-                    .await
+                    common::load::connect_client(&url).await
                 };
-                let Ok(Ok((mut ws, _))) = attempt else {
+                let Ok(mut ws) = attempt else {
                     failed.fetch_add(1, Ordering::Relaxed);
                     return;
                 };

@@ -63,21 +63,10 @@ fn main() -> ExitCode {
     if common::baseline::run_if_requested() || !common::started_by_cargo_bench() {
         return ExitCode::SUCCESS;
     }
-    let env = |name: &str, default: usize| {
-        std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(default)
-    };
-    let rooms = env("LONGPOLL_ROOMS", 100);
-    let per_room = env("LONGPOLL_PER_ROOM", 100);
+    let rooms = common::env_number("LONGPOLL_ROOMS", 100);
+    let per_room = common::env_number("LONGPOLL_PER_ROOM", 100);
     let clients = rooms * per_room;
-    common::check_open_files(clients as u64 + 200);
-    let chat = match server::build_chat_example() {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    server::pin_load_generator();
+    let Some(chat) = server::prepare(clients as u64 + 200) else { return ExitCode::FAILURE };
     let runs = common::runs();
     println!(
         "== held long polls: {rooms} rooms x {per_room} clients = {clients} concurrent wait={HOLD_WAIT_SECS} requests"

@@ -52,20 +52,12 @@ fn main() -> ExitCode {
     if common::baseline::run_if_requested() || !common::started_by_cargo_bench() {
         return ExitCode::SUCCESS;
     }
-    common::check_open_files(1200);
-    let chat = match server::build_chat_example() {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(chat) = server::prepare(1200) else { return ExitCode::FAILURE };
     let daphne = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/daphne");
     let django = std::env::var_os("BENCH_NO_DJANGO").is_none() && daphne.exists();
     if !django {
         println!("note: Django left out ({} missing or BENCH_NO_DJANGO set)", daphne.display());
     }
-    server::pin_load_generator();
     let runs = common::runs();
     let scenario = Scenario {
         clients: 1000,
@@ -75,8 +67,7 @@ fn main() -> ExitCode {
         room: "bench",
         time_limit: Duration::from_secs(60),
     };
-    let django_messages =
-        std::env::var("DJANGO_MESSAGES").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(100);
+    let django_messages = common::env_number("DJANGO_MESSAGES", 100);
     // Django needs about 55 s for 100 messages here; give it room to finish.
     let django_scenario =
         Scenario { messages_per_sender: django_messages, time_limit: Duration::from_secs(120), ..scenario.clone() };
@@ -94,22 +85,7 @@ fn main() -> ExitCode {
         common::cpus(),
         if server::pinning() { "servers CPU 0, load generator CPU 1" } else { "no (taskset missing)" }
     );
-    println!(
-        "{:<7} {:>3} {:>19} {:>8} {:>10} {:>8} {:>8} {:>9} {:>6} {:>12} {:>7} {:>7} {:>5}",
-        "config",
-        "run",
-        "delivered",
-        "wall s",
-        "deliv/s",
-        "p50 ms",
-        "p99 ms",
-        "srv CPU s",
-        "kernel",
-        "deliv/CPU-s",
-        "gen CPU",
-        "setup s",
-        "warns"
-    );
+    load::print_header("config");
     let mut results: Vec<(Config, Vec<Outcome>)> = configs.iter().map(|&c| (c, Vec::new())).collect();
     let mut incomplete = false;
     for round in 1..=runs {
@@ -126,23 +102,7 @@ fn main() -> ExitCode {
             let warns: usize = logs.iter().map(|log| log.lines).sum();
             match outcome {
                 Ok(o) => {
-                    println!(
-                        "{:<7} {:>3} {:>19} {:>8.3} {:>10} {:>8.1} {:>8.1} {:>9.3} {:>5.0}% {:>12} {:>6.0}% {:>7.1} {:>5}{}",
-                        config.name(),
-                        round,
-                        format!("{}/{}", o.delivered, o.expected),
-                        o.wall.as_secs_f64(),
-                        si(o.per_second()),
-                        o.p50.as_secs_f64() * 1e3,
-                        o.p99.as_secs_f64() * 1e3,
-                        o.server_cpu.as_secs_f64(),
-                        o.kernel_percent(),
-                        si(o.per_server_cpu_second()),
-                        100.0 * o.client_cpu.as_secs_f64() / o.wall.as_secs_f64().max(1e-9),
-                        o.setup.as_secs_f64(),
-                        warns,
-                        if o.timed_out { "  TIMED OUT" } else { "" },
-                    );
+                    load::print_row(config.name(), round, &o, warns);
                     incomplete |= o.delivered != o.expected;
                     outcomes.push(o);
                 }

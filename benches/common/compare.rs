@@ -9,15 +9,7 @@ use super::stats::{median, si};
 
 /// Builds the chat example, then runs `scenario` `runs()` times against each server.
 pub(crate) fn run(title: &str, scenario: &Scenario) -> ExitCode {
-    super::check_open_files(scenario.clients as u64 + 200);
-    let chat = match server::build_chat_example() {
-        Ok(path) => path,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    server::pin_load_generator();
+    let Some(chat) = server::prepare(scenario.clients as u64 + 200) else { return ExitCode::FAILURE };
     let runs = super::runs();
     println!("== {title}");
     println!(
@@ -31,23 +23,7 @@ pub(crate) fn run(title: &str, scenario: &Scenario) -> ExitCode {
         super::cpus(),
         if server::pinning() { "server CPU 0, load generator CPU 1" } else { "no (taskset missing)" },
     );
-    println!(
-        "{:<9} {:>3} {:>19} {:>9} {:>12} {:>8} {:>8} {:>8} {:>9} {:>6} {:>13} {:>8} {:>8} {:>6}",
-        "server",
-        "run",
-        "delivered",
-        "wall s",
-        "deliv/s",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "srv CPU s",
-        "kernel",
-        "deliv/CPU-s",
-        "gen CPU",
-        "setup s",
-        "warns"
-    );
+    load::print_header("server");
     let mut chat_runs: Vec<Outcome> = Vec::new();
     let mut baseline_runs: Vec<Outcome> = Vec::new();
     let mut failed = false;
@@ -64,24 +40,7 @@ pub(crate) fn run(title: &str, scenario: &Scenario) -> ExitCode {
             let log = server.stop();
             match outcome {
                 Ok(outcome) => {
-                    println!(
-                        "{:<9} {:>3} {:>19} {:>9.3} {:>12} {:>8.2} {:>8.2} {:>8.2} {:>9.3} {:>5.0}% {:>13} {:>7.0}% {:>8.1} {:>6}{}",
-                        kind.name(),
-                        round,
-                        format!("{}/{}", outcome.delivered, outcome.expected),
-                        outcome.wall.as_secs_f64(),
-                        si(outcome.per_second()),
-                        outcome.p50.as_secs_f64() * 1e3,
-                        outcome.p99.as_secs_f64() * 1e3,
-                        outcome.max.as_secs_f64() * 1e3,
-                        outcome.server_cpu.as_secs_f64(),
-                        outcome.kernel_percent(),
-                        si(outcome.per_server_cpu_second()),
-                        100.0 * outcome.client_cpu.as_secs_f64() / outcome.wall.as_secs_f64().max(1e-9),
-                        outcome.setup.as_secs_f64(),
-                        log.lines,
-                        if outcome.timed_out { "  TIMED OUT" } else { "" },
-                    );
+                    load::print_row(kind.name(), round, &outcome, log.lines);
                     for line in &log.first {
                         println!("          server log: {line}");
                     }

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::server::ServerProcess;
 use super::stats::percentile;
+use super::stats::si;
 
 /// What one run does.
 #[derive(Debug, Clone)]
@@ -148,6 +149,66 @@ impl Targets {
 }
 
 /// Runs `scenario` against `server` and measures it.
+/// The column titles of [`print_row`], the first column being `what`.
+pub(crate) fn print_header(what: &str) {
+    println!(
+        "{:<9} {:>3} {:>19} {:>9} {:>12} {:>8} {:>8} {:>8} {:>9} {:>6} {:>13} {:>8} {:>8} {:>6}",
+        what,
+        "run",
+        "delivered",
+        "wall s",
+        "deliv/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "srv CPU s",
+        "kernel",
+        "deliv/CPU-s",
+        "gen CPU",
+        "setup s",
+        "warns"
+    );
+}
+
+/// One run's line of the results table.
+pub(crate) fn print_row(name: &str, round: usize, outcome: &Outcome, warns: usize) {
+    println!(
+        "{:<9} {:>3} {:>19} {:>9.3} {:>12} {:>8.2} {:>8.2} {:>8.2} {:>9.3} {:>5.0}% {:>13} {:>7.0}% {:>8.1} {:>6}{}",
+        name,
+        round,
+        format!("{}/{}", outcome.delivered, outcome.expected),
+        outcome.wall.as_secs_f64(),
+        si(outcome.per_second()),
+        outcome.p50.as_secs_f64() * 1e3,
+        outcome.p99.as_secs_f64() * 1e3,
+        outcome.max.as_secs_f64() * 1e3,
+        outcome.server_cpu.as_secs_f64(),
+        outcome.kernel_percent(),
+        si(outcome.per_server_cpu_second()),
+        100.0 * outcome.client_cpu.as_secs_f64() / outcome.wall.as_secs_f64().max(1e-9),
+        outcome.setup.as_secs_f64(),
+        warns,
+        if outcome.timed_out { "  TIMED OUT" } else { "" },
+    );
+}
+
+/// Opens one benchmark client (4 KiB read buffer), waiting at most 30 s.
+pub(crate) async fn connect_client(
+    url: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String> {
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::connect_async_with_config(url, Some(config), true),
+    )
+    .await
+    {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connect timed out after 30 s".into()),
+    }
+}
+
 pub(crate) fn run(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, String> {
     run_on(scenario, &Targets { addrs: vec![server.addr()], pids: vec![server.pid()] })
 }
@@ -306,26 +367,16 @@ async fn client(
     let mut report = ClientReport { latencies_us: Vec::new(), error: None };
     let connected = {
         let _permit = permits.acquire().await;
-        let config = WebSocketConfig::default().read_buffer_size(4096);
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true),
-        )
-        .await
+        connect_client(&url).await
     };
     let mut ws = match connected {
-        Ok(Ok((ws, _))) => {
+        Ok(ws) => {
             shared.connected.fetch_add(1, Ordering::Relaxed);
             ws
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
             report.error = Some(format!("{url}: {e}"));
-            return report;
-        }
-        Err(_) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            report.error = Some(format!("{url}: connect timed out"));
             return report;
         }
     };

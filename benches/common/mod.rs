@@ -26,7 +26,12 @@ pub(crate) fn started_by_cargo_bench() -> bool {
 
 /// Runs-per-server, from `BENCH_RUNS` (default 3).
 pub(crate) fn runs() -> usize {
-    std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(3)
+    env_number("BENCH_RUNS", 3)
+}
+
+/// A positive whole number from environment variable `name`, or `default`.
+pub(crate) fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(default)
 }
 
 /// CPU time consumed so far by every live thread of `pid` (from `/proc/PID/task/*/schedstat`,

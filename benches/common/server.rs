@@ -57,6 +57,22 @@ pub(crate) fn pin_load_generator() {
 }
 
 /// Builds `examples/chat` in release mode and returns the path of the executable.
+/// What every benchmark does first: check the open-file limit, build the chat example and pin
+/// the load generator. `None` (after printing why) when the build fails.
+pub(crate) fn prepare(open_files: u64) -> Option<PathBuf> {
+    super::check_open_files(open_files);
+    match build_chat_example() {
+        Ok(path) => {
+            pin_load_generator();
+            Some(path)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
 pub(crate) fn build_chat_example() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building the chat example (cargo build --release --example chat) ...");
