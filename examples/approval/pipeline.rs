@@ -62,7 +62,7 @@ pub(crate) fn should_fail(title: &str, key: &str, attempt: i64, failure_rate: f6
     failure_rate > 0.0 && rand::random::<f64>() < failure_rate
 }
 
-async fn run(
+pub(crate) async fn run(
     db: &Db,
     settings: &PipelineSettings,
     layer: &std::sync::Arc<dyn channels::layers::ChannelLayer>,
