@@ -42,9 +42,14 @@ pub(crate) enum ApprovalEvent {
     List { list: serde_json::Value },
 }
 
+/// Held while a state is read and sent, so that states leave this process in the order they
+/// were read: two pipeline steps finishing at once must not deliver an older picture last.
+static BROADCAST_ORDER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Sends ticket `ticket_id`'s current state to its group and the current list to the list
 /// group.
 pub(crate) async fn broadcast(db: &Db, layer: &Arc<dyn ChannelLayer>, ticket_id: i64) -> Result<(), BoxError> {
+    let _order = BROADCAST_ORDER.lock().await;
     let (ticket, list) = db
         .call(move |conn| Ok::<_, rusqlite::Error>((db::ticket_view(conn, ticket_id)?, db::list_view(conn)?)))
         .await?;
