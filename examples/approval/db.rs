@@ -574,9 +574,9 @@ pub(crate) fn graph(ticket: &TicketRow, workflow: &WorkflowView, deploy: Option<
         let id = format!("step-{}", step.position);
         add_node(&mut g, id.clone(), format!("{}\n{}", step.name, step.approver), "approval", state, rank, 0, 1);
         let label = match state {
-            "done" => "通过 approved",
-            "current" => "待审批 awaiting",
-            "rejected" => "驳回 rejected",
+            "done" => "通过",
+            "current" => "待审批",
+            "rejected" => "驳回",
             _ => "",
         };
         for source in &previous {
@@ -623,7 +623,7 @@ pub(crate) fn graph(ticket: &TicketRow, workflow: &WorkflowView, deploy: Option<
                 add_node(&mut g, id.clone(), step.name.clone(), "deploy", state, rank, lane, lanes);
                 let label = match state {
                     "running" => "执行中...",
-                    "failed" => "失败 failed",
+                    "failed" => "失败",
                     _ => "",
                 };
                 for source in &previous {

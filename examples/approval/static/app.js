@@ -61,7 +61,8 @@ const App = {
     const me = await App.api('/api/me');
     if (!me.user) {
       location.href = '/login/?next=' + encodeURIComponent(location.pathname);
-      throw new Error('not signed in');
+      return new Promise(() => {}); // the page is going away
+
     }
     App.user = me.user;
     const who = document.getElementById('who');

@@ -23,10 +23,11 @@
   function render(list) {
     const counts = Object.fromEntries(list.counts);
     const data = statuses.map((s) => counts[s] || 0);
-    for (const chart of [bar, pie]) {
-      chart.data.datasets[0].data = data;
-      chart.update();
-    }
+    for (const chart of [bar, pie]) chart.data.datasets[0].data = data;
+    // A lone slice needs no border (it would draw a seam from the center).
+    pie.data.datasets[0].borderWidth = data.filter((n) => n > 0).length > 1 ? 1 : 0;
+    bar.update();
+    pie.update();
     const legend = document.getElementById('counts');
     legend.replaceChildren(...statuses.map((s, i) =>
       App.el('span', { style: `--c:${colors[i]}`, dataset: { status: s, count: String(data[i]) } }, `${labels[i]}: ${data[i]}`)));

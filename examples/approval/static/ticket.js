@@ -11,8 +11,26 @@ let cy = null;
 let layoutKey = '';
 let ticket = null;
 
-function position(node) {
-  return { x: 90 + node.rank * 175, y: 160 + (node.lane - (node.lanes - 1) / 2) * 78 };
+const SIZES = { start: [64, 40], end: [64, 40], approval: [124, 60], deploy: [100, 48] };
+const GAP = 60; // room for a link's label between two columns
+
+/** Left to right, one column per rank, each as wide as its widest node; lanes stacked. */
+function positions(nodes) {
+  const widths = [];
+  for (const n of nodes) widths[n.rank] = Math.max(widths[n.rank] || 0, SIZES[n.kind][0]);
+  const centers = [];
+  let x = 0;
+  for (let rank = 0; rank < widths.length; rank++) {
+    const width = widths[rank] || 0;
+    centers[rank] = x + width / 2;
+    x += width + GAP;
+  }
+  return (n) => ({ x: centers[n.rank], y: (n.lane - (n.lanes - 1) / 2) * 64 });
+}
+
+/** "下载代码 Download" → "下载代码\nDownload": the Chinese and English names on two lines. */
+function nodeLabel(label) {
+  return label.replace(' ', '\n');
 }
 
 function drawGraph(graph) {
@@ -20,7 +38,7 @@ function drawGraph(graph) {
   if (cy && key === layoutKey) {
     // Same shape: change colors and labels in place, as GoJS's setDataProperty does.
     cy.batch(() => {
-      for (const n of graph.nodes) cy.getElementById(n.id).data({ state: n.state, color: COLORS[n.state], label: n.label });
+      for (const n of graph.nodes) cy.getElementById(n.id).data({ state: n.state, color: COLORS[n.state], label: nodeLabel(n.label) });
       for (const e of graph.edges) {
         cy.getElementById(`${e.source}->${e.target}`).data({ state: e.state, label: e.label, color: COLORS[e.state] });
       }
@@ -28,10 +46,14 @@ function drawGraph(graph) {
     return;
   }
   layoutKey = key;
+  const position = positions(graph.nodes);
   const elements = [
     ...graph.nodes.map((n) => ({
       group: 'nodes',
-      data: { id: n.id, label: n.label, state: n.state, color: COLORS[n.state], shape: SHAPES[n.kind] || 'round-rectangle' },
+      data: {
+        id: n.id, label: nodeLabel(n.label), state: n.state, color: COLORS[n.state],
+        shape: SHAPES[n.kind] || 'round-rectangle', width: SIZES[n.kind][0], height: SIZES[n.kind][1],
+      },
       position: position(n),
     })),
     ...graph.edges.map((e) => ({
@@ -43,15 +65,16 @@ function drawGraph(graph) {
   cy = cytoscape({
     container: document.getElementById('graph'),
     elements,
-    layout: { name: 'preset', fit: true, padding: 24 },
+    layout: { name: 'preset', fit: true, padding: 16 },
+    maxZoom: 1.3,
     userZoomingEnabled: true,
     boxSelectionEnabled: false,
     autoungrabify: true,
     style: [
       { selector: 'node', style: {
         shape: 'data(shape)', 'background-color': 'data(color)', label: 'data(label)', color: '#fff',
-        'text-valign': 'center', 'text-halign': 'center', 'text-wrap': 'wrap', 'text-max-width': '130px',
-        'font-size': 11, width: 142, height: 50, 'border-width': 2, 'border-color': '#ffffff',
+        'text-valign': 'center', 'text-halign': 'center', 'text-wrap': 'wrap', 'text-max-width': '120px',
+        'font-size': 11, width: 'data(width)', height: 'data(height)', 'border-width': 2, 'border-color': '#ffffff',
       } },
       { selector: 'node[state = "pending"]', style: { color: '#3e4c59' } },
       { selector: 'node[state = "running"], node[state = "current"]', style: { 'border-color': '#1f2933', 'border-width': 3 } },
@@ -59,7 +82,7 @@ function drawGraph(graph) {
         'curve-style': 'bezier', width: 2, 'line-color': '#b8c2cc', 'target-arrow-color': '#b8c2cc',
         'target-arrow-shape': 'triangle', label: 'data(label)', 'font-size': 11, color: '#1f2933',
         'text-background-color': '#fbfcfd', 'text-background-opacity': 1, 'text-background-padding': 2,
-        'text-rotation': 'autorotate',
+        'text-rotation': 'autorotate', 'text-margin-y': -9, 'font-weight': 600,
       } },
       { selector: 'edge[state = "done"]', style: { 'line-color': '#2e9e5b', 'target-arrow-color': '#2e9e5b' } },
       { selector: 'edge[state = "running"], edge[state = "current"]', style: {
