@@ -46,23 +46,18 @@ pub(crate) fn error_response(error: &ActionError) -> HttpResponse {
 /// Refuses a state-changing request another site could have made a browser send: its `Origin`
 /// (or, without one, `Sec-Fetch-Site`) must be ours, and its body must be JSON, which an HTML
 /// form cannot send cross-site without the browser asking first.
-pub(crate) fn check_post(scope: &Scope, origins: &OriginValidator) -> Result<(), HttpResponse> {
-    let refuse = |why: String| {
-        let error = ActionError::Forbidden(why);
-        Err(error_response(&error))
-    };
+pub(crate) fn check_post(scope: &Scope, origins: &OriginValidator) -> Result<(), ActionError> {
     if let Some(origin) = scope.header("origin") {
         if !origins.is_allowed(origin) {
             let origin: String = origin.chars().take(100).collect();
-            return refuse(format!("requests from origin {origin} are not accepted"));
+            return Err(ActionError::Forbidden(format!("requests from origin {origin} are not accepted")));
         }
     } else if scope.header("sec-fetch-site").is_some_and(|site| site == "cross-site") {
-        return refuse("cross-site requests are not accepted".into());
+        return Err(ActionError::Forbidden("cross-site requests are not accepted".into()));
     }
     let is_json = scope.header("content-type").is_some_and(|t| t.trim_start().starts_with("application/json"));
     if !is_json {
-        let error = ActionError::Invalid("send the request body as application/json".into());
-        return Err(error_response(&error));
+        return Err(ActionError::Invalid("send the request body as application/json".into()));
     }
     Ok(())
 }
@@ -83,8 +78,8 @@ pub(crate) async fn login(
     if request.scope.method() != http::Method::POST {
         return json(StatusCode::METHOD_NOT_ALLOWED, &serde_json::json!({"error": "use POST"}));
     }
-    if let Err(response) = check_post(&request.scope, &origins) {
-        return response;
+    if let Err(e) = check_post(&request.scope, &origins) {
+        return error_response(&e);
     }
     let Ok(sign_in) = serde_json::from_slice::<SignIn>(&request.body) else {
         return error_response(&ActionError::Invalid("expected {\"username\": \"...\"}".into()));
@@ -110,8 +105,8 @@ pub(crate) async fn logout(
     if request.scope.method() != http::Method::POST {
         return json(StatusCode::METHOD_NOT_ALLOWED, &serde_json::json!({"error": "use POST"}));
     }
-    if let Err(response) = check_post(&request.scope, &origins) {
-        return response;
+    if let Err(e) = check_post(&request.scope, &origins) {
+        return error_response(&e);
     }
     let mut response = json(StatusCode::OK, &serde_json::json!({"user": null}));
     sessions.clear_cookie(&mut response);

@@ -79,8 +79,8 @@ impl Api {
                 Err(e) => error_response(&e.into()),
             },
             http::Method::POST => {
-                if let Err(response) = check_post(&request.scope, &self.origins) {
-                    return response;
+                if let Err(e) = check_post(&request.scope, &self.origins) {
+                    return error_response(&e);
                 }
                 let new = match serde_json::from_slice::<NewTicket>(&request.body) {
                     Ok(new) => new,
@@ -141,8 +141,8 @@ impl Api {
             Ok(user) => user,
             Err(e) => return error_response(&e),
         };
-        if let Err(response) = check_post(&request.scope, &self.origins) {
-            return response;
+        if let Err(e) = check_post(&request.scope, &self.origins) {
+            return error_response(&e);
         }
         let id = match ticket_id(&request) {
             Ok(id) => id,
