@@ -51,7 +51,14 @@ static BROADCAST_ORDER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new((
 pub(crate) async fn broadcast(db: &Db, layer: &Arc<dyn ChannelLayer>, ticket_id: i64) -> Result<(), BoxError> {
     let _order = BROADCAST_ORDER.lock().await;
     let (ticket, list) = db
-        .call(move |conn| Ok::<_, rusqlite::Error>((db::ticket_view(conn, ticket_id)?, db::list_view(conn)?)))
+        .call(move |conn| {
+            // One read transaction: both views from the same moment, even while another
+            // process writes.
+            let tx = conn.transaction()?;
+            let views = (db::ticket_view(&tx, ticket_id)?, db::list_view(&tx)?);
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(views)
+        })
         .await?;
     if let Some(ticket) = ticket {
         let event = ApprovalEvent::TicketState { ticket: serde_json::to_value(ticket)? };
@@ -113,12 +120,31 @@ struct Request {
 pub(crate) struct TicketConsumer {
     db: Db,
     ticket_id: Option<i64>,
+    /// The revision of the last state sent to the client.
+    sent: Revision,
+}
+
+/// The latest revision a client has, so that an older state arriving late (sent by another
+/// process, say) is not shown over a newer one.
+#[derive(Default)]
+struct Revision(Option<i64>);
+
+impl Revision {
+    /// True (and remembered) if `payload`'s `revision` is newer than the last one sent.
+    fn is_newer(&mut self, payload: &serde_json::Value) -> bool {
+        let revision = payload["revision"].as_i64();
+        if revision.is_some() && revision <= self.0 {
+            return false;
+        }
+        self.0 = revision;
+        true
+    }
 }
 
 impl TicketConsumer {
     pub(crate) fn new(scope: &Scope, db: Db) -> Self {
         let ticket_id = scope.param("id").and_then(|id| id.parse().ok()).filter(|id| *id > 0);
-        Self { db, ticket_id }
+        Self { db, ticket_id, sent: Revision::default() }
     }
 
     async fn refuse(ctx: &mut WebsocketContext, error: &ActionError) -> HandlerResult {
@@ -153,7 +179,9 @@ impl WebsocketConsumer for TicketConsumer {
             return Ok(());
         };
         ctx.accept();
-        ctx.send_json(&ApprovalEvent::TicketState { ticket: serde_json::to_value(ticket)? }).await?;
+        let ticket = serde_json::to_value(ticket)?;
+        self.sent.is_newer(&ticket);
+        ctx.send_json(&ApprovalEvent::TicketState { ticket }).await?;
         Ok(())
     }
 
@@ -189,7 +217,9 @@ impl WebsocketConsumer for TicketConsumer {
     }
 
     async fn event(&mut self, ctx: &mut WebsocketContext, event: ApprovalEvent) -> HandlerResult {
-        if let ApprovalEvent::TicketState { .. } = event {
+        if let ApprovalEvent::TicketState { ticket } = &event
+            && self.sent.is_newer(ticket)
+        {
             ctx.send_json(&event).await?;
         }
         Ok(())
@@ -199,11 +229,12 @@ impl WebsocketConsumer for TicketConsumer {
 /// `/ws/tickets/`: a list page (the ticket table and the status charts).
 pub(crate) struct ListConsumer {
     db: Db,
+    sent: Revision,
 }
 
 impl ListConsumer {
     pub(crate) fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, sent: Revision::default() }
     }
 }
 
@@ -221,12 +252,16 @@ impl WebsocketConsumer for ListConsumer {
         }
         let list = self.db.call(|conn| db::list_view(conn)).await?;
         ctx.accept();
-        ctx.send_json(&ApprovalEvent::List { list: serde_json::to_value(list)? }).await?;
+        let list = serde_json::to_value(list)?;
+        self.sent.is_newer(&list);
+        ctx.send_json(&ApprovalEvent::List { list }).await?;
         Ok(())
     }
 
     async fn event(&mut self, ctx: &mut WebsocketContext, event: ApprovalEvent) -> HandlerResult {
-        if let ApprovalEvent::List { .. } = event {
+        if let ApprovalEvent::List { list } = &event
+            && self.sent.is_newer(list)
+        {
             ctx.send_json(&event).await?;
         }
         Ok(())

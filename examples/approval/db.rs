@@ -48,7 +48,8 @@ const MIGRATIONS: &[&str] = &[
         current_step INTEGER,
         status TEXT NOT NULL,
         created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL
+        updated_at INTEGER NOT NULL,
+        revision INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX tickets_by_status ON tickets(status);
     CREATE TABLE approvals (
@@ -346,11 +347,15 @@ pub(crate) struct TicketRow {
     pub(crate) status: String,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    /// Counts the ticket's changes (its pipeline's included): a state with a lower revision
+    /// is older.
+    pub(crate) revision: i64,
 }
 
 pub(crate) fn ticket_row(conn: &Connection, id: i64) -> DbResult<Option<TicketRow>> {
     conn.query_row(
-        "SELECT id, title, body, requester_id, workflow_id, current_step, status, created_at, updated_at
+        "SELECT id, title, body, requester_id, workflow_id, current_step, status, created_at, updated_at,
+                revision
          FROM tickets WHERE id = ?1",
         [id],
         |r| {
@@ -364,6 +369,7 @@ pub(crate) fn ticket_row(conn: &Connection, id: i64) -> DbResult<Option<TicketRo
                 status: r.get(6)?,
                 created_at: r.get(7)?,
                 updated_at: r.get(8)?,
+                revision: r.get(9)?,
             })
         },
     )
@@ -481,6 +487,7 @@ pub(crate) struct TicketView {
     pub(crate) current_step: Option<i64>,
     pub(crate) created_at: i64,
     pub(crate) updated_at: i64,
+    pub(crate) revision: i64,
     pub(crate) history: Vec<HistoryEntry>,
     pub(crate) deploy: Option<DeployView>,
     /// Who may retry a failed deployment.
@@ -534,6 +541,7 @@ pub(crate) fn ticket_view(conn: &Connection, id: i64) -> DbResult<Option<TicketV
         current_step: row.current_step,
         created_at: row.created_at,
         updated_at: row.updated_at,
+        revision: row.revision,
         history,
         deploy,
         retry_ids,
@@ -686,6 +694,9 @@ pub(crate) struct TicketSummary {
 pub(crate) struct ListView {
     pub(crate) tickets: Vec<TicketSummary>,
     pub(crate) counts: Vec<(String, i64)>,
+    /// Grows with every change to any ticket (tickets are never deleted): a list with a lower
+    /// revision is older.
+    pub(crate) revision: i64,
 }
 
 /// How many tickets the list shows (the counts cover all of them).
@@ -742,5 +753,6 @@ pub(crate) fn list_view(conn: &Connection) -> DbResult<ListView> {
             slot.1 = count;
         }
     }
-    Ok(ListView { tickets, counts })
+    let revision = conn.query_row("SELECT COALESCE(SUM(revision), 0) + COUNT(*) FROM tickets", [], |r| r.get(0))?;
+    Ok(ListView { tickets, counts, revision })
 }

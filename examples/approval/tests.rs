@@ -540,3 +540,22 @@ async fn forged_http_approvals_are_refused_and_change_nothing() {
     let (status, body) = post_action(&t, Some(&t.cookie("fulele").await), id, approve).await;
     assert_eq!(status, 200, "the real approver is let through: {body}");
 }
+
+#[tokio::test]
+async fn a_state_older_than_the_one_shown_is_not_sent() {
+    let t = test_app();
+    let id = file(&t.db, &user(&t.db, "zhangkun").await, RELEASE, "t").await;
+    let path = format!("/ws/tickets/{id}/");
+    let mut viewer = t.socket(&path, "zhangkun").await;
+    let old = next_state(&mut viewer).await;
+    act(&t.db, &user(&t.db, "fulele").await, id, approve("")).await.expect("lead");
+    let layer = t.app.layers().default_layer().expect("layer").clone();
+    crate::consumers::broadcast(&t.db, &layer, id).await.expect("broadcast");
+    let new = next_state(&mut viewer).await;
+    assert!(new["revision"].as_i64() > old["revision"].as_i64(), "{} then {}", old["revision"], new["revision"]);
+    // The older state arrives late, as it may from another process: the viewer keeps the newer.
+    let late = crate::consumers::ApprovalEvent::TicketState { ticket: old };
+    let message = channels::layers::Message::new(&late).expect("message");
+    layer.group_send(&crate::consumers::ticket_group(id), message).await.expect("group_send");
+    assert!(viewer.receive_nothing().await, "an older state was sent after a newer one");
+}

@@ -356,6 +356,7 @@ pub(crate) fn act(
             deploy = Some(DeployJob { ticket_id, run_id: run.run_id });
         }
     }
+    tx.execute("UPDATE tickets SET revision = revision + 1 WHERE id = ?1", [ticket_id])?;
     tx.commit()?;
     Ok(Outcome { ticket_id, deploy })
 }
@@ -375,15 +376,29 @@ fn create_run(conn: &Connection, ticket_id: i64, servers: i64, now: i64) -> rusq
     Ok(run_id)
 }
 
+/// A change to a run is a change to its ticket.
+fn bump_revision_of_run(conn: &Connection, run_id: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE tickets SET revision = revision + 1 WHERE id = (SELECT ticket_id FROM deploy_runs WHERE id = ?1)",
+        [run_id],
+    )?;
+    Ok(())
+}
+
 /// The worker claims a pending step of a running run: true if this call moved it to running
 /// (so two workers given the same job never run one step twice).
 pub(crate) fn start_step(conn: &mut Connection, run_id: i64, position: i64) -> rusqlite::Result<bool> {
-    let changed = conn.execute(
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let changed = tx.execute(
         "UPDATE deploy_steps SET status = ?1, attempts = attempts + 1, started_at = ?2, finished_at = NULL
          WHERE run_id = ?3 AND position = ?4 AND status = ?5
            AND run_id IN (SELECT id FROM deploy_runs WHERE status = ?1)",
         params![step_state::RUNNING, now_ms(), run_id, position, step_state::PENDING],
     )?;
+    if changed == 1 {
+        bump_revision_of_run(&tx, run_id)?;
+    }
+    tx.commit()?;
     Ok(changed == 1)
 }
 
@@ -395,12 +410,14 @@ pub(crate) fn finish_step(
     ok: bool,
     message: &str,
 ) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let state = if ok { step_state::SUCCEEDED } else { step_state::FAILED };
-    conn.execute(
+    tx.execute(
         "UPDATE deploy_steps SET status = ?1, message = ?2, finished_at = ?3 WHERE run_id = ?4 AND position = ?5",
         params![state, message, now_ms(), run_id, position],
     )?;
-    Ok(())
+    bump_revision_of_run(&tx, run_id)?;
+    tx.commit()
 }
 
 /// Ends a run: the ticket is deployed, or waits for a retry.
@@ -411,7 +428,7 @@ pub(crate) fn finish_run(conn: &mut Connection, ticket_id: i64, run_id: i64, ok:
         if ok { (step_state::SUCCEEDED, status::DEPLOYED) } else { (step_state::FAILED, status::DEPLOY_FAILED) };
     tx.execute("UPDATE deploy_runs SET status = ?1, finished_at = ?2 WHERE id = ?3", params![run_state, now, run_id])?;
     tx.execute(
-        "UPDATE tickets SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4",
+        "UPDATE tickets SET status = ?1, updated_at = ?2, revision = revision + 1 WHERE id = ?3 AND status = ?4",
         params![ticket_state, now, ticket_id, status::DEPLOYING],
     )?;
     tx.commit()
