@@ -208,6 +208,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot open the database {}: {e}", options.db.display()))?;
     let layer = channels::layers::from_url(&options.layer)?;
     let _workers = options.worker.then(|| workers(db.clone(), options.pipeline.clone()).spawn(layer.clone()));
+    // A step still running after many times its delay has lost its worker (a process that
+    // stopped mid-run): fail it so that it can be retried.
+    let abandoned_after = (options.pipeline.step_delay * 20).max(Duration::from_secs(60));
+    tokio::spawn(pipeline::sweep_abandoned_steps(db.clone(), layer.clone(), Duration::from_secs(15), abandoned_after));
     let server = Server::bind(&options.bind).await?;
     let addr = server.local_addr()?;
     let mut extra_origins = options.allowed_origins.clone();

@@ -54,6 +54,32 @@ impl WorkerConsumer for Pipeline {
     }
 }
 
+/// Every `every`, fails the steps that have been running for longer than `abandoned_after`:
+/// their worker is gone (a process that stopped mid-run), and the run can then be retried.
+pub(crate) async fn sweep_abandoned_steps(
+    db: Db,
+    layer: std::sync::Arc<dyn channels::layers::ChannelLayer>,
+    every: Duration,
+    abandoned_after: Duration,
+) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        let started_before = db::now_ms() - abandoned_after.as_millis() as i64;
+        match db.call(move |conn| workflow::fail_abandoned_steps(conn, started_before)).await {
+            Ok(abandoned) => {
+                for (ticket_id, run_id) in abandoned {
+                    tracing::warn!(ticket_id, run_id, "a deployment step was abandoned by its worker; the run failed");
+                    if let Err(e) = broadcast(&db, &layer, ticket_id).await {
+                        tracing::warn!(ticket_id, error = %e, "could not announce an abandoned run");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not look for abandoned deployment steps"),
+        }
+    }
+}
+
 /// Whether a step fails this time: the `[fail:KEY]` marker on the first attempt, or by chance.
 pub(crate) fn should_fail(title: &str, key: &str, attempt: i64, failure_rate: f64) -> bool {
     if title.contains(&format!("[fail:{key}]")) && attempt <= 1 {

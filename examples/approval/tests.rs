@@ -559,3 +559,24 @@ async fn a_state_older_than_the_one_shown_is_not_sent() {
     layer.group_send(&crate::consumers::ticket_group(id), message).await.expect("group_send");
     assert!(viewer.receive_nothing().await, "an older state was sent after a newer one");
 }
+
+#[tokio::test]
+async fn a_step_abandoned_by_its_worker_fails_its_run_so_it_can_be_retried() {
+    let db = db();
+    let (id, job) = approved_release(&db, "t").await;
+    let claimed = db.call(move |c| workflow::start_step(c, job.run_id, 0)).await.expect("claim");
+    assert!(claimed);
+    // Not yet abandoned: it started after the cut-off.
+    let cutoff = db::now_ms() - 60_000;
+    assert_eq!(db.call(move |c| workflow::fail_abandoned_steps(c, cutoff)).await.expect("sweep"), []);
+    assert_eq!(row(&db, id).await.status, status::DEPLOYING);
+    let cutoff = db::now_ms() + 1;
+    let abandoned = db.call(move |c| workflow::fail_abandoned_steps(c, cutoff)).await.expect("sweep");
+    assert_eq!(abandoned, [(id, job.run_id)]);
+    let ticket = view(&db, id).await;
+    assert_eq!(ticket.status, status::DEPLOY_FAILED);
+    assert_eq!(step_states(&ticket)[0], ("download".into(), step_state::FAILED.into()));
+    act(&db, &user(&db, "jiawenlong").await, id, retry()).await.expect("retried");
+    pipeline::run(&db, &settings(0.0), &memory_layer(), &job).await.expect("run");
+    assert_eq!(row(&db, id).await.status, status::DEPLOYED);
+}

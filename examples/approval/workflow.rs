@@ -433,3 +433,29 @@ pub(crate) fn finish_run(conn: &mut Connection, ticket_id: i64, run_id: i64, ok:
     )?;
     tx.commit()
 }
+
+/// Fails the steps left `running` since before `started_before` (ms since the epoch): their
+/// worker stopped mid-step (the process ended). Their runs fail too, so that an authorized
+/// user can retry them. Returns the tickets that changed.
+pub(crate) fn fail_abandoned_steps(conn: &mut Connection, started_before: i64) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let abandoned: Vec<(i64, i64)> = tx
+        .prepare(
+            "SELECT DISTINCT r.ticket_id, r.id FROM deploy_steps s JOIN deploy_runs r ON r.id = s.run_id
+             WHERE s.status = ?1 AND s.started_at < ?2 AND r.status = ?1",
+        )?
+        .query_map(params![step_state::RUNNING, started_before], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (_, run_id) in &abandoned {
+        tx.execute(
+            "UPDATE deploy_steps SET status = ?1, message = 'interrupted: its worker stopped', finished_at = ?2
+             WHERE run_id = ?3 AND status = ?4 AND started_at < ?5",
+            params![step_state::FAILED, now_ms(), run_id, step_state::RUNNING, started_before],
+        )?;
+    }
+    tx.commit()?;
+    for (ticket_id, run_id) in &abandoned {
+        finish_run(conn, *ticket_id, *run_id, false)?;
+    }
+    Ok(abandoned)
+}
