@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// ```
 /// use channels_core::WebsocketLimits;
 /// let limits = WebsocketLimits::default().max_message_size(16 << 20);
-/// assert_eq!(limits.read_buffer_size, 128);
+/// assert_eq!(limits.read_buffer_size, 64);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -20,7 +20,7 @@ pub struct WebsocketLimits {
     /// Default 1 MiB.
     pub max_message_size: usize,
     /// The frame parser's buffer, which every connection holds for its whole life. Default
-    /// 128 bytes (at least 64). It does not limit the size of a system call: the socket is
+    /// 64 bytes (at least 64). It does not limit the size of a system call: the socket is
     /// read 8 KiB at a time through a buffer on the stack, and bytes the parser has not taken
     /// yet wait in an allocation that is freed when drained. A message larger than this
     /// buffer grows it to the message's size, and the parser may keep that allocation for the
@@ -45,7 +45,7 @@ impl Default for WebsocketLimits {
     fn default() -> Self {
         Self {
             max_message_size: 1 << 20,
-            read_buffer_size: 128,
+            read_buffer_size: 64,
             send_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(20),

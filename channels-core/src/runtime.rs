@@ -182,12 +182,12 @@ fn next_message<'a>(
     backoff: bool,
 ) -> LayerReceive<'a> {
     match (layer, channel) {
-        (Some(layer), Some(channel)) => Box::pin(async move {
-            if backoff {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        // Separate futures: the one every idle connection holds should not carry a timer.
+        (Some(layer), Some(channel)) if backoff => Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
             layer.receive(channel).await
         }),
+        (Some(layer), Some(channel)) => layer.receive(channel),
         _ => Box::pin(std::future::pending()),
     }
 }
