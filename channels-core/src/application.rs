@@ -329,8 +329,13 @@ impl Application {
         client: Option<SocketAddr>,
         server: Option<SocketAddr>,
     ) -> HttpResponse {
-        if let Err(problem) = check_handshake(request) {
-            return text(StatusCode::BAD_REQUEST, format!("bad websocket handshake: {problem}"));
+        if let Err((status, problem)) = check_handshake(request) {
+            let mut response = text(status, format!("bad websocket handshake: {problem}"));
+            if status == StatusCode::UPGRADE_REQUIRED {
+                // RFC 6455 4.4: name the versions the server speaks.
+                response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            return response;
         }
         let scope = Scope::from_request(
             ScopeKind::Websocket,
@@ -394,14 +399,18 @@ fn detached_headers(headers: &http::HeaderMap) -> http::HeaderMap {
     copy
 }
 
-/// Checks what RFC 6455 asks of an upgrade request before any consumer code runs.
-fn check_handshake<B>(request: &Request<B>) -> Result<(), &'static str> {
+/// Checks what RFC 6455 asks of an upgrade request before any consumer code runs: 400 for a
+/// malformed request, 426 for a protocol version other than 13.
+fn check_handshake<B>(request: &Request<B>) -> Result<(), (StatusCode, &'static str)> {
+    let bad = |problem| Err((StatusCode::BAD_REQUEST, problem));
     if request.method() != Method::GET {
-        return Err("the method must be GET");
+        return bad("the method must be GET");
     }
     let header = |name| request.headers().get(name).map(HeaderValue::as_bytes);
-    if header(header::SEC_WEBSOCKET_VERSION) != Some(b"13") {
-        return Err("Sec-WebSocket-Version must be 13");
+    match header(header::SEC_WEBSOCKET_VERSION) {
+        Some(b"13") => {}
+        Some(_) => return Err((StatusCode::UPGRADE_REQUIRED, "Sec-WebSocket-Version must be 13")),
+        None => return bad("Sec-WebSocket-Version is missing"),
     }
     // A key is 16 random bytes in base64: 22 characters and "==".
     let key_ok = header(header::SEC_WEBSOCKET_KEY).is_some_and(|key| {
@@ -410,7 +419,7 @@ fn check_handshake<B>(request: &Request<B>) -> Result<(), &'static str> {
             && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
     });
     if !key_ok {
-        return Err("Sec-WebSocket-Key must be 16 bytes in base64");
+        return bad("Sec-WebSocket-Key must be 16 bytes in base64");
     }
     Ok(())
 }
