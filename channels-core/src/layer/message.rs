@@ -36,6 +36,11 @@ impl std::error::Error for MessageError {}
 /// The key the Redis layer uses to route a message to process-local channels; senders must not set it.
 pub const RESERVED_CHANNEL_KEY: &str = "__asgi_channel__";
 
+/// How deeply maps and arrays may nest inside a message. Decoding is recursive, so a payload
+/// nested thousands deep (from a hostile peer on a shared Redis, say) could exhaust a thread's
+/// stack; such a message is refused instead. Real messages nest a few levels.
+pub const MAX_NESTING_DEPTH: usize = 128;
+
 /// A channel-layer message.
 ///
 /// A message is a msgpack map with a string `"type"` key, like the dicts Django Channels sends
@@ -124,7 +129,9 @@ impl Message {
             Some(0x80..=0x8f | 0xde | 0xdf) => {}
             _ => return Err(MessageError::NotAMap),
         }
-        let head: Head<'_> = rmp_serde::from_slice(&bytes).map_err(|e| MessageError::Codec(e.to_string()))?;
+        let mut decoder = rmp_serde::Deserializer::from_read_ref(&bytes);
+        decoder.set_max_depth(MAX_NESTING_DEPTH);
+        let head = Head::deserialize(&mut decoder).map_err(|e| MessageError::Codec(e.to_string()))?;
         if head.reserved {
             return Err(MessageError::ReservedKey(RESERVED_CHANNEL_KEY));
         }
@@ -226,6 +233,19 @@ mod tests {
         // {"type": "a", "type": "b"}
         let twice = vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa1, b'a', 0xa4, b't', b'y', b'p', b'e', 0xa1, b'b'];
         assert!(matches!(Message::from_msgpack(twice), Err(MessageError::Codec(_))));
+    }
+
+    #[test]
+    fn deeply_nested_messages_are_refused() {
+        let nested = |depth: usize| {
+            // {"type": "deep", "x": [[[...]]]}
+            let mut bytes = vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'd', b'e', b'e', b'p', 0xa1, b'x'];
+            bytes.extend(std::iter::repeat_n(0x91, depth));
+            bytes.push(0xc0);
+            bytes
+        };
+        assert!(Message::from_msgpack(nested(MAX_NESTING_DEPTH - 2)).is_ok());
+        assert!(matches!(Message::from_msgpack(nested(100_000)), Err(MessageError::Codec(_))));
     }
 
     #[test]
