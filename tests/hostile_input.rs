@@ -500,3 +500,51 @@ impl RawSocket {
         .expect("the server answers within 5 s")
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_payloads_and_unknown_events_from_redis_are_skipped_and_the_room_keeps_talking() {
+    use channels::layers::{ChannelLayer, Message as LayerMessage};
+    use channels::redis::RedisChannelLayer;
+    use channels::redis::testing::RedisServer;
+    use support::{Example, next_of_type};
+
+    let redis = RedisServer::start();
+    let chat = Example::start("chat", &["--layer", &redis.url()]);
+    let mut alice = connect(&chat.url("/ws/chat/poison/?user=alice")).await;
+    next_of_type(&mut alice, "chat.presence").await;
+    let mut bob = connect(&chat.url("/ws/chat/poison/?user=bob")).await;
+    next_of_type(&mut bob, "chat.presence").await;
+
+    // The chat process's queue, named after its channels (`specific.ID!` + a local part).
+    let members = redis.cli(&["ZRANGE", "asgi:group:chat_poison", "0", "-1"]);
+    let channel = members.lines().find(|m| !m.is_empty()).expect("a member of the room's group");
+    let queue = format!("asgi{}", channels::layers::non_local_name(channel));
+    let now =
+        format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs());
+    let mut deep = b"xxxxxxxxxxxx\x82\xa4type\xa4deep\xa1x".to_vec();
+    deep.extend(std::iter::repeat_n(0x91u8, 100_000));
+    deep.push(0xc0);
+    let deep_file = std::env::temp_dir().join(format!("channels-deep-{}", std::process::id()));
+    std::fs::write(&deep_file, &deep).expect("payload file");
+    for poison in ["short", "xxxxxxxxxxxxnot msgpack at all", "xxxxxxxxxxxx\u{92}\u{1}\u{2}"] {
+        redis.cli(&["ZADD", &queue, &now, poison]);
+    }
+    // redis-cli -x reads the last argument (the 100,000-deep payload) from stdin.
+    let added = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "-x", "ZADD", &queue, &now])
+        .stdin(std::fs::File::open(&deep_file).expect("payload"))
+        .output()
+        .expect("redis-cli");
+    let _ = std::fs::remove_file(&deep_file);
+    assert!(String::from_utf8_lossy(&added.stdout).trim() == "1", "{added:?}");
+
+    // An event of a type the chat consumer does not know, sent to the room's group.
+    let other = RedisChannelLayer::from_url(&redis.url()).expect("layer");
+    let unknown = serde_json::json!({ "type": "chat.unknown", "x": 1 });
+    other.group_send("chat_poison", LayerMessage::new(&unknown).expect("message")).await.expect("group_send");
+
+    send_text(&mut alice, "still talking").await;
+    assert_eq!(next_of_type(&mut bob, "chat.message").await["text"], "still talking");
+    assert_eq!(next_of_type(&mut alice, "chat.message").await["text"], "still talking");
+    assert!(redis.cli(&["ZCARD", &queue]).trim() == "0", "every poison payload was taken off the queue");
+}
