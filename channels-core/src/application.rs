@@ -335,7 +335,14 @@ impl Application {
     ) -> HttpResponse {
         let accept = match check_handshake(request) {
             Ok(key) => derive_accept_key(key),
-            Err(problem) => return text(StatusCode::BAD_REQUEST, format!("bad websocket handshake: {problem}")),
+            Err((status, problem)) => {
+                let mut response = text(status, format!("bad websocket handshake: {problem}"));
+                if status == StatusCode::UPGRADE_REQUIRED {
+                    // RFC 6455 4.4: name the versions the server speaks.
+                    response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                }
+                return response;
+            }
         };
         let headers = std::mem::take(request.headers_mut());
         let scope =
@@ -385,14 +392,17 @@ impl Application {
 }
 
 /// Checks what RFC 6455 asks of an upgrade request before any consumer code runs, and returns
-/// the client's key.
-fn check_handshake<B>(request: &Request<B>) -> Result<&[u8], &'static str> {
+/// the client's key: 400 for a malformed request, 426 for a protocol version other than 13.
+fn check_handshake<B>(request: &Request<B>) -> Result<&[u8], (StatusCode, &'static str)> {
+    let bad = |problem| Err((StatusCode::BAD_REQUEST, problem));
     if request.method() != Method::GET {
-        return Err("the method must be GET");
+        return bad("the method must be GET");
     }
     let header = |name| request.headers().get(name).map(HeaderValue::as_bytes);
-    if header(header::SEC_WEBSOCKET_VERSION) != Some(b"13") {
-        return Err("Sec-WebSocket-Version must be 13");
+    match header(header::SEC_WEBSOCKET_VERSION) {
+        Some(b"13") => {}
+        Some(_) => return Err((StatusCode::UPGRADE_REQUIRED, "Sec-WebSocket-Version must be 13")),
+        None => return bad("Sec-WebSocket-Version is missing"),
     }
     // A key is 16 random bytes in base64: 22 characters and "==".
     match header(header::SEC_WEBSOCKET_KEY) {
@@ -403,7 +413,7 @@ fn check_handshake<B>(request: &Request<B>) -> Result<&[u8], &'static str> {
         {
             Ok(key)
         }
-        _ => Err("Sec-WebSocket-Key must be 16 bytes in base64"),
+        _ => bad("Sec-WebSocket-Key must be 16 bytes in base64"),
     }
 }
 
