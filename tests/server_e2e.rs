@@ -316,3 +316,20 @@ async fn the_application_mounts_in_a_plain_hyper_server() {
     assert_eq!(next_text(&mut client).await, "embedded");
     assert_eq!(served.load(Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn a_client_close_gets_the_servers_close_frame_before_the_connection_ends() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let running = start_default().await;
+    let mut client = connect(&running.url("/ws/")).await;
+    let frame = CloseFrame { code: 4000.into(), reason: "bye".into() };
+    client.close(Some(frame)).await.expect("close");
+    let mut reply = None;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), client.next()).await {
+        if let Message::Close(frame) = message {
+            reply = frame;
+        }
+    }
+    let reply = reply.expect("the server answered the close frame");
+    assert_eq!(u16::from(reply.code), 4000, "RFC 6455 5.5.1: the reply echoes the code");
+}

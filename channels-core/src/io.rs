@@ -34,8 +34,9 @@ pub(crate) type WsStream = Box<dyn Transport>;
 
 /// Bytes read from the socket per system call, into a buffer on the stack.
 const SCRATCH: usize = 8 * 1024;
-/// Written bytes collected before the writer waits for the socket to take some.
-const MAX_PENDING_WRITE: usize = 64 * 1024;
+/// Written bytes collected before the writer waits for the socket to take some; a frame this
+/// large goes to the socket directly. Small, because a stalled client keeps it full.
+const MAX_PENDING_WRITE: usize = 16 * 1024;
 
 /// A byte stream whose buffers exist only while there is data in them.
 ///

@@ -102,8 +102,8 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
 
     let outcome = tokio::time::timeout(limits.connect_timeout, guarded(consumer.connect(&mut ctx))).await;
     let denial = match (&outcome, &ctx.state) {
-        (Ok(Ok(())), State::Connecting { accepted: Some(acceptance), .. }) => {
-            let acceptance = acceptance.clone();
+        (Ok(Ok(())), State::Connecting(connecting)) if connecting.accepted.is_some() => {
+            let acceptance = connecting.accepted.clone().unwrap_or_default();
             // The connection's future goes into its task unboxed: one allocation per connection.
             let session: Session = Box::new(move |app: &Application, socket, finished| {
                 app.spawn(run(consumer, ctx, socket, limits, shutdown, finished));
@@ -143,7 +143,7 @@ fn run<C: WebsocketConsumer>(
             Some(socket) => {
                 ctx.attach(socket);
                 let (pending, closing) = match std::mem::replace(&mut ctx.state, State::Open) {
-                    State::Connecting { pending, closing, .. } => (pending, closing),
+                    State::Connecting(connecting) => (connecting.pending, connecting.closing),
                     _ => (Vec::new(), None),
                 };
                 for frame in pending {
@@ -357,6 +357,10 @@ async fn event_loop<C: WebsocketConsumer>(
 async fn socket_flush(ctx: &mut WebsocketContext) {
     if let Some(socket) = ctx.socket_mut() {
         let _ = socket.flush().await;
+        // Once the closing handshake is done, tungstenite's flush reports the connection closed
+        // without flushing the stream under it, where its reply to the client's close frame
+        // waits in `LeanIo`: send it.
+        let _ = socket.io().flush().await;
     }
 }
 
