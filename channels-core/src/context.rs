@@ -69,14 +69,18 @@ pub(crate) struct Acceptance {
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+#[derive(Debug, Default)]
+pub(crate) struct Connecting {
+    pub(crate) accepted: Option<Acceptance>,
+    pub(crate) pending: Vec<WsMessage>,
+    pub(crate) closing: Option<u16>,
+}
+
 #[derive(Debug)]
 pub(crate) enum State {
-    /// `connect` is running; frames sent after `accept` wait here for the upgrade.
-    Connecting {
-        accepted: Option<Acceptance>,
-        pending: Vec<WsMessage>,
-        closing: Option<u16>,
-    },
+    /// `connect` is running; frames sent after `accept` wait here for the upgrade. Boxed: it
+    /// lasts only until the upgrade, and every connection's context has room for its state.
+    Connecting(Box<Connecting>),
     /// `connect` denied; the code is reported to test communicators.
     Denied {
         code: u16,
@@ -125,7 +129,7 @@ impl WebsocketContext {
         Self {
             scope,
             membership: Membership::new(layer, channel_name),
-            state: State::Connecting { accepted: None, pending: Vec::new(), closing: None },
+            state: State::Connecting(Box::default()),
             socket: None,
             send_timeout,
             batching: false,
@@ -192,8 +196,8 @@ impl WebsocketContext {
             })
             .collect::<Result<Vec<_>, _>>()?;
         match &mut self.state {
-            State::Connecting { accepted, .. } => {
-                *accepted = Some(Acceptance { subprotocol: subprotocol.map(str::to_owned), headers });
+            State::Connecting(connecting) => {
+                connecting.accepted = Some(Acceptance { subprotocol: subprotocol.map(str::to_owned), headers });
                 Ok(())
             }
             _ => Ok(()),
@@ -206,14 +210,18 @@ impl WebsocketContext {
     }
 
     fn deny_with_code(&mut self, code: u16) {
-        if matches!(self.state, State::Connecting { .. }) {
+        if matches!(self.state, State::Connecting(_)) {
             self.state = State::Denied { code };
         }
     }
 
     /// True once `accept` was called (and the connection is not closed).
     pub fn is_accepted(&self) -> bool {
-        matches!(self.state, State::Connecting { accepted: Some(_), .. } | State::Open)
+        match &self.state {
+            State::Connecting(connecting) => connecting.accepted.is_some(),
+            State::Open => true,
+            _ => false,
+        }
     }
 
     /// Sends a text frame.
@@ -234,12 +242,14 @@ impl WebsocketContext {
 
     async fn send_frame(&mut self, frame: WsMessage) -> Result<(), ContextError> {
         match &mut self.state {
-            State::Connecting { accepted: Some(_), pending, closing: None } => {
-                pending.push(frame);
-                Ok(())
-            }
-            State::Connecting { closing: Some(_), .. } => Err(ContextError::Closed),
-            State::Connecting { accepted: None, .. } => Err(ContextError::NotAccepted),
+            State::Connecting(connecting) => match connecting.as_mut() {
+                Connecting { closing: Some(_), .. } => Err(ContextError::Closed),
+                Connecting { accepted: None, .. } => Err(ContextError::NotAccepted),
+                Connecting { pending, .. } => {
+                    pending.push(frame);
+                    Ok(())
+                }
+            },
             State::Denied { .. } | State::Closing { .. } | State::Closed => Err(ContextError::Closed),
             State::Open => self.write(frame).await,
         }
@@ -292,14 +302,14 @@ impl WebsocketContext {
     /// Closes the connection with a code and a reason (at most 123 bytes; longer is cut).
     pub async fn close_with_reason(&mut self, code: u16, reason: &str) -> Result<(), ContextError> {
         match &mut self.state {
-            State::Connecting { accepted: None, .. } => {
+            State::Connecting(connecting) if connecting.accepted.is_none() => {
                 self.deny_with_code(code);
                 Ok(())
             }
-            State::Connecting { accepted: Some(_), pending, closing } => {
-                if closing.is_none() {
-                    pending.push(close_message(code, reason));
-                    *closing = Some(code);
+            State::Connecting(connecting) => {
+                if connecting.closing.is_none() {
+                    connecting.pending.push(close_message(code, reason));
+                    connecting.closing = Some(code);
                 }
                 Ok(())
             }
