@@ -37,8 +37,11 @@ async fn a_stalled_reader_in_a_room_is_dropped_with_1006_and_the_others_keep_the
     let ratio = stalled.throughput / baseline.throughput;
     assert!(ratio > 0.5, "the others' throughput fell to {:.0} % of the run without a stalled reader", ratio * 100.0);
     let grew = |o: &slow_reader::Outcome| o.peak_rss_kib.saturating_sub(o.rss_before_kib);
+    // Peak RSS of a debug build under this load moves by tens of MiB from run to run (allocator
+    // arenas of two worker threads), so the bound is loose; a copy kept per delivery (80,000 of
+    // 16 KiB) would still break it.
     assert!(
-        grew(&stalled) < grew(&baseline) + 32 * 1024,
+        grew(&stalled) < 2 * grew(&baseline) + 32 * 1024,
         "memory grew by {} KiB with the stalled reader, {} KiB without",
         grew(&stalled),
         grew(&baseline)
