@@ -6,6 +6,7 @@
 //! writes collect in a buffer allocated for a burst and freed once it is flushed.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -97,8 +98,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for LeanIo<S> {
         if buf.remaining() >= SCRATCH {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        let mut scratch = [0u8; SCRATCH];
-        let mut read = ReadBuf::new(&mut scratch);
+        // Uninitialised: the socket is polled on every wake-up of the connection, mostly to
+        // find nothing, and zeroing 8 KiB each time would cost more than the read.
+        let mut scratch = [MaybeUninit::<u8>::uninit(); SCRATCH];
+        let mut read = ReadBuf::uninit(&mut scratch);
         ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
         let read = read.filled();
         let n = buf.remaining().min(read.len());
