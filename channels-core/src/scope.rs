@@ -36,8 +36,8 @@ pub struct Scope {
     method: Method,
     /// The decoded path, kept only when decoding changed it.
     path: Option<Box<str>>,
-    raw_path: String,
-    query_string: String,
+    raw_path: Box<str>,
+    query_string: Box<str>,
     /// The headers, packed: a `HeaderMap` costs about 1 KiB even for a handful of headers,
     /// and most connections never need one.
     header_block: HeaderBlock,
@@ -45,8 +45,8 @@ pub struct Scope {
     header_map: OnceLock<Box<HeaderMap>>,
     client: Option<SocketAddr>,
     server: Option<SocketAddr>,
-    subprotocols: Vec<String>,
-    params: Vec<(String, String)>,
+    subprotocols: Box<[String]>,
+    params: Box<[(String, String)]>,
     extensions: http::Extensions,
 }
 
@@ -60,7 +60,7 @@ impl Scope {
         client: Option<SocketAddr>,
         server: Option<SocketAddr>,
     ) -> Self {
-        let raw_path = uri.path().to_owned();
+        let raw_path: Box<str> = uri.path().into();
         let subprotocols = if kind == ScopeKind::Websocket {
             headers
                 .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -72,7 +72,7 @@ impl Scope {
                 .map(str::to_owned)
                 .collect()
         } else {
-            Vec::new()
+            Box::default()
         };
         Self {
             kind,
@@ -82,13 +82,13 @@ impl Scope {
                 Cow::Borrowed(_) => None,
             },
             raw_path,
-            query_string: uri.query().unwrap_or("").to_owned(),
+            query_string: uri.query().unwrap_or("").into(),
             header_block: HeaderBlock::new(&headers),
             header_map: OnceLock::new(),
             client,
             server,
             subprotocols,
-            params: Vec::new(),
+            params: Box::default(),
             extensions: http::Extensions::new(),
         }
     }
@@ -112,7 +112,8 @@ impl Scope {
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         if let (Ok(n), Ok(v)) = (http::HeaderName::try_from(name), http::HeaderValue::try_from(value)) {
             if n == http::header::SEC_WEBSOCKET_PROTOCOL {
-                self.subprotocols.extend(value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned));
+                let offered = value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
+                self.subprotocols = self.subprotocols.iter().cloned().chain(offered).collect();
             }
             self.header_block.push(n.as_str(), v.as_bytes());
             self.header_map = OnceLock::new();
@@ -122,12 +123,13 @@ impl Scope {
 
     /// Adds a route parameter.
     pub fn with_param(mut self, name: &str, value: &str) -> Self {
-        self.params.push((name.to_owned(), value.to_owned()));
+        let param = (name.to_owned(), value.to_owned());
+        self.params = self.params.iter().cloned().chain([param]).collect();
         self
     }
 
     pub(crate) fn set_params(&mut self, params: Vec<(String, String)>) {
-        self.params = params;
+        self.params = params.into_boxed_slice();
     }
 
     /// WebSocket or HTTP.
