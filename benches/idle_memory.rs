@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         _ => vec![Rooms::One, Rooms::PerConnection],
     };
     println!(
-        "{:<9} {:<9} {:>3} {:>12} {:>12} {:>10} {:>12} {:>8}",
+        "{:<9} {:<15} {:>3} {:>12} {:>12} {:>10} {:>12} {:>8}",
         "server", "rooms", "run", "RSS before", "RSS after", "KiB/conn", "frames recv", "setup s"
     );
     let mut summary = Vec::new();
@@ -130,7 +130,7 @@ fn main() -> ExitCode {
                     Ok(m) => {
                         let per = m.per_connection_kib(connections);
                         println!(
-                            "{:<9} {:<9} {:>3} {:>8} KiB {:>8} KiB {:>10.2} {:>12} {:>8.1}",
+                            "{:<9} {:<15} {:>3} {:>8} KiB {:>8} KiB {:>10.2} {:>12} {:>8.1}",
                             kind.name(),
                             rooms_name,
                             round,
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
                         );
                         values.push(per);
                     }
-                    Err(e) => println!("{:<9} {:<9} {:>3} failed: {e}", kind.name(), rooms_name, round),
+                    Err(e) => println!("{:<9} {:<15} {:>3} failed: {e}", kind.name(), rooms_name, round),
                 }
             }
         }

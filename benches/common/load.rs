@@ -86,6 +86,8 @@ pub(crate) struct Outcome {
     /// Frames other than `chat.message` seen (presence, join, leave).
     pub(crate) setup_events: u64,
     pub(crate) timed_out: bool,
+    /// Deliveries stopped arriving before all came ([`STALL`]); `wall` ends at the last one.
+    pub(crate) stalled: bool,
     /// The server processes' summed `VmRSS` at the end of the send phase, in KiB.
     pub(crate) server_rss_kib: u64,
 }
@@ -124,6 +126,8 @@ struct Shared {
     delivered: AtomicU64,
     /// Microseconds since `base` of the delivery that completed the run.
     done_at_us: AtomicU64,
+    /// Microseconds since `base` of the latest delivery.
+    last_at_us: AtomicU64,
     connected: AtomicUsize,
     failed: AtomicUsize,
     ready: AtomicUsize,
@@ -147,6 +151,9 @@ const CONNECT_CONCURRENCY: usize = 32;
 const CONNECT_LIMIT: Duration = Duration::from_secs(120);
 const WARMUP_LIMIT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_millis(300);
+/// A send phase with no delivery for this long has lost what is missing (Django's layers drop
+/// messages silently): it ends there, and its wall time runs to the last delivery.
+const STALL: Duration = Duration::from_secs(5);
 
 /// Where the clients connect and whose CPU time counts as the server's.
 #[derive(Debug, Clone)]
@@ -216,7 +223,13 @@ pub(crate) fn print_row(name: &str, round: usize, outcome: &Outcome, warns: usiz
         100.0 * outcome.client_cpu.as_secs_f64() / outcome.wall.as_secs_f64().max(1e-9),
         outcome.setup.as_secs_f64(),
         warns,
-        if outcome.timed_out { "  TIMED OUT" } else { "" },
+        if outcome.timed_out {
+            "  TIMED OUT"
+        } else if outcome.stalled {
+            "  STALLED (lost the rest)"
+        } else {
+            ""
+        },
     );
 }
 
@@ -259,6 +272,7 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
         expected: scenario.expected(),
         delivered: AtomicU64::new(0),
         done_at_us: AtomicU64::new(0),
+        last_at_us: AtomicU64::new(0),
         connected: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
         ready: AtomicUsize::new(0),
@@ -338,9 +352,18 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
     let go = Instant::now();
     let _ = phase_tx.send(Phase::Go);
     let mut timed_out = false;
+    let mut stalled = false;
+    let mut progress = (0, Instant::now());
     while shared.delivered.load(Ordering::Acquire) < shared.expected {
         if go.elapsed() >= scenario.time_limit {
             timed_out = true;
+            break;
+        }
+        let delivered = shared.delivered.load(Ordering::Acquire);
+        if delivered != progress.0 {
+            progress = (delivered, Instant::now());
+        } else if progress.1.elapsed() >= STALL {
+            stalled = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -352,6 +375,8 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
     let delivered = shared.delivered.load(Ordering::Acquire);
     let wall = if timed_out {
         go.elapsed()
+    } else if stalled {
+        Duration::from_micros(shared.last_at_us.load(Ordering::Acquire).saturating_sub(go_us))
     } else {
         Duration::from_micros(shared.done_at_us.load(Ordering::Acquire).saturating_sub(go_us))
     };
@@ -383,6 +408,7 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
         setup,
         setup_events,
         timed_out,
+        stalled,
         server_rss_kib,
     })
 }
@@ -467,6 +493,7 @@ async fn client(
                 let sent_us: Option<u64> = fields.nth(1).and_then(|v| v.parse().ok());
                 let (Some(from), Some(sent_us)) = (from, sent_us) else { continue };
                 let now_us = shared.base.elapsed().as_micros() as u64;
+                shared.last_at_us.fetch_max(now_us, Ordering::Relaxed);
                 report.latencies_us.push(now_us.saturating_sub(sent_us).min(u64::from(u32::MAX)) as u32);
                 if from == index {
                     echoed += 1;
