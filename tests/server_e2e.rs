@@ -255,7 +255,9 @@ async fn hostile_http_gets_clear_errors_and_the_server_stays_up() {
     let bad_key = b"GET /ws/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n";
     assert!(raw_http(running.addr, bad_key).await.starts_with("HTTP/1.1 400"));
     let bad_version = b"GET /ws/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    assert!(raw_http(running.addr, bad_version).await.starts_with("HTTP/1.1 400"));
+    let refused = raw_http(running.addr, bad_version).await;
+    assert!(refused.starts_with("HTTP/1.1 426"), "{refused}");
+    assert!(refused.to_ascii_lowercase().contains("sec-websocket-version: 13"), "{refused}");
     assert!(
         raw_http(running.addr, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await

@@ -14,17 +14,21 @@ use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{WebsocketLimits, setters};
-use crate::http::{HttpRequest, HttpResponse, text};
-use crate::io::WsStream;
+use crate::http::{HttpRequest, HttpResponse, full, text};
+use crate::io::{LeanIo, WsStream};
 use crate::layer::{ChannelLayer, ChannelLayers};
 use crate::middleware::{Middleware, Rejection};
 use crate::routing::{CompiledRouter, Endpoints, Resolved, Router};
-use crate::runtime::{Handshake, Session};
+use crate::runtime::{Finished, Handshake, Session, Upgrading};
 use crate::scope::{Scope, ScopeKind};
 
 /// Application-wide limits.
@@ -60,7 +64,7 @@ struct Inner {
     router: CompiledRouter,
     layers: ChannelLayers,
     middleware: Vec<Arc<dyn Middleware>>,
-    websocket_limits: WebsocketLimits,
+    websocket_limits: Arc<WebsocketLimits>,
     limits: AppLimits,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -137,7 +141,7 @@ impl ApplicationBuilder {
                 router: self.router.compile(),
                 layers: self.layers,
                 middleware: self.middleware,
-                websocket_limits: self.websocket_limits,
+                websocket_limits: Arc::new(self.websocket_limits),
                 connections: Arc::new(Semaphore::new(self.limits.max_connections)),
                 limits: self.limits,
                 shutdown: CancellationToken::new(),
@@ -152,7 +156,7 @@ pub(crate) enum Upgrade {
     Accept {
         acceptance: crate::context::Acceptance,
         session: Session,
-        limits: WebsocketLimits,
+        limits: Arc<WebsocketLimits>,
         permit: tokio::sync::OwnedSemaphorePermit,
     },
     Refuse {
@@ -329,43 +333,48 @@ impl Application {
         client: Option<SocketAddr>,
         server: Option<SocketAddr>,
     ) -> HttpResponse {
-        if let Err(problem) = check_handshake(request) {
-            return text(StatusCode::BAD_REQUEST, format!("bad websocket handshake: {problem}"));
-        }
-        let scope = Scope::from_request(
-            ScopeKind::Websocket,
-            request.method().clone(),
-            request.uri(),
-            detached_headers(request.headers()),
-            client,
-            server,
-        );
+        let accept = match check_handshake(request) {
+            Ok(key) => derive_accept_key(key),
+            Err((status, problem)) => {
+                let mut response = text(status, format!("bad websocket handshake: {problem}"));
+                if status == StatusCode::UPGRADE_REQUIRED {
+                    // RFC 6455 4.4: name the versions the server speaks.
+                    response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                }
+                return response;
+            }
+        };
+        let headers = std::mem::take(request.headers_mut());
+        let scope =
+            Scope::from_request(ScopeKind::Websocket, request.method().clone(), request.uri(), headers, client, server);
         let (acceptance, session, limits, permit) = match self.websocket_handshake(scope).await {
             Upgrade::Accept { acceptance, session, limits, permit } => (acceptance, session, limits, permit),
             Upgrade::Refuse { status, reason, .. } => return text(status, reason),
         };
-        let (response, websocket) = match hyper_tungstenite::upgrade(&mut *request, Some(limits.tungstenite_config())) {
-            Ok(pair) => pair,
-            Err(e) => {
-                self.spawn(async move {
-                    session(None).await;
-                    drop(permit);
-                });
-                return text(StatusCode::BAD_REQUEST, format!("bad websocket handshake: {e}"));
-            }
-        };
-        self.spawn(async move {
-            let socket = match websocket.await {
-                Ok(ws) => Some(Box::new(ws) as WsStream),
+        let on_upgrade = hyper::upgrade::on(&mut *request);
+        let config = limits.tungstenite_config();
+        let upgrading: Upgrading = Box::pin(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = LeanIo::new(TokioIo::new(upgraded));
+                    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                    Some(Box::new(socket) as WsStream)
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket upgrade failed");
                     None
                 }
-            };
-            session(socket).await;
-            drop(permit);
+            }
         });
-        let mut response = response.map(|body| body.map_err(|never: Infallible| match never {}).boxed());
+        session(self, upgrading, Finished { permit, done: None });
+        let mut response = HttpResponse::new(full(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::try_from(accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
         if let Some(protocol) = acceptance.subprotocol.as_deref().and_then(|p| HeaderValue::try_from(p).ok()) {
             response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
@@ -382,37 +391,30 @@ impl Application {
     }
 }
 
-/// A copy of the headers in allocations of their own. hyper's header values point into its
-/// 8 KiB read buffer; a plain clone would keep that buffer alive for the socket's lifetime.
-fn detached_headers(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut copy = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-            copy.append(name.clone(), value);
-        }
-    }
-    copy
-}
-
-/// Checks what RFC 6455 asks of an upgrade request before any consumer code runs.
-fn check_handshake<B>(request: &Request<B>) -> Result<(), &'static str> {
+/// Checks what RFC 6455 asks of an upgrade request before any consumer code runs, and returns
+/// the client's key: 400 for a malformed request, 426 for a protocol version other than 13.
+fn check_handshake<B>(request: &Request<B>) -> Result<&[u8], (StatusCode, &'static str)> {
+    let bad = |problem| Err((StatusCode::BAD_REQUEST, problem));
     if request.method() != Method::GET {
-        return Err("the method must be GET");
+        return bad("the method must be GET");
     }
     let header = |name| request.headers().get(name).map(HeaderValue::as_bytes);
-    if header(header::SEC_WEBSOCKET_VERSION) != Some(b"13") {
-        return Err("Sec-WebSocket-Version must be 13");
+    match header(header::SEC_WEBSOCKET_VERSION) {
+        Some(b"13") => {}
+        Some(_) => return Err((StatusCode::UPGRADE_REQUIRED, "Sec-WebSocket-Version must be 13")),
+        None => return bad("Sec-WebSocket-Version is missing"),
     }
     // A key is 16 random bytes in base64: 22 characters and "==".
-    let key_ok = header(header::SEC_WEBSOCKET_KEY).is_some_and(|key| {
-        key.len() == 24
-            && key.ends_with(b"==")
-            && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
-    });
-    if !key_ok {
-        return Err("Sec-WebSocket-Key must be 16 bytes in base64");
+    match header(header::SEC_WEBSOCKET_KEY) {
+        Some(key)
+            if key.len() == 24
+                && key.ends_with(b"==")
+                && key[..22].iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/') =>
+        {
+            Ok(key)
+        }
+        _ => bad("Sec-WebSocket-Key must be 16 bytes in base64"),
     }
-    Ok(())
 }
 
 /// An [`Application`] as a `hyper::service::Service` for one connection.

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// ```
 /// use channels_core::WebsocketLimits;
 /// let limits = WebsocketLimits::default().max_message_size(16 << 20);
-/// assert_eq!(limits.read_buffer_size, 4096);
+/// assert_eq!(limits.read_buffer_size, 64);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -19,8 +19,14 @@ pub struct WebsocketLimits {
     /// Largest message (and frame) a client may send; larger ones close the socket with 1009.
     /// Default 1 MiB.
     pub max_message_size: usize,
-    /// Bytes read from the socket at a time, allocated per connection. Default 4 KiB
-    /// (tungstenite's own default, 128 KiB, makes an idle socket cost ~133 KiB).
+    /// The frame parser's buffer, which every connection holds for its whole life. Default
+    /// 64 bytes (at least 64). It does not limit the size of a system call: the socket is
+    /// read 8 KiB at a time through a buffer on the stack, and bytes the parser has not taken
+    /// yet wait in an allocation that is freed when drained. A message larger than this
+    /// buffer grows it to the message's size, and the parser may keep that allocation for the
+    /// rest of the connection, so keep
+    /// `max_message_size` tight. (tungstenite's own default, 128 KiB, makes an idle socket
+    /// cost ~133 KiB.)
     pub read_buffer_size: usize,
     /// How long one outgoing frame may wait for a client that does not read before the server
     /// gives up on that client (it is dropped, and `disconnect` gets 1006). Default 10 s.
@@ -39,7 +45,7 @@ impl Default for WebsocketLimits {
     fn default() -> Self {
         Self {
             max_message_size: 1 << 20,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 64,
             send_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(20),
@@ -79,10 +85,10 @@ impl WebsocketLimits {
 
     pub(crate) fn tungstenite_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
-            .read_buffer_size(self.read_buffer_size.max(256))
-            // Frames of a burst collect up to 1 KiB before a write; the buffer is allocated
-            // on first use, so idle sockets do not pay for it.
-            .write_buffer_size(1024)
+            .read_buffer_size(self.read_buffer_size.max(64))
+            // Every frame goes straight to `LeanIo`, which gathers a burst and frees its buffer
+            // after the flush; tungstenite's own buffer then only ever holds one frame.
+            .write_buffer_size(0)
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_message_size))
     }

@@ -154,6 +154,10 @@ impl WebsocketContext {
         self.membership.channel_name.as_deref()
     }
 
+    pub(crate) fn shared_channel_name(&self) -> Option<Arc<str>> {
+        self.membership.channel_name.clone()
+    }
+
     /// The channel layer, when one is configured.
     pub fn channel_layer(&self) -> Option<&Arc<dyn ChannelLayer>> {
         self.membership.layer.as_ref()
@@ -360,13 +364,14 @@ impl WebsocketContext {
 #[derive(Default)]
 pub(crate) struct Membership {
     pub(crate) layer: Option<Arc<dyn ChannelLayer>>,
-    pub(crate) channel_name: Option<String>,
+    /// Shared, so that the connection's receive loop can hold it without a copy.
+    pub(crate) channel_name: Option<Arc<str>>,
     pub(crate) groups: Vec<String>,
 }
 
 impl Membership {
     pub(crate) fn new(layer: Option<Arc<dyn ChannelLayer>>, channel_name: Option<String>) -> Self {
-        Self { layer, channel_name, groups: Vec::new() }
+        Self { layer, channel_name: channel_name.map(Arc::from), groups: Vec::new() }
     }
 
     fn layer(&self) -> Result<&Arc<dyn ChannelLayer>, ContextError> {

@@ -1,7 +1,16 @@
 //! The WebSocket under a connection: an upgraded TCP connection, or an in-memory pipe in tests.
+//!
+//! [`LeanIo`] sits between tungstenite and the socket so that an idle connection holds almost
+//! no buffer memory: reads go through a scratch buffer on the stack, and only bytes that
+//! tungstenite has not taken yet are kept, in an allocation freed as soon as it is drained;
+//! writes collect in a buffer allocated for a burst and freed once it is flushed.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use futures_util::{Sink, Stream};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
@@ -22,3 +31,165 @@ impl<S: Io> Transport for WebSocketStream<S> {
 }
 
 pub(crate) type WsStream = Box<dyn Transport>;
+
+/// Bytes read from the socket per system call, into a buffer on the stack.
+const SCRATCH: usize = 8 * 1024;
+/// Written bytes collected before the writer waits for the socket to take some.
+const MAX_PENDING_WRITE: usize = 64 * 1024;
+
+/// A byte stream whose buffers exist only while there is data in them.
+///
+/// tungstenite reads in small steps (its read buffer is kept small because every connection
+/// holds one); this type turns them into one system call per [`SCRATCH`] bytes. tungstenite
+/// writes every frame at once (its write buffer is off); this type gathers the frames of a
+/// burst and sends them in one call when flushed.
+pub(crate) struct LeanIo<S> {
+    inner: S,
+    /// Read from the socket but not yet taken by the reader; empty (unallocated) when idle.
+    unread: Vec<u8>,
+    /// Written but not yet sent; empty (unallocated) after a flush.
+    unsent: Vec<u8>,
+    /// How much of `unread` was taken.
+    taken: u32,
+    /// How much of `unsent` was sent.
+    sent: u32,
+}
+
+impl<S> LeanIo<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner, unread: Vec::new(), unsent: Vec::new(), taken: 0, sent: 0 }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> LeanIo<S> {
+    /// Sends `unsent` until it is empty, then frees it.
+    fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while (self.sent as usize) < self.unsent.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.unsent[self.sent as usize..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            // Bounded by `unsent.len()`, which `MAX_PENDING_WRITE` keeps far below 4 GiB.
+            self.sent += n as u32;
+        }
+        self.unsent = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for LeanIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let taken = this.taken as usize;
+        if taken < this.unread.len() {
+            let n = buf.remaining().min(this.unread.len() - taken);
+            buf.put_slice(&this.unread[taken..taken + n]);
+            // Bounded by `unread.len()`, at most `SCRATCH`.
+            this.taken += n as u32;
+            if this.taken as usize == this.unread.len() {
+                this.unread = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= SCRATCH {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let mut scratch = [0u8; SCRATCH];
+        let mut read = ReadBuf::new(&mut scratch);
+        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+        let read = read.filled();
+        let n = buf.remaining().min(read.len());
+        buf.put_slice(&read[..n]);
+        if n < read.len() {
+            this.unread = read[n..].to_vec();
+            this.taken = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for LeanIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.unsent.len() + data.len() > MAX_PENDING_WRITE {
+            ready!(this.poll_send_unsent(cx))?;
+            if data.len() >= MAX_PENDING_WRITE {
+                return Pin::new(&mut this.inner).poll_write(cx, data);
+            }
+        }
+        this.unsent.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_unsent(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_unsent(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn small_reads_are_served_from_one_big_read() {
+        let (mut far, near) = duplex(64 * 1024);
+        let mut lean = LeanIo::new(near);
+        let sent: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        far.write_all(&sent).await.unwrap();
+        drop(far);
+        let mut got = Vec::new();
+        let mut step = [0u8; 100];
+        loop {
+            let n = lean.read(&mut step).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&step[..n]);
+        }
+        assert_eq!(got, sent);
+        assert_eq!(lean.unread.capacity(), 0, "a drained read buffer is freed");
+    }
+
+    #[tokio::test]
+    async fn writes_are_sent_on_flush_and_the_buffer_freed() {
+        let (far, near) = duplex(1024 * 1024);
+        let mut lean = LeanIo::new(near);
+        for i in 0..100u8 {
+            lean.write_all(&[i; 50]).await.unwrap();
+        }
+        lean.write_all(&vec![7u8; 100_000]).await.unwrap();
+        lean.flush().await.unwrap();
+        assert_eq!(lean.unsent.capacity(), 0, "a flushed write buffer is freed");
+        lean.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let mut far = far;
+        far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 5_000 + 100_000);
+        assert_eq!(&got[..50], &[0u8; 50]);
+        assert!(got[5_000..].iter().all(|b| *b == 7));
+    }
+
+    #[tokio::test]
+    async fn a_writer_waits_when_the_peer_does_not_read() {
+        let (_far, near) = duplex(1024);
+        let mut lean = LeanIo::new(near);
+        let stalled = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+            for _ in 0..10 {
+                lean.write_all(&[1u8; 16 * 1024]).await.unwrap();
+            }
+        })
+        .await;
+        assert!(stalled.is_err(), "writes past the pending limit wait for the socket");
+        assert!(lean.unsent.len() <= MAX_PENDING_WRITE);
+    }
+}

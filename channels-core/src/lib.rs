@@ -14,6 +14,7 @@
 //! | [`middleware`] | [`Middleware`](middleware::Middleware) and [`OriginValidator`](middleware::OriginValidator) |
 //! | [`application`] | [`Application`]: routes + layers + middleware + limits; a hyper service |
 //! | [`server`] | [`Server`]: hyper + hyper-tungstenite, limits, graceful shutdown |
+//! | [`sessions`] | [`SessionMiddleware`](sessions::SessionMiddleware) and [`AuthMiddlewareStack`](sessions::AuthMiddlewareStack): signed-cookie sessions, the user in the scope |
 //! | [`worker`] | [`WorkerRouter`](worker::WorkerRouter): consumers of named channels (Django's `runworker`) |
 //! | [`testing`] | [`WebsocketCommunicator`](testing::WebsocketCommunicator) and the layer semantics suite |
 
@@ -30,6 +31,7 @@ pub mod routing;
 mod runtime;
 pub mod scope;
 pub mod server;
+pub mod sessions;
 pub mod testing;
 pub mod worker;
 

@@ -29,17 +29,17 @@ pub(crate) trait WebsocketEndpoint: Send + Sync + 'static {
         &'a self,
         scope: Scope,
         layers: &'a ChannelLayers,
-        limits: &'a WebsocketLimits,
+        limits: &'a Arc<WebsocketLimits>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'a, Handshake>;
 
-    fn limits(&self) -> Option<&WebsocketLimits>;
+    fn limits(&self) -> Option<&Arc<WebsocketLimits>>;
 }
 
 /// A WebSocket route: how to build a consumer for a connection, and optional limits of its own.
 pub struct WebsocketRoute<C, F> {
     factory: F,
-    limits: Option<WebsocketLimits>,
+    limits: Option<Arc<WebsocketLimits>>,
     consumer: PhantomData<fn() -> C>,
 }
 
@@ -70,7 +70,7 @@ where
 impl<C, F> WebsocketRoute<C, F> {
     /// Limits for this route instead of the application's.
     pub fn limits(mut self, limits: WebsocketLimits) -> Self {
-        self.limits = Some(limits);
+        self.limits = Some(Arc::new(limits));
         self
     }
 }
@@ -84,14 +84,14 @@ where
         &'a self,
         scope: Scope,
         layers: &'a ChannelLayers,
-        limits: &'a WebsocketLimits,
+        limits: &'a Arc<WebsocketLimits>,
         shutdown: CancellationToken,
     ) -> BoxFuture<'a, Handshake> {
         let consumer = (self.factory)(&scope);
         Box::pin(runtime::handshake(consumer, scope, layers, limits.clone(), shutdown))
     }
 
-    fn limits(&self) -> Option<&WebsocketLimits> {
+    fn limits(&self) -> Option<&Arc<WebsocketLimits>> {
         self.limits.as_ref()
     }
 }
@@ -233,7 +233,11 @@ pub(crate) struct CompiledRouter {
 impl CompiledRouter {
     pub(crate) fn resolve(&self, raw_path: &str) -> Resolved<'_> {
         let params = |m: &matchit::Match<'_, '_, &Endpoints>| {
-            m.params.iter().map(|(k, v)| (k.to_owned(), crate::scope::percent_decode(v, false).into_owned())).collect()
+            let mut list = Vec::with_capacity(m.params.len());
+            list.extend(
+                m.params.iter().map(|(k, v)| (k.to_owned(), crate::scope::percent_decode(v, false).into_owned())),
+            );
+            list
         };
         if let Ok(m) = self.matcher.at(raw_path) {
             return Resolved::Found { endpoints: m.value, params: params(&m) };

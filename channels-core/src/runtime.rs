@@ -13,10 +13,12 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 
+use crate::application::Application;
 use crate::config::WebsocketLimits;
 use crate::consumer::{Frame, HandlerResult, WebsocketConsumer, close_code};
 use crate::context::{Acceptance, State, WebsocketContext, close_message};
@@ -24,8 +26,27 @@ use crate::io::WsStream;
 use crate::layer::{ChannelLayer, ChannelLayers, Message, ReceiveError};
 use crate::scope::Scope;
 
-/// Runs the accepted connection; `None` when the upgrade itself failed.
-pub(crate) type Session = Box<dyn FnOnce(Option<WsStream>) -> BoxFuture<'static, ()> + Send>;
+/// The upgrade in progress: the socket, or `None` when the upgrade failed.
+pub(crate) type Upgrading = BoxFuture<'static, Option<WsStream>>;
+
+/// Spawns the accepted connection's task, which waits for the upgrade and then runs it.
+pub(crate) type Session = Box<dyn FnOnce(&Application, Upgrading, Finished) + Send>;
+
+/// Dropped when a connection's task ends: frees its connection slot and tells whoever waits
+/// (a test communicator).
+pub(crate) struct Finished {
+    #[expect(dead_code, reason = "held, not read: dropping it frees the connection slot")]
+    pub(crate) permit: OwnedSemaphorePermit,
+    pub(crate) done: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
 
 pub(crate) enum Handshake {
     Accept { acceptance: Acceptance, session: Session },
@@ -54,7 +75,7 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
     mut consumer: C,
     scope: Scope,
     layers: &ChannelLayers,
-    limits: WebsocketLimits,
+    limits: Arc<WebsocketLimits>,
     shutdown: CancellationToken,
 ) -> Handshake {
     let layer = layers.get(C::LAYER_ALIAS).cloned();
@@ -83,7 +104,10 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
     let denial = match (&outcome, &ctx.state) {
         (Ok(Ok(())), State::Connecting { accepted: Some(acceptance), .. }) => {
             let acceptance = acceptance.clone();
-            let session: Session = Box::new(move |socket| Box::pin(run(consumer, ctx, socket, limits, shutdown)));
+            // The connection's future goes into its task unboxed: one allocation per connection.
+            let session: Session = Box::new(move |app: &Application, socket, finished| {
+                app.spawn(run(consumer, ctx, socket, limits, shutdown, finished));
+            });
             return Handshake::Accept { acceptance, session };
         }
         (Ok(Ok(())), State::Denied { code }) => (StatusCode::FORBIDDEN, *code),
@@ -102,36 +126,44 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
     Handshake::Deny { status: denial.0, code: denial.1 }
 }
 
-async fn run<C: WebsocketConsumer>(
+/// The connection after the upgrade. A plain function around an `async` block rather than an
+/// `async fn`: an `async fn` keeps its arguments twice in its future (rust-lang/rust#62958), and
+/// this future lives as long as the connection.
+#[expect(clippy::manual_async_fn, reason = "an `async fn` would store its arguments twice")]
+fn run<C: WebsocketConsumer>(
     mut consumer: C,
     mut ctx: WebsocketContext,
-    socket: Option<WsStream>,
-    limits: WebsocketLimits,
+    socket: Upgrading,
+    limits: Arc<WebsocketLimits>,
     shutdown: CancellationToken,
-) {
-    let code = match socket {
-        Some(socket) => {
-            ctx.attach(socket);
-            let (pending, closing) = match std::mem::replace(&mut ctx.state, State::Open) {
-                State::Connecting { pending, closing, .. } => (pending, closing),
-                _ => (Vec::new(), None),
-            };
-            for frame in pending {
-                if Box::pin(ctx.write(frame)).await.is_err() {
-                    break;
+    finished: Finished,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let code = match socket.await {
+            Some(socket) => {
+                ctx.attach(socket);
+                let (pending, closing) = match std::mem::replace(&mut ctx.state, State::Open) {
+                    State::Connecting { pending, closing, .. } => (pending, closing),
+                    _ => (Vec::new(), None),
+                };
+                for frame in pending {
+                    if Box::pin(ctx.write(frame)).await.is_err() {
+                        break;
+                    }
                 }
+                if let (Some(code), State::Open) = (closing, &ctx.state) {
+                    ctx.state = State::Closing { code };
+                }
+                event_loop(&mut consumer, &mut ctx, &limits, &shutdown).await
             }
-            if let (Some(code), State::Open) = (closing, &ctx.state) {
-                ctx.state = State::Closing { code };
-            }
-            event_loop(&mut consumer, &mut ctx, &limits, &shutdown).await
-        }
-        None => close_code::ABNORMAL,
-    };
-    ctx.state = State::Closed;
-    // Boxed: the rarely used parts should not make every connection's future larger.
-    Box::pin(teardown(&mut consumer, &mut ctx, code)).await;
-    ctx.detach();
+            None => close_code::ABNORMAL,
+        };
+        ctx.state = State::Closed;
+        // Boxed: the rarely used parts should not make every connection's future larger.
+        Box::pin(teardown(&mut consumer, &mut ctx, code)).await;
+        ctx.detach();
+        drop(finished);
+    }
 }
 
 /// `disconnect`, then leave every group, then let the layer drop the channel.
@@ -150,12 +182,12 @@ fn next_message<'a>(
     backoff: bool,
 ) -> LayerReceive<'a> {
     match (layer, channel) {
-        (Some(layer), Some(channel)) => Box::pin(async move {
-            if backoff {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        // Separate futures: the one every idle connection holds should not carry a timer.
+        (Some(layer), Some(channel)) if backoff => Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
             layer.receive(channel).await
         }),
+        (Some(layer), Some(channel)) => layer.receive(channel),
         _ => Box::pin(std::future::pending()),
     }
 }
@@ -205,7 +237,7 @@ async fn event_loop<C: WebsocketConsumer>(
     shutdown: &CancellationToken,
 ) -> u16 {
     let layer = ctx.channel_layer().cloned();
-    let channel = ctx.channel_name().map(str::to_owned);
+    let channel = ctx.shared_channel_name();
     let mut layer_rx = next_message(layer.as_ref(), channel.as_deref(), false);
     let mut last_seen = Instant::now();
     let mut pinged = false;

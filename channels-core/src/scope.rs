@@ -34,14 +34,15 @@ pub enum ScopeKind {
 pub struct Scope {
     kind: ScopeKind,
     method: Method,
-    path: String,
+    /// The decoded path, kept only when decoding changed it.
+    path: Option<Box<str>>,
     raw_path: String,
     query_string: String,
-    /// The headers as a flat list: a `HeaderMap` costs about 1 KiB even for a handful of
-    /// headers, and most connections never need one.
-    header_list: Vec<(HeaderName, HeaderValue)>,
-    /// Built from `header_list` the first time [`Scope::headers`] is called.
-    header_map: OnceLock<HeaderMap>,
+    /// The headers, packed: a `HeaderMap` costs about 1 KiB even for a handful of headers,
+    /// and most connections never need one.
+    header_block: HeaderBlock,
+    /// Built from `header_block` the first time [`Scope::headers`] is called.
+    header_map: OnceLock<Box<HeaderMap>>,
     client: Option<SocketAddr>,
     server: Option<SocketAddr>,
     subprotocols: Vec<String>,
@@ -76,10 +77,13 @@ impl Scope {
         Self {
             kind,
             method,
-            path: percent_decode(&raw_path, false).into_owned(),
+            path: match percent_decode(&raw_path, false) {
+                Cow::Owned(decoded) => Some(decoded.into()),
+                Cow::Borrowed(_) => None,
+            },
             raw_path,
             query_string: uri.query().unwrap_or("").to_owned(),
-            header_list: flatten(headers),
+            header_block: HeaderBlock::new(&headers),
             header_map: OnceLock::new(),
             client,
             server,
@@ -110,7 +114,7 @@ impl Scope {
             if n == http::header::SEC_WEBSOCKET_PROTOCOL {
                 self.subprotocols.extend(value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned));
             }
-            self.header_list.push((n, v));
+            self.header_block.push(n.as_str(), v.as_bytes());
             self.header_map = OnceLock::new();
         }
         self
@@ -138,7 +142,7 @@ impl Scope {
 
     /// The percent-decoded path.
     pub fn path(&self) -> &str {
-        &self.path
+        self.path.as_deref().unwrap_or(&self.raw_path)
     }
 
     /// The path as it arrived, still percent-encoded.
@@ -164,28 +168,34 @@ impl Scope {
     /// The request headers.
     pub fn headers(&self) -> &HeaderMap {
         self.header_map.get_or_init(|| {
-            let mut map = HeaderMap::with_capacity(self.header_list.len());
-            for (name, value) in &self.header_list {
-                map.append(name.clone(), value.clone());
+            let mut map = HeaderMap::with_capacity(self.header_block.len());
+            for (name, value) in self.header_block.iter() {
+                if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                    map.append(name, value);
+                }
             }
-            map
+            Box::new(map)
         })
     }
 
-    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a HeaderValue> + use<'a> {
+    /// The values of header `name` that are visible ASCII (as [`HeaderValue::to_str`] asks).
+    fn header_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + use<'a> {
         let name = name.to_ascii_lowercase();
-        self.header_list.iter().filter(move |(n, _)| n.as_str() == name).map(|(_, v)| v)
+        self.header_block
+            .iter()
+            .filter(move |(n, _)| *n == name.as_bytes())
+            .filter(|(_, v)| v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// The first value of header `name`, if it is visible ASCII.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.header_values(name).next().and_then(|v| v.to_str().ok())
+        self.header_values(name).next()
     }
 
     /// The cookies of the `Cookie` header(s), in order.
     pub fn cookies(&self) -> Vec<(String, String)> {
         self.header_values("cookie")
-            .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| {
                 let (k, v) = pair.split_once('=')?;
@@ -236,19 +246,52 @@ impl Scope {
     }
 }
 
-/// A header map as a list, in order, repeated names kept.
-fn flatten(headers: HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
-    let mut list = Vec::with_capacity(headers.len());
-    let mut current: Option<HeaderName> = None;
-    for (name, value) in headers {
-        if let Some(name) = name {
-            current = Some(name);
+/// Request headers in two allocations: their names and values back to back, and where each
+/// ends. Names are lowercase (as `HeaderName` keeps them); order and repeats are kept.
+#[derive(Debug, Default)]
+struct HeaderBlock {
+    bytes: Box<[u8]>,
+    /// For each header, the end of its name and the end of its value in `bytes`.
+    ends: Box<[(u32, u32)]>,
+}
+
+impl HeaderBlock {
+    fn new(headers: &HeaderMap) -> Self {
+        let size = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+        let mut bytes = Vec::with_capacity(size);
+        let mut ends = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            bytes.extend_from_slice(name.as_str().as_bytes());
+            let name_end = bytes.len() as u32;
+            bytes.extend_from_slice(value.as_bytes());
+            ends.push((name_end, bytes.len() as u32));
         }
-        if let Some(name) = &current {
-            list.push((name.clone(), value));
-        }
+        Self { bytes: bytes.into(), ends: ends.into() }
     }
-    list
+
+    fn push(&mut self, name: &str, value: &[u8]) {
+        let mut bytes = std::mem::take(&mut self.bytes).into_vec();
+        bytes.extend_from_slice(name.as_bytes());
+        let name_end = bytes.len() as u32;
+        bytes.extend_from_slice(value);
+        let mut ends = std::mem::take(&mut self.ends).into_vec();
+        ends.push((name_end, bytes.len() as u32));
+        *self = Self { bytes: bytes.into(), ends: ends.into() };
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let pair = (&self.bytes[start..name_end], &self.bytes[name_end..value_end]);
+            start = value_end;
+            pair
+        })
+    }
 }
 
 /// Splits an `application/x-www-form-urlencoded` string into decoded pairs.

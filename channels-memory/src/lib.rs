@@ -20,7 +20,6 @@
 //! # }
 //! ```
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -66,8 +65,78 @@ struct Inner {
 #[derive(Default)]
 struct State {
     channels: HashMap<String, Queue>,
-    /// group -> (channel -> time of its last `group_add`)
-    groups: HashMap<String, HashMap<String, Instant>>,
+    groups: HashMap<String, Members>,
+}
+
+/// A group's members, each with the time of its last `group_add`: a short list while the group
+/// is small (a personal group, such as one per user, costs one small allocation), a hash map
+/// once it grows.
+enum Members {
+    Few(Vec<(Box<str>, Instant)>),
+    Many(HashMap<Box<str>, Instant>),
+}
+
+/// Members kept in a list; a larger group switches to a map.
+const FEW_MEMBERS: usize = 8;
+
+impl Default for Members {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl Members {
+    fn insert(&mut self, channel: &str, joined: Instant) {
+        match self {
+            Self::Few(list) => match list.iter().position(|(c, _)| &**c == channel) {
+                Some(i) => list[i].1 = joined,
+                None if list.len() < FEW_MEMBERS => list.push((channel.into(), joined)),
+                None => {
+                    let mut map: HashMap<Box<str>, Instant> = std::mem::take(list).into_iter().collect();
+                    map.insert(channel.into(), joined);
+                    *self = Self::Many(map);
+                }
+            },
+            Self::Many(map) => match map.get_mut(channel) {
+                Some(at) => *at = joined,
+                None => {
+                    map.insert(channel.into(), joined);
+                }
+            },
+        }
+    }
+
+    fn remove(&mut self, channel: &str) {
+        match self {
+            Self::Few(list) => list.retain(|(c, _)| &**c != channel),
+            Self::Many(map) => {
+                map.remove(channel);
+            }
+        }
+    }
+
+    /// Keeps the members that joined after `cutoff`.
+    fn retain_joined_after(&mut self, cutoff: Option<Instant>) {
+        let Some(cutoff) = cutoff else { return };
+        match self {
+            Self::Few(list) => list.retain(|(_, joined)| *joined > cutoff),
+            Self::Many(map) => map.retain(|_, joined| *joined > cutoff),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Few(list) => list.is_empty(),
+            Self::Many(map) => map.is_empty(),
+        }
+    }
+
+    fn channels(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            Self::Few(list) => Box::new(list.iter().map(|(c, _)| &**c)),
+            Self::Many(map) => Box::new(map.keys().map(|c| &**c)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -210,7 +279,7 @@ impl InMemoryChannelLayer {
             state.remove_from_groups(&name);
         }
         state.groups.retain(|_, members| {
-            members.retain(|_, joined| *joined + group_expiry > now);
+            members.retain_joined_after(now.checked_sub(group_expiry));
             !members.is_empty()
         });
     }
@@ -293,7 +362,11 @@ impl ChannelLayer for InMemoryChannelLayer {
         validate_group_name(group)?;
         validate_channel_name(channel)?;
         self.ensure_sweeper();
-        self.lock().groups.entry(group.to_owned()).or_default().insert(channel.to_owned(), Instant::now());
+        let mut state = self.lock();
+        match state.groups.get_mut(group) {
+            Some(members) => members.insert(channel, Instant::now()),
+            None => state.groups.entry(group.to_owned()).or_default().insert(channel, Instant::now()),
+        }
         Ok(())
     }
 
@@ -301,10 +374,10 @@ impl ChannelLayer for InMemoryChannelLayer {
         validate_group_name(group)?;
         validate_channel_name(channel)?;
         let mut state = self.lock();
-        if let Entry::Occupied(mut members) = state.groups.entry(group.to_owned()) {
-            members.get_mut().remove(channel);
-            if members.get().is_empty() {
-                members.remove();
+        if let Some(members) = state.groups.get_mut(group) {
+            members.remove(channel);
+            if members.is_empty() {
+                state.groups.remove(group);
             }
         }
         Ok(())
@@ -321,12 +394,15 @@ impl ChannelLayer for InMemoryChannelLayer {
             let mut state = self.lock();
             let State { channels, groups } = &mut *state;
             let Some(members) = groups.get_mut(group) else { return Ok(report) };
-            members.retain(|_, joined| *joined + config.group_expiry > now);
+            members.retain_joined_after(now.checked_sub(config.group_expiry));
             let mut expired = Vec::new();
-            for channel in members.keys() {
-                let queue = channels.entry(channel.clone()).or_default();
+            for channel in members.channels() {
+                let queue = match channels.get_mut(channel) {
+                    Some(queue) => queue,
+                    None => channels.entry(channel.to_owned()).or_default(),
+                };
                 if queue.purge_expired(now) {
-                    expired.push(channel.clone());
+                    expired.push(channel.to_owned());
                 }
                 if queue.items.len() >= config.capacity_for(channel) {
                     report.dropped_full += 1;
@@ -393,6 +469,31 @@ mod tests {
 
     fn msg(n: u32) -> Message {
         Message::new(&HashMap::from([("type", "t".to_string()), ("n", n.to_string())])).unwrap()
+    }
+
+    #[tokio::test]
+    async fn groups_keep_their_members_when_they_outgrow_the_short_list() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+        let mut channels = Vec::new();
+        for _ in 0..3 * FEW_MEMBERS {
+            let channel = layer.new_channel("specific").await.unwrap();
+            layer.group_add("big", &channel).await.unwrap();
+            layer.group_add("big", &channel).await.unwrap(); // a refresh, not a second member
+            channels.push(channel);
+        }
+        for gone in channels.drain(..FEW_MEMBERS / 2) {
+            layer.group_discard("big", &gone).await.unwrap();
+        }
+        let sent = msg(1);
+        let report = layer.group_send("big", sent.clone()).await.unwrap();
+        assert_eq!(report.queued, channels.len());
+        for channel in &channels {
+            assert_eq!(layer.receive(channel).await.unwrap().as_bytes(), sent.as_bytes());
+        }
+        for channel in &channels {
+            layer.group_discard("big", channel).await.unwrap();
+        }
+        assert_eq!(layer.stats().groups, 0, "an emptied group is removed");
     }
 
     #[tokio::test]

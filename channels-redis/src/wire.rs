@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use channels_core::layer::{Message, RESERVED_CHANNEL_KEY};
+use channels_core::layer::{MAX_NESTING_DEPTH, Message, RESERVED_CHANNEL_KEY};
 use rand::RngCore;
 
 /// Bytes of random prefix before every payload (`random_prefix_length` in channels_redis).
@@ -110,7 +110,9 @@ pub fn unframe(member: &[u8]) -> Result<&[u8], WireError> {
 /// Decodes a body into the message (without the routing key) and its routing.
 pub fn decode_body(body: &[u8]) -> Result<(Message, Routing), WireError> {
     let mut reader = body;
-    let value = rmpv::decode::read_value(&mut reader).map_err(|e| WireError(e.to_string()))?;
+    // Bounded nesting: decoding recurses, and this payload may come from anyone on the Redis.
+    let value = rmpv::decode::read_value_with_max_depth(&mut reader, MAX_NESTING_DEPTH)
+        .map_err(|e| WireError(e.to_string()))?;
     if !reader.is_empty() {
         return Err(WireError(format!("{} bytes after the map", reader.len())));
     }
@@ -272,6 +274,13 @@ mod tests {
             [vec![0; 12], vec![0xdf, 0xff, 0xff, 0xff, 0xff]].concat(),
             [vec![0; 12], vec![0x81, 0xb0], b"__asgi_channel__".to_vec(), vec![0x05]].concat(),
             [vec![0; 12], vec![0x80, 0x80]].concat(),
+            // {"type": "deep", "x": [[[... 100,000 deep]]]}: refused, without exhausting the stack.
+            [vec![0; 12], vec![0x82, 0xa4], b"type".to_vec(), vec![0xa4], b"deep".to_vec(), vec![0xa1, b'x']]
+                .concat()
+                .into_iter()
+                .chain(std::iter::repeat_n(0x91, 100_000))
+                .chain([0xc0])
+                .collect(),
         ];
         for member in bad {
             let result = unframe(&member).and_then(decode_body);

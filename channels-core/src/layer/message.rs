@@ -36,6 +36,11 @@ impl std::error::Error for MessageError {}
 /// The key the Redis layer uses to route a message to process-local channels; senders must not set it.
 pub const RESERVED_CHANNEL_KEY: &str = "__asgi_channel__";
 
+/// How deeply maps and arrays may nest inside a message. Decoding is recursive, so a payload
+/// nested thousands deep (from a hostile peer on a shared Redis, say) could exhaust a thread's
+/// stack; such a message is refused instead. Real messages nest a few levels.
+pub const MAX_NESTING_DEPTH: usize = 128;
+
 /// A channel-layer message.
 ///
 /// A message is a msgpack map with a string `"type"` key, like the dicts Django Channels sends
@@ -66,12 +71,46 @@ struct Inner {
     message_type: Box<str>,
 }
 
-#[derive(Deserialize)]
-struct TypeOnly<'a> {
-    #[serde(rename = "type", borrow)]
+/// The top level of a message: its `"type"`, and whether it sets the reserved key. Read by hand
+/// rather than derived, because a derived struct also matches integer keys by field position
+/// (msgpack `{0: "x"}` would pass for `{"type": "x"}`), and Django's messages have string keys.
+struct Head<'a> {
     message_type: Option<&'a str>,
-    #[serde(rename = "__asgi_channel__", default)]
-    reserved: Option<serde::de::IgnoredAny>,
+    reserved: bool,
+}
+
+impl<'de> Deserialize<'de> for Head<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Head<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map with string keys")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head<'de>, A::Error> {
+                let mut head = Head { message_type: None, reserved: false };
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "type" if head.message_type.is_some() => {
+                            return Err(serde::de::Error::duplicate_field("type"));
+                        }
+                        "type" => head.message_type = Some(map.next_value()?),
+                        RESERVED_CHANNEL_KEY => {
+                            head.reserved = true;
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(head)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 impl Message {
@@ -90,8 +129,10 @@ impl Message {
             Some(0x80..=0x8f | 0xde | 0xdf) => {}
             _ => return Err(MessageError::NotAMap),
         }
-        let head: TypeOnly<'_> = rmp_serde::from_slice(&bytes).map_err(|e| MessageError::Codec(e.to_string()))?;
-        if head.reserved.is_some() {
+        let mut decoder = rmp_serde::Deserializer::from_read_ref(&bytes);
+        decoder.set_max_depth(MAX_NESTING_DEPTH);
+        let head = Head::deserialize(&mut decoder).map_err(|e| MessageError::Codec(e.to_string()))?;
+        if head.reserved {
             return Err(MessageError::ReservedKey(RESERVED_CHANNEL_KEY));
         }
         let message_type = head.message_type.ok_or(MessageError::MissingType)?.into();
@@ -182,6 +223,29 @@ mod tests {
         for bytes in [vec![], vec![0x81], vec![0x81, 0xa4, b't'], vec![0xde, 0xff, 0xff], vec![0xc1; 10]] {
             assert!(Message::from_msgpack(bytes).is_err());
         }
+    }
+
+    #[test]
+    fn integer_keys_do_not_pass_for_type() {
+        // {0: "none"}: a derived struct would read key 0 as its first field, "type".
+        let bytes = vec![0x81, 0x00, 0xa4, b'n', b'o', b'n', b'e'];
+        assert!(matches!(Message::from_msgpack(bytes), Err(MessageError::Codec(_))));
+        // {"type": "a", "type": "b"}
+        let twice = vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa1, b'a', 0xa4, b't', b'y', b'p', b'e', 0xa1, b'b'];
+        assert!(matches!(Message::from_msgpack(twice), Err(MessageError::Codec(_))));
+    }
+
+    #[test]
+    fn deeply_nested_messages_are_refused() {
+        let nested = |depth: usize| {
+            // {"type": "deep", "x": [[[...]]]}
+            let mut bytes = vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'd', b'e', b'e', b'p', 0xa1, b'x'];
+            bytes.extend(std::iter::repeat_n(0x91, depth));
+            bytes.push(0xc0);
+            bytes
+        };
+        assert!(Message::from_msgpack(nested(MAX_NESTING_DEPTH - 2)).is_ok());
+        assert!(matches!(Message::from_msgpack(nested(100_000)), Err(MessageError::Codec(_))));
     }
 
     #[test]

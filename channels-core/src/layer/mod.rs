@@ -14,7 +14,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 pub use config::{ConfigError, LayerConfig, LayerUrl};
-pub use message::{Message, MessageError, RESERVED_CHANNEL_KEY};
+pub use message::{MAX_NESTING_DEPTH, Message, MessageError, RESERVED_CHANNEL_KEY};
 pub use names::{InvalidName, MAX_NAME_LENGTH, non_local_name, validate_channel_name, validate_group_name};
 pub use registry::{ChannelLayers, DEFAULT_ALIAS};
 

@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::application::{Application, Upgrade};
-use crate::io::WsStream;
+use crate::io::{LeanIo, WsStream};
+use crate::runtime::{Finished, Upgrading};
 use crate::scope::Scope;
 
 /// How a test connection attempt ended.
@@ -166,16 +167,17 @@ impl WebsocketCommunicator {
             Upgrade::Refuse { status, code, .. } => return Ok(Connected::Denied { status: status.as_u16(), code }),
         };
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let server = WebSocketStream::from_raw_socket(server_io, Role::Server, Some(limits.tungstenite_config())).await;
+        let server_config = limits.tungstenite_config();
+        let upgrading: Upgrading = Box::pin(async move {
+            let server =
+                WebSocketStream::from_raw_socket(LeanIo::new(server_io), Role::Server, Some(server_config)).await;
+            Some(Box::new(server) as WsStream)
+        });
         let client_config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
         self.socket = Some(WebSocketStream::from_raw_socket(client_io, Role::Client, Some(client_config)).await);
         let (done_tx, done_rx) = oneshot::channel();
         self.done = Some(done_rx);
-        self.app.spawn(async move {
-            session(Some(Box::new(server) as WsStream)).await;
-            drop(permit);
-            let _ = done_tx.send(());
-        });
+        session(&self.app, upgrading, Finished { permit, done: Some(done_tx) });
         self.response_headers = acceptance
             .headers
             .iter()
