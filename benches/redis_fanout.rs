@@ -16,14 +16,14 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use channels::redis::testing::RedisServer;
+use common::django::Daphne;
 use common::load::{self, Outcome, Scenario, Targets};
-use common::server::{self, Kind, Log, Process, ServerProcess};
+use common::server::{self, Kind, Log, ServerProcess};
 use common::stats::{median, si};
 
 /// Bars: Redis at least this share of in-memory, and this multiple of Django (both in
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(chat) = server::prepare(1200) else { return ExitCode::FAILURE };
-    let daphne = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/daphne");
+    let daphne = common::django::daphne_path();
     let django = std::env::var_os("BENCH_NO_DJANGO").is_none() && daphne.exists();
     if !django {
         println!("note: Django left out ({} missing or BENCH_NO_DJANGO set)", daphne.display());
@@ -61,6 +61,7 @@ fn main() -> ExitCode {
     let runs = common::runs();
     let scenario = Scenario {
         clients: 1000,
+        rooms: 1,
         senders: 1,
         messages_per_sender: 1000,
         window: 8,
@@ -239,51 +240,4 @@ fn pin_redis(redis: &RedisServer) -> Result<u32, String> {
         }
     }
     Ok(pid)
-}
-
-/// A daphne process serving `benches/django/`, pinned to CPU 0; killed when dropped.
-struct Daphne {
-    process: Process,
-    addr: SocketAddr,
-}
-
-impl Daphne {
-    fn start(daphne: &Path, redis_url: &str) -> Result<Self, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut command = Process::command(daphne);
-        command
-            .args(["-v", "0", "-b", "127.0.0.1", "-p", &port.to_string(), "benchchat.asgi:application"])
-            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/django"))
-            .env("DJANGO_SETTINGS_MODULE", "benchchat.settings")
-            .env("BENCH_REDIS_URL", redis_url)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        let mut daphne = Self { process: Process::spawn(command, &daphne.display().to_string())?, addr };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(daphne);
-            }
-            if let Ok(Some(status)) = daphne.process.child_mut().try_wait() {
-                let log = daphne.process.take_log();
-                return Err(format!("daphne exited ({status}): {:?}", log.first));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let log = daphne.process.take_log();
-        Err(format!("daphne did not listen on {addr} within 30 s: {:?}", log.first))
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    fn stop(self) -> Log {
-        self.process.stop()
-    }
 }

@@ -1,15 +1,20 @@
 //! The seed scenario: 1 room, 20 clients each sending 200 messages (at most 8 in flight per
 //! sender), so 80,000 deliveries, every one of which must arrive; the chat example against
-//! the hand-written baseline.
+//! the hand-written baseline (plain and batched) and, when the test venv has daphne, Django
+//! Channels (daphne, in-memory layer) running the same consumer (`benches/django/`).
+//!
+//! Bars: chat deliveries/s at least 0.95 x each bare baseline's, nothing lost, p99 <= 5 ms.
 //!
 //! `cargo bench --bench seed_scenario` (see docs/performance.md). `BENCH_RUNS=N` changes the
-//! number of runs per server (default 3).
+//! number of runs per server (default 3); `BENCH_NO_DJANGO=1` leaves Django out;
+//! `BENCH_SERVERS=chat,baseline,batched,framework,django` picks the servers.
 
 mod common;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
+use common::compare::Bars;
 use common::load::Scenario;
 
 fn main() -> ExitCode {
@@ -18,11 +23,13 @@ fn main() -> ExitCode {
     }
     let scenario = Scenario {
         clients: 20,
+        rooms: 1,
         senders: 20,
         messages_per_sender: 200,
         window: 8,
         room: "seed",
         time_limit: Duration::from_secs(60),
     };
-    common::compare::run("seed: 1 room, 20 clients x 200 messages each", &scenario)
+    let bars = Bars { min_ratio: 0.95, max_p99_ms: Some(5.0) };
+    common::compare::run("seed: 1 room, 20 clients x 200 messages each", &scenario, bars, true)
 }

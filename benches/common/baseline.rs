@@ -7,11 +7,15 @@
 //! The benchmark binaries run it in a child process (`BENCH_BINARY --baseline-server`), so it
 //! is measured exactly like the chat example. It prints `baseline: open http://ADDR/` first and
 //! exits when its stdin closes (the benchmark is gone) or after an hour at most.
+//!
+//! With [`FLAG_BATCHED`] instead, each socket task writes every room message already waiting
+//! (up to [`BATCH`]) with `feed` and flushes once, so a burst costs one `sendto` instead of one
+//! per message: what a hand-written server with write batching does, and the practical limit.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,43 +27,49 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 /// The argument that makes a benchmark binary run the baseline server instead.
 pub(crate) const FLAG: &str = "--baseline-server";
 
+/// The argument that makes a benchmark binary run the batched baseline server instead.
+pub(crate) const FLAG_BATCHED: &str = "--baseline-server-batched";
+
+/// Most room messages the batched baseline writes before one flush (as many as the chat
+/// server's burst).
+const BATCH: usize = 64;
+
 /// Messages a room buffers for its slowest member before that member starts losing them.
 const ROOM_CAPACITY: usize = 1024;
 
 type Rooms = Arc<Mutex<HashMap<String, broadcast::Sender<String>>>>;
 
-/// If this process was started with [`FLAG`], serves until stdin closes and returns true.
+/// If this process was started with [`FLAG`] or [`FLAG_BATCHED`], serves until stdin closes
+/// and returns true. Otherwise, if it was started with the framework bench server's flag, runs
+/// that one (see [`super::framework`]).
 pub(crate) fn run_if_requested() -> bool {
-    if !std::env::args().any(|arg| arg == FLAG) {
+    if super::framework::run_if_requested() {
+        return true;
+    }
+    let batched = std::env::args().any(|arg| arg == FLAG_BATCHED);
+    if !batched && !std::env::args().any(|arg| arg == FLAG) {
         return false;
     }
-    std::thread::spawn(|| {
-        let mut sink = [0u8; 64];
-        while matches!(std::io::stdin().read(&mut sink), Ok(1..)) {}
-        std::process::exit(0);
-    });
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(3600));
-        std::process::exit(0);
-    });
+    super::exit_with_parent();
     // What `#[tokio::main]` does: the multi-threaded runtime, one worker per available CPU.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    if let Err(e) = runtime.block_on(serve()) {
+    if let Err(e) = runtime.block_on(serve(batched)) {
         eprintln!("baseline: {e}");
         std::process::exit(1);
     }
     true
 }
 
-async fn serve() -> std::io::Result<()> {
+async fn serve(batched: bool) -> std::io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    println!("baseline: open http://{}/", listener.local_addr()?);
+    let name = if batched { "baseline-batched" } else { "baseline" };
+    println!("{name}: open http://{}/", listener.local_addr()?);
     std::io::stdout().flush()?;
     let rooms = Rooms::default();
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, rooms.clone()));
+        tokio::spawn(connection(stream, rooms.clone(), batched));
     }
 }
 
@@ -69,7 +79,7 @@ fn now() -> f64 {
 
 // The handshake callback's error type is tungstenite's, not ours.
 #[allow(clippy::result_large_err)]
-async fn connection(stream: TcpStream, rooms: Rooms) {
+async fn connection(stream: TcpStream, rooms: Rooms, batched: bool) {
     let mut target = String::new();
     let remember_path = |request: &Request, response: Response| {
         target = request.uri().to_string();
@@ -102,6 +112,11 @@ async fn connection(stream: TcpStream, rooms: Rooms) {
                 Some(Ok(_)) => {}
             },
             event = room_rx.recv() => match event {
+                Ok(text) if batched => {
+                    if write_batch(&mut ws, &mut room_rx, text, &room).await.is_err() {
+                        break;
+                    }
+                }
                 Ok(text) => {
                     if ws.send(Message::text(text)).await.is_err() {
                         break;
@@ -119,4 +134,25 @@ async fn connection(stream: TcpStream, rooms: Rooms) {
     if room_tx.receiver_count() == 0 {
         rooms.remove(&room);
     }
+}
+
+/// Writes `first` and every room message already waiting (up to [`BATCH`]) into the socket's
+/// buffer, then flushes once.
+async fn write_batch(
+    ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+    room_rx: &mut broadcast::Receiver<String>,
+    first: String,
+    room: &str,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    ws.feed(Message::text(first)).await?;
+    for _ in 1..BATCH {
+        match room_rx.try_recv() {
+            Ok(text) => ws.feed(Message::text(text)).await?,
+            Err(broadcast::error::TryRecvError::Lagged(lost)) => {
+                eprintln!("baseline: a client of room {room} lagged and lost {lost} messages");
+            }
+            Err(_) => break,
+        }
+    }
+    ws.flush().await
 }

@@ -1,9 +1,10 @@
-//! The chat load generator: N WebSocket clients in one room, some of which send numbered,
-//! timestamped messages with a bounded window, all of which count and time deliveries.
+//! The chat load generator: N WebSocket clients in one room (or spread over several rooms),
+//! some of which send numbered, timestamped messages with a bounded window, all of which
+//! count and time deliveries.
 //!
-//! Phases: connect every client (bounded concurrency); warm up (client 0 sends `w K` until
-//! every client has seen one, which also drains the join/presence events that were queued
-//! before it); settle; then the measured send phase, which ends when every expected delivery
+//! Phases: connect every client (bounded concurrency, from several loopback source addresses,
+//! see [`super::net`]); warm up (the first client of each room sends `w K` until every client
+//! has seen one, which also drains the join/presence events that were queued before it); settle; then the measured send phase, which ends when every expected delivery
 //! arrived or the time limit passed. It runs on a single-threaded tokio runtime, pinned to one
 //! CPU by the caller.
 
@@ -25,24 +26,40 @@ use super::stats::si;
 /// What one run does.
 #[derive(Debug, Clone)]
 pub(crate) struct Scenario {
-    /// Clients in the room.
+    /// Clients in all rooms together.
     pub(crate) clients: usize,
+    /// Rooms: client `i` joins room `i % rooms` (named `{room}{i % rooms}`; just `{room}`
+    /// when there is one).
+    pub(crate) rooms: usize,
     /// Clients `0..senders` send.
     pub(crate) senders: usize,
     /// Messages each sender sends.
     pub(crate) messages_per_sender: usize,
     /// Messages a sender may have sent and not yet seen come back.
     pub(crate) window: usize,
-    /// The room every client joins.
+    /// The room every client joins (the prefix of the room names when there are several).
     pub(crate) room: &'static str,
     /// Longest send phase; the run reports what was delivered by then.
     pub(crate) time_limit: Duration,
 }
 
 impl Scenario {
-    /// Every client receives every message, its own included.
+    /// Every client receives every message sent in its room, its own included.
     pub(crate) fn expected(&self) -> u64 {
-        (self.clients * self.senders * self.messages_per_sender) as u64
+        let rooms = self.rooms.max(1);
+        let per_message: usize = (0..rooms)
+            .map(|room| {
+                let members = (0..self.clients).filter(|i| i % rooms == room).count();
+                let senders = (0..self.senders.min(self.clients)).filter(|i| i % rooms == room).count();
+                members * senders
+            })
+            .sum();
+        (per_message * self.messages_per_sender) as u64
+    }
+
+    /// The room of client `index`.
+    fn room_of(&self, index: usize) -> String {
+        if self.rooms <= 1 { self.room.to_owned() } else { format!("{}{}", self.room, index % self.rooms) }
     }
 }
 
@@ -69,6 +86,10 @@ pub(crate) struct Outcome {
     /// Frames other than `chat.message` seen (presence, join, leave).
     pub(crate) setup_events: u64,
     pub(crate) timed_out: bool,
+    /// Deliveries stopped arriving before all came ([`STALL`]); `wall` ends at the last one.
+    pub(crate) stalled: bool,
+    /// The server processes' summed `VmRSS` at the end of the send phase, in KiB.
+    pub(crate) server_rss_kib: u64,
 }
 
 impl Outcome {
@@ -78,6 +99,11 @@ impl Outcome {
 
     pub(crate) fn per_server_cpu_second(&self) -> f64 {
         self.delivered as f64 / self.server_cpu.as_secs_f64().max(1e-9)
+    }
+
+    /// Deliveries that did not arrive.
+    pub(crate) fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.delivered)
     }
 
     /// Share of the server's CPU time spent in the kernel, in percent.
@@ -100,6 +126,8 @@ struct Shared {
     delivered: AtomicU64,
     /// Microseconds since `base` of the delivery that completed the run.
     done_at_us: AtomicU64,
+    /// Microseconds since `base` of the latest delivery.
+    last_at_us: AtomicU64,
     connected: AtomicUsize,
     failed: AtomicUsize,
     ready: AtomicUsize,
@@ -123,6 +151,9 @@ const CONNECT_CONCURRENCY: usize = 32;
 const CONNECT_LIMIT: Duration = Duration::from_secs(120);
 const WARMUP_LIMIT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_millis(300);
+/// A send phase with no delivery for this long has lost what is missing (Django's layers drop
+/// messages silently): it ends there, and its wall time runs to the last delivery.
+const STALL: Duration = Duration::from_secs(5);
 
 /// Where the clients connect and whose CPU time counts as the server's.
 #[derive(Debug, Clone)]
@@ -138,6 +169,10 @@ pub(crate) struct Targets {
 impl Targets {
     fn cpu(&self) -> Duration {
         self.pids.iter().map(|&pid| super::cpu_time(pid)).sum()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.pids.iter().filter_map(|&pid| super::rss_kib(pid)).sum()
     }
 
     fn user_system(&self) -> (Duration, Duration) {
@@ -188,7 +223,13 @@ pub(crate) fn print_row(name: &str, round: usize, outcome: &Outcome, warns: usiz
         100.0 * outcome.client_cpu.as_secs_f64() / outcome.wall.as_secs_f64().max(1e-9),
         outcome.setup.as_secs_f64(),
         warns,
-        if outcome.timed_out { "  TIMED OUT" } else { "" },
+        if outcome.timed_out {
+            "  TIMED OUT"
+        } else if outcome.stalled {
+            "  STALLED (lost the rest)"
+        } else {
+            ""
+        },
     );
 }
 
@@ -231,6 +272,7 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
         expected: scenario.expected(),
         delivered: AtomicU64::new(0),
         done_at_us: AtomicU64::new(0),
+        last_at_us: AtomicU64::new(0),
         connected: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
         ready: AtomicUsize::new(0),
@@ -242,9 +284,10 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
     let mut tasks = Vec::with_capacity(scenario.clients);
     for index in 0..scenario.clients {
         let addr = server.addrs[index % server.addrs.len()];
-        let url = format!("ws://{addr}/ws/chat/{}/?user=u{index}", scenario.room);
+        let url = format!("ws://{addr}/ws/chat/{}/?user=u{index}", scenario.room_of(index));
         tasks.push(tokio::spawn(client(
             index,
+            addr,
             url,
             scenario.clone(),
             shared.clone(),
@@ -309,9 +352,18 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
     let go = Instant::now();
     let _ = phase_tx.send(Phase::Go);
     let mut timed_out = false;
+    let mut stalled = false;
+    let mut progress = (0, Instant::now());
     while shared.delivered.load(Ordering::Acquire) < shared.expected {
         if go.elapsed() >= scenario.time_limit {
             timed_out = true;
+            break;
+        }
+        let delivered = shared.delivered.load(Ordering::Acquire);
+        if delivered != progress.0 {
+            progress = (delivered, Instant::now());
+        } else if progress.1.elapsed() >= STALL {
+            stalled = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -319,9 +371,12 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
     let server_cpu = server.cpu().saturating_sub(server_cpu_before);
     let (user_after, system_after) = server.user_system();
     let client_cpu = super::cpu_time(std::process::id()).saturating_sub(client_cpu_before);
+    let server_rss_kib = server.rss_kib();
     let delivered = shared.delivered.load(Ordering::Acquire);
     let wall = if timed_out {
         go.elapsed()
+    } else if stalled {
+        Duration::from_micros(shared.last_at_us.load(Ordering::Acquire).saturating_sub(go_us))
     } else {
         Duration::from_micros(shared.done_at_us.load(Ordering::Acquire).saturating_sub(go_us))
     };
@@ -353,11 +408,14 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
         setup,
         setup_events,
         timed_out,
+        stalled,
+        server_rss_kib,
     })
 }
 
 async fn client(
     index: usize,
+    addr: SocketAddr,
     url: String,
     scenario: Scenario,
     shared: Arc<Shared>,
@@ -367,7 +425,7 @@ async fn client(
     let mut report = ClientReport { latencies_us: Vec::new(), error: None };
     let connected = {
         let _permit = permits.acquire().await;
-        connect_client(&url).await
+        super::net::connect(addr, &url).await
     };
     let mut ws = match connected {
         Ok(ws) => {
@@ -403,7 +461,7 @@ async fn client(
                 match current {
                     Phase::Stop => break,
                     Phase::Go => go = true,
-                    Phase::Warmup(round) if index == 0 => {
+                    Phase::Warmup(round) if index < scenario.rooms.max(1) => {
                         if ws.send(Message::text(format!("w {round}"))).await.is_err() {
                             break;
                         }
@@ -435,6 +493,7 @@ async fn client(
                 let sent_us: Option<u64> = fields.nth(1).and_then(|v| v.parse().ok());
                 let (Some(from), Some(sent_us)) = (from, sent_us) else { continue };
                 let now_us = shared.base.elapsed().as_micros() as u64;
+                shared.last_at_us.fetch_max(now_us, Ordering::Relaxed);
                 report.latencies_us.push(now_us.saturating_sub(sent_us).min(u64::from(u32::MAX)) as u32);
                 if from == index {
                     echoed += 1;

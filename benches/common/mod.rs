@@ -7,7 +7,10 @@
 
 pub(crate) mod baseline;
 pub(crate) mod compare;
+pub(crate) mod django;
+pub(crate) mod framework;
 pub(crate) mod load;
+pub(crate) mod net;
 pub(crate) mod server;
 pub(crate) mod stats;
 
@@ -22,6 +25,34 @@ pub(crate) fn started_by_cargo_bench() -> bool {
     }
     eprintln!("skipped: this is a load benchmark; run it with `cargo bench --bench NAME` (see docs/performance.md)");
     false
+}
+
+/// For a benchmark binary re-executed as a server: exits when stdin closes (the benchmark that
+/// started it is gone) or after an hour at most.
+pub(crate) fn exit_with_parent() {
+    std::thread::spawn(|| {
+        use std::io::Read;
+        let mut sink = [0u8; 64];
+        while matches!(std::io::stdin().read(&mut sink), Ok(1..)) {}
+        std::process::exit(0);
+    });
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(3600));
+        std::process::exit(0);
+    });
+}
+
+/// The soft limit on open files of this process (inherited by the servers it starts), from
+/// `/proc/self/limits`; `None` when unlimited or unreadable.
+pub(crate) fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse::<u64>().ok()
+}
+
+/// `met` or `MISSED`.
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
 }
 
 /// Runs-per-server, from `BENCH_RUNS` (default 3).

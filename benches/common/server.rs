@@ -18,6 +18,14 @@ pub(crate) enum Kind {
     Chat,
     /// The hand-written tokio-tungstenite + `broadcast` server of [`baseline`].
     Baseline,
+    /// The same, writing every waiting message before one flush ([`baseline::FLAG_BATCHED`]).
+    BaselineBatched,
+    /// The framework bench server of [`super::framework`]: the chat protocol's messages
+    /// without presence or join/leave events, and no 10,000-connection cap.
+    Framework,
+    /// Django Channels (daphne, in-memory layer) serving `benches/django/`; started by
+    /// [`super::django::Daphne`], not by [`ServerProcess`].
+    Django,
 }
 
 impl Kind {
@@ -25,7 +33,39 @@ impl Kind {
         match self {
             Kind::Chat => "chat",
             Kind::Baseline => "baseline",
+            Kind::BaselineBatched => "batched",
+            Kind::Framework => "framework",
+            Kind::Django => "django",
         }
+    }
+
+    /// What the name stands for, for the legend under a results table.
+    pub(crate) fn legend(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat = examples/chat (release, in-memory layer)",
+            Kind::Baseline => {
+                "baseline = bare tokio + tokio-tungstenite + broadcast server, one send (one sendto) per message"
+            }
+            Kind::BaselineBatched => {
+                "batched = the same bare server writing all waiting messages, then one flush (the practical limit)"
+            }
+            Kind::Framework => {
+                "framework = bench server built from the framework, joins silently (no presence/join/leave events)"
+            }
+            Kind::Django => "django = Django Channels (daphne, InMemoryChannelLayer) serving benches/django",
+        }
+    }
+
+    /// Parses a name of [`Kind::name`].
+    pub(crate) fn from_name(name: &str) -> Option<Kind> {
+        [Kind::Chat, Kind::Baseline, Kind::BaselineBatched, Kind::Framework, Kind::Django]
+            .into_iter()
+            .find(|kind| kind.name() == name.trim())
+    }
+
+    /// True for the two hand-written baselines.
+    pub(crate) fn is_bare(self) -> bool {
+        matches!(self, Kind::Baseline | Kind::BaselineBatched)
     }
 }
 
@@ -197,15 +237,16 @@ impl ServerProcess {
     /// [`start`](Self::start) with extra command-line arguments (for the chat example, e.g.
     /// `--layer redis://127.0.0.1:PORT` or `--poll-timeout SECS`).
     pub(crate) fn start_with(kind: Kind, chat: &Path, extra_args: &[String]) -> Result<Self, String> {
-        let program = match kind {
-            Kind::Chat => chat.to_path_buf(),
-            Kind::Baseline => std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?,
+        let exe = || std::env::current_exe().map_err(|e| format!("current_exe: {e}"));
+        let (program, args): (PathBuf, &[&str]) = match kind {
+            Kind::Chat => (chat.to_path_buf(), &["--bind", "127.0.0.1:0"]),
+            Kind::Baseline => (exe()?, &[baseline::FLAG]),
+            Kind::BaselineBatched => (exe()?, &[baseline::FLAG_BATCHED]),
+            Kind::Framework => (exe()?, &[super::framework::FLAG]),
+            Kind::Django => return Err("Django runs under daphne; start it with common::django::Daphne".into()),
         };
         let mut command = Process::command(&program);
-        match kind {
-            Kind::Chat => command.args(["--bind", "127.0.0.1:0"]),
-            Kind::Baseline => command.arg(baseline::FLAG),
-        };
+        command.args(args);
         command.args(extra_args);
         command.env("RUST_LOG", "warn").stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut process = Process::spawn(command, &program.display().to_string())?;
