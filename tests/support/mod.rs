@@ -222,3 +222,61 @@ impl EventStream {
         }
     }
 }
+
+/// Runs `node tests/browser/SCRIPT URL` (a Playwright script driving Debian's Chromium) against
+/// a running example and fails the test, with the script's output and the server's log, unless
+/// the script succeeds within `timeout`. Returns the script's standard output.
+///
+/// Needs `scripts/install-test-deps` (Chromium and the npm packages) and fails rather than
+/// skips when they are missing.
+pub fn run_browser_script(script: &str, example: &Example, timeout: Duration) -> String {
+    use std::io::Read;
+    use std::path::Path;
+    use std::time::Instant;
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for needed in [Path::new("/usr/bin/chromium"), &root.join("tests/browser/node_modules/playwright-core")] {
+        assert!(needed.exists(), "{} is missing: run scripts/install-test-deps first", needed.display());
+    }
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let mut child = Command::new("node")
+        .arg(Path::new("tests/browser").join(script))
+        .arg(format!("http://{}/", example.addr))
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}): run scripts/install-test-deps first"));
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for node") {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let server_log = example.log.lock().map(|log| log.clone()).unwrap_or_default();
+    let output = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n--- server log ---\n{server_log}");
+    match status {
+        None => panic!("{script} did not finish within {timeout:?} and was killed\n{output}"),
+        Some(status) => assert!(status.success(), "{script} failed ({status})\n{output}"),
+    }
+    stdout
+}
