@@ -512,3 +512,64 @@ async fn groups_joined_in_handlers_are_left_when_the_connection_ends() {
     assert_eq!(f.layer.group_send("extra", ping(1)).await.expect("group_send").queued, 0);
     assert_eq!(f.layer.stats().groups, 0);
 }
+
+/// Forwards `room.*` messages as they are and decodes the rest.
+struct Relay;
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename = "typed.ping")]
+struct TypedPing {
+    n: u32,
+}
+
+impl WebsocketConsumer for Relay {
+    type Event = TypedPing;
+
+    fn groups(&self) -> Vec<String> {
+        vec!["relay".into()]
+    }
+
+    async fn message(&mut self, ctx: &mut WebsocketContext, message: Message) -> HandlerResult {
+        if message.message_type().starts_with("room.") {
+            ctx.send_message_json(&message).await?;
+            Ok(())
+        } else {
+            decode_and_dispatch(self, ctx, message).await
+        }
+    }
+
+    async fn event(&mut self, ctx: &mut WebsocketContext, event: TypedPing) -> HandlerResult {
+        ctx.send_text(format!("typed {}", event.n)).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_forwarded_group_message_is_rendered_once_and_the_rest_take_the_typed_path() {
+    let layer = InMemoryChannelLayer::new(LayerConfig::default());
+    let app = Application::builder(Router::new().websocket("/relay/", |_: &Scope| Relay))
+        .layer(Arc::new(layer.clone()) as Arc<dyn ChannelLayer>)
+        .build();
+    let mut a = WebsocketCommunicator::new(&app, "/relay/");
+    let mut b = WebsocketCommunicator::new(&app, "/relay/");
+    assert!(matches!(a.connect().await.expect("a"), Connected::Accepted { .. }));
+    assert!(matches!(b.connect().await.expect("b"), Connected::Accepted { .. }));
+
+    let message = Message::new(&serde_json::json!({"type": "room.note", "text": "<b>hi</b>", "n": 1.5})).unwrap();
+    layer.group_send("relay", message.clone()).await.unwrap();
+    let expected = r#"{"n":1.5,"text":"<b>hi</b>","type":"room.note"}"#;
+    assert_eq!(a.receive_text().await.unwrap(), expected);
+    assert_eq!(b.receive_text().await.unwrap(), expected);
+    assert_eq!(
+        message.to_json().unwrap().as_str().as_ptr(),
+        Message::clone(&message).to_json().unwrap().as_str().as_ptr(),
+        "every member's copy shares one rendering"
+    );
+
+    layer.group_send("relay", Message::new(&serde_json::json!({"type": "typed.ping", "n": 7})).unwrap()).await.unwrap();
+    assert_eq!(a.receive_text().await.unwrap(), "typed 7");
+    layer.group_send("relay", Message::new(&serde_json::json!({"type": "other.thing"})).unwrap()).await.unwrap();
+    assert!(a.receive_nothing().await, "an unhandled type is dropped, not forwarded");
+    a.disconnect().await.unwrap();
+    b.disconnect().await.unwrap();
+}

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::context::WebsocketContext;
-use crate::layer::DEFAULT_ALIAS;
+use crate::layer::{DEFAULT_ALIAS, Message};
 
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -62,6 +62,28 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// A handler failed on the server.
     pub const INTERNAL_ERROR: u16 = 1011;
+}
+
+/// What [`WebsocketConsumer::message`] does by default: decodes `message` into the consumer's
+/// `Event` and runs its `event` hook; a message of a type the consumer does not handle is
+/// logged and dropped.
+pub async fn decode_and_dispatch<C: WebsocketConsumer + ?Sized>(
+    consumer: &mut C,
+    ctx: &mut WebsocketContext,
+    message: Message,
+) -> HandlerResult {
+    match message.decode::<C::Event>() {
+        Ok(event) => consumer.event(ctx, event).await,
+        Err(e) => {
+            tracing::warn!(
+                r#type = message.message_type(),
+                path = %ctx.scope().path(),
+                error = %e,
+                "dropping a channel-layer event this consumer does not handle"
+            );
+            Ok(())
+        }
+    }
 }
 
 pub(crate) fn close_code_from(code: u16) -> CloseCode {
@@ -148,6 +170,38 @@ pub trait WebsocketConsumer: Send + 'static {
         _event: Self::Event,
     ) -> impl Future<Output = HandlerResult> + Send {
         async { Ok(()) }
+    }
+
+    /// A channel-layer message arrived, not yet decoded. The default is [`decode_and_dispatch`]:
+    /// decode it into [`Event`](Self::Event) and run [`event`](Self::event); a message of a type
+    /// this consumer does not handle is logged and dropped.
+    ///
+    /// Override it to pass messages on without decoding them: with
+    /// [`WebsocketContext::send_message_json`], a group event forwarded as it is costs one JSON
+    /// rendering for the whole group instead of a decode and an encode per member.
+    ///
+    /// ```
+    /// use channels_core::consumer::decode_and_dispatch;
+    /// use channels_core::layer::Message;
+    /// use channels_core::prelude::*;
+    ///
+    /// struct Relay;
+    ///
+    /// impl WebsocketConsumer for Relay {
+    ///     type Event = NoEvents;
+    ///
+    ///     async fn message(&mut self, ctx: &mut WebsocketContext, message: Message) -> HandlerResult {
+    ///         if message.message_type().starts_with("chat.") {
+    ///             ctx.send_message_json(&message).await?;
+    ///             Ok(())
+    ///         } else {
+    ///             decode_and_dispatch(self, ctx, message).await
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn message(&mut self, ctx: &mut WebsocketContext, message: Message) -> impl Future<Output = HandlerResult> + Send {
+        decode_and_dispatch(self, ctx, message)
     }
 
     /// The connection is over: `code` is the client's close code, the server's own (1001 on

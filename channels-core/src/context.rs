@@ -240,6 +240,15 @@ impl WebsocketContext {
         self.send_text(text).await
     }
 
+    /// Sends a channel-layer message as a JSON text frame, as it is (`"type"` included). The
+    /// JSON is rendered once per message and shared by every connection the message reached
+    /// (see [`Message::to_json`]), so forwarding a group event to N members renders it once,
+    /// not N times. Use it from [`WebsocketConsumer::message`](crate::consumer::WebsocketConsumer::message).
+    pub async fn send_message_json(&mut self, message: &Message) -> Result<(), ContextError> {
+        let text = message.to_json().map_err(ContextError::Message)?;
+        self.send_text(text).await
+    }
+
     async fn send_frame(&mut self, frame: WsMessage) -> Result<(), ContextError> {
         match &mut self.state {
             State::Connecting(connecting) => match connecting.as_mut() {

@@ -51,9 +51,11 @@ pub mod prelude {
     pub use crate::config::WebsocketLimits;
     pub use crate::consumer::{
         BoxError, Frame, HandlerResult, JsonFrameError, JsonWebsocketConsumer, NoEvents, WebsocketConsumer, close_code,
+        decode_and_dispatch,
     };
     pub use crate::context::WebsocketContext;
     pub use crate::http_consumer::{HttpConsumer, HttpContext};
+    pub use crate::layer::Message;
     pub use crate::routing::Router;
     pub use crate::scope::Scope;
     pub use crate::server::Server;

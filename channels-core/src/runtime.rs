@@ -195,26 +195,14 @@ fn next_message<'a>(
 /// Most layer events handled before one flush.
 const MAX_BATCH: usize = 64;
 
-/// Decodes a layer message into the consumer's event type and runs `event`; an event of another
-/// type is logged and dropped.
+/// Hands a layer message to the consumer's `message` hook; a failed receive is logged.
 async fn dispatch_event<C: WebsocketConsumer>(
     consumer: &mut C,
     ctx: &mut WebsocketContext,
     message: Result<Message, ReceiveError>,
 ) -> HandlerResult {
     match message {
-        Ok(message) => match message.decode::<C::Event>() {
-            Ok(event) => guarded(consumer.event(ctx, event)).await,
-            Err(e) => {
-                tracing::warn!(
-                    r#type = message.message_type(),
-                    path = %ctx.scope().path(),
-                    error = %e,
-                    "dropping a channel-layer event this consumer does not handle"
-                );
-                Ok(())
-            }
-        },
+        Ok(message) => guarded(consumer.message(ctx, message)).await,
         Err(e) => {
             tracing::warn!(error = %e, "channel layer receive failed; retrying in 1 s");
             Ok(())

@@ -199,6 +199,17 @@ impl WebsocketConsumer for ChatConsumer {
         Ok(())
     }
 
+    /// Room events go to the browser as they are, so each is rendered to JSON once for the
+    /// whole room instead of being decoded and encoded again for every member. Other types
+    /// take the default path (decoded into `ChatEvent`, unknown ones dropped).
+    async fn message(&mut self, ctx: &mut WebsocketContext, message: Message) -> HandlerResult {
+        match message.message_type() {
+            "chat.message" | "chat.join" | "chat.leave" => ctx.send_message_json(&message).await?,
+            _ => decode_and_dispatch(self, ctx, message).await?,
+        }
+        Ok(())
+    }
+
     async fn disconnect(&mut self, ctx: &mut WebsocketContext, _code: u16) -> HandlerResult {
         if self.joined {
             self.presence.leave(&self.room, &self.user);

@@ -1,10 +1,11 @@
 //! The layer message envelope: a msgpack map with a string `"type"` key, encoded once.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Why a value could not become a [`Message`], or a [`Message`] could not be decoded.
 #[derive(Debug)]
@@ -69,6 +70,8 @@ pub struct Message {
 struct Inner {
     bytes: Vec<u8>,
     message_type: Box<str>,
+    /// The message as JSON text, rendered on first use and shared by every receiver.
+    json: OnceLock<Utf8Bytes>,
 }
 
 /// The top level of a message: its `"type"`, and whether it sets the reserved key. Read by hand
@@ -136,7 +139,7 @@ impl Message {
             return Err(MessageError::ReservedKey(RESERVED_CHANNEL_KEY));
         }
         let message_type = head.message_type.ok_or(MessageError::MissingType)?.into();
-        Ok(Self { inner: Arc::new(Inner { bytes, message_type }) })
+        Ok(Self { inner: Arc::new(Inner { bytes, message_type, json: OnceLock::new() }) })
     }
 
     /// The message's `"type"`, such as `"chat.message"`.
@@ -147,6 +150,27 @@ impl Message {
     /// The encoded msgpack map.
     pub fn as_bytes(&self) -> &[u8] {
         &self.inner.bytes
+    }
+
+    /// The message as a JSON object, `"type"` included, keys in their msgpack order (binary
+    /// values become arrays of numbers). It is rendered once and shared: every clone of this
+    /// message, such as each member's copy of a `group_send`, gets the same bytes.
+    ///
+    /// ```
+    /// use channels_core::layer::Message;
+    /// use std::collections::BTreeMap;
+    ///
+    /// let msg = Message::new(&BTreeMap::from([("type", "chat.message"), ("text", "hi")])).unwrap();
+    /// assert_eq!(msg.to_json().unwrap().as_str(), r#"{"text":"hi","type":"chat.message"}"#);
+    /// assert_eq!(msg.clone().to_json().unwrap().as_str().as_ptr(), msg.to_json().unwrap().as_str().as_ptr());
+    /// ```
+    pub fn to_json(&self) -> Result<Utf8Bytes, MessageError> {
+        if let Some(json) = self.inner.json.get() {
+            return Ok(json.clone());
+        }
+        let value = self.to_value()?;
+        let json = Utf8Bytes::from(serde_json::to_string(&value).map_err(|e| MessageError::Codec(e.to_string()))?);
+        Ok(self.inner.json.get_or_init(|| json).clone())
     }
 
     /// Decodes the message into a typed value, typically a consumer's `Event` enum.
