@@ -167,7 +167,7 @@ pub async fn run(scenario: &Scenario) -> Outcome {
     for c in connecting {
         clients.push(c.await.expect("connect task"));
     }
-    let (mut sender, _) = tokio_tungstenite::connect_async(url("sender")).await.expect("sender connects");
+    let (sender, _) = tokio_tungstenite::connect_async(url("sender")).await.expect("sender connects");
 
     // The stalled reader: a small receive buffer, so that the server's writes to it block soon.
     let stalled = if scenario.stalled_reader {
