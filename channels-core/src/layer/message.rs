@@ -94,12 +94,12 @@ impl<'de> Deserialize<'de> for Head<'de> {
 
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head<'de>, A::Error> {
                 let mut head = Head { message_type: None, reserved: false };
-                while let Some(key) = map.next_key::<&'de str>()? {
+                while let Some(MsgpackStr(key)) = map.next_key()? {
                     match key {
                         "type" if head.message_type.is_some() => {
                             return Err(serde::de::Error::duplicate_field("type"));
                         }
-                        "type" => head.message_type = Some(map.next_value()?),
+                        "type" => head.message_type = Some(map.next_value::<MsgpackStr<'de>>()?.0),
                         RESERVED_CHANNEL_KEY => {
                             head.reserved = true;
                             map.next_value::<serde::de::IgnoredAny>()?;
@@ -113,6 +113,28 @@ impl<'de> Deserialize<'de> for Head<'de> {
             }
         }
         deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// A msgpack `str`, borrowed. serde's own `&str` also takes a `bin` that happens to be UTF-8;
+/// Python decodes that as `bytes`, which is neither a key Django looks up nor a `"type"`.
+struct MsgpackStr<'a>(&'a str);
+
+impl<'de> Deserialize<'de> for MsgpackStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = MsgpackStr<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a msgpack string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, value: &'de str) -> Result<MsgpackStr<'de>, E> {
+                Ok(MsgpackStr(value))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 
@@ -257,6 +279,16 @@ mod tests {
         // {"type": "a", "type": "b"}
         let twice = vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa1, b'a', 0xa4, b't', b'y', b'p', b'e', 0xa1, b'b'];
         assert!(matches!(Message::from_msgpack(twice), Err(MessageError::Codec(_))));
+    }
+
+    #[test]
+    fn bin_keys_and_bin_types_are_not_strings() {
+        // {"type": b"x"}: Python sees bytes, not a str type.
+        let bin_type = vec![0x81, 0xa4, b't', b'y', b'p', b'e', 0xc4, 0x01, b'x'];
+        assert!(matches!(Message::from_msgpack(bin_type), Err(MessageError::Codec(_))));
+        // {b"type": "x"}
+        let bin_key = vec![0x81, 0xc4, 0x04, b't', b'y', b'p', b'e', 0xa1, b'x'];
+        assert!(matches!(Message::from_msgpack(bin_key), Err(MessageError::Codec(_))));
     }
 
     #[test]
