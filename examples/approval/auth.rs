@@ -67,6 +67,14 @@ struct SignIn {
     username: String,
 }
 
+/// Lets only a same-site POST through: 405 for another method, the cross-site refusal otherwise.
+fn same_site_post(request: &HttpRequest, origins: &OriginValidator) -> Result<(), HttpResponse> {
+    if request.scope.method() != http::Method::POST {
+        return Err(json(StatusCode::METHOD_NOT_ALLOWED, &serde_json::json!({"error": "use POST"})));
+    }
+    check_post(&request.scope, origins).map_err(|e| error_response(&e))
+}
+
 /// `POST /api/login` with `{"username": "zhangkun"}`: signs in as a demo user (the demo has no
 /// passwords; a real application checks one here) and sets the session cookie.
 pub(crate) async fn login(
@@ -75,11 +83,8 @@ pub(crate) async fn login(
     sessions: SessionMiddleware,
     origins: OriginValidator,
 ) -> HttpResponse {
-    if request.scope.method() != http::Method::POST {
-        return json(StatusCode::METHOD_NOT_ALLOWED, &serde_json::json!({"error": "use POST"}));
-    }
-    if let Err(e) = check_post(&request.scope, &origins) {
-        return error_response(&e);
+    if let Err(refused) = same_site_post(&request, &origins) {
+        return refused;
     }
     let Ok(sign_in) = serde_json::from_slice::<SignIn>(&request.body) else {
         return error_response(&ActionError::Invalid("expected {\"username\": \"...\"}".into()));
@@ -102,11 +107,8 @@ pub(crate) async fn logout(
     sessions: SessionMiddleware,
     origins: OriginValidator,
 ) -> HttpResponse {
-    if request.scope.method() != http::Method::POST {
-        return json(StatusCode::METHOD_NOT_ALLOWED, &serde_json::json!({"error": "use POST"}));
-    }
-    if let Err(e) = check_post(&request.scope, &origins) {
-        return error_response(&e);
+    if let Err(refused) = same_site_post(&request, &origins) {
+        return refused;
     }
     let mut response = json(StatusCode::OK, &serde_json::json!({"user": null}));
     sessions.clear_cookie(&mut response);
