@@ -67,12 +67,13 @@ struct SignIn {
     username: String,
 }
 
-/// Lets only a same-site POST through: 405 for another method, the cross-site refusal otherwise.
-fn same_site_post(request: &HttpRequest, origins: &OriginValidator) -> Result<(), HttpResponse> {
+/// The refusal for anything but a same-site POST: 405 for another method, the cross-site
+/// error otherwise; `None` lets the request through.
+fn refuse_unless_same_site_post(request: &HttpRequest, origins: &OriginValidator) -> Option<HttpResponse> {
     if request.scope.method() != http::Method::POST {
-        return Err(json(StatusCode::METHOD_NOT_ALLOWED, &serde_json::json!({"error": "use POST"})));
+        return Some(json(StatusCode::METHOD_NOT_ALLOWED, &serde_json::json!({"error": "use POST"})));
     }
-    check_post(&request.scope, origins).map_err(|e| error_response(&e))
+    check_post(&request.scope, origins).err().map(|e| error_response(&e))
 }
 
 /// `POST /api/login` with `{"username": "zhangkun"}`: signs in as a demo user (the demo has no
@@ -83,7 +84,7 @@ pub(crate) async fn login(
     sessions: SessionMiddleware,
     origins: OriginValidator,
 ) -> HttpResponse {
-    if let Err(refused) = same_site_post(&request, &origins) {
+    if let Some(refused) = refuse_unless_same_site_post(&request, &origins) {
         return refused;
     }
     let Ok(sign_in) = serde_json::from_slice::<SignIn>(&request.body) else {
@@ -107,7 +108,7 @@ pub(crate) async fn logout(
     sessions: SessionMiddleware,
     origins: OriginValidator,
 ) -> HttpResponse {
-    if let Err(refused) = same_site_post(&request, &origins) {
+    if let Some(refused) = refuse_unless_same_site_post(&request, &origins) {
         return refused;
     }
     let mut response = json(StatusCode::OK, &serde_json::json!({"user": null}));
