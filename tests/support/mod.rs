@@ -20,7 +20,11 @@ pub fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let target_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
     let path = target_dir.join("examples").join(name);
-    assert!(path.exists(), "{} is missing: run the tests with ./scripts/test, which builds the examples first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with ./scripts/test, which builds the examples first",
+        path.display()
+    );
     path
 }
 
