@@ -573,3 +573,113 @@ async fn a_forwarded_group_message_is_rendered_once_and_the_rest_take_the_typed_
     a.disconnect().await.unwrap();
     b.disconnect().await.unwrap();
 }
+
+/// Queues its messages with `group_send_nowait`; `sync:` waits for them with an awaited send.
+struct Caster;
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "room.cast")]
+struct Cast<'a> {
+    text: &'a str,
+}
+
+impl WebsocketConsumer for Caster {
+    type Event = NoEvents;
+
+    async fn receive(&mut self, ctx: &mut WebsocketContext, frame: Frame) -> HandlerResult {
+        let text = frame.as_text().unwrap_or_default();
+        match text.strip_prefix("sync:") {
+            Some(text) => {
+                ctx.group_send("relay", &Cast { text }).await?;
+            }
+            None if text == "close" => {
+                ctx.group_send_nowait("relay", &Cast { text: "last words" })?;
+                ctx.close(1000).await?;
+            }
+            None => ctx.group_send_nowait("relay", &Cast { text })?,
+        }
+        Ok(())
+    }
+
+    async fn group_send_failed(
+        &mut self,
+        ctx: &mut WebsocketContext,
+        group: &str,
+        error: ContextError,
+    ) -> HandlerResult {
+        ctx.send_text(format!("not sent to {group}: {error}")).await?;
+        Ok(())
+    }
+}
+
+fn caster_app(layer: Arc<dyn ChannelLayer>) -> Application {
+    Application::builder(Router::new().websocket("/cast/", |_: &Scope| Caster).websocket("/relay/", |_: &Scope| Relay))
+        .layer(layer)
+        .build()
+}
+
+#[tokio::test]
+async fn queued_group_sends_keep_their_order_with_awaited_ones_and_survive_a_close() {
+    let app = caster_app(Arc::new(InMemoryChannelLayer::new(LayerConfig::default())));
+    let mut listener = WebsocketCommunicator::new(&app, "/relay/");
+    assert!(matches!(listener.connect().await.expect("listener"), Connected::Accepted { .. }));
+    let mut caster = WebsocketCommunicator::new(&app, "/cast/");
+    assert!(matches!(caster.connect().await.expect("caster"), Connected::Accepted { .. }));
+
+    let said = ["1", "2", "sync:3", "4", "sync:5", "6", "7"];
+    for text in said {
+        caster.send_text(text).await.expect("send");
+    }
+    caster.send_text("close").await.expect("send close");
+    let mut heard = Vec::new();
+    for _ in 0..said.len() + 1 {
+        let json: serde_json::Value = serde_json::from_str(&listener.receive_text().await.expect("cast")).unwrap();
+        heard.push(json["text"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(heard, ["1", "2", "3", "4", "5", "6", "7", "last words"], "one order for queued and awaited sends");
+    assert!(listener.receive_nothing().await);
+    listener.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queued_group_send_that_fails_reaches_the_hook_and_the_connection_stays() {
+    // A real Redis layer pointed at a port nobody listens on: every send fails for real.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let layer = channels::redis::RedisChannelLayer::from_url(&format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let app = caster_app(Arc::new(layer));
+    let mut caster = WebsocketCommunicator::new(&app, "/cast/");
+    assert!(matches!(caster.connect().await.expect("caster"), Connected::Accepted { .. }));
+    caster.send_text("hello").await.expect("send");
+    let reply = caster.receive_text().await.expect("the hook's reply");
+    assert!(reply.starts_with("not sent to relay: channel layer backend error"), "{reply}");
+    caster.send_text("again").await.expect("the connection is still open");
+    assert!(caster.receive_text().await.expect("reply").starts_with("not sent to relay"));
+    caster.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn group_send_nowait_refuses_bad_names_and_missing_layers_at_once() {
+    struct Checker;
+    impl WebsocketConsumer for Checker {
+        type Event = NoEvents;
+        async fn receive(&mut self, ctx: &mut WebsocketContext, _frame: Frame) -> HandlerResult {
+            let bad = ctx.group_send_nowait("has space", &Cast { text: "x" }).expect_err("bad name");
+            ctx.send_text(bad.to_string()).await?;
+            Ok(())
+        }
+    }
+    let app = Application::builder(Router::new().websocket("/check/", |_: &Scope| Checker))
+        .layer(Arc::new(InMemoryChannelLayer::new(LayerConfig::default())) as Arc<dyn ChannelLayer>)
+        .build();
+    let mut client = WebsocketCommunicator::new(&app, "/check/");
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
+    client.send_text("go").await.unwrap();
+    assert!(client.receive_text().await.unwrap().contains("has space"));
+    client.disconnect().await.unwrap();
+
+    let app = Application::builder(Router::new().websocket("/check/", |_: &Scope| Caster)).build();
+    let mut client = WebsocketCommunicator::new(&app, "/check/");
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
+    client.send_text("x").await.unwrap();
+    assert_eq!(client.receive_close().await.expect("closed").0, 1011, "no layer: the handler's error closes with 1011");
+}

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::context::WebsocketContext;
+use crate::context::{ContextError, WebsocketContext};
 use crate::layer::{DEFAULT_ALIAS, Message};
 
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -209,6 +209,23 @@ pub trait WebsocketConsumer: Send + 'static {
     fn disconnect(&mut self, _ctx: &mut WebsocketContext, _code: u16) -> impl Future<Output = HandlerResult> + Send {
         async { Ok(()) }
     }
+
+    /// A message queued with [`WebsocketContext::group_send_nowait`] could not be sent (the
+    /// channel layer failed). The default logs a warning; override it to tell the client.
+    fn group_send_failed(
+        &mut self,
+        ctx: &mut WebsocketContext,
+        group: &str,
+        error: ContextError,
+    ) -> impl Future<Output = HandlerResult> + Send {
+        log_failed_send(ctx, group, &error);
+        async { Ok(()) }
+    }
+}
+
+/// What the default `group_send_failed` hooks do.
+fn log_failed_send(ctx: &WebsocketContext, group: &str, error: &ContextError) {
+    tracing::warn!(path = %ctx.scope().path(), %group, %error, "a queued group_send failed");
 }
 
 /// Why a [`JsonWebsocketConsumer`] could not take a client frame.
@@ -294,6 +311,17 @@ pub trait JsonWebsocketConsumer: Send + 'static {
     fn disconnect(&mut self, _ctx: &mut WebsocketContext, _code: u16) -> impl Future<Output = HandlerResult> + Send {
         async { Ok(()) }
     }
+
+    /// See [`WebsocketConsumer::group_send_failed`].
+    fn group_send_failed(
+        &mut self,
+        ctx: &mut WebsocketContext,
+        group: &str,
+        error: ContextError,
+    ) -> impl Future<Output = HandlerResult> + Send {
+        log_failed_send(ctx, group, &error);
+        async { Ok(()) }
+    }
 }
 
 impl<T: JsonWebsocketConsumer> WebsocketConsumer for T {
@@ -325,5 +353,14 @@ impl<T: JsonWebsocketConsumer> WebsocketConsumer for T {
 
     fn disconnect(&mut self, ctx: &mut WebsocketContext, code: u16) -> impl Future<Output = HandlerResult> + Send {
         JsonWebsocketConsumer::disconnect(self, ctx, code)
+    }
+
+    fn group_send_failed(
+        &mut self,
+        ctx: &mut WebsocketContext,
+        group: &str,
+        error: ContextError,
+    ) -> impl Future<Output = HandlerResult> + Send {
+        JsonWebsocketConsumer::group_send_failed(self, ctx, group, error)
     }
 }

@@ -53,7 +53,7 @@ pub mod prelude {
         BoxError, Frame, HandlerResult, JsonFrameError, JsonWebsocketConsumer, NoEvents, WebsocketConsumer, close_code,
         decode_and_dispatch,
     };
-    pub use crate::context::WebsocketContext;
+    pub use crate::context::{ContextError, WebsocketContext};
     pub use crate::http_consumer::{HttpConsumer, HttpContext};
     pub use crate::layer::Message;
     pub use crate::routing::Router;

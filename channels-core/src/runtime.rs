@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::application::Application;
 use crate::config::WebsocketLimits;
 use crate::consumer::{Frame, HandlerResult, WebsocketConsumer, close_code};
-use crate::context::{Acceptance, State, WebsocketContext, close_message};
+use crate::context::{Acceptance, ContextError, Outbox, Sent, State, WebsocketContext, close_message};
 use crate::io::WsStream;
 use crate::layer::{ChannelLayer, ChannelLayers, Message, ReceiveError};
 use crate::scope::Scope;
@@ -166,10 +166,19 @@ fn run<C: WebsocketConsumer>(
     }
 }
 
-/// `disconnect`, then leave every group, then let the layer drop the channel.
+/// Sends what is still queued, then `disconnect` (and what it queued), then leave every group,
+/// then let the layer drop the channel.
 async fn teardown<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketContext, code: u16) {
+    ctx.drain_sends().await;
+    if let Err(e) = report_send_failures(consumer, ctx).await {
+        tracing::error!(path = %ctx.scope().path(), error = %e, "group_send_failed handler failed");
+    }
     if let Err(e) = guarded(consumer.disconnect(ctx, code)).await {
         tracing::error!(path = %ctx.scope().path(), error = %e, "disconnect handler failed");
+    }
+    ctx.drain_sends().await;
+    if let Err(e) = report_send_failures(consumer, ctx).await {
+        tracing::error!(path = %ctx.scope().path(), error = %e, "group_send_failed handler failed");
     }
     ctx.leave_groups().await;
 }
@@ -212,9 +221,21 @@ async fn dispatch_event<C: WebsocketConsumer>(
 
 enum Input {
     Shutdown,
+    /// Queued group sends failed; the consumer hears of it first.
+    SendFailures,
+    /// A batch of queued group sends is done.
+    Sent(Sent),
     Frame(Option<Result<WsMessage, WsError>>),
     Layer(Result<Message, ReceiveError>),
     Tick,
+}
+
+/// Reports every failed queued group send to the consumer's hook.
+async fn report_send_failures<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketContext) -> HandlerResult {
+    for (group, error) in ctx.take_send_failures() {
+        guarded(consumer.group_send_failed(ctx, &group, ContextError::Group(error))).await?;
+    }
+    Ok(())
 }
 
 /// Runs until the connection ends; returns the close code `disconnect` gets.
@@ -236,20 +257,36 @@ async fn event_loop<C: WebsocketConsumer>(
     loop {
         match ctx.state {
             State::Open => {}
-            State::Closing { code } => return Box::pin(finish_close(ctx, code, limits)).await,
+            State::Closing { code } => {
+                // Queued group sends go before the wait for the client's close frame.
+                Box::pin(ctx.drain_sends()).await;
+                return Box::pin(finish_close(ctx, code, limits)).await;
+            }
             _ => return close_code::ABNORMAL,
         }
-        let Some(socket) = ctx.socket_mut() else { return close_code::ABNORMAL };
-        let input = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => Input::Shutdown,
-            frame = socket.next() => Input::Frame(frame),
-            message = &mut layer_rx => Input::Layer(message),
-            () = &mut keepalive => Input::Tick,
+        ctx.start_sends();
+        let reading = !ctx.outbox_full();
+        let input = if ctx.has_send_failures() {
+            Input::SendFailures
+        } else {
+            let (Some(socket), outbox) = ctx.socket_and_outbox() else { return close_code::ABNORMAL };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Input::Shutdown,
+                sent = Outbox::sent(outbox) => Input::Sent(sent),
+                frame = socket.next(), if reading => Input::Frame(frame),
+                message = &mut layer_rx => Input::Layer(message),
+                () = &mut keepalive => Input::Tick,
+            }
         };
         let result = match input {
             Input::Shutdown => {
                 let _ = Box::pin(ctx.close_with_reason(close_code::GOING_AWAY, "server shutting down")).await;
+                continue;
+            }
+            Input::SendFailures => Box::pin(report_send_failures(consumer, ctx)).await,
+            Input::Sent(sent) => {
+                ctx.settle_sends(sent);
                 continue;
             }
             Input::Frame(frame) => {

@@ -71,6 +71,8 @@ struct Inner {
     client_prefix: String,
     local: Mutex<Local>,
     round_robin: AtomicUsize,
+    /// The score of the last group message queued (see [`Inner::scores`]).
+    last_score: Mutex<f64>,
     dropped_full: AtomicU64,
     stop: CancellationToken,
     /// Per worker channel: one blocking connection per shard, and a lock so that this
@@ -103,6 +105,7 @@ impl RedisChannelLayer {
                 client_prefix: wire::random_hex(),
                 local: Mutex::new(Local::default()),
                 round_robin: AtomicUsize::new(0),
+                last_score: Mutex::new(0.0),
                 dropped_full: AtomicU64::new(0),
                 stop: CancellationToken::new(),
                 normal_receivers: tokio::sync::Mutex::new(HashMap::new()),
@@ -166,6 +169,18 @@ impl Inner {
         }
     }
 
+    /// `n` queue scores for messages sent now, each later than every score handed out before:
+    /// the batch keeps its order in a queue even where the clock reads the same twice.
+    fn scores(&self, now: f64, n: usize) -> Vec<f64> {
+        let mut last = self.last_score.lock().unwrap_or_else(|p| p.into_inner());
+        (0..n)
+            .map(|_| {
+                *last = now.max(*last + SCORE_STEP);
+                *last
+            })
+            .collect()
+    }
+
     fn expiry_secs(&self) -> u64 {
         self.config.layer.expiry.as_secs().max(1)
     }
@@ -196,13 +211,13 @@ impl Inner {
                 return;
             }
         };
-        let expiry = Some(self.config.layer.expiry);
+        let expires = Some(tokio::time::Instant::now() + self.config.layer.expiry);
         let mut local = self.lock();
         for channel in targets {
             let capacity = self.config.layer.capacity_for(&channel);
             match local.channels.get_mut(&channel) {
                 Some(mailbox) => {
-                    if !mailbox.push(message.clone(), capacity, expiry) {
+                    if !mailbox.push(message.clone(), capacity, expires) {
                         self.dropped_full.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(%channel, "local buffer full; dropping a message");
                     }
@@ -245,6 +260,10 @@ impl Inner {
             .await
     }
 }
+
+/// The smallest gap between the scores of two group messages of one process: a microsecond,
+/// well above an `f64`'s resolution at today's Unix time (about 0.24 µs).
+const SCORE_STEP: f64 = 1e-6;
 
 /// Most queued messages a pump takes in one round trip after its blocking pop.
 const POP_BATCH: usize = 127;
@@ -340,7 +359,7 @@ impl RedisChannelLayer {
         if !self.inner.lock().channels.contains_key(channel) {
             self.ensure_pumps(&self.inner.queue_key(channel));
         }
-        Ok(mailbox::receive(&self.inner.local, |local| mailbox::get_or_create(&mut local.channels, channel)).await)
+        Ok(mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel).await)
     }
 
     /// A worker channel: channels_redis's restore → pop → back up → clean up dance, so Python
@@ -480,10 +499,10 @@ impl ChannelLayer for RedisChannelLayer {
     }
 
     async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
-        // The hot path, a consumer receiving on its own channel, skips the checks: only valid
-        // names of ours ever get a mailbox.
-        if self.inner.lock().channels.contains_key(channel) {
-            return self.receive_local(channel).await;
+        // The hot path, a consumer receiving on its own channel, skips the checks (only valid
+        // names of ours ever get a mailbox) and looks the mailbox up once per message.
+        if let Some(message) = mailbox::receive(&self.inner.local, |local| local.channels.get_mut(channel)).await {
+            return Ok(message);
         }
         validate_channel_name(channel)?;
         if !channel.contains('!') {
@@ -534,72 +553,131 @@ impl ChannelLayer for RedisChannelLayer {
     }
 
     async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
-        validate_group_name(group)?;
-        let inner = &self.inner;
-        let now = wire::now_seconds();
-        let key = inner.group_key(group);
-        let mut conn = inner.conn(inner.shard_for(group)).await.map_err(|e| GroupError::Backend(backend(e)))?;
-        let (members,): (Vec<String>,) = redis::pipe()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg(0)
-            .arg(now.floor() as i64 - inner.group_expiry_secs() as i64)
-            .ignore()
-            .cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| GroupError::Backend(backend(e)))?;
+        let mut reports = self.group_send_many(&[(group.to_owned(), message)]).await;
+        reports.pop().unwrap_or_else(|| unreachable!("one report per send"))
+    }
 
-        // One message per receiving queue, naming every member that shares it.
-        let mut buckets: Vec<(String, Vec<String>)> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for member in members {
-            let non_local = non_local_name(&member).to_owned();
-            match index.get(&non_local) {
-                Some(&i) => buckets[i].1.push(member),
-                None => {
-                    index.insert(non_local.clone(), buckets.len());
-                    buckets.push((non_local, vec![member]));
+    /// Two round trips per shard for the whole batch: one reads every group (trimming expired
+    /// members), one runs the send script once per message, in order.
+    async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
+        let inner = &self.inner;
+        let mut reports: Vec<Result<GroupSendReport, GroupError>> = sends
+            .iter()
+            .map(|(group, _)| validate_group_name(group).map(|()| GroupSendReport::default()).map_err(GroupError::from))
+            .collect();
+        let now = wire::now_seconds();
+
+        // Members of every group, one pipeline per shard holding groups.
+        let mut members: Vec<Vec<String>> = vec![Vec::new(); sends.len()];
+        let mut by_group_shard: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, (group, _)) in sends.iter().enumerate() {
+            if reports[i].is_ok() {
+                by_group_shard.entry(inner.shard_for(group)).or_default().push(i);
+            }
+        }
+        for (shard, indices) in by_group_shard {
+            let mut pipe = redis::pipe();
+            for &i in &indices {
+                let key = inner.group_key(&sends[i].0);
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(now.floor() as i64 - inner.group_expiry_secs() as i64)
+                    .ignore()
+                    .cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1);
+            }
+            match query::<Vec<Vec<String>>>(inner, shard, &pipe).await {
+                Ok(found) => {
+                    for (&i, found) in indices.iter().zip(found) {
+                        members[i] = found;
+                    }
+                }
+                Err(e) => fail_all(&mut reports, &indices, &e),
+            }
+        }
+
+        // One payload per receiving process queue and message, naming every member it holds;
+        // the scripts of one shard go in one pipeline, in the order of the sends, each with a
+        // later score than the one before (a queue is ordered by score).
+        let scores = inner.scores(now, sends.len());
+        struct Queued {
+            send: usize,
+            members_per_queue: Vec<usize>,
+        }
+        let mut by_queue_shard: HashMap<usize, (redis::Pipeline, Vec<Queued>)> = HashMap::new();
+        for (i, (_, message)) in sends.iter().enumerate() {
+            if reports[i].is_err() || members[i].is_empty() {
+                continue;
+            }
+            let mut buckets: Vec<(String, Vec<String>)> = Vec::new();
+            let mut index: HashMap<String, usize> = HashMap::new();
+            for member in std::mem::take(&mut members[i]) {
+                let non_local = non_local_name(&member).to_owned();
+                match index.get(&non_local) {
+                    Some(&b) => buckets[b].1.push(member),
+                    None => {
+                        index.insert(non_local.clone(), buckets.len());
+                        buckets.push((non_local, vec![member]));
+                    }
+                }
+            }
+            let mut per_shard: HashMap<usize, Vec<usize>> = HashMap::new();
+            for (b, (non_local, _)) in buckets.iter().enumerate() {
+                per_shard.entry(inner.shard_for(non_local)).or_default().push(b);
+            }
+            for (shard, bucket_indices) in per_shard {
+                let mut invocation = scripts::GROUP_SEND.prepare_invoke();
+                for &b in &bucket_indices {
+                    invocation.key(format!("{}{}", inner.config.prefix, buckets[b].0));
+                }
+                for &b in &bucket_indices {
+                    let routing = Routing::Many(buckets[b].1.clone());
+                    invocation.arg(inner.seal(wire::body_with_routing(message, &routing)));
+                }
+                for &b in &bucket_indices {
+                    invocation.arg(inner.config.layer.capacity_for(&buckets[b].1[0]));
+                }
+                invocation.arg(now.floor() as i64 - inner.expiry_secs() as i64).arg(scores[i]).arg(inner.expiry_secs());
+                let (pipe, queued) = by_queue_shard.entry(shard).or_insert_with(|| {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(scripts::GROUP_SEND_SOURCE).ignore();
+                    (pipe, Vec::new())
+                });
+                pipe.invoke_script(&invocation);
+                let members_per_queue = bucket_indices.iter().map(|&b| buckets[b].1.len()).collect();
+                queued.push(Queued { send: i, members_per_queue });
+            }
+        }
+        let mut dropped_total = 0;
+        for (shard, (pipe, queued)) in by_queue_shard {
+            match query::<Vec<Vec<i64>>>(inner, shard, &pipe).await {
+                Ok(flags) => {
+                    for (q, flags) in queued.iter().zip(flags) {
+                        let Ok(report) = &mut reports[q.send] else { continue };
+                        for (&members, flag) in q.members_per_queue.iter().zip(flags) {
+                            if flag == 1 {
+                                report.queued += members;
+                            } else {
+                                report.dropped_full += members;
+                                dropped_total += members;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let failed: Vec<usize> = queued.iter().map(|q| q.send).collect();
+                    fail_all(&mut reports, &failed, &e);
                 }
             }
         }
-        let mut by_shard: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (i, (non_local, _)) in buckets.iter().enumerate() {
-            by_shard.entry(inner.shard_for(non_local)).or_default().push(i);
+        if dropped_total > 0 {
+            inner.dropped_full.fetch_add(dropped_total as u64, Ordering::Relaxed);
+            tracing::info!(dropped = dropped_total, "group_send dropped messages for full channels");
         }
-        let mut report = GroupSendReport::default();
-        for (shard, indices) in by_shard {
-            let mut invocation = scripts::GROUP_SEND.prepare_invoke();
-            for &i in &indices {
-                invocation.key(format!("{}{}", inner.config.prefix, buckets[i].0));
-            }
-            for &i in &indices {
-                invocation.arg(inner.seal(wire::body_with_routing(&message, &Routing::Many(buckets[i].1.clone()))));
-            }
-            for &i in &indices {
-                invocation.arg(inner.config.layer.capacity_for(&buckets[i].1[0]));
-            }
-            invocation.arg(now.floor() as i64 - inner.expiry_secs() as i64).arg(now).arg(inner.expiry_secs());
-            let mut conn = inner.conn(shard).await.map_err(|e| GroupError::Backend(backend(e)))?;
-            let queued: Vec<i64> =
-                invocation.invoke_async(&mut conn).await.map_err(|e| GroupError::Backend(backend(e)))?;
-            for (&i, flag) in indices.iter().zip(queued) {
-                let members = buckets[i].1.len();
-                if flag == 1 {
-                    report.queued += members;
-                } else {
-                    report.dropped_full += members;
-                }
-            }
-        }
-        if report.dropped_full > 0 {
-            inner.dropped_full.fetch_add(report.dropped_full as u64, Ordering::Relaxed);
-            tracing::info!(group, dropped = report.dropped_full, "group_send dropped messages for full channels");
-        }
-        Ok(report)
+        reports
     }
 
     async fn flush(&self) -> Result<(), GroupError> {
@@ -661,4 +739,21 @@ fn escape_glob(prefix: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Runs `pipe` on `shard`'s command connection.
+async fn query<T: redis::FromRedisValue>(
+    inner: &Inner,
+    shard: usize,
+    pipe: &redis::Pipeline,
+) -> Result<T, redis::RedisError> {
+    let mut conn = inner.conn(shard).await?;
+    pipe.query_async(&mut conn).await
+}
+
+/// Marks the sends at `indices` failed with `error`.
+fn fail_all(reports: &mut [Result<GroupSendReport, GroupError>], indices: &[usize], error: &redis::RedisError) {
+    for &i in indices {
+        reports[i] = Err(GroupError::Backend(backend(error.clone())));
+    }
 }

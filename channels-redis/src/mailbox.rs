@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use channels_core::layer::Message;
 use tokio::sync::Notify;
@@ -18,12 +17,13 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    /// Queues `message` unless `capacity` messages wait already; false when dropped.
-    pub(crate) fn push(&mut self, message: Message, capacity: usize, expiry: Option<Duration>) -> bool {
+    /// Queues `message` (to expire at `expires`) unless `capacity` messages wait already;
+    /// false when dropped.
+    pub(crate) fn push(&mut self, message: Message, capacity: usize, expires: Option<Instant>) -> bool {
         if self.items.len() >= capacity {
             return false;
         }
-        self.items.push_back((expiry.map(|e| Instant::now() + e), message));
+        self.items.push_back((expires, message));
         self.notify.notify_one();
         true
     }
@@ -44,25 +44,22 @@ impl Mailbox {
 }
 
 /// The mailbox of `channel`, looked up without allocating when it exists.
-pub(crate) fn get_or_create<'a>(
-    mailboxes: &'a mut std::collections::HashMap<String, Mailbox>,
-    channel: &str,
-) -> &'a mut Mailbox {
+fn get_or_create<'a>(mailboxes: &'a mut std::collections::HashMap<String, Mailbox>, channel: &str) -> &'a mut Mailbox {
     if !mailboxes.contains_key(channel) {
         mailboxes.insert(channel.to_owned(), Mailbox::default());
     }
     mailboxes.get_mut(channel).unwrap_or_else(|| unreachable!("inserted above"))
 }
 
-/// Waits for the next message in the mailbox `find` picks out of the shared state (creating it
-/// if needed). Cancel-safe: nothing is taken until it is returned.
-pub(crate) async fn receive<T>(state: &Mutex<T>, find: impl Fn(&mut T) -> &mut Mailbox) -> Message {
+/// Waits for the next message in the mailbox `find` picks out of the shared state; `None` when
+/// `find` finds none. Cancel-safe: nothing is taken until it is returned.
+pub(crate) async fn receive<T>(state: &Mutex<T>, find: impl Fn(&mut T) -> Option<&mut Mailbox>) -> Option<Message> {
     loop {
         let notify = {
             let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-            let mailbox = find(&mut state);
+            let mailbox = find(&mut state)?;
             if let Some(message) = mailbox.pop() {
-                return message;
+                return Some(message);
             }
             mailbox.notify.clone()
         };
@@ -70,4 +67,14 @@ pub(crate) async fn receive<T>(state: &Mutex<T>, find: impl Fn(&mut T) -> &mut M
         // this await is not missed.
         notify.notified().await;
     }
+}
+
+/// [`receive`] on `channel`'s mailbox in `mailboxes`, made first if it is missing.
+pub(crate) async fn receive_or_create<T>(
+    state: &Mutex<T>,
+    mailboxes: impl Fn(&mut T) -> &mut std::collections::HashMap<String, Mailbox>,
+    channel: &str,
+) -> Message {
+    let received = receive(state, |state| Some(get_or_create(mailboxes(state), channel)));
+    received.await.unwrap_or_else(|| unreachable!("get_or_create always finds a mailbox"))
 }

@@ -290,6 +290,10 @@ impl ChannelLayer for RedisPubSubChannelLayer {
     }
 
     async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
+        // The hot path: a channel with a mailbox is valid and subscribed already.
+        if let Some(message) = mailbox::receive(&self.inner.local, |local| local.channels.get_mut(channel)).await {
+            return Ok(message);
+        }
         validate_channel_name(channel)?;
         // A name this process did not create is a worker channel: subscribe to it on first use.
         let known = {
@@ -301,7 +305,7 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         if !known {
             self.subscribe(channel).await.map_err(ReceiveError::Backend)?;
         }
-        Ok(mailbox::receive(&self.inner.local, |local| mailbox::get_or_create(&mut local.channels, channel)).await)
+        Ok(mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel).await)
     }
 
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {

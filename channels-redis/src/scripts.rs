@@ -24,9 +24,11 @@ return 1
 /// `group_send` on one shard: the same as SEND for N queues, one payload each.
 /// KEYS = N queues; ARGV = N payloads, N capacities, trim_before, score, expiry.
 /// Returns a list of N flags: 1 queued, 0 full (dropped).
-pub(crate) static GROUP_SEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+pub(crate) static GROUP_SEND: LazyLock<Script> = LazyLock::new(|| Script::new(GROUP_SEND_SOURCE));
+
+/// The source of [`GROUP_SEND`]: a pipeline loads it first (`SCRIPT LOAD`), since a pipelined
+/// `EVALSHA` is not retried when Redis lost its script cache.
+pub(crate) const GROUP_SEND_SOURCE: &str = r"
 local n = #KEYS
 local trim_before = ARGV[2 * n + 1]
 local score = ARGV[2 * n + 2]
@@ -43,9 +45,7 @@ for i = 1, n do
     end
 end
 return queued
-",
-    )
-});
+";
 
 /// Moves a receiver's in-flight backup back into the queue with its original scores, as
 /// channels_redis's cleanup script does before each blocking pop on a normal channel.

@@ -144,6 +144,21 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// Sends `message` to every member of `group`, encoded once.
     async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError>;
 
+    /// Does a `group_send` for each `(group, message)`, in order, and reports on each.
+    ///
+    /// Messages to one group arrive in the order given. A backend may carry the whole batch in
+    /// one exchange (the Redis layer does: one round trip for the lot instead of two per send);
+    /// the default sends them one by one. This is what
+    /// [`WebsocketContext::group_send_nowait`](crate::context::WebsocketContext::group_send_nowait)
+    /// uses to send a connection's queued messages.
+    async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
+        let mut reports = Vec::with_capacity(sends.len());
+        for (group, message) in sends {
+            reports.push(self.group_send(group, message.clone()).await);
+        }
+        reports
+    }
+
     /// Drops every message and group.
     async fn flush(&self) -> Result<(), GroupError>;
 

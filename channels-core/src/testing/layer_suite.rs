@@ -323,6 +323,37 @@ pub async fn concurrent_group_sends_reach_everyone(factory: &impl LayerFactory) 
     }
 }
 
+/// `group_send_many` does each send in order and reports on each: a bad name fails only its
+/// own send, and a full member is counted per send.
+pub async fn group_send_many_keeps_order_and_reports_each(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default().capacity(100).channel_capacity("full-*", 1)).await;
+    let (a, b) = (layer.new_channel("specific").await.expect("a"), layer.new_channel("specific").await.expect("b"));
+    layer.send("full-worker", msg(0)).await.expect("fill");
+    for (group, channel) in [("one", &a), ("one", &b), ("one", &"full-worker".to_owned()), ("two", &a)] {
+        layer.group_add(group, channel).await.expect("group_add");
+    }
+    let sends: Vec<(String, Message)> =
+        [("one", 1), ("two", 2), ("bad name", 3), ("one", 4), ("nobody", 5), ("two", 6)]
+            .into_iter()
+            .map(|(group, n)| (group.to_owned(), msg(n)))
+            .collect();
+    let reports = layer.group_send_many(&sends).await;
+    assert_eq!(reports.len(), sends.len());
+    let counts: Vec<Option<(usize, usize)>> =
+        reports.iter().map(|r| r.as_ref().ok().map(|r| (r.queued, r.dropped_full))).collect();
+    assert_eq!(counts, [Some((2, 1)), Some((1, 0)), None, Some((2, 1)), Some((0, 0)), Some((1, 0))]);
+    assert!(matches!(reports[2], Err(GroupError::InvalidName(_))), "{:?}", reports[2]);
+    let mut at_a = Vec::new();
+    for _ in 0..4 {
+        at_a.push(n_of(&receive(&*layer, &a).await));
+    }
+    assert_eq!(at_a, [1, 2, 4, 6], "in the order given");
+    assert_eq!(n_of(&receive(&*layer, &b).await), 1);
+    assert_eq!(n_of(&receive(&*layer, &b).await), 4);
+    assert!(receives_nothing(&*layer, &b).await);
+    assert_eq!(n_of(&receive(&*layer, "full-worker").await), 0);
+}
+
 /// Generates one `#[tokio::test]` per semantics check for a layer factory.
 #[macro_export]
 macro_rules! layer_conformance_tests {
@@ -345,6 +376,7 @@ macro_rules! layer_conformance_tests {
             flush_empties_the_layer,
             concurrent_senders_lose_nothing,
             concurrent_group_sends_reach_everyone,
+            group_send_many_keeps_order_and_reports_each,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {$(
