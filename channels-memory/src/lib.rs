@@ -90,7 +90,14 @@ impl Members {
         match self {
             Self::Few(list) => match list.iter().position(|(c, _)| &**c == channel) {
                 Some(i) => list[i].1 = joined,
-                None if list.len() < FEW_MEMBERS => list.push((channel.into(), joined)),
+                None if list.len() < FEW_MEMBERS => {
+                    // Room for one at first (a plain `push` would make room for four): most
+                    // groups of an idle server hold one connection.
+                    if list.capacity() == 0 {
+                        list.reserve_exact(1);
+                    }
+                    list.push((channel.into(), joined));
+                }
                 None => {
                     let mut map: HashMap<Box<str>, Instant> = std::mem::take(list).into_iter().collect();
                     map.insert(channel.into(), joined);

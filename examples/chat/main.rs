@@ -74,38 +74,54 @@ pub(crate) struct Inbound {
 }
 
 /// Who is connected to each room in this process.
+/// Who is in each room, with a connection count per user, keyed by the room's group name. A
+/// room's users are a short list rather than a map: most rooms hold few users, and the
+/// snapshot a newcomer gets walks them all anyway. Names are shared with the consumers that
+/// hold them, so an idle connection costs one list entry here.
 #[derive(Clone, Default)]
-pub(crate) struct Presence(Arc<Mutex<HashMap<String, HashMap<String, usize>>>>);
+pub(crate) struct Presence(Arc<Mutex<HashMap<Arc<str>, RoomUsers>>>);
+
+/// A room's users with their connection counts.
+type RoomUsers = Vec<(Arc<str>, usize)>;
 
 impl Presence {
-    /// Counts one more connection of `user` in `room`; returns everyone's connection counts.
-    pub(crate) fn join(&self, room: &str, user: &str) -> std::collections::BTreeMap<String, usize> {
-        let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let users = rooms.entry(room.to_owned()).or_default();
-        *users.entry(user.to_owned()).or_default() += 1;
-        users.iter().map(|(name, count)| (name.clone(), *count)).collect()
+    /// Counts one more connection of `user` in `group`; returns the `chat.presence` event the
+    /// newcomer gets: everyone in the room, by name, with their connection counts.
+    pub(crate) fn join(&self, group: &Arc<str>, user: &Arc<str>) -> serde_json::Value {
+        let connections: std::collections::BTreeMap<String, usize> = {
+            let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            // Room for one: `push` on an empty Vec would make room for four.
+            let users = rooms.entry(group.clone()).or_insert_with(|| Vec::with_capacity(1));
+            match users.iter_mut().find(|(name, _)| name == user) {
+                Some((_, count)) => *count += 1,
+                None => users.push((user.clone(), 1)),
+            }
+            users.iter().map(|(name, count)| (name.to_string(), *count)).collect()
+        };
+        let users: Vec<&String> = connections.keys().collect();
+        serde_json::json!({ "type": "chat.presence", "users": users, "connections": connections })
     }
 
-    pub(crate) fn leave(&self, room: &str, user: &str) {
+    pub(crate) fn leave(&self, group: &str, user: &str) {
         let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(users) = rooms.get_mut(room) {
-            if let Some(count) = users.get_mut(user) {
-                *count -= 1;
-                if *count == 0 {
-                    users.remove(user);
+        if let Some(users) = rooms.get_mut(group) {
+            if let Some(i) = users.iter().position(|(name, _)| &**name == user) {
+                users[i].1 -= 1;
+                if users[i].1 == 0 {
+                    users.swap_remove(i);
                 }
             }
             if users.is_empty() {
-                rooms.remove(room);
+                rooms.remove(group);
             }
         }
     }
 }
 
 struct ChatConsumer {
-    room: String,
-    group: String,
-    user: String,
+    /// `chat_<room>`.
+    group: Arc<str>,
+    user: Arc<str>,
     presence: Presence,
     joined: bool,
 }
@@ -120,8 +136,12 @@ pub(crate) fn valid_room(room: &str) -> bool {
 
 impl ChatConsumer {
     fn new(scope: &Scope, presence: Presence) -> Self {
-        let room = scope.param("room").unwrap_or_default().to_owned();
-        Self { group: format!("chat_{room}"), room, user: user_name(scope), presence, joined: false }
+        let group = format!("chat_{}", scope.param("room").unwrap_or_default());
+        Self { group: group.into(), user: user_name(scope).into(), presence, joined: false }
+    }
+
+    fn room(&self) -> &str {
+        &self.group["chat_".len()..]
     }
 }
 
@@ -144,21 +164,19 @@ impl WebsocketConsumer for ChatConsumer {
 
     fn groups(&self) -> Vec<String> {
         // An invalid room yields no group; `connect` then denies the connection.
-        if valid_room(&self.room) { vec![self.group.clone()] } else { Vec::new() }
+        if valid_room(self.room()) { vec![self.group.to_string()] } else { Vec::new() }
     }
 
     async fn connect(&mut self, ctx: &mut WebsocketContext) -> HandlerResult {
-        if !valid_room(&self.room) {
+        if !valid_room(self.room()) {
             ctx.deny();
             return Ok(());
         }
         ctx.accept();
-        let connections = self.presence.join(&self.room, &self.user);
+        let presence = self.presence.join(&self.group, &self.user);
         self.joined = true;
-        let users: Vec<&String> = connections.keys().collect();
-        let presence = serde_json::json!({ "type": "chat.presence", "users": users, "connections": connections });
         ctx.send_json(&presence).await?;
-        ctx.group_send(&self.group, &ChatEvent::Join { user: self.user.clone(), ts: now() }).await?;
+        ctx.group_send(&self.group, &ChatEvent::Join { user: self.user.to_string(), ts: now() }).await?;
         Ok(())
     }
 
@@ -183,14 +201,19 @@ impl WebsocketConsumer for ChatConsumer {
             ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": error })).await?;
             return Ok(());
         }
-        let event = ChatEvent::Message { user: self.user.clone(), text: text.to_owned(), ts: now() };
-        if let Err(e) = ctx.group_send(&self.group, &event).await {
-            // The layer is unreachable (Redis down, say): tell the sender instead of dropping
-            // the message silently or the connection.
-            tracing::warn!(error = %e, "could not send a chat message");
-            let error = "message not delivered: the server cannot reach its channel layer";
-            ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": error })).await?;
-        }
+        let event = ChatEvent::Message { user: self.user.to_string(), text: text.to_owned(), ts: now() };
+        // Queued, not awaited: messages the client sends meanwhile go to the layer together
+        // (one exchange with Redis for the lot) and reach the room together.
+        ctx.group_send_nowait(&self.group, &event)?;
+        Ok(())
+    }
+
+    /// The layer is unreachable (Redis down, say): tell the sender instead of dropping the
+    /// message silently or the connection.
+    async fn group_send_failed(&mut self, ctx: &mut WebsocketContext, _group: &str, e: ContextError) -> HandlerResult {
+        tracing::warn!(error = %e, "could not send a chat message");
+        let error = "message not delivered: the server cannot reach its channel layer";
+        ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": error })).await?;
         Ok(())
     }
 
@@ -212,8 +235,8 @@ impl WebsocketConsumer for ChatConsumer {
 
     async fn disconnect(&mut self, ctx: &mut WebsocketContext, _code: u16) -> HandlerResult {
         if self.joined {
-            self.presence.leave(&self.room, &self.user);
-            ctx.group_send(&self.group, &ChatEvent::Leave { user: self.user.clone(), ts: now() }).await?;
+            self.presence.leave(&self.group, &self.user);
+            ctx.group_send(&self.group, &ChatEvent::Leave { user: self.user.to_string(), ts: now() }).await?;
         }
         Ok(())
     }

@@ -177,9 +177,7 @@ impl PollClients {
         let (room, _) = key;
         let channel = layer.new_channel("specific").await?;
         layer.group_add(&format!("chat_{room}"), &channel).await?;
-        let connections = self.presence.join(room, &user);
-        let users: Vec<&String> = connections.keys().collect();
-        let presence = serde_json::json!({ "type": "chat.presence", "users": users, "connections": connections });
+        let presence = self.presence.join(&format!("chat_{room}").into(), &user.as_str().into());
         self.lock().insert(
             key.clone(),
             PollClient { channel, room: room.clone(), user: user.clone(), last_seen: Instant::now(), polling: 0 },
@@ -214,7 +212,7 @@ impl PollClients {
         let group = format!("chat_{}", client.room);
         let _ = layer.group_discard(&group, &client.channel).await;
         layer.forget_channel(&client.channel).await;
-        self.presence.leave(&client.room, &client.user);
+        self.presence.leave(&group, &client.user);
         if let Ok(message) = Message::new(&ChatEvent::Leave { user: client.user, ts: now() }) {
             let _ = layer.group_send(&group, message).await;
         }
@@ -293,10 +291,8 @@ impl HttpConsumer for ChatStream {
             return Ok(());
         }
         ctx.send_headers(200, &[("content-type", "text/event-stream"), ("x-accel-buffering", "no")]).await?;
-        let connections = self.presence.join(&self.room, &self.user);
+        let presence = self.presence.join(&format!("chat_{}", self.room).into(), &self.user.as_str().into());
         self.joined = true;
-        let users: Vec<&String> = connections.keys().collect();
-        let presence = serde_json::json!({ "type": "chat.presence", "users": users, "connections": connections });
         ctx.send_body(format!("data: {presence}\n\n"), true).await?;
         ctx.group_send(&format!("chat_{}", self.room), &ChatEvent::Join { user: self.user.clone(), ts: now() }).await?;
         ctx.set_timeout(KEEPALIVE);
@@ -318,7 +314,7 @@ impl HttpConsumer for ChatStream {
 
     async fn disconnect(&mut self, ctx: &mut HttpContext) -> HandlerResult {
         if self.joined {
-            self.presence.leave(&self.room, &self.user);
+            self.presence.leave(&format!("chat_{}", self.room), &self.user);
             ctx.group_send(&format!("chat_{}", self.room), &ChatEvent::Leave { user: self.user.clone(), ts: now() })
                 .await?;
         }
