@@ -230,9 +230,8 @@ impl WebsocketContext {
 
     /// Starts sending queued group sends when no batch is in flight.
     pub(crate) fn start_sends(&mut self) {
-        let layer = self.membership.layer.clone();
-        if let (Some(layer), Some(outbox)) = (layer, self.outbox_mut()) {
-            outbox.start(&layer);
+        if let (Some(layer), Some(outbox)) = (&self.membership.layer, self.outbox.as_mut()) {
+            unlocked(outbox).start(layer);
         }
     }
 

@@ -169,18 +169,20 @@ fn run<C: WebsocketConsumer>(
 /// Sends what is still queued, then `disconnect` (and what it queued), then leave every group,
 /// then let the layer drop the channel.
 async fn teardown<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketContext, code: u16) {
-    ctx.drain_sends().await;
-    if let Err(e) = report_send_failures(consumer, ctx).await {
-        tracing::error!(path = %ctx.scope().path(), error = %e, "group_send_failed handler failed");
-    }
+    finish_sends(consumer, ctx).await;
     if let Err(e) = guarded(consumer.disconnect(ctx, code)).await {
         tracing::error!(path = %ctx.scope().path(), error = %e, "disconnect handler failed");
     }
+    finish_sends(consumer, ctx).await;
+    ctx.leave_groups().await;
+}
+
+/// Sends every queued group send and reports the failures to the consumer.
+async fn finish_sends<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketContext) {
     ctx.drain_sends().await;
     if let Err(e) = report_send_failures(consumer, ctx).await {
         tracing::error!(path = %ctx.scope().path(), error = %e, "group_send_failed handler failed");
     }
-    ctx.leave_groups().await;
 }
 
 type LayerReceive<'a> = Pin<Box<dyn Future<Output = Result<Message, ReceiveError>> + Send + 'a>>;

@@ -612,18 +612,7 @@ impl ChannelLayer for RedisChannelLayer {
             if reports[i].is_err() || members[i].is_empty() {
                 continue;
             }
-            let mut buckets: Vec<(String, Vec<String>)> = Vec::new();
-            let mut index: HashMap<String, usize> = HashMap::new();
-            for member in std::mem::take(&mut members[i]) {
-                let non_local = non_local_name(&member).to_owned();
-                match index.get(&non_local) {
-                    Some(&b) => buckets[b].1.push(member),
-                    None => {
-                        index.insert(non_local.clone(), buckets.len());
-                        buckets.push((non_local, vec![member]));
-                    }
-                }
-            }
+            let buckets = by_process(std::mem::take(&mut members[i]));
             let mut per_shard: HashMap<usize, Vec<usize>> = HashMap::new();
             for (b, (non_local, _)) in buckets.iter().enumerate() {
                 per_shard.entry(inner.shard_for(non_local)).or_default().push(b);
@@ -634,8 +623,7 @@ impl ChannelLayer for RedisChannelLayer {
                     invocation.key(format!("{}{}", inner.config.prefix, buckets[b].0));
                 }
                 for &b in &bucket_indices {
-                    let routing = Routing::Many(buckets[b].1.clone());
-                    invocation.arg(inner.seal(wire::body_with_routing(message, &routing)));
+                    invocation.arg(inner.seal(wire::body_with_routing(message, &Routing::Many(buckets[b].1.clone()))));
                 }
                 for &b in &bucket_indices {
                     invocation.arg(inner.config.layer.capacity_for(&buckets[b].1[0]));
@@ -739,6 +727,24 @@ fn escape_glob(prefix: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// A group's members by the process queue they share (`(non-local name, members)`), in the
+/// order they came.
+fn by_process(members: Vec<String>) -> Vec<(String, Vec<String>)> {
+    let mut buckets: Vec<(String, Vec<String>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for member in members {
+        let non_local = non_local_name(&member).to_owned();
+        match index.get(&non_local) {
+            Some(&b) => buckets[b].1.push(member),
+            None => {
+                index.insert(non_local.clone(), buckets.len());
+                buckets.push((non_local, vec![member]));
+            }
+        }
+    }
+    buckets
 }
 
 /// Runs `pipe` on `shard`'s command connection.
