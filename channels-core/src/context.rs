@@ -114,6 +114,17 @@ pub struct WebsocketContext {
     outbox: Option<Box<std::sync::Mutex<Outbox>>>,
 }
 
+/// Runs a socket operation within `limit`. The timer starts only if the operation cannot finish
+/// at once: most writes go to a buffer, and a timer per frame costs a clock read and a timer
+/// entry for nothing.
+async fn within<F: Future>(limit: Duration, operation: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut operation = std::pin::pin!(operation);
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await {
+        return Ok(done);
+    }
+    tokio::time::timeout(limit, operation).await
+}
+
 /// What a mutex holds, reached through `&mut` (never locked: the mutexes are there for `Sync`).
 fn unlocked<T>(mutex: &mut std::sync::Mutex<T>) -> &mut T {
     mutex.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -387,9 +398,9 @@ impl WebsocketContext {
             return Err(ContextError::Closed);
         };
         let written = if batching {
-            tokio::time::timeout(send_timeout, socket.feed(frame)).await
+            within(send_timeout, socket.feed(frame)).await
         } else {
-            tokio::time::timeout(send_timeout, socket.send(frame)).await
+            within(send_timeout, socket.send(frame)).await
         };
         self.check(written)
     }
@@ -400,7 +411,7 @@ impl WebsocketContext {
         let Some(socket) = self.socket_mut() else {
             return Err(ContextError::Closed);
         };
-        let flushed = tokio::time::timeout(send_timeout, socket.flush()).await;
+        let flushed = within(send_timeout, socket.flush()).await;
         self.check(flushed)
     }
 

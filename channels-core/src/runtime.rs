@@ -206,6 +206,35 @@ fn next_message<'a>(
 /// Most layer events handled before one flush.
 const MAX_BATCH: usize = 64;
 
+/// Handles a layer message and the ones already waiting behind it (at most [`MAX_BATCH`]),
+/// writing their frames into the socket's buffer, then flushes once: one write for a burst
+/// instead of one per frame.
+async fn handle_burst<C: WebsocketConsumer>(
+    consumer: &mut C,
+    ctx: &mut WebsocketContext,
+    first: Result<Message, ReceiveError>,
+    layer: Option<&dyn ChannelLayer>,
+    channel: Option<&str>,
+) -> HandlerResult {
+    ctx.batching = true;
+    let mut next = Some(first);
+    let mut result = Ok(());
+    let mut handled = 0;
+    while let Some(message) = next.take() {
+        result = dispatch_event(consumer, ctx, message).await;
+        handled += 1;
+        if result.is_err() || !matches!(ctx.state, State::Open) || handled == MAX_BATCH {
+            break;
+        }
+        next = layer.zip(channel).and_then(|(layer, channel)| layer.try_receive(channel)).map(Ok);
+    }
+    ctx.batching = false;
+    if matches!(ctx.state, State::Open) {
+        let _ = ctx.flush().await;
+    }
+    result
+}
+
 /// Hands a layer message to the consumer's `message` hook; a failed receive is logged.
 async fn dispatch_event<C: WebsocketConsumer>(
     consumer: &mut C,
@@ -316,26 +345,9 @@ async fn event_loop<C: WebsocketConsumer>(
                 }
             }
             Input::Layer(message) => {
-                // Handle every event already waiting, writing their frames into the socket's
-                // buffer, then flush once: one write for a burst instead of one per frame.
-                ctx.batching = true;
-                let mut next = Some(message);
-                let mut result = Ok(());
-                let mut handled = 0;
-                while let Some(message) = next.take() {
-                    layer_rx = next_message(layer.as_ref(), channel.as_deref(), message.is_err());
-                    result = Box::pin(dispatch_event(consumer, ctx, message)).await;
-                    handled += 1;
-                    if result.is_err() || !matches!(ctx.state, State::Open) || handled == MAX_BATCH {
-                        break;
-                    }
-                    next = (&mut layer_rx).now_or_never();
-                }
-                ctx.batching = false;
-                if matches!(ctx.state, State::Open) {
-                    let _ = Box::pin(ctx.flush()).await;
-                }
-                result
+                layer_rx = next_message(layer.as_ref(), channel.as_deref(), message.is_err());
+                // Boxed once per burst: its size stays out of every idle connection's future.
+                Box::pin(handle_burst(consumer, ctx, message, layer.as_deref(), channel.as_deref())).await
             }
             Input::Tick => {
                 // Memberships expire `group_expiry` after the last group_add; a connection that

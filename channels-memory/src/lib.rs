@@ -20,7 +20,11 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+/// Maps keyed by channel and group names: looked up once per member on every `group_send`,
+/// so with a fast hash (foldhash, seeded per process) rather than SipHash.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -164,6 +168,18 @@ impl Queue {
         self.items.len() != before
     }
 
+    /// Takes the next message that has not expired, and says whether any had expired. A
+    /// drained queue gives its buffer back, so an idle consumer keeps none (the queue itself
+    /// stays for the next message: the sweeper drops the ones nobody waits on).
+    fn pop_live(&mut self, now: Instant) -> (Option<Message>, bool) {
+        let expired = self.purge_expired(now);
+        let popped = self.items.pop_front().map(|(_, message)| message);
+        if self.items.is_empty() && self.items.capacity() > 0 {
+            self.items = VecDeque::new();
+        }
+        (popped, expired)
+    }
+
     fn has_waiters(&self) -> bool {
         Arc::strong_count(&self.notify) > 1
     }
@@ -248,7 +264,10 @@ impl InMemoryChannelLayer {
     /// Starts the background sweep of expired messages and memberships once, on first use. The
     /// task holds only a weak reference and ends when the layer is dropped.
     fn ensure_sweeper(&self) {
-        if self.inner.sweeper_started.swap(true, Ordering::Relaxed) {
+        // A load first: the swap writes, and every receive comes here.
+        if self.inner.sweeper_started.load(Ordering::Relaxed)
+            || self.inner.sweeper_started.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -329,7 +348,6 @@ impl ChannelLayer for InMemoryChannelLayer {
         loop {
             let notify = {
                 let mut state = self.lock();
-                let now = Instant::now();
                 let State { channels, .. } = &mut *state;
                 // The hot path (a consumer's own, existing queue) neither allocates nor re-checks
                 // the name: only valid names ever get a queue.
@@ -340,18 +358,10 @@ impl ChannelLayer for InMemoryChannelLayer {
                         channels.entry(channel.to_owned()).or_default()
                     }
                 };
-                let expired = queue.purge_expired(now);
-                let popped = queue.items.pop_front().map(|(_, message)| message);
-                if queue.items.is_empty() && queue.items.capacity() > 64 {
-                    // Give back what a burst grew; an idle consumer keeps no big buffer.
-                    queue.items = VecDeque::new();
-                }
+                let (popped, expired) = queue.pop_live(Instant::now());
                 let notify = queue.notify.clone();
-                if queue.items.is_empty() && popped.is_some() && Arc::strong_count(&notify) == 2 {
-                    // Empty and nobody else waits: drop the queue; a later send recreates it.
-                    channels.remove(channel);
-                }
                 if expired {
+                    // Django's rule: a channel with an expired message leaves its groups.
                     state.remove_from_groups(channel);
                 }
                 if let Some(message) = popped {
@@ -363,6 +373,15 @@ impl ChannelLayer for InMemoryChannelLayer {
             // and this await is not missed. Dropping this future loses no message.
             notify.notified().await;
         }
+    }
+
+    fn try_receive(&self, channel: &str) -> Option<Message> {
+        let mut state = self.lock();
+        let (popped, expired) = state.channels.get_mut(channel)?.pop_live(Instant::now());
+        if expired {
+            state.remove_from_groups(channel);
+        }
+        popped
     }
 
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
@@ -475,7 +494,7 @@ mod tests {
     });
 
     fn msg(n: u32) -> Message {
-        Message::new(&HashMap::from([("type", "t".to_string()), ("n", n.to_string())])).unwrap()
+        Message::new(&std::collections::HashMap::from([("type", "t".to_string()), ("n", n.to_string())])).unwrap()
     }
 
     #[tokio::test]
@@ -563,7 +582,6 @@ mod tests {
 #[cfg(test)]
 mod stress {
     use super::*;
-    use std::collections::HashMap;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_receivers_and_group_senders() {
@@ -595,8 +613,11 @@ mod stress {
                         layer
                             .group_send(
                                 "g",
-                                Message::new(&HashMap::from([("type", "t".to_string()), ("i", i.to_string())]))
-                                    .unwrap(),
+                                Message::new(&std::collections::HashMap::from([
+                                    ("type", "t".to_string()),
+                                    ("i", i.to_string()),
+                                ]))
+                                .unwrap(),
                             )
                             .await
                             .unwrap();

@@ -28,7 +28,8 @@ impl Mailbox {
         true
     }
 
-    fn pop(&mut self) -> Option<Message> {
+    /// The next message that has not expired.
+    pub(crate) fn pop(&mut self) -> Option<Message> {
         let now = Instant::now();
         while let Some((expires, message)) = self.items.pop_front() {
             if expires.is_none_or(|e| e > now) {

@@ -308,6 +308,10 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         Ok(mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel).await)
     }
 
+    fn try_receive(&self, channel: &str) -> Option<Message> {
+        self.inner.lock().channels.get_mut(channel)?.pop()
+    }
+
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
         validate_group_name(group)?;
         validate_channel_name(channel)?;

@@ -43,7 +43,8 @@ suite!(
     group_add_is_idempotent_and_discard_stops_delivery,
     group_send_to_an_empty_group_is_fine,
     concurrent_senders_lose_nothing,
-    concurrent_group_sends_reach_everyone
+    concurrent_group_sends_reach_everyone,
+    try_receive_takes_only_what_is_waiting
 );
 
 fn msg(text: &str) -> Message {

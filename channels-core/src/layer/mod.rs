@@ -135,6 +135,17 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// Waits for the next message on `channel`.
     async fn receive(&self, channel: &str) -> Result<Message, ReceiveError>;
 
+    /// The next message on `channel` if one is waiting already, without waiting; `None` when
+    /// none is (or the channel cannot be read: `receive` then says why).
+    ///
+    /// The server drains a connection's waiting messages with it, to write a burst with one
+    /// system call. The default polls `receive` once; a backend overrides it to skip making
+    /// a future per message.
+    fn try_receive(&self, channel: &str) -> Option<Message> {
+        use futures_util::FutureExt;
+        self.receive(channel).now_or_never().and_then(Result::ok)
+    }
+
     /// Adds `channel` to `group` (idempotent; refreshes the membership's expiry).
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError>;
 

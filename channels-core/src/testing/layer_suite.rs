@@ -354,6 +354,29 @@ pub async fn group_send_many_keeps_order_and_reports_each(factory: &impl LayerFa
     assert_eq!(n_of(&receive(&*layer, "full-worker").await), 0);
 }
 
+/// `try_receive` takes a waiting message at once, in order, and returns `None` when nothing
+/// waits; what it took is not received again.
+pub async fn try_receive_takes_only_what_is_waiting(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    assert!(layer.try_receive(&ch).is_none(), "nothing waits yet");
+    layer.send(&ch, msg(1)).await.expect("send");
+    layer.send(&ch, msg(2)).await.expect("send");
+    assert_eq!(n_of(&receive(&*layer, &ch).await), 1);
+    // A backend may deliver asynchronously: the second message may still be on its way.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let second = loop {
+        if let Some(message) = layer.try_receive(&ch) {
+            break message;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the second message never became waiting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(n_of(&second), 2);
+    assert!(layer.try_receive(&ch).is_none(), "drained");
+    assert!(receives_nothing(&*layer, &ch).await, "what try_receive took is gone");
+}
+
 /// Generates one `#[tokio::test]` per semantics check for a layer factory.
 #[macro_export]
 macro_rules! layer_conformance_tests {
@@ -377,6 +400,7 @@ macro_rules! layer_conformance_tests {
             concurrent_senders_lose_nothing,
             concurrent_group_sends_reach_everyone,
             group_send_many_keeps_order_and_reports_each,
+            try_receive_takes_only_what_is_waiting,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {$(
