@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedisConfig, command_connection};
 use crate::crypto::Encryption;
-use crate::mailbox::{self, Mailbox};
+use crate::mailbox::{self, Mailboxes};
 use crate::scripts;
 use crate::wire::{self, Routing, consistent_hash};
 
@@ -54,7 +54,7 @@ struct Shard {
 #[derive(Default)]
 struct Local {
     /// Channels created here and not yet forgotten, with what has arrived for them.
-    channels: HashMap<String, Mailbox>,
+    channels: Mailboxes,
     /// Groups local channels joined, so they can be re-joined after Redis loses them.
     memberships: HashMap<String, HashSet<String>>,
     /// Process queue keys a pump already reads.

@@ -7,6 +7,10 @@ use channels_core::layer::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// Every local channel's mailbox, by name: looked up for each member a message names and for
+/// each receive, so with a fast hash (foldhash, seeded per process) rather than SipHash.
+pub(crate) type Mailboxes = foldhash::HashMap<String, Mailbox>;
+
 /// A bounded buffer of messages for one local channel.
 #[derive(Default)]
 pub(crate) struct Mailbox {
@@ -45,7 +49,7 @@ impl Mailbox {
 }
 
 /// The mailbox of `channel`, looked up without allocating when it exists.
-fn get_or_create<'a>(mailboxes: &'a mut std::collections::HashMap<String, Mailbox>, channel: &str) -> &'a mut Mailbox {
+fn get_or_create<'a>(mailboxes: &'a mut Mailboxes, channel: &str) -> &'a mut Mailbox {
     if !mailboxes.contains_key(channel) {
         mailboxes.insert(channel.to_owned(), Mailbox::default());
     }
@@ -73,7 +77,7 @@ pub(crate) async fn receive<T>(state: &Mutex<T>, find: impl Fn(&mut T) -> Option
 /// [`receive`] on `channel`'s mailbox in `mailboxes`, made first if it is missing.
 pub(crate) async fn receive_or_create<T>(
     state: &Mutex<T>,
-    mailboxes: impl Fn(&mut T) -> &mut std::collections::HashMap<String, Mailbox>,
+    mailboxes: impl Fn(&mut T) -> &mut Mailboxes,
     channel: &str,
 ) -> Message {
     let received = receive(state, |state| Some(get_or_create(mailboxes(state), channel)));

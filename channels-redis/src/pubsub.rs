@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedisConfig, command_connection};
 use crate::crypto::Encryption;
-use crate::mailbox::{self, Mailbox};
+use crate::mailbox::{self, Mailboxes};
 use crate::wire::{self, consistent_hash};
 
 /// A channel layer on Redis publish/subscribe, compatible with
@@ -54,7 +54,7 @@ struct Shard {
 
 #[derive(Default)]
 struct Local {
-    channels: HashMap<String, Mailbox>,
+    channels: Mailboxes,
     /// group pub/sub channel -> local channels in it
     groups: HashMap<String, HashSet<String>>,
 }
