@@ -397,6 +397,18 @@ impl WebsocketContext {
         let Some(socket) = self.socket_mut() else {
             return Err(ContextError::Closed);
         };
+        if batching {
+            // Straight into the write buffer when it can take the frame: the burst's flush
+            // sends it.
+            let buffered = match &frame {
+                WsMessage::Text(text) => socket.buffer_data_frame(true, text.as_bytes()),
+                WsMessage::Binary(data) => socket.buffer_data_frame(false, data),
+                _ => false,
+            };
+            if buffered {
+                return Ok(());
+            }
+        }
         let written = if batching {
             within(send_timeout, socket.feed(frame)).await
         } else {

@@ -23,11 +23,21 @@ pub(crate) trait Transport:
     Stream<Item = Result<WsMessage, WsError>> + Sink<WsMessage, Error = WsError> + Send + Unpin
 {
     fn io(&mut self) -> &mut dyn Io;
+
+    /// Puts a whole data frame (text or binary, final, unmasked as a server's frames are) into
+    /// the write buffer, sent by the next flush. Returns false, having done nothing, when the
+    /// frame must take the `Sink` path instead: when bytes tungstenite wrote are still waiting
+    /// for the socket (order), or when the buffer has no room (backpressure).
+    fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool;
 }
 
-impl<S: Io> Transport for WebSocketStream<S> {
+impl<S: Io> Transport for WebSocketStream<LeanIo<S>> {
     fn io(&mut self) -> &mut dyn Io {
         self.get_mut()
+    }
+
+    fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool {
+        self.get_mut().buffer_data_frame(text, payload)
     }
 }
 
@@ -55,11 +65,35 @@ pub(crate) struct LeanIo<S> {
     taken: u32,
     /// How much of `unsent` was sent.
     sent: u32,
+    /// The last write was not taken whole: its writer holds the rest, so nothing may be put
+    /// in front of it.
+    blocked: bool,
 }
 
 impl<S> LeanIo<S> {
     pub(crate) fn new(inner: S) -> Self {
-        Self { inner, unread: Vec::new(), unsent: Vec::new(), taken: 0, sent: 0 }
+        Self { inner, unread: Vec::new(), unsent: Vec::new(), taken: 0, sent: 0, blocked: false }
+    }
+
+    /// See [`Transport::buffer_data_frame`]: the frame is encoded here, straight into the
+    /// write buffer (tungstenite would encode it into its own buffer and copy it over).
+    fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool {
+        let len = payload.len();
+        // At most a 4-byte header: what fits in the buffer has a 16-bit length at most.
+        if self.blocked || self.unsent.len() + 4 + len > MAX_PENDING_WRITE {
+            return false;
+        }
+        // FIN and the opcode (1 text, 2 binary), then the length in 7 bits or in 16.
+        self.unsent.push(0x80 | if text { 0x1 } else { 0x2 });
+        match u8::try_from(len) {
+            Ok(short) if short < 126 => self.unsent.push(short),
+            _ => {
+                self.unsent.push(126);
+                self.unsent.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+        }
+        self.unsent.extend_from_slice(payload);
+        true
     }
 }
 
@@ -117,13 +151,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for LeanIo<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for LeanIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        // Until this write is taken whole, the writer holds bytes that must go first.
+        this.blocked = true;
         if this.unsent.len() + data.len() > MAX_PENDING_WRITE {
             ready!(this.poll_send_unsent(cx))?;
             if data.len() >= MAX_PENDING_WRITE {
-                return Pin::new(&mut this.inner).poll_write(cx, data);
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+                this.blocked = n < data.len();
+                return Poll::Ready(Ok(n));
             }
         }
         this.unsent.extend_from_slice(data);
+        this.blocked = false;
         Poll::Ready(Ok(data.len()))
     }
 
@@ -181,6 +220,44 @@ mod tests {
         assert_eq!(got.len(), 5_000 + 100_000);
         assert_eq!(&got[..50], &[0u8; 50]);
         assert!(got[5_000..].iter().all(|b| *b == 7));
+    }
+
+    #[test]
+    fn data_frames_are_encoded_as_tungstenite_encodes_them() {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        for len in [0, 1, 125, 126, 255, 256, 1000, MAX_PENDING_WRITE - 4, MAX_PENDING_WRITE - 3, 70_000] {
+            for text in [true, false] {
+                let payload = vec![b'x'; len];
+                let mut lean = LeanIo::new(tokio::io::empty());
+                if len > MAX_PENDING_WRITE - 4 {
+                    assert!(!lean.buffer_data_frame(text, &payload), "too large for the buffer: {len}");
+                    continue;
+                }
+                assert!(lean.buffer_data_frame(text, &payload), "{len}");
+                let opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
+                let mut expected = Vec::new();
+                Frame::message(payload, opcode, true).format(&mut expected).unwrap();
+                assert_eq!(lean.unsent, expected, "{len} bytes, text {text}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_put_in_front_of_a_write_the_socket_did_not_take() {
+        let (_far, near) = duplex(1024);
+        let mut lean = LeanIo::new(near);
+        // Fill the pipe and the buffer until a write is refused.
+        let refused = loop {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match Pin::new(&mut lean).poll_write(&mut cx, &[1u8; 4096]) {
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => break true,
+                Poll::Ready(Err(e)) => panic!("{e}"),
+            }
+        };
+        assert!(refused);
+        assert!(!lean.buffer_data_frame(true, b"hi"), "the refused bytes must go first");
     }
 
     #[tokio::test]
