@@ -49,6 +49,9 @@ const SCRATCH: usize = 8 * 1024;
 /// large goes to the socket directly. Small, because a stalled client keeps it full.
 const MAX_PENDING_WRITE: usize = 16 * 1024;
 
+/// Room the write buffer starts with: a burst's frames then fit without growing it step by step.
+const WRITE_START: usize = 2 * 1024;
+
 /// A byte stream whose buffers exist only while there is data in them.
 ///
 /// tungstenite reads in small steps (its read buffer is kept small because every connection
@@ -75,6 +78,13 @@ impl<S> LeanIo<S> {
         Self { inner, unread: Vec::new(), unsent: Vec::new(), taken: 0, sent: 0, blocked: false }
     }
 
+    /// Makes room for `more` bytes, starting an empty buffer at [`WRITE_START`].
+    fn reserve_for(&mut self, more: usize) {
+        if self.unsent.capacity() == 0 {
+            self.unsent.reserve(more.max(WRITE_START));
+        }
+    }
+
     /// See [`Transport::buffer_data_frame`]: the frame is encoded here, straight into the
     /// write buffer (tungstenite would encode it into its own buffer and copy it over).
     fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool {
@@ -83,6 +93,7 @@ impl<S> LeanIo<S> {
         if self.blocked || self.unsent.len() + 4 + len > MAX_PENDING_WRITE {
             return false;
         }
+        self.reserve_for(4 + len);
         // FIN and the opcode (1 text, 2 binary), then the length in 7 bits or in 16.
         self.unsent.push(0x80 | if text { 0x1 } else { 0x2 });
         match u8::try_from(len) {
@@ -161,6 +172,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LeanIo<S> {
                 return Poll::Ready(Ok(n));
             }
         }
+        this.reserve_for(data.len());
         this.unsent.extend_from_slice(data);
         this.blocked = false;
         Poll::Ready(Ok(data.len()))
