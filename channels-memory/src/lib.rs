@@ -21,10 +21,6 @@
 //! ```
 
 use std::collections::VecDeque;
-
-/// Maps keyed by channel and group names: looked up once per member on every `group_send`,
-/// so with a fast hash (foldhash, seeded per process) rather than SipHash.
-type HashMap<K, V> = foldhash::HashMap<K, V>;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -38,6 +34,10 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// Maps keyed by channel and group names: looked up once per member on every `group_send`,
+/// so with a fast hash (foldhash, seeded per process) rather than SipHash.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 
 /// A snapshot of the layer's contents and counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
