@@ -73,11 +73,10 @@ pub(crate) struct Inbound {
     pub(crate) message: String,
 }
 
-/// Who is connected to each room in this process.
-/// Who is in each room, with a connection count per user, keyed by the room's group name. A
-/// room's users are a short list rather than a map: most rooms hold few users, and the
-/// snapshot a newcomer gets walks them all anyway. Names are shared with the consumers that
-/// hold them, so an idle connection costs one list entry here.
+/// Who is in each room of this process, with a connection count per user, keyed by the room's
+/// group name. A room's users are a short list rather than a map: most rooms hold few users,
+/// and the snapshot a newcomer gets walks them all anyway. Names are shared with the consumers
+/// that hold them, so an idle connection costs one list entry here.
 #[derive(Clone, Default)]
 pub(crate) struct Presence(Arc<Mutex<HashMap<Arc<str>, RoomUsers>>>);
 
