@@ -71,7 +71,7 @@ struct Inner {
     client_prefix: String,
     local: Mutex<Local>,
     round_robin: AtomicUsize,
-    /// The score of the last group message queued (see [`Inner::scores`]).
+    /// The score of the last message queued (see [`Inner::next_score`]).
     last_score: Mutex<f64>,
     dropped_full: AtomicU64,
     stop: CancellationToken,
@@ -169,16 +169,13 @@ impl Inner {
         }
     }
 
-    /// `n` queue scores for messages sent now, each later than every score handed out before:
-    /// the batch keeps its order in a queue even where the clock reads the same twice.
-    fn scores(&self, now: f64, n: usize) -> Vec<f64> {
+    /// The queue score for a message sent now: later than every score this process handed
+    /// out before, so its messages keep their order in a queue even where the clock reads the
+    /// same twice (a batch of group sends is scored at one reading).
+    fn next_score(&self, now: f64) -> f64 {
         let mut last = self.last_score.lock().unwrap_or_else(|p| p.into_inner());
-        (0..n)
-            .map(|_| {
-                *last = now.max(*last + SCORE_STEP);
-                *last
-            })
-            .collect()
+        *last = now.max(*last + SCORE_STEP);
+        *last
     }
 
     fn expiry_secs(&self) -> u64 {
@@ -489,7 +486,7 @@ impl ChannelLayer for RedisChannelLayer {
             .key(inner.queue_key(channel))
             .arg(now.floor() as i64 - inner.expiry_secs() as i64)
             .arg(inner.config.layer.capacity_for(channel))
-            .arg(now)
+            .arg(inner.next_score(now))
             .arg(payload)
             .arg(inner.expiry_secs())
             .invoke_async(&mut conn)
@@ -606,7 +603,7 @@ impl ChannelLayer for RedisChannelLayer {
         // One payload per receiving process queue and message, naming every member it holds;
         // the scripts of one shard go in one pipeline, in the order of the sends, each with a
         // later score than the one before (a queue is ordered by score).
-        let scores = inner.scores(now, sends.len());
+        let scores: Vec<f64> = sends.iter().map(|_| inner.next_score(now)).collect();
         struct Queued {
             send: usize,
             members_per_queue: Vec<usize>,
