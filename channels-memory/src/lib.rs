@@ -35,9 +35,13 @@ use rand::distr::Alphanumeric;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Maps keyed by channel and group names: looked up once per member on every `group_send`,
-/// so with a fast hash (foldhash, seeded per process) rather than SipHash.
+/// Maps keyed by group names, with a fast hash (foldhash, seeded per process) rather than
+/// SipHash.
 type HashMap<K, V> = foldhash::HashMap<K, V>;
+
+/// The queues by channel name. An index map: a group member remembers where its channel's queue
+/// sits, so `group_send` reaches each member's queue without hashing its name.
+type Channels = indexmap::IndexMap<Arc<str>, Queue, foldhash::fast::RandomState>;
 
 /// A snapshot of the layer's contents and counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,16 +72,23 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    channels: HashMap<String, Queue>,
+    channels: Channels,
     groups: HashMap<String, Members>,
 }
 
-/// A group's members, each with the time of its last `group_add`: a short list while the group
-/// is small (a personal group, such as one per user, costs one small allocation), a hash map
-/// once it grows.
+/// A group's members by channel name: a short list while the group is small (a personal group,
+/// such as one per user, costs one small allocation), a hash map once it grows.
 enum Members {
-    Few(Vec<(Box<str>, Instant)>),
-    Many(HashMap<Box<str>, Instant>),
+    Few(Vec<(Arc<str>, Membership)>),
+    Many(HashMap<Arc<str>, Membership>),
+}
+
+/// One channel's place in a group.
+struct Membership {
+    /// The time of its last `group_add`.
+    joined: Instant,
+    /// Where its queue was last seen in [`State::channels`]: a hint, checked on every use.
+    slot: usize,
 }
 
 /// Members kept in a list; a larger group switches to a map.
@@ -90,30 +101,30 @@ impl Default for Members {
 }
 
 impl Members {
-    fn insert(&mut self, channel: &str, joined: Instant) {
+    /// Adds `channel` (the map's own key when it has a queue, so the member shares its name) or
+    /// refreshes its join time.
+    fn insert(&mut self, channel: Arc<str>, slot: usize, joined: Instant) {
+        let membership = Membership { joined, slot };
         match self {
-            Self::Few(list) => match list.iter().position(|(c, _)| &**c == channel) {
-                Some(i) => list[i].1 = joined,
+            Self::Few(list) => match list.iter().position(|(c, _)| *c == channel) {
+                Some(i) => list[i].1 = membership,
                 None if list.len() < FEW_MEMBERS => {
                     // Room for one at first (a plain `push` would make room for four): most
                     // groups of an idle server hold one connection.
                     if list.capacity() == 0 {
                         list.reserve_exact(1);
                     }
-                    list.push((channel.into(), joined));
+                    list.push((channel, membership));
                 }
                 None => {
-                    let mut map: HashMap<Box<str>, Instant> = std::mem::take(list).into_iter().collect();
-                    map.insert(channel.into(), joined);
+                    let mut map: HashMap<Arc<str>, Membership> = std::mem::take(list).into_iter().collect();
+                    map.insert(channel, membership);
                     *self = Self::Many(map);
                 }
             },
-            Self::Many(map) => match map.get_mut(channel) {
-                Some(at) => *at = joined,
-                None => {
-                    map.insert(channel.into(), joined);
-                }
-            },
+            Self::Many(map) => {
+                map.insert(channel, membership);
+            }
         }
     }
 
@@ -130,8 +141,8 @@ impl Members {
     fn retain_joined_after(&mut self, cutoff: Option<Instant>) {
         let Some(cutoff) = cutoff else { return };
         match self {
-            Self::Few(list) => list.retain(|(_, joined)| *joined > cutoff),
-            Self::Many(map) => map.retain(|_, joined| *joined > cutoff),
+            Self::Few(list) => list.retain(|(_, m)| m.joined > cutoff),
+            Self::Many(map) => map.retain(|_, m| m.joined > cutoff),
         }
     }
 
@@ -142,12 +153,26 @@ impl Members {
         }
     }
 
-    fn channels(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+    fn for_each_mut(&mut self, mut f: impl FnMut(&Arc<str>, &mut Membership)) {
         match self {
-            Self::Few(list) => Box::new(list.iter().map(|(c, _)| &**c)),
-            Self::Many(map) => Box::new(map.keys().map(|c| &**c)),
+            Self::Few(list) => list.iter_mut().for_each(|(c, m)| f(c, m)),
+            Self::Many(map) => map.iter_mut().for_each(|(c, m)| f(c, m)),
         }
     }
+}
+
+/// The queue of a group member's channel: where the member's slot hint points when that is still
+/// its queue, else found by name (or created) and the hint refreshed. Queues move when others are
+/// removed, so the hint is a shortcut, never trusted.
+fn member_queue<'a>(channels: &'a mut Channels, channel: &Arc<str>, membership: &mut Membership) -> &'a mut Queue {
+    let hit = channels.get_index(membership.slot).is_some_and(|(key, _)| Arc::ptr_eq(key, channel) || key == channel);
+    if !hit {
+        membership.slot = match channels.get_index_of(&**channel) {
+            Some(slot) => slot,
+            None => channels.insert_full(channel.clone(), Queue::default()).0,
+        };
+    }
+    &mut channels[membership.slot]
 }
 
 #[derive(Default)]
@@ -204,7 +229,10 @@ impl State {
         expiry: Duration,
         now: Instant,
     ) -> Result<Arc<Notify>, ()> {
-        let queue = self.channels.entry(channel.to_owned()).or_default();
+        let queue = match self.channels.get_mut(channel) {
+            Some(queue) => queue,
+            None => self.channels.entry(channel.into()).or_default(),
+        };
         let expired = queue.purge_expired(now);
         let result = if queue.items.len() >= capacity {
             Err(())
@@ -355,7 +383,7 @@ impl ChannelLayer for InMemoryChannelLayer {
                     Some(queue) => queue,
                     None => {
                         validate_channel_name(channel)?;
-                        channels.entry(channel.to_owned()).or_default()
+                        channels.entry(channel.into()).or_default()
                     }
                 };
                 let (popped, expired) = queue.pop_live(Instant::now());
@@ -389,10 +417,17 @@ impl ChannelLayer for InMemoryChannelLayer {
         validate_channel_name(channel)?;
         self.ensure_sweeper();
         let mut state = self.lock();
-        match state.groups.get_mut(group) {
-            Some(members) => members.insert(channel, Instant::now()),
-            None => state.groups.entry(group.to_owned()).or_default().insert(channel, Instant::now()),
-        }
+        let State { channels, groups } = &mut *state;
+        // The member shares its queue's name, which makes its slot hint hit at once.
+        let (channel, slot) = match channels.get_full(channel) {
+            Some((slot, name, _)) => (name.clone(), slot),
+            None => (channel.into(), usize::MAX),
+        };
+        let members = match groups.get_mut(group) {
+            Some(members) => members,
+            None => groups.entry(group.to_owned()).or_default(),
+        };
+        members.insert(channel, slot, Instant::now());
         Ok(())
     }
 
@@ -422,13 +457,10 @@ impl ChannelLayer for InMemoryChannelLayer {
             let Some(members) = groups.get_mut(group) else { return Ok(report) };
             members.retain_joined_after(now.checked_sub(config.group_expiry));
             let mut expired = Vec::new();
-            for channel in members.channels() {
-                let queue = match channels.get_mut(channel) {
-                    Some(queue) => queue,
-                    None => channels.entry(channel.to_owned()).or_default(),
-                };
+            members.for_each_mut(|channel, membership| {
+                let queue = member_queue(channels, channel, membership);
                 if queue.purge_expired(now) {
-                    expired.push(channel.to_owned());
+                    expired.push(channel.clone());
                 }
                 if queue.items.len() >= config.capacity_for(channel) {
                     report.dropped_full += 1;
@@ -439,7 +471,7 @@ impl ChannelLayer for InMemoryChannelLayer {
                     }
                     report.queued += 1;
                 }
-            }
+            });
             if members.is_empty() {
                 groups.remove(group);
             }
@@ -475,7 +507,7 @@ impl ChannelLayer for InMemoryChannelLayer {
     async fn forget_channel(&self, channel: &str) {
         let mut state = self.lock();
         if state.channels.get(channel).is_some_and(|q| !q.has_waiters()) {
-            state.channels.remove(channel);
+            state.channels.swap_remove(channel);
         }
         state.remove_from_groups(channel);
     }
@@ -520,6 +552,36 @@ mod tests {
             layer.group_discard("big", channel).await.unwrap();
         }
         assert_eq!(layer.stats().groups, 0, "an emptied group is removed");
+    }
+
+    #[tokio::test]
+    async fn group_send_finds_queues_that_moved() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+        let idle = layer.new_channel("specific").await.unwrap();
+        layer.send(&idle, msg(0)).await.unwrap();
+        layer.receive(&idle).await.unwrap();
+        let mut channels = Vec::new();
+        for _ in 0..5 {
+            let channel = layer.new_channel("specific").await.unwrap();
+            layer.send(&channel, msg(9)).await.unwrap();
+            layer.group_add("g", &channel).await.unwrap();
+            channels.push(channel);
+        }
+        // The sweep drops the idle queue in front of the members' (they all move up one);
+        // forgetting the first member moves the last one into its place.
+        layer.sweep();
+        layer.forget_channel(&channels[0]).await;
+        for n in [1, 2] {
+            assert_eq!(layer.group_send("g", msg(n)).await.unwrap().queued, 4);
+        }
+        let n_of = |m: Message| m.decode::<std::collections::HashMap<String, String>>().unwrap()["n"].clone();
+        for channel in &channels[1..] {
+            for n in ["9", "1", "2"] {
+                assert_eq!(n_of(layer.try_receive(channel).unwrap()), n, "{channel}");
+            }
+            assert!(layer.try_receive(channel).is_none());
+        }
+        assert!(layer.try_receive(&channels[0]).is_none(), "a forgotten channel gets nothing");
     }
 
     #[tokio::test]
