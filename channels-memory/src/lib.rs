@@ -137,12 +137,19 @@ impl Members {
         }
     }
 
-    /// Keeps the members that joined after `cutoff`.
-    fn retain_joined_after(&mut self, cutoff: Option<Instant>) {
-        let Some(cutoff) = cutoff else { return };
+    /// Drops the members that joined at or before `cutoff` (expired) and calls `f` on each
+    /// other one, in one pass.
+    fn retain_live(&mut self, cutoff: Option<Instant>, mut f: impl FnMut(&Arc<str>, &mut Membership)) {
+        let mut live = |channel: &Arc<str>, membership: &mut Membership| {
+            let live = cutoff.is_none_or(|cutoff| membership.joined > cutoff);
+            if live {
+                f(channel, membership);
+            }
+            live
+        };
         match self {
-            Self::Few(list) => list.retain(|(_, m)| m.joined > cutoff),
-            Self::Many(map) => map.retain(|_, m| m.joined > cutoff),
+            Self::Few(list) => list.retain_mut(|(channel, membership)| live(channel, membership)),
+            Self::Many(map) => map.retain(|channel, membership| live(channel, membership)),
         }
     }
 
@@ -150,13 +157,6 @@ impl Members {
         match self {
             Self::Few(list) => list.is_empty(),
             Self::Many(map) => map.is_empty(),
-        }
-    }
-
-    fn for_each_mut(&mut self, mut f: impl FnMut(&Arc<str>, &mut Membership)) {
-        match self {
-            Self::Few(list) => list.iter_mut().for_each(|(c, m)| f(c, m)),
-            Self::Many(map) => map.iter_mut().for_each(|(c, m)| f(c, m)),
         }
     }
 }
@@ -195,9 +195,13 @@ impl Queue {
 
     /// Takes the next message that has not expired, and says whether any had expired. A
     /// drained queue gives its buffer back, so an idle consumer keeps none (the queue itself
-    /// stays for the next message: the sweeper drops the ones nobody waits on).
-    fn pop_live(&mut self, now: Instant) -> (Option<Message>, bool) {
-        let expired = self.purge_expired(now);
+    /// stays for the next message: the sweeper drops the ones nobody waits on). The clock is
+    /// read only when there is a message to check.
+    fn pop_live(&mut self) -> (Option<Message>, bool) {
+        if self.items.is_empty() {
+            return (None, false);
+        }
+        let expired = self.purge_expired(Instant::now());
         let popped = self.items.pop_front().map(|(_, message)| message);
         if self.items.is_empty() && self.items.capacity() > 0 {
             self.items = VecDeque::new();
@@ -333,7 +337,7 @@ impl InMemoryChannelLayer {
             state.remove_from_groups(&name);
         }
         state.groups.retain(|_, members| {
-            members.retain_joined_after(now.checked_sub(group_expiry));
+            members.retain_live(now.checked_sub(group_expiry), |_, _| {});
             !members.is_empty()
         });
     }
@@ -386,7 +390,7 @@ impl ChannelLayer for InMemoryChannelLayer {
                         channels.entry(channel.into()).or_default()
                     }
                 };
-                let (popped, expired) = queue.pop_live(Instant::now());
+                let (popped, expired) = queue.pop_live();
                 let notify = queue.notify.clone();
                 if expired {
                     // Django's rule: a channel with an expired message leaves its groups.
@@ -405,7 +409,7 @@ impl ChannelLayer for InMemoryChannelLayer {
 
     fn try_receive(&self, channel: &str) -> Option<Message> {
         let mut state = self.lock();
-        let (popped, expired) = state.channels.get_mut(channel)?.pop_live(Instant::now());
+        let (popped, expired) = state.channels.get_mut(channel)?.pop_live();
         if expired {
             state.remove_from_groups(channel);
         }
@@ -455,9 +459,8 @@ impl ChannelLayer for InMemoryChannelLayer {
             let mut state = self.lock();
             let State { channels, groups } = &mut *state;
             let Some(members) = groups.get_mut(group) else { return Ok(report) };
-            members.retain_joined_after(now.checked_sub(config.group_expiry));
             let mut expired = Vec::new();
-            members.for_each_mut(|channel, membership| {
+            members.retain_live(now.checked_sub(config.group_expiry), |channel, membership| {
                 let queue = member_queue(channels, channel, membership);
                 if queue.purge_expired(now) {
                     expired.push(channel.clone());
