@@ -193,20 +193,15 @@ impl Queue {
         self.items.len() != before
     }
 
-    /// Takes the next message that has not expired, and says whether any had expired. A
-    /// drained queue gives its buffer back, so an idle consumer keeps none (the queue itself
-    /// stays for the next message: the sweeper drops the ones nobody waits on). The clock is
-    /// read only when there is a message to check.
+    /// Takes the next message that has not expired, and says whether any had expired. The clock
+    /// is read only when there is a message to check. A drained queue keeps its buffer for the
+    /// next burst; the sweeper frees it if the queue is still empty then.
     fn pop_live(&mut self) -> (Option<Message>, bool) {
         if self.items.is_empty() {
             return (None, false);
         }
         let expired = self.purge_expired(Instant::now());
-        let popped = self.items.pop_front().map(|(_, message)| message);
-        if self.items.is_empty() && self.items.capacity() > 0 {
-            self.items = VecDeque::new();
-        }
-        (popped, expired)
+        (self.items.pop_front().map(|(_, message)| message), expired)
     }
 
     fn has_waiters(&self) -> bool {
@@ -321,7 +316,8 @@ impl InMemoryChannelLayer {
     }
 
     /// Drops expired messages (and their channels' memberships), expired memberships, and
-    /// empty queues nobody waits on.
+    /// empty queues nobody waits on; an empty queue with a waiter gives its buffer back, so an
+    /// idle consumer holds none.
     fn sweep(&self) {
         let now = Instant::now();
         let group_expiry = self.inner.config.group_expiry;
@@ -330,6 +326,9 @@ impl InMemoryChannelLayer {
         state.channels.retain(|name, queue| {
             if queue.purge_expired(now) {
                 expired.push(name.clone());
+            }
+            if queue.items.is_empty() {
+                queue.items = VecDeque::new();
             }
             !queue.items.is_empty() || queue.has_waiters()
         });
@@ -585,6 +584,30 @@ mod tests {
             assert!(layer.try_receive(channel).is_none());
         }
         assert!(layer.try_receive(&channels[0]).is_none(), "a forgotten channel gets nothing");
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_keeps_its_buffer_until_the_sweep() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+        let a = layer.new_channel("specific").await.unwrap();
+        let buffer = |layer: &InMemoryChannelLayer| layer.lock().channels.get(a.as_str()).map(|q| q.items.capacity());
+        for n in 0..3 {
+            layer.send(&a, msg(n)).await.unwrap();
+        }
+        for _ in 0..3 {
+            layer.receive(&a).await.unwrap();
+        }
+        assert!(buffer(&layer) > Some(0), "kept for the next burst");
+        let waiting = tokio::spawn({
+            let (layer, a) = (layer.clone(), a.clone());
+            async move { layer.receive(&a).await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        layer.sweep();
+        assert_eq!(buffer(&layer), Some(0), "a waiting consumer's empty queue gives its buffer back");
+        let sent = msg(7);
+        layer.send(&a, sent.clone()).await.unwrap();
+        assert!(waiting.await.unwrap().shares_buffer_with(&sent), "the waiter still gets the next message");
     }
 
     #[tokio::test]
