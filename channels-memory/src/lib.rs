@@ -196,16 +196,33 @@ impl Queue {
     /// Takes the next message that has not expired, and says whether any had expired. The clock
     /// is read only when there is a message to check. A drained queue keeps its buffer for the
     /// next burst; the sweeper frees it if the queue is still empty then.
-    fn pop_live(&mut self) -> (Option<Message>, bool) {
+    ///
+    /// Only a push into an empty queue wakes a receiver, so the caller must hold no wake-up of
+    /// its own: when it leaves messages behind and other receivers wait, one of them is woken
+    /// here, as nothing else would wake them for messages already queued.
+    fn take(&mut self) -> (Option<Message>, bool) {
         if self.items.is_empty() {
             return (None, false);
         }
         let expired = self.purge_expired(Instant::now());
-        (self.items.pop_front().map(|(_, message)| message), expired)
+        let taken = self.items.pop_front().map(|(_, message)| message);
+        if taken.is_some() && !self.items.is_empty() && self.has_waiters() {
+            self.notify.notify_one();
+        }
+        (taken, expired)
     }
 
     fn has_waiters(&self) -> bool {
         Arc::strong_count(&self.notify) > 1
+    }
+
+    /// Queues a message; returns the waiters' wake-up when this is the queue's first message,
+    /// the only push a waiting receiver needs to hear of (it takes what follows without
+    /// waiting).
+    fn push(&mut self, expires: Instant, message: Message) -> Option<Arc<Notify>> {
+        let was_empty = self.items.is_empty();
+        self.items.push_back((expires, message));
+        (was_empty && self.has_waiters()).then(|| self.notify.clone())
     }
 }
 
@@ -218,8 +235,8 @@ impl State {
         });
     }
 
-    /// Queues `message` on `channel` unless it holds `capacity` messages. Returns whether it
-    /// was queued; the caller notifies.
+    /// Queues `message` on `channel` unless it holds `capacity` messages. Returns the wake-up
+    /// to send (after unlocking) if any, or `Err` when the channel is full.
     fn push(
         &mut self,
         channel: &str,
@@ -227,18 +244,13 @@ impl State {
         capacity: usize,
         expiry: Duration,
         now: Instant,
-    ) -> Result<Arc<Notify>, ()> {
+    ) -> Result<Option<Arc<Notify>>, ()> {
         let queue = match self.channels.get_mut(channel) {
             Some(queue) => queue,
             None => self.channels.entry(channel.into()).or_default(),
         };
         let expired = queue.purge_expired(now);
-        let result = if queue.items.len() >= capacity {
-            Err(())
-        } else {
-            queue.items.push_back((now + expiry, message));
-            Ok(queue.notify.clone())
-        };
+        let result = if queue.items.len() >= capacity { Err(()) } else { Ok(queue.push(now + expiry, message)) };
         if expired {
             self.remove_from_groups(channel);
         }
@@ -366,8 +378,10 @@ impl ChannelLayer for InMemoryChannelLayer {
         let config = &self.inner.config;
         let pushed = self.lock().push(channel, message, config.capacity_for(channel), config.expiry, Instant::now());
         match pushed {
-            Ok(notify) => {
-                notify.notify_one();
+            Ok(wake) => {
+                if let Some(notify) = wake {
+                    notify.notify_one();
+                }
                 Ok(())
             }
             Err(()) => Err(SendError::ChannelFull { channel: channel.to_owned() }),
@@ -389,7 +403,7 @@ impl ChannelLayer for InMemoryChannelLayer {
                         channels.entry(channel.into()).or_default()
                     }
                 };
-                let (popped, expired) = queue.pop_live();
+                let (popped, expired) = queue.take();
                 let notify = queue.notify.clone();
                 if expired {
                     // Django's rule: a channel with an expired message leaves its groups.
@@ -408,7 +422,7 @@ impl ChannelLayer for InMemoryChannelLayer {
 
     fn try_receive(&self, channel: &str) -> Option<Message> {
         let mut state = self.lock();
-        let (popped, expired) = state.channels.get_mut(channel)?.pop_live();
+        let (popped, expired) = state.channels.get_mut(channel)?.take();
         if expired {
             state.remove_from_groups(channel);
         }
@@ -467,10 +481,7 @@ impl ChannelLayer for InMemoryChannelLayer {
                 if queue.items.len() >= config.capacity_for(channel) {
                     report.dropped_full += 1;
                 } else {
-                    queue.items.push_back((now + config.expiry, message.clone()));
-                    if queue.has_waiters() {
-                        wake.push(queue.notify.clone());
-                    }
+                    wake.extend(queue.push(now + config.expiry, message.clone()));
                     report.queued += 1;
                 }
             });

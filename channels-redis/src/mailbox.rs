@@ -22,25 +22,33 @@ pub(crate) struct Mailbox {
 
 impl Mailbox {
     /// Queues `message` (to expire at `expires`) unless `capacity` messages wait already;
-    /// false when dropped.
+    /// false when dropped. Only the first message of an empty mailbox wakes a receiver: a
+    /// receiver takes what follows without waiting.
     pub(crate) fn push(&mut self, message: Message, capacity: usize, expires: Option<Instant>) -> bool {
         if self.items.len() >= capacity {
             return false;
         }
         self.items.push_back((expires, message));
-        self.notify.notify_one();
+        if self.items.len() == 1 {
+            self.notify.notify_one();
+        }
         true
     }
 
-    /// The next message that has not expired.
+    /// The next message that has not expired (the clock is read only if one waits). The
+    /// caller must hold no wake-up of its own: when it leaves messages behind and other
+    /// receivers wait, one of them is woken, as nothing else would wake them for those.
     pub(crate) fn pop(&mut self) -> Option<Message> {
-        let now = Instant::now();
-        while let Some((expires, message)) = self.items.pop_front() {
-            if expires.is_none_or(|e| e > now) {
-                return Some(message);
-            }
+        if self.items.is_empty() {
+            return None;
         }
-        None
+        let now = Instant::now();
+        let taken = std::iter::from_fn(|| self.items.pop_front())
+            .find_map(|(expires, message)| expires.is_none_or(|e| e > now).then_some(message));
+        if taken.is_some() && !self.items.is_empty() && Arc::strong_count(&self.notify) > 1 {
+            self.notify.notify_one();
+        }
+        taken
     }
 
     pub(crate) fn clear(&mut self) {

@@ -44,7 +44,8 @@ suite!(
     group_send_to_an_empty_group_is_fine,
     concurrent_senders_lose_nothing,
     concurrent_group_sends_reach_everyone,
-    try_receive_takes_only_what_is_waiting
+    try_receive_takes_only_what_is_waiting,
+    every_waiting_receiver_is_served
 );
 
 fn msg(text: &str) -> Message {

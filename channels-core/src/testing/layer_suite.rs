@@ -377,6 +377,36 @@ pub async fn try_receive_takes_only_what_is_waiting(factory: &impl LayerFactory)
     assert!(receives_nothing(&*layer, &ch).await, "what try_receive took is gone");
 }
 
+/// Two receivers waiting on one channel get the two messages sent to it, one each: a backend
+/// that wakes a receiver only when a channel stops being empty must wake the next one when
+/// the first leaves a message behind. (The receivers run on this thread, so neither runs
+/// between the two sends where the layer does not make the sender wait.)
+pub async fn every_waiting_receiver_is_served(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    let local = tokio::task::LocalSet::new();
+    let mut got = local
+        .run_until(async {
+            let waiters: Vec<_> = (0..2)
+                .map(|_| {
+                    let (layer, ch) = (layer.clone(), ch.clone());
+                    tokio::task::spawn_local(async move { n_of(&receive(&*layer, &ch).await) })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            layer.send(&ch, msg(1)).await.expect("send");
+            layer.send(&ch, msg(2)).await.expect("send");
+            let mut got = Vec::new();
+            for waiter in waiters {
+                got.push(waiter.await.expect("each waiter gets a message"));
+            }
+            got
+        })
+        .await;
+    got.sort_unstable();
+    assert_eq!(got, [1, 2]);
+}
+
 /// Generates one `#[tokio::test]` per semantics check for a layer factory.
 #[macro_export]
 macro_rules! layer_conformance_tests {
@@ -401,6 +431,7 @@ macro_rules! layer_conformance_tests {
             concurrent_group_sends_reach_everyone,
             group_send_many_keeps_order_and_reports_each,
             try_receive_takes_only_what_is_waiting,
+            every_waiting_receiver_is_served,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {$(
