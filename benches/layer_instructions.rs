@@ -1,6 +1,7 @@
 //! Instructions per delivery in the in-memory layer, counted by callgrind: 1,000 consumer tasks
-//! wait in `receive` and drain with `try_receive` (as the runtime does), while one task sends
-//! bursts of group messages to all of them and waits until every copy is taken.
+//! wait in `receive` and drain with `try_receive` on their channel's receiver (as the runtime
+//! does), while one task sends bursts of group messages to all of them and waits until every
+//! copy is taken.
 //!
 //! Counted instructions do not depend on what else the machine is doing, so two commits can be
 //! compared on a shared machine where timings swing by ±25 %. Each burst size is run twice
@@ -73,11 +74,12 @@ fn workload(rounds: usize, burst: usize) {
         for _ in 0..MEMBERS {
             let channel = layer.new_channel("specific").await.expect("new_channel");
             layer.group_add("room", &channel).await.expect("group_add");
-            let (layer, taken) = (layer.clone(), taken.clone());
+            let receiver = Arc::new(layer.clone()).receiver(channel.into());
+            let taken = taken.clone();
             tokio::spawn(async move {
-                while layer.receive(&channel).await.is_ok() {
+                while receiver.receive().await.is_ok() {
                     let mut n = 1;
-                    while layer.try_receive(&channel).is_some() {
+                    while receiver.try_receive().is_some() {
                         n += 1;
                     }
                     taken.fetch_add(n, Ordering::Relaxed);

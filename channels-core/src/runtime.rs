@@ -23,7 +23,7 @@ use crate::config::WebsocketLimits;
 use crate::consumer::{Frame, HandlerResult, WebsocketConsumer, close_code};
 use crate::context::{Acceptance, ContextError, Outbox, Sent, State, WebsocketContext, close_message};
 use crate::io::WsStream;
-use crate::layer::{ChannelLayer, ChannelLayers, Message, ReceiveError};
+use crate::layer::{ChannelLayers, ChannelReceiver, Message, ReceiveError};
 use crate::scope::Scope;
 
 /// The upgrade in progress: the socket, or `None` when the upgrade failed.
@@ -187,19 +187,15 @@ async fn finish_sends<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut Websocke
 
 type LayerReceive<'a> = Pin<Box<dyn Future<Output = Result<Message, ReceiveError>> + Send + 'a>>;
 
-fn next_message<'a>(
-    layer: Option<&'a Arc<dyn ChannelLayer>>,
-    channel: Option<&'a str>,
-    backoff: bool,
-) -> LayerReceive<'a> {
-    match (layer, channel) {
+fn next_message(receiver: Option<&dyn ChannelReceiver>, backoff: bool) -> LayerReceive<'_> {
+    match receiver {
         // Separate futures: the one every idle connection holds should not carry a timer.
-        (Some(layer), Some(channel)) if backoff => Box::pin(async move {
+        Some(receiver) if backoff => Box::pin(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            layer.receive(channel).await
+            receiver.receive().await
         }),
-        (Some(layer), Some(channel)) => layer.receive(channel),
-        _ => Box::pin(std::future::pending()),
+        Some(receiver) => receiver.receive(),
+        None => Box::pin(std::future::pending()),
     }
 }
 
@@ -213,8 +209,7 @@ async fn handle_burst<C: WebsocketConsumer>(
     consumer: &mut C,
     ctx: &mut WebsocketContext,
     first: Result<Message, ReceiveError>,
-    layer: Option<&dyn ChannelLayer>,
-    channel: Option<&str>,
+    receiver: Option<&dyn ChannelReceiver>,
 ) -> HandlerResult {
     ctx.batching = true;
     let mut next = Some(first);
@@ -226,7 +221,7 @@ async fn handle_burst<C: WebsocketConsumer>(
         if result.is_err() || !matches!(ctx.state, State::Open) || handled == MAX_BATCH {
             break;
         }
-        next = layer.zip(channel).and_then(|(layer, channel)| layer.try_receive(channel)).map(Ok);
+        next = receiver.and_then(ChannelReceiver::try_receive).map(Ok);
     }
     ctx.batching = false;
     if matches!(ctx.state, State::Open) {
@@ -277,8 +272,8 @@ async fn event_loop<C: WebsocketConsumer>(
     shutdown: &CancellationToken,
 ) -> u16 {
     let layer = ctx.channel_layer().cloned();
-    let channel = ctx.shared_channel_name();
-    let mut layer_rx = next_message(layer.as_ref(), channel.as_deref(), false);
+    let receiver = layer.clone().zip(ctx.shared_channel_name()).map(|(layer, channel)| layer.receiver(channel));
+    let mut layer_rx = next_message(receiver.as_deref(), false);
     let mut last_seen = Instant::now();
     let mut pinged = false;
     let mut groups_joined = Instant::now();
@@ -345,9 +340,9 @@ async fn event_loop<C: WebsocketConsumer>(
                 }
             }
             Input::Layer(message) => {
-                layer_rx = next_message(layer.as_ref(), channel.as_deref(), message.is_err());
+                layer_rx = next_message(receiver.as_deref(), message.is_err());
                 // Boxed once per burst: its size stays out of every idle connection's future.
-                Box::pin(handle_burst(consumer, ctx, message, layer.as_deref(), channel.as_deref())).await
+                Box::pin(handle_burst(consumer, ctx, message, receiver.as_deref())).await
             }
             Input::Tick => {
                 // Memberships expire `group_expiry` after the last group_add; a connection that

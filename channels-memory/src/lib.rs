@@ -9,6 +9,7 @@
 //! use channels_core::layer::{ChannelLayer, LayerConfig, Message};
 //! use channels_memory::InMemoryChannelLayer;
 //! use std::collections::HashMap;
+//! use std::sync::Arc;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let layer = InMemoryChannelLayer::new(LayerConfig::default());
@@ -17,19 +18,27 @@
 //! let event = HashMap::from([("type", "chat.message"), ("text", "hi")]);
 //! layer.group_send("lobby", Message::new(&event).unwrap()).await.unwrap();
 //! assert_eq!(layer.receive(&me).await.unwrap().message_type(), "chat.message");
+//!
+//! // Receiving on one channel again and again, as a connection does on its own: a receiver
+//! // remembers where the channel's queue is instead of looking its name up each time.
+//! let receiver = Arc::new(layer.clone()).receiver(me.as_str().into());
+//! layer.group_send("lobby", Message::new(&event).unwrap()).await.unwrap();
+//! assert_eq!(receiver.try_receive().unwrap().message_type(), "chat.message");
+//! assert!(receiver.try_receive().is_none());
 //! # }
 //! ```
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    ChannelLayer, ConfigError, GroupError, GroupSendReport, LayerConfig, LayerUrl, Message, ReceiveError, SendError,
-    validate_channel_name, validate_group_name,
+    ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, LayerUrl, Message,
+    ReceiveError, SendError, validate_channel_name, validate_group_name,
 };
+use futures_util::future::BoxFuture;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::sync::Notify;
@@ -226,7 +235,40 @@ impl Queue {
     }
 }
 
+/// A slot no queue has.
+const NO_SLOT: usize = usize::MAX;
+
+/// The in-memory layer's [`ChannelReceiver`]: it remembers where its channel's queue sits, so
+/// receiving does not hash the channel's name.
+struct Receiver {
+    layer: InMemoryChannelLayer,
+    channel: Arc<str>,
+    slot: AtomicUsize,
+}
+
+impl ChannelReceiver for Receiver {
+    fn receive(&self) -> BoxFuture<'_, Result<Message, ReceiveError>> {
+        Box::pin(self.layer.receive_on(&self.channel, &self.slot))
+    }
+
+    fn try_receive(&self) -> Option<Message> {
+        self.layer.try_receive_on(&self.channel, &self.slot)
+    }
+}
+
 impl State {
+    /// Where `channel`'s queue is: at `slot` if it still is, else found by name (and `slot`
+    /// updated); `None` if it has none.
+    fn slot_of(&self, channel: &str, slot: &AtomicUsize) -> Option<usize> {
+        let at = slot.load(Ordering::Relaxed);
+        if self.channels.get_index(at).is_some_and(|(key, _)| **key == *channel) {
+            return Some(at);
+        }
+        let at = self.channels.get_index_of(channel)?;
+        slot.store(at, Ordering::Relaxed);
+        Some(at)
+    }
+
     /// Django's rule: a channel with an expired message is removed from every group.
     fn remove_from_groups(&mut self, channel: &str) {
         self.groups.retain(|_, members| {
@@ -293,6 +335,53 @@ impl InMemoryChannelLayer {
             queued: state.channels.values().map(|q| q.items.len()).sum(),
             dropped_full: self.inner.dropped_full.load(Ordering::Relaxed),
         }
+    }
+
+    /// Waits for the next message on `channel`, looking for its queue where `slot` says first
+    /// (and keeping `slot` up to date).
+    async fn receive_on(&self, channel: &str, slot: &AtomicUsize) -> Result<Message, ReceiveError> {
+        self.ensure_sweeper();
+        loop {
+            let notify = {
+                let mut state = self.lock();
+                // The hot path (a consumer's own, existing queue) neither allocates nor re-checks
+                // the name: only valid names ever get a queue.
+                let at = match state.slot_of(channel, slot) {
+                    Some(at) => at,
+                    None => {
+                        validate_channel_name(channel)?;
+                        let at = state.channels.insert_full(channel.into(), Queue::default()).0;
+                        slot.store(at, Ordering::Relaxed);
+                        at
+                    }
+                };
+                let queue = &mut state.channels[at];
+                let (popped, expired) = queue.take();
+                let notify = queue.notify.clone();
+                if expired {
+                    // Django's rule: a channel with an expired message leaves its groups.
+                    state.remove_from_groups(channel);
+                }
+                if let Some(message) = popped {
+                    return Ok(message);
+                }
+                notify
+            };
+            // notify_one stores a permit when nobody waits yet, so a send between the unlock
+            // and this await is not missed. Dropping this future loses no message.
+            notify.notified().await;
+        }
+    }
+
+    /// The message waiting on `channel`, if any, looking where `slot` says first.
+    fn try_receive_on(&self, channel: &str, slot: &AtomicUsize) -> Option<Message> {
+        let mut state = self.lock();
+        let at = state.slot_of(channel, slot)?;
+        let (popped, expired) = state.channels[at].take();
+        if expired {
+            state.remove_from_groups(channel);
+        }
+        popped
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -389,44 +478,15 @@ impl ChannelLayer for InMemoryChannelLayer {
     }
 
     async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
-        self.ensure_sweeper();
-        loop {
-            let notify = {
-                let mut state = self.lock();
-                let State { channels, .. } = &mut *state;
-                // The hot path (a consumer's own, existing queue) neither allocates nor re-checks
-                // the name: only valid names ever get a queue.
-                let queue = match channels.get_mut(channel) {
-                    Some(queue) => queue,
-                    None => {
-                        validate_channel_name(channel)?;
-                        channels.entry(channel.into()).or_default()
-                    }
-                };
-                let (popped, expired) = queue.take();
-                let notify = queue.notify.clone();
-                if expired {
-                    // Django's rule: a channel with an expired message leaves its groups.
-                    state.remove_from_groups(channel);
-                }
-                if let Some(message) = popped {
-                    return Ok(message);
-                }
-                notify
-            };
-            // notify_one stores a permit when nobody waits yet, so a send between the unlock
-            // and this await is not missed. Dropping this future loses no message.
-            notify.notified().await;
-        }
+        self.receive_on(channel, &AtomicUsize::new(NO_SLOT)).await
     }
 
     fn try_receive(&self, channel: &str) -> Option<Message> {
-        let mut state = self.lock();
-        let (popped, expired) = state.channels.get_mut(channel)?.take();
-        if expired {
-            state.remove_from_groups(channel);
-        }
-        popped
+        self.try_receive_on(channel, &AtomicUsize::new(NO_SLOT))
+    }
+
+    fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
+        Box::new(Receiver { layer: (*self).clone(), channel, slot: AtomicUsize::new(NO_SLOT) })
     }
 
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
@@ -542,6 +602,10 @@ mod tests {
         Message::new(&std::collections::HashMap::from([("type", "t".to_string()), ("n", n.to_string())])).unwrap()
     }
 
+    fn n_of(message: &Message) -> u32 {
+        message.decode::<std::collections::HashMap<String, String>>().unwrap()["n"].parse().unwrap()
+    }
+
     #[tokio::test]
     async fn groups_keep_their_members_when_they_outgrow_the_short_list() {
         let layer = InMemoryChannelLayer::new(LayerConfig::default());
@@ -587,14 +651,46 @@ mod tests {
         for n in [1, 2] {
             assert_eq!(layer.group_send("g", msg(n)).await.unwrap().queued, 4);
         }
-        let n_of = |m: Message| m.decode::<std::collections::HashMap<String, String>>().unwrap()["n"].clone();
         for channel in &channels[1..] {
-            for n in ["9", "1", "2"] {
-                assert_eq!(n_of(layer.try_receive(channel).unwrap()), n, "{channel}");
+            for n in [9, 1, 2] {
+                assert_eq!(n_of(&layer.try_receive(channel).unwrap()), n, "{channel}");
             }
             assert!(layer.try_receive(channel).is_none());
         }
         assert!(layer.try_receive(&channels[0]).is_none(), "a forgotten channel gets nothing");
+    }
+
+    #[tokio::test]
+    async fn a_receiver_finds_its_queue_after_it_moved_or_was_made_again() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+        let idle = layer.new_channel("specific").await.unwrap();
+        layer.send(&idle, msg(0)).await.unwrap();
+        layer.receive(&idle).await.unwrap();
+        let mut channels = Vec::new();
+        for _ in 0..3 {
+            let channel = layer.new_channel("specific").await.unwrap();
+            layer.send(&channel, msg(9)).await.unwrap();
+            channels.push(channel);
+        }
+        let receivers: Vec<_> = channels.iter().map(|c| Arc::new(layer.clone()).receiver(c.as_str().into())).collect();
+        for receiver in &receivers {
+            assert_eq!(receiver.try_receive().map(|m| n_of(&m)), Some(9), "slot learnt");
+        }
+        for (n, channel) in channels.iter().enumerate() {
+            layer.send(channel, msg(n as u32)).await.unwrap();
+        }
+        // The sweep drops the idle queue in front (the others move up one); forgetting the first
+        // channel moves the last queue into its place.
+        layer.sweep();
+        layer.forget_channel(&channels[0]).await;
+        assert!(receivers[0].try_receive().is_none(), "a forgotten channel's queue is gone");
+        for (n, receiver) in receivers.iter().enumerate().skip(1) {
+            assert_eq!(receiver.try_receive().map(|m| n_of(&m)), Some(n as u32));
+            assert!(receiver.try_receive().is_none());
+        }
+        // A receive on a channel without a queue makes one, where the receiver finds it next.
+        layer.send(&channels[0], msg(5)).await.unwrap();
+        assert_eq!(n_of(&receivers[0].receive().await.unwrap()), 5);
     }
 
     #[tokio::test]

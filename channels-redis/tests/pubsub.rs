@@ -45,7 +45,8 @@ suite!(
     concurrent_senders_lose_nothing,
     concurrent_group_sends_reach_everyone,
     try_receive_takes_only_what_is_waiting,
-    every_waiting_receiver_is_served
+    every_waiting_receiver_is_served,
+    a_receiver_receives_like_the_layer
 );
 
 fn msg(text: &str) -> Message {

@@ -10,8 +10,10 @@ mod names;
 mod registry;
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
 pub use config::{ConfigError, LayerConfig, LayerUrl};
 pub use message::{MAX_NESTING_DEPTH, Message, MessageError, RESERVED_CHANNEL_KEY};
@@ -114,6 +116,32 @@ impl GroupSendReport {
     }
 }
 
+/// Receives on one channel again and again: what [`ChannelLayer::receiver`] returns. The same
+/// semantics as the layer's `receive` and `try_receive` on that channel; cancel-safe.
+pub trait ChannelReceiver: Send + Sync {
+    /// Waits for the next message, as [`ChannelLayer::receive`].
+    fn receive(&self) -> BoxFuture<'_, Result<Message, ReceiveError>>;
+
+    /// The next message if one is waiting already, as [`ChannelLayer::try_receive`].
+    fn try_receive(&self) -> Option<Message>;
+}
+
+/// The default receiver: the layer's own methods, by name.
+struct ByName<L: ?Sized> {
+    layer: Arc<L>,
+    channel: Arc<str>,
+}
+
+impl<L: ChannelLayer + ?Sized> ChannelReceiver for ByName<L> {
+    fn receive(&self) -> BoxFuture<'_, Result<Message, ReceiveError>> {
+        self.layer.receive(&self.channel)
+    }
+
+    fn try_receive(&self) -> Option<Message> {
+        self.layer.try_receive(&self.channel)
+    }
+}
+
 /// A channel layer backend.
 ///
 /// Semantics follow Django Channels' channel layer spec: channels are FIFO with at-most-once
@@ -144,6 +172,14 @@ pub trait ChannelLayer: Send + Sync + 'static {
     fn try_receive(&self, channel: &str) -> Option<Message> {
         use futures_util::FutureExt;
         self.receive(channel).now_or_never().and_then(Result::ok)
+    }
+
+    /// A receiver for `channel`, for code that receives on one channel again and again, as a
+    /// connection does on its own channel. The default receives by name; a backend overrides
+    /// it to find the channel faster (the in-memory layer's receiver remembers where the
+    /// channel's queue is instead of hashing its name for every message).
+    fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
+        Box::new(ByName { layer: self, channel })
     }
 
     /// Adds `channel` to `group` (idempotent; refreshes the membership's expiry).

@@ -407,6 +407,45 @@ pub async fn every_waiting_receiver_is_served(factory: &impl LayerFactory) {
     assert_eq!(got, [1, 2]);
 }
 
+/// A channel's [`ChannelLayer::receiver`] sees what the layer's own `receive` and
+/// `try_receive` on that channel would: the messages in order, nothing when nothing waits, a
+/// send made while it waits.
+pub async fn a_receiver_receives_like_the_layer(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    let receiver = layer.clone().receiver(ch.as_str().into());
+    assert!(receiver.try_receive().is_none(), "nothing waits yet");
+    for n in 0..3 {
+        layer.send(&ch, msg(n)).await.expect("send");
+    }
+    let first = tokio::time::timeout(WAIT, receiver.receive()).await.expect("a message arrives");
+    assert_eq!(n_of(&first.expect("receive")), 0);
+    // A backend may deliver asynchronously: the others may still be on their way.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut rest = Vec::new();
+    while rest.len() < 2 {
+        match receiver.try_receive() {
+            Some(message) => rest.push(n_of(&message)),
+            None => {
+                assert!(tokio::time::Instant::now() < deadline, "the other messages never became waiting");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    assert_eq!(rest, [1, 2]);
+    assert!(receiver.try_receive().is_none(), "drained");
+    let (_, later) = tokio::join!(
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            layer.send(&ch, msg(9)).await.expect("send");
+        },
+        tokio::time::timeout(WAIT, receiver.receive())
+    );
+    assert_eq!(n_of(&later.expect("the later send arrives").expect("receive")), 9);
+    layer.send(&ch, msg(10)).await.expect("send");
+    assert_eq!(n_of(&receive(&*layer, &ch).await), 10, "the layer and the receiver share one channel");
+}
+
 /// Generates one `#[tokio::test]` per semantics check for a layer factory.
 #[macro_export]
 macro_rules! layer_conformance_tests {
@@ -432,6 +471,7 @@ macro_rules! layer_conformance_tests {
             group_send_many_keeps_order_and_reports_each,
             try_receive_takes_only_what_is_waiting,
             every_waiting_receiver_is_served,
+            a_receiver_receives_like_the_layer,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {$(
