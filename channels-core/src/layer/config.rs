@@ -78,7 +78,14 @@ impl LayerConfig {
     }
 
     /// The capacity that applies to `channel` (its full name, local part included).
+    ///
+    /// Layers ask once per member on every group send: inlined, and without patterns a field
+    /// read.
+    #[inline]
     pub fn capacity_for(&self, channel: &str) -> usize {
+        if self.channel_capacity.is_empty() {
+            return self.capacity;
+        }
         self.channel_capacity
             .iter()
             .find(|(glob, _)| glob_matches(glob.as_bytes(), channel.as_bytes()))
