@@ -67,7 +67,7 @@ fn instructions(rounds: usize, burst: usize) -> Option<u64> {
 }
 
 fn workload(rounds: usize, burst: usize) {
-    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
     runtime.block_on(async {
         let layer = InMemoryChannelLayer::new(LayerConfig::default());
         let taken = Arc::new(AtomicUsize::new(0));
