@@ -171,8 +171,8 @@ fn redis_wire(c: &mut Criterion) {
     // The fan-out over Redis: each of two processes holds 500 members of the room.
     let members: Vec<String> =
         (0..500).map(|i| format!("specific.3f2a9c1e0b7d4e5f8a6b2c1d0e9f8a7b!{i:012x}")).collect();
-    let one = Routing::One("specific.3f2a9c1e0b7d4e5f8a6b2c1d0e9f8a7b!00000000002a".into());
-    let many = Routing::Many(members);
+    let one = Routing::One("specific.3f2a9c1e0b7d4e5f8a6b2c1d0e9f8a7b!00000000002a");
+    let many = Routing::Many(members.iter().map(String::as_str).collect());
     let encryption = Encryption::new(&["benchmark-secret".to_owned()]).expect("a key");
     let mut group = c.benchmark_group("redis_wire");
     group.throughput(Throughput::Elements(1));

@@ -1,5 +1,6 @@
 //! `RedisChannelLayer`: the sorted-set layer of channels_redis 4.x, in Rust.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -159,14 +160,17 @@ impl Inner {
         }
     }
 
-    /// The message and routing in a queue member.
-    fn open(&self, member: &[u8]) -> Result<(Message, Routing), wire::WireError> {
+    /// Decodes a queue member (decrypting it when keys are configured) and hands its message
+    /// and routing to `take`: the routing's names borrow from the body.
+    fn open<R>(&self, member: &[u8], take: impl FnOnce(Message, Routing<'_>) -> R) -> Result<R, wire::WireError> {
         let body = wire::unframe(member)?;
-        match &self.encryption {
+        let body = match &self.encryption {
             // channels_redis decrypts with a TTL of expiry + 10 s.
-            Some(encryption) => wire::decode_body(&encryption.decrypt(body, Some(self.expiry_secs() + 10))?),
-            None => wire::decode_body(body),
-        }
+            Some(encryption) => Cow::Owned(encryption.decrypt(body, Some(self.expiry_secs() + 10))?),
+            None => Cow::Borrowed(body),
+        };
+        let (message, routing) = wire::decode_body(&body)?;
+        Ok(take(message, routing))
     }
 
     /// The queue score for a message sent now: later than every score this process handed
@@ -193,16 +197,15 @@ impl Inner {
 
     /// Hands a popped process-queue member to the local channels it names.
     fn deliver(&self, member: &[u8]) {
-        let (message, routing) = match self.open(member) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping a channel layer message that does not decode");
-                return;
-            }
-        };
+        if let Err(e) = self.open(member, |message, routing| self.deliver_to(message, &routing)) {
+            tracing::warn!(error = %e, "skipping a channel layer message that does not decode");
+        }
+    }
+
+    fn deliver_to(&self, message: Message, routing: &Routing<'_>) {
         let targets = match routing {
-            Routing::One(channel) => vec![channel],
-            Routing::Many(channels) => channels,
+            Routing::One(channel) => std::slice::from_ref(channel),
+            Routing::Many(channels) => channels.as_slice(),
             Routing::None => {
                 tracing::warn!(r#type = message.message_type(), "skipping a message with no target channel");
                 return;
@@ -210,9 +213,9 @@ impl Inner {
         };
         let expires = Some(tokio::time::Instant::now() + self.config.layer.expiry);
         let mut local = self.lock();
-        for channel in targets {
-            let capacity = self.config.layer.capacity_for(&channel);
-            match local.channels.get_mut(&channel) {
+        for &channel in targets {
+            let capacity = self.config.layer.capacity_for(channel);
+            match local.channels.get_mut(channel) {
                 Some(mailbox) => {
                     if !mailbox.push(message.clone(), capacity, expires) {
                         self.dropped_full.fetch_add(1, Ordering::Relaxed);
@@ -430,8 +433,8 @@ impl RedisChannelLayer {
                     return Ok(());
                 }
             };
-            match self.inner.open(&member) {
-                Ok((message, _)) => {
+            match self.inner.open(&member, |message, _| message) {
+                Ok(message) => {
                     let delivered = reply.take().map(|r| r.send(Ok(message)).is_ok()).unwrap_or(false);
                     if delivered {
                         redis::cmd("ZPOPMIN").arg(&backup).query_async::<()>(&mut commands).await?;
@@ -475,7 +478,7 @@ impl ChannelLayer for RedisChannelLayer {
         let (routing, shard) = if channel.contains('!') {
             // channels_redis hashes the full name here (channels#1492); the receiver listens
             // on hash(non-local name), so that is where we write.
-            (Routing::One(channel.to_owned()), inner.shard_for(non_local_name(channel)))
+            (Routing::One(channel), inner.shard_for(non_local_name(channel)))
         } else {
             (Routing::None, inner.round_robin.fetch_add(1, Ordering::Relaxed) % inner.shards.len())
         };
@@ -624,7 +627,10 @@ impl ChannelLayer for RedisChannelLayer {
                     invocation.key(format!("{}{}", inner.config.prefix, buckets[b].0));
                 }
                 for &b in &bucket_indices {
-                    invocation.arg(inner.seal(wire::body_with_routing(message, &Routing::Many(buckets[b].1.clone()))));
+                    invocation.arg(inner.seal(wire::body_with_routing(
+                        message,
+                        &Routing::Many(buckets[b].1.iter().map(String::as_str).collect()),
+                    )));
                 }
                 for &b in &bucket_indices {
                     invocation.arg(inner.config.layer.capacity_for(&buckets[b].1[0]));

@@ -13,15 +13,16 @@ use rand::RngCore;
 /// Bytes of random prefix before every payload (`random_prefix_length` in channels_redis).
 pub const RANDOM_PREFIX_LENGTH: usize = 12;
 
-/// Where a queued message goes inside the receiving process.
+/// Where a queued message goes inside the receiving process. The names borrow from the
+/// payload they were read from (or are about to be written into).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Routing {
+pub enum Routing<'a> {
     /// No routing key: the message is for whoever receives on the queue (a normal channel).
     None,
     /// A direct send to one process-specific channel.
-    One(String),
+    One(&'a str),
     /// A group send to these channels, which share one queue.
-    Many(Vec<String>),
+    Many(Vec<&'a str>),
 }
 
 /// A payload that is not what channels_redis writes.
@@ -63,7 +64,7 @@ fn map_header(body: &[u8]) -> Result<(usize, usize), WireError> {
 }
 
 /// The message's map with the routing key appended, as Python appends it (last).
-pub fn body_with_routing(message: &Message, routing: &Routing) -> Vec<u8> {
+pub fn body_with_routing(message: &Message, routing: &Routing<'_>) -> Vec<u8> {
     let bytes = message.as_bytes();
     let Ok((count, header_len)) = map_header(bytes) else {
         // Message guarantees a map; keep the bytes as they are if that ever fails.
@@ -108,43 +109,117 @@ pub fn unframe(member: &[u8]) -> Result<&[u8], WireError> {
 }
 
 /// Decodes a body into the message (without the routing key) and its routing.
-pub fn decode_body(body: &[u8]) -> Result<(Message, Routing), WireError> {
-    let mut reader = body;
-    // Bounded nesting: decoding recurses, and this payload may come from anyone on the Redis.
-    let value = rmpv::decode::read_value_with_max_depth(&mut reader, MAX_NESTING_DEPTH)
-        .map_err(|e| WireError(e.to_string()))?;
-    if !reader.is_empty() {
-        return Err(WireError(format!("{} bytes after the map", reader.len())));
+///
+/// The other entries are copied as they are, not decoded and encoded again, and the channel
+/// names are read in place: a group send names every member of the receiving process, and
+/// this runs for every message that process receives.
+pub fn decode_body(body: &[u8]) -> Result<(Message, Routing<'_>), WireError> {
+    let (count, header_len) = map_header(body)?;
+    let mut rest = &body[header_len..];
+    let mut routing = None;
+    // An entry takes at least two bytes: a larger count is a lie, not a reason to allocate.
+    let mut kept = Vec::with_capacity(count.min(rest.len() / 2));
+    for _ in 0..count {
+        let entry = rest;
+        let (key, value) = rmp::decode::read_str_from_slice(rest)
+            .map_err(|e| WireError(format!("a map key is not a UTF-8 string: {e}")))?;
+        if key != RESERVED_CHANNEL_KEY {
+            rest = skip_value(value, MAX_NESTING_DEPTH)?;
+            kept.push(&entry[..entry.len() - rest.len()]);
+            continue;
+        }
+        if routing.is_some() {
+            return Err(WireError("the routing key appears twice".into()));
+        }
+        let (target, after) = read_routing(value)?;
+        routing = Some(target);
+        rest = after;
     }
-    let rmpv::Value::Map(mut entries) = value else {
-        return Err(WireError("the body is not a msgpack map".into()));
-    };
-    if entries.iter().any(|(k, _)| !k.is_str()) {
-        return Err(WireError("a map key is not a string".into()));
+    if !rest.is_empty() {
+        return Err(WireError(format!("{} bytes after the map", rest.len())));
     }
-    let routing = match entries.iter().position(|(k, _)| k.as_str() == Some(RESERVED_CHANNEL_KEY)) {
-        None => Routing::None,
-        Some(i) => match entries.remove(i).1 {
-            rmpv::Value::String(s) => {
-                Routing::One(s.into_str().ok_or_else(|| WireError("routing key is not UTF-8".into()))?)
-            }
-            rmpv::Value::Array(items) => Routing::Many(
-                items
-                    .into_iter()
-                    .map(|v| match v {
-                        rmpv::Value::String(s) => s.into_str(),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| WireError("routing list holds a non-string".into()))?,
-            ),
-            _ => return Err(WireError("routing key is neither a string nor a list".into())),
-        },
+    let bytes = if routing.is_none() {
+        body.to_vec()
+    } else {
+        let mut bytes = Vec::with_capacity(body.len());
+        // Writing into a Vec cannot fail.
+        let _ = rmp::encode::write_map_len(&mut bytes, kept.len() as u32);
+        kept.iter().for_each(|entry| bytes.extend_from_slice(entry));
+        bytes
     };
-    let mut bytes = Vec::with_capacity(body.len());
-    rmpv::encode::write_value(&mut bytes, &rmpv::Value::Map(entries)).map_err(|e| WireError(e.to_string()))?;
     let message = Message::from_msgpack(bytes).map_err(|e| WireError(e.to_string()))?;
-    Ok((message, routing))
+    Ok((message, routing.unwrap_or(Routing::None)))
+}
+
+/// The routing key's value: one channel name or a list of them.
+fn read_routing(value: &[u8]) -> Result<(Routing<'_>, &[u8]), WireError> {
+    let not_names = || WireError("routing key is neither a string nor a list of strings".into());
+    if let Ok((channel, rest)) = rmp::decode::read_str_from_slice(value) {
+        return Ok((Routing::One(channel), rest));
+    }
+    let mut rest = value;
+    let len = rmp::decode::read_array_len(&mut rest).map_err(|_| not_names())?;
+    // Each name takes at least one byte: a longer count is a lie, not a reason to allocate.
+    if len as usize > rest.len() {
+        return Err(not_names());
+    }
+    let mut channels = Vec::with_capacity(len as usize);
+    for _ in 0..len {
+        let (channel, after) = rmp::decode::read_str_from_slice(rest).map_err(|_| not_names())?;
+        channels.push(channel);
+        rest = after;
+    }
+    Ok((Routing::Many(channels), rest))
+}
+
+/// The bytes after the msgpack value at the start of `bytes`, which is checked to be complete
+/// and no deeper than `depth` levels of arrays and maps.
+fn skip_value(bytes: &[u8], depth: usize) -> Result<&[u8], WireError> {
+    use rmp::Marker;
+    let truncated = || WireError("a value is cut short".into());
+    let mut rest = bytes;
+    let marker = rmp::decode::read_marker(&mut rest).map_err(|_| truncated())?;
+    let length = |rest: &mut &[u8], size: usize| -> Result<usize, WireError> {
+        let (head, tail) = rest.split_at_checked(size).ok_or_else(truncated)?;
+        *rest = tail;
+        Ok(head.iter().fold(0usize, |n, &b| n << 8 | usize::from(b)))
+    };
+    let (data, items) = match marker {
+        Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => (0, 0),
+        Marker::U8 | Marker::I8 => (1, 0),
+        Marker::U16 | Marker::I16 => (2, 0),
+        Marker::U32 | Marker::I32 | Marker::F32 => (4, 0),
+        Marker::U64 | Marker::I64 | Marker::F64 => (8, 0),
+        Marker::FixStr(n) => (usize::from(n), 0),
+        Marker::Str8 | Marker::Bin8 => (length(&mut rest, 1)?, 0),
+        Marker::Str16 | Marker::Bin16 => (length(&mut rest, 2)?, 0),
+        Marker::Str32 | Marker::Bin32 => (length(&mut rest, 4)?, 0),
+        Marker::FixExt1 => (2, 0),
+        Marker::FixExt2 => (3, 0),
+        Marker::FixExt4 => (5, 0),
+        Marker::FixExt8 => (9, 0),
+        Marker::FixExt16 => (17, 0),
+        Marker::Ext8 => (length(&mut rest, 1)? + 1, 0),
+        Marker::Ext16 => (length(&mut rest, 2)? + 1, 0),
+        Marker::Ext32 => (length(&mut rest, 4)? + 1, 0),
+        Marker::FixArray(n) => (0, usize::from(n)),
+        Marker::Array16 => (0, length(&mut rest, 2)?),
+        Marker::Array32 => (0, length(&mut rest, 4)?),
+        Marker::FixMap(n) => (0, 2 * usize::from(n)),
+        Marker::Map16 => (0, 2 * length(&mut rest, 2)?),
+        Marker::Map32 => (0, 2 * length(&mut rest, 4)?),
+        Marker::Reserved => return Err(WireError("a reserved msgpack marker".into())),
+    };
+    rest = rest.get(data..).ok_or_else(truncated)?;
+    if items > 0 {
+        if depth == 0 {
+            return Err(WireError(format!("nested deeper than {MAX_NESTING_DEPTH} levels")));
+        }
+        for _ in 0..items {
+            rest = skip_value(rest, depth - 1)?;
+        }
+    }
+    Ok(rest)
 }
 
 /// 32 random lowercase hex digits, like Python's `uuid4().hex`.
@@ -203,7 +278,7 @@ mod tests {
 
     #[test]
     fn group_send_body_is_byte_exact() {
-        let body = body_with_routing(&chat(), &Routing::Many(vec!["specific.abc!def".into()]));
+        let body = body_with_routing(&chat(), &Routing::Many(vec!["specific.abc!def"]));
         assert_eq!(
             hex(&body),
             "83a474797065ac636861742e6d657373616765a474657874a26869b05f5f617367695f6368616e6e656c5f5f91b073706563696669632e61626321646566"
@@ -212,7 +287,7 @@ mod tests {
 
     #[test]
     fn direct_send_body_carries_a_string() {
-        let body = body_with_routing(&chat(), &Routing::One("specific.abc!def".into()));
+        let body = body_with_routing(&chat(), &Routing::One("specific.abc!def"));
         assert_eq!(
             hex(&body),
             "83a474797065ac636861742e6d657373616765a474657874a26869b05f5f617367695f6368616e6e656c5f5fb073706563696669632e61626321646566"
@@ -255,12 +330,29 @@ mod tests {
 
     #[test]
     fn routing_round_trips_and_is_removed() {
-        for routing in [Routing::One("a!b".into()), Routing::Many(vec!["a!b".into(), "a!c".into()]), Routing::None] {
+        for routing in [Routing::One("a!b"), Routing::Many(vec!["a!b", "a!c"]), Routing::None] {
             let framed = frame(&body_with_routing(&chat(), &routing));
             let (message, decoded) = decode_body(unframe(&framed).unwrap()).unwrap();
             assert_eq!(decoded, routing);
             assert_eq!(message.as_bytes(), chat().as_bytes(), "the routing key is gone");
         }
+    }
+
+    #[test]
+    fn the_routing_key_may_sit_anywhere_and_the_rest_is_kept_byte_for_byte() {
+        // {"type": "t", "__asgi_channel__": ["a!b"], "x": {"n": [1, -1, 1.5, ext8(7, "zz")]}}
+        let x = [0x81, 0xa1, b'n', 0x94, 0x01, 0xff, 0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0, 0xc7, 2, 7, b'z', b'z'];
+        let body: Vec<u8> = [vec![0x83, 0xa4], b"type".to_vec(), vec![0xa1, b't', 0xb0], b"__asgi_channel__".to_vec()]
+            .concat()
+            .into_iter()
+            .chain([0x91, 0xa3, b'a', b'!', b'b', 0xa1, b'x'])
+            .chain(x)
+            .collect();
+        let (message, routing) = decode_body(&body).unwrap();
+        assert_eq!(routing, Routing::Many(vec!["a!b"]));
+        let expected: Vec<u8> =
+            [vec![0x82, 0xa4], b"type".to_vec(), vec![0xa1, b't', 0xa1, b'x']].concat().into_iter().chain(x).collect();
+        assert_eq!(message.as_bytes(), expected);
     }
 
     #[test]
@@ -274,6 +366,20 @@ mod tests {
             [vec![0; 12], vec![0xdf, 0xff, 0xff, 0xff, 0xff]].concat(),
             [vec![0; 12], vec![0x81, 0xb0], b"__asgi_channel__".to_vec(), vec![0x05]].concat(),
             [vec![0; 12], vec![0x80, 0x80]].concat(),
+            // A routing list claiming 4 billion names; the routing key twice; a value cut short;
+            // a key that is not UTF-8; an extension type cut short.
+            [vec![0; 12], vec![0x81, 0xb0], b"__asgi_channel__".to_vec(), vec![0xdd, 0xff, 0xff, 0xff, 0xff]].concat(),
+            [vec![0; 12], vec![0x83, 0xa4], b"type".to_vec(), vec![0xa1, b't', 0xb0], b"__asgi_channel__".to_vec()]
+                .concat()
+                .into_iter()
+                .chain([0xa3, b'a', b'!', b'b', 0xb0])
+                .chain(b"__asgi_channel__".iter().copied())
+                .chain([0xa3, b'a', b'!', b'c'])
+                .collect(),
+            [vec![0; 12], vec![0x82, 0xa4], b"type".to_vec(), vec![0xa1, b't', 0xa1, b'x', 0xdb, 0, 0, 0, 9, b'y']]
+                .concat(),
+            [vec![0; 12], vec![0x81, 0xa2, 0xff, 0xfe, 0xc0]].concat(),
+            [vec![0; 12], vec![0x82, 0xa4], b"type".to_vec(), vec![0xa1, b't', 0xa1, b'x', 0xd8, 0x01, 0x02]].concat(),
             // {"type": "deep", "x": [[[... 100,000 deep]]]}: refused, without exhausting the stack.
             [vec![0; 12], vec![0x82, 0xa4], b"type".to_vec(), vec![0xa4], b"deep".to_vec(), vec![0xa1, b'x']]
                 .concat()

@@ -35,7 +35,7 @@ async fn a_direct_send_to_another_process_is_a_scored_member_with_a_random_prefi
     assert_eq!(members.len(), 1);
     let (member, score) = &members[0];
     assert!(*score >= before && *score <= wire::now_seconds(), "scored by the send time in float seconds");
-    assert_eq!(&member[12..], wire::body_with_routing(&chat("hi"), &Routing::One(target.into())));
+    assert_eq!(&member[12..], wire::body_with_routing(&chat("hi"), &Routing::One(target)));
     let ttl: i64 = conn.ttl(key).await.expect("ttl");
     assert!((55..=60).contains(&ttl), "the key expires with the message expiry: {ttl}");
 }
@@ -71,9 +71,11 @@ async fn group_keys_and_members_follow_channels_redis() {
     let a: Vec<Vec<u8>> = conn.zrange("w3specific.aaaa!", 0, -1).await.expect("zrange");
     let b: Vec<Vec<u8>> = conn.zrange("w3specific.bbbb!", 0, -1).await.expect("zrange");
     assert_eq!((a.len(), b.len()), (1, 1));
-    let routing = |member: &[u8]| wire::decode_body(&member[12..]).expect("decodes").1;
-    assert_eq!(routing(&a[0]), Routing::Many(vec!["specific.aaaa!1".into(), "specific.aaaa!2".into()]));
-    assert_eq!(routing(&b[0]), Routing::Many(vec!["specific.bbbb!1".into()]));
+    fn routing(member: &[u8]) -> Routing<'_> {
+        wire::decode_body(&member[12..]).expect("decodes").1
+    }
+    assert_eq!(routing(&a[0]), Routing::Many(vec!["specific.aaaa!1", "specific.aaaa!2"]));
+    assert_eq!(routing(&b[0]), Routing::Many(vec!["specific.bbbb!1"]));
     layer.group_discard("room", "specific.aaaa!1").await.expect("discard");
     let left: Vec<String> = conn.zrange("w3:group:room", 0, -1).await.expect("zrange");
     assert_eq!(left.len(), 2);
@@ -139,7 +141,7 @@ async fn direct_sends_across_two_shards_reach_the_receiver() {
     let wrong_shard = wire::consistent_hash(name, 2);
     let port = if wrong_shard == 0 { a.port } else { b.port };
     let mut conn = raw(&format!("redis://127.0.0.1:{port}")).await;
-    let body = wire::body_with_routing(&chat("misrouted"), &Routing::One(name.clone()));
+    let body = wire::body_with_routing(&chat("misrouted"), &Routing::One(name));
     let key = format!("s{}", channels_core::layer::non_local_name(name));
     let _: () = conn.zadd(key, wire::frame(&body), wire::now_seconds()).await.expect("zadd");
     let got =
