@@ -571,8 +571,9 @@ impl ChannelLayer for RedisChannelLayer {
             .collect();
         let now = wire::now_seconds();
 
-        // Members of every group, one pipeline per shard holding groups.
-        let mut members: Vec<Vec<String>> = vec![Vec::new(); sends.len()];
+        // Members of every group, one pipeline per shard holding groups; each group's names
+        // come back as one NUL-separated string.
+        let mut members: Vec<Vec<u8>> = vec![Vec::new(); sends.len()];
         let mut by_group_shard: HashMap<usize, Vec<usize>> = HashMap::new();
         for (i, (group, _)) in sends.iter().enumerate() {
             if reports[i].is_ok() {
@@ -581,19 +582,13 @@ impl ChannelLayer for RedisChannelLayer {
         }
         for (shard, indices) in by_group_shard {
             let mut pipe = redis::pipe();
+            pipe.cmd("SCRIPT").arg("LOAD").arg(scripts::GROUP_MEMBERS_SOURCE).ignore();
             for &i in &indices {
-                let key = inner.group_key(&sends[i].0);
-                pipe.cmd("ZREMRANGEBYSCORE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(now.floor() as i64 - inner.group_expiry_secs() as i64)
-                    .ignore()
-                    .cmd("ZRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-1);
+                let mut invocation = scripts::GROUP_MEMBERS.prepare_invoke();
+                invocation.key(inner.group_key(&sends[i].0)).arg(now.floor() as i64 - inner.group_expiry_secs() as i64);
+                pipe.invoke_script(&invocation);
             }
-            match query::<Vec<Vec<String>>>(inner, shard, &pipe).await {
+            match query::<Vec<Vec<u8>>>(inner, shard, &pipe).await {
                 Ok(found) => {
                     for (&i, found) in indices.iter().zip(found) {
                         members[i] = found;
@@ -616,7 +611,7 @@ impl ChannelLayer for RedisChannelLayer {
             if reports[i].is_err() || members[i].is_empty() {
                 continue;
             }
-            let buckets = by_process(std::mem::take(&mut members[i]));
+            let buckets = by_process(&members[i]);
             let mut per_shard: HashMap<usize, Vec<usize>> = HashMap::new();
             for (b, (non_local, _)) in buckets.iter().enumerate() {
                 per_shard.entry(inner.shard_for(non_local)).or_default().push(b);
@@ -627,13 +622,10 @@ impl ChannelLayer for RedisChannelLayer {
                     invocation.key(format!("{}{}", inner.config.prefix, buckets[b].0));
                 }
                 for &b in &bucket_indices {
-                    invocation.arg(inner.seal(wire::body_with_routing(
-                        message,
-                        &Routing::Many(buckets[b].1.iter().map(String::as_str).collect()),
-                    )));
+                    invocation.arg(inner.seal(wire::body_with_routing(message, &Routing::Many(buckets[b].1.clone()))));
                 }
                 for &b in &bucket_indices {
-                    invocation.arg(inner.config.layer.capacity_for(&buckets[b].1[0]));
+                    invocation.arg(inner.config.layer.capacity_for(buckets[b].1[0]));
                 }
                 invocation.arg(now.floor() as i64 - inner.expiry_secs() as i64).arg(scores[i]).arg(inner.expiry_secs());
                 let (pipe, queued) = by_queue_shard.entry(shard).or_insert_with(|| {
@@ -736,17 +728,21 @@ fn escape_glob(prefix: &str) -> String {
     out
 }
 
-/// A group's members by the process queue they share (`(non-local name, members)`), in the
-/// order they came.
-fn by_process(members: Vec<String>) -> Vec<(String, Vec<String>)> {
-    let mut buckets: Vec<(String, Vec<String>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for member in members {
-        let non_local = non_local_name(&member).to_owned();
-        match index.get(&non_local) {
+/// The members named in `joined` (NUL-separated, as [`scripts::GROUP_MEMBERS`] returns them)
+/// by the process queue they share (their non-local name), in order of first appearance. A
+/// name that is not UTF-8 (no channels client writes one) is skipped.
+fn by_process(joined: &[u8]) -> Vec<(&str, Vec<&str>)> {
+    let mut buckets: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut index: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
+    for member in joined.split(|&b| b == 0).filter_map(|name| std::str::from_utf8(name).ok()) {
+        if member.is_empty() {
+            continue;
+        }
+        let non_local = non_local_name(member);
+        match index.get(non_local) {
             Some(&b) => buckets[b].1.push(member),
             None => {
-                index.insert(non_local.clone(), buckets.len());
+                index.insert(non_local, buckets.len());
                 buckets.push((non_local, vec![member]));
             }
         }
@@ -768,5 +764,24 @@ async fn query<T: redis::FromRedisValue>(
 fn fail_all(reports: &mut [Result<GroupSendReport, GroupError>], indices: &[usize], error: &redis::RedisError) {
     for &i in indices {
         reports[i] = Err(GroupError::Backend(backend(error.clone())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_process;
+
+    #[test]
+    fn group_members_are_bucketed_by_process_queue_in_order() {
+        let joined = b"specific.a!1\0specific.b!1\0specific.a!2\0\xff\xfe\0\0worker";
+        assert_eq!(
+            by_process(joined),
+            [
+                ("specific.a!", vec!["specific.a!1", "specific.a!2"]),
+                ("specific.b!", vec!["specific.b!1"]),
+                ("worker", vec!["worker"]),
+            ]
+        );
+        assert!(by_process(b"").is_empty(), "an empty group");
     }
 }
