@@ -631,19 +631,28 @@ mod tests {
         assert_eq!(layer.stats().groups, 0, "an emptied group is removed");
     }
 
-    #[tokio::test]
-    async fn group_send_finds_queues_that_moved() {
-        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+    /// `n` channels with a message (9) waiting on each, their queues behind an idle one that a
+    /// sweep drops (so theirs all move up one), each in `group` if one is given.
+    async fn channels_behind_an_idle_queue(layer: &InMemoryChannelLayer, n: usize, group: Option<&str>) -> Vec<String> {
         let idle = layer.new_channel("specific").await.unwrap();
         layer.send(&idle, msg(0)).await.unwrap();
         layer.receive(&idle).await.unwrap();
         let mut channels = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..n {
             let channel = layer.new_channel("specific").await.unwrap();
             layer.send(&channel, msg(9)).await.unwrap();
-            layer.group_add("g", &channel).await.unwrap();
+            if let Some(group) = group {
+                layer.group_add(group, &channel).await.unwrap();
+            }
             channels.push(channel);
         }
+        channels
+    }
+
+    #[tokio::test]
+    async fn group_send_finds_queues_that_moved() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+        let channels = channels_behind_an_idle_queue(&layer, 5, Some("g")).await;
         // The sweep drops the idle queue in front of the members' (they all move up one);
         // forgetting the first member moves the last one into its place.
         layer.sweep();
@@ -663,15 +672,7 @@ mod tests {
     #[tokio::test]
     async fn a_receiver_finds_its_queue_after_it_moved_or_was_made_again() {
         let layer = InMemoryChannelLayer::new(LayerConfig::default());
-        let idle = layer.new_channel("specific").await.unwrap();
-        layer.send(&idle, msg(0)).await.unwrap();
-        layer.receive(&idle).await.unwrap();
-        let mut channels = Vec::new();
-        for _ in 0..3 {
-            let channel = layer.new_channel("specific").await.unwrap();
-            layer.send(&channel, msg(9)).await.unwrap();
-            channels.push(channel);
-        }
+        let channels = channels_behind_an_idle_queue(&layer, 3, None).await;
         let receivers: Vec<_> = channels.iter().map(|c| Arc::new(layer.clone()).receiver(c.as_str().into())).collect();
         for receiver in &receivers {
             assert_eq!(receiver.try_receive().map(|m| n_of(&m)), Some(9), "slot learnt");
