@@ -256,6 +256,17 @@ pub(crate) fn run(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome
 
 /// Runs `scenario` with its clients spread over several server processes.
 pub(crate) fn run_on(scenario: &Scenario, targets: &Targets) -> Result<Outcome, String> {
+    run_on_with(scenario, targets, &mut || Ok(()), &mut || Ok(()))
+}
+
+/// [`run_on`], calling `before` right before the measured send phase and `after` right after
+/// its last delivery (to switch a profiler on and read it); their errors end the run.
+pub(crate) fn run_on_with(
+    scenario: &Scenario,
+    targets: &Targets,
+    before: &mut dyn FnMut() -> Result<(), String>,
+    after: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<Outcome, String> {
     if targets.addrs.is_empty() {
         return Err("no server address".into());
     }
@@ -263,10 +274,15 @@ pub(crate) fn run_on(scenario: &Scenario, targets: &Targets) -> Result<Outcome, 
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    runtime.block_on(drive(scenario, targets))
+    runtime.block_on(drive(scenario, targets, before, after))
 }
 
-async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String> {
+async fn drive(
+    scenario: &Scenario,
+    server: &Targets,
+    before: &mut dyn FnMut() -> Result<(), String>,
+    after: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<Outcome, String> {
     let shared = Arc::new(Shared {
         base: Instant::now(),
         expected: scenario.expected(),
@@ -345,6 +361,10 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
     let setup_events = shared.setup_events.load(Ordering::Relaxed);
 
     // The measured phase.
+    if let Err(e) = before() {
+        stop(tasks, &phase_tx);
+        return Err(e);
+    }
     let server_cpu_before = server.cpu();
     let (user_before, system_before) = server.user_system();
     let client_cpu_before = super::cpu_time(std::process::id());
@@ -373,6 +393,10 @@ async fn drive(scenario: &Scenario, server: &Targets) -> Result<Outcome, String>
     let client_cpu = super::cpu_time(std::process::id()).saturating_sub(client_cpu_before);
     let server_rss_kib = server.rss_kib();
     let delivered = shared.delivered.load(Ordering::Acquire);
+    if let Err(e) = after() {
+        stop(tasks, &phase_tx);
+        return Err(e);
+    }
     let wall = if timed_out {
         go.elapsed()
     } else if stalled {

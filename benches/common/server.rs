@@ -237,6 +237,18 @@ impl ServerProcess {
     /// [`start`](Self::start) with extra command-line arguments (for the chat example, e.g.
     /// `--layer redis://127.0.0.1:PORT` or `--poll-timeout SECS`).
     pub(crate) fn start_with(kind: Kind, chat: &Path, extra_args: &[String]) -> Result<Self, String> {
+        Self::start_under(&[], kind, chat, extra_args)
+    }
+
+    /// [`start_with`](Self::start_with) run by another program: `wrapper` (e.g. `valgrind
+    /// --tool=callgrind`) followed by the server's command line. The wrapper must keep the
+    /// process id (exec the server, as valgrind does).
+    pub(crate) fn start_under(
+        wrapper: &[&str],
+        kind: Kind,
+        chat: &Path,
+        extra_args: &[String],
+    ) -> Result<Self, String> {
         let exe = || std::env::current_exe().map_err(|e| format!("current_exe: {e}"));
         let (program, args): (PathBuf, &[&str]) = match kind {
             Kind::Chat => (chat.to_path_buf(), &["--bind", "127.0.0.1:0"]),
@@ -245,7 +257,14 @@ impl ServerProcess {
             Kind::Framework => (exe()?, &[super::framework::FLAG]),
             Kind::Django => return Err("Django runs under daphne; start it with common::django::Daphne".into()),
         };
-        let mut command = Process::command(&program);
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut command = Process::command(Path::new(first));
+                command.args(rest).arg(&program);
+                command
+            }
+            None => Process::command(&program),
+        };
         command.args(args);
         command.args(extra_args);
         command.env("RUST_LOG", "warn").stdin(Stdio::piped()).stdout(Stdio::piped());
