@@ -5,6 +5,7 @@
 //! tungstenite has not taken yet are kept, in an allocation freed as soon as it is drained;
 //! writes collect in a buffer allocated for a burst and freed once it is flushed.
 
+use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -52,6 +53,39 @@ const MAX_PENDING_WRITE: usize = 16 * 1024;
 /// Room the write buffer starts with: a burst's frames then fit without growing it step by step.
 const WRITE_START: usize = 2 * 1024;
 
+/// Flushed write buffers each thread keeps for the next connection that writes.
+const SPARE_BUFFERS: usize = 16;
+
+thread_local! {
+    /// Write buffers of finished flushes (empty, at most [`MAX_PENDING_WRITE`] bytes of room,
+    /// at most [`SPARE_BUFFERS`]). A connection holds a write buffer only from its first frame
+    /// to the flush, so a burst would otherwise allocate and free one: at 2 KiB, past the
+    /// allocator's per-thread cache, that costs more than encoding the frames.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty write buffer with room for at least `more` bytes, from this thread's spares when
+/// there is one.
+fn write_buffer(more: usize) -> Vec<u8> {
+    let mut buffer = SPARE.with(|spare| spare.borrow_mut().pop()).unwrap_or_default();
+    buffer.reserve(more.max(WRITE_START));
+    buffer
+}
+
+/// Keeps a flushed write buffer for [`write_buffer`], or frees it.
+fn recycle(mut buffer: Vec<u8>) {
+    if buffer.capacity() == 0 || buffer.capacity() > MAX_PENDING_WRITE {
+        return;
+    }
+    buffer.clear();
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    });
+}
+
 /// A byte stream whose buffers exist only while there is data in them.
 ///
 /// tungstenite reads in small steps (its read buffer is kept small because every connection
@@ -81,7 +115,7 @@ impl<S> LeanIo<S> {
     /// Makes room for `more` bytes, starting an empty buffer at [`WRITE_START`].
     fn reserve_for(&mut self, more: usize) {
         if self.unsent.capacity() == 0 {
-            self.unsent.reserve(more.max(WRITE_START));
+            self.unsent = write_buffer(more);
         }
     }
 
@@ -109,7 +143,7 @@ impl<S> LeanIo<S> {
 }
 
 impl<S: AsyncWrite + Unpin> LeanIo<S> {
-    /// Sends `unsent` until it is empty, then frees it.
+    /// Sends `unsent` until it is empty, then gives it back (to this thread's spares).
     fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while (self.sent as usize) < self.unsent.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.unsent[self.sent as usize..]))?;
@@ -119,7 +153,7 @@ impl<S: AsyncWrite + Unpin> LeanIo<S> {
             // Bounded by `unsent.len()`, which `MAX_PENDING_WRITE` keeps far below 4 GiB.
             self.sent += n as u32;
         }
-        self.unsent = Vec::new();
+        recycle(std::mem::take(&mut self.unsent));
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -232,6 +266,31 @@ mod tests {
         assert_eq!(got.len(), 5_000 + 100_000);
         assert_eq!(&got[..50], &[0u8; 50]);
         assert!(got[5_000..].iter().all(|b| *b == 7));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flushed_write_buffer_goes_to_the_next_writer_on_the_thread() {
+        SPARE.with(|spare| spare.borrow_mut().clear());
+        let (_far_a, near_a) = duplex(64 * 1024);
+        let (_far_b, near_b) = duplex(64 * 1024);
+        let (mut a, mut b) = (LeanIo::new(near_a), LeanIo::new(near_b));
+        assert!(a.buffer_data_frame(true, b"hello"));
+        let buffer = a.unsent.as_ptr();
+        a.flush().await.unwrap();
+        assert_eq!(a.unsent.capacity(), 0, "the connection holds no buffer after its flush");
+        assert_eq!(SPARE.with(|spare| spare.borrow().len()), 1, "the thread keeps it");
+        assert!(b.buffer_data_frame(false, b"next"));
+        assert_eq!(b.unsent.as_ptr(), buffer, "the next writer takes it instead of allocating");
+        assert_eq!(b.unsent, [0x82, 4, b'n', b'e', b'x', b't'], "and starts it empty");
+        assert_eq!(SPARE.with(|spare| spare.borrow().len()), 0);
+
+        // The spares are bounded: in count, and big buffers are freed.
+        for _ in 0..SPARE_BUFFERS + 5 {
+            recycle(Vec::with_capacity(WRITE_START));
+        }
+        recycle(Vec::with_capacity(MAX_PENDING_WRITE + 1));
+        assert_eq!(SPARE.with(|spare| spare.borrow().len()), SPARE_BUFFERS);
+        assert!(SPARE.with(|spare| spare.borrow().iter().all(|b| b.capacity() <= MAX_PENDING_WRITE)));
     }
 
     #[test]
