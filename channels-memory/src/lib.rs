@@ -526,6 +526,7 @@ impl ChannelLayer for InMemoryChannelLayer {
         self.ensure_sweeper();
         let config = &self.inner.config;
         let now = Instant::now();
+        let expires = now + config.expiry;
         let mut report = GroupSendReport::default();
         let mut wake = Vec::new();
         {
@@ -541,7 +542,7 @@ impl ChannelLayer for InMemoryChannelLayer {
                 if queue.items.len() >= config.capacity_for(channel) {
                     report.dropped_full += 1;
                 } else {
-                    wake.extend(queue.push(now + config.expiry, message.clone()));
+                    wake.extend(queue.push(expires, message.clone()));
                     report.queued += 1;
                 }
             });
