@@ -23,6 +23,8 @@ enum Event {
     Ping { n: u32 },
     #[serde(rename = "test.fail")]
     Fail,
+    #[serde(rename = "test.panic")]
+    Panic,
 }
 
 /// A consumer whose behaviour is chosen by the query string, recording its hooks.
@@ -103,6 +105,7 @@ impl WebsocketConsumer for Probe {
         match event {
             Event::Ping { n } => ctx.send_text(format!("ping {n}")).await?,
             Event::Fail => return Err("event failed".into()),
+            Event::Panic => panic!("event handler panicked on purpose"),
         }
         Ok(())
     }
@@ -334,6 +337,22 @@ async fn a_failing_event_handler_closes_with_1011() {
     let mut client = connected(&f, "/ws/rooms/x/").await;
     f.layer.group_send("room_x", Message::new(&Event::Fail).expect("message")).await.expect("group_send");
     assert_eq!(client.receive_close().await.expect("close").0, 1011);
+}
+
+#[tokio::test]
+async fn a_panicking_event_handler_closes_with_1011_after_the_frames_before_it() {
+    let f = fixture();
+    let mut client = connected(&f, "/ws/rooms/x/").await;
+    // Queued before the consumer runs, so they are handled as one burst.
+    let panic = Message::new(&Event::Panic).expect("message");
+    for message in [ping(1), ping(2), panic, ping(3)] {
+        f.layer.group_send("room_x", message).await.expect("group_send");
+    }
+    assert_eq!(client.receive_text().await.expect("first"), "ping 1");
+    assert_eq!(client.receive_text().await.expect("second"), "ping 2");
+    assert_eq!(client.receive_close().await.expect("close").0, 1011);
+    client.wait_closed().await.expect("closed");
+    assert_eq!(logged(&f).last().map(String::as_str), Some("disconnect 1011"));
 }
 
 #[tokio::test]
@@ -682,4 +701,81 @@ async fn group_send_nowait_refuses_bad_names_and_missing_layers_at_once() {
     assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
     client.send_text("x").await.unwrap();
     assert_eq!(client.receive_close().await.expect("closed").0, 1011, "no layer: the handler's error closes with 1011");
+}
+
+/// An in-memory layer whose group sends wait until [`HeldSends::release`].
+struct HeldSends {
+    inner: InMemoryChannelLayer,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldSends {
+    fn release(&self) {
+        self.released.send_replace(true);
+    }
+}
+
+#[channels::async_trait]
+impl ChannelLayer for HeldSends {
+    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::ReceiveError> {
+        self.inner.new_channel(prefix).await
+    }
+    async fn send(&self, channel: &str, message: Message) -> Result<(), channels::layers::SendError> {
+        self.inner.send(channel, message).await
+    }
+    async fn receive(&self, channel: &str) -> Result<Message, channels::layers::ReceiveError> {
+        self.inner.receive(channel).await
+    }
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
+        self.inner.group_add(group, channel).await
+    }
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
+        self.inner.group_discard(group, channel).await
+    }
+    async fn group_send(
+        &self,
+        group: &str,
+        message: Message,
+    ) -> Result<channels::layers::GroupSendReport, channels::layers::GroupError> {
+        let _ = self.released.subscribe().wait_for(|released| *released).await;
+        self.inner.group_send(group, message).await
+    }
+    async fn flush(&self) -> Result<(), channels::layers::GroupError> {
+        self.inner.flush().await
+    }
+    fn config(&self) -> &LayerConfig {
+        self.inner.config()
+    }
+}
+
+#[tokio::test]
+async fn a_client_read_paused_by_a_full_outbox_is_read_again_once_it_drains() {
+    let layer = Arc::new(HeldSends {
+        inner: InMemoryChannelLayer::new(LayerConfig::default().capacity(1000)),
+        released: tokio::sync::watch::Sender::new(false),
+    });
+    let app = caster_app(layer.clone());
+    let mut listener = WebsocketCommunicator::new(&app, "/relay/");
+    assert!(matches!(listener.connect().await.expect("listener"), Connected::Accepted { .. }));
+    let mut caster = WebsocketCommunicator::new(&app, "/cast/");
+    assert!(matches!(caster.connect().await.expect("caster"), Connected::Accepted { .. }));
+
+    // More queued sends than the outbox holds: the server stops reading the client.
+    let count = 400;
+    for n in 0..count {
+        caster.send_text(&n.to_string()).await.expect("send");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(listener.receive_nothing().await, "nothing is sent while the layer holds the sends");
+    layer.release();
+    for n in 0..count {
+        let text = tokio::time::timeout(std::time::Duration::from_secs(5), listener.receive_text())
+            .await
+            .unwrap_or_else(|_| panic!("cast {n} never came: the client was not read again"))
+            .expect("cast");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["text"], n.to_string());
+    }
+    caster.disconnect().await.unwrap();
+    listener.disconnect().await.unwrap();
 }

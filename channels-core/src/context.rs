@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -122,7 +122,9 @@ async fn within<F: Future>(limit: Duration, operation: F) -> Result<F::Output, t
     if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await {
         return Ok(done);
     }
-    tokio::time::timeout(limit, operation).await
+    // Boxed: a timer is a few hundred bytes, which every future that sends (each handler's
+    // included) would carry and move around, although a send rarely has to wait.
+    Box::pin(tokio::time::timeout(limit, operation)).await
 }
 
 /// What a mutex holds, reached through `&mut` (never locked: the mutexes are there for `Sync`).
@@ -172,16 +174,13 @@ impl Outbox {
         }
     }
 
-    /// Resolves when the batch in flight is sent; pending while none is.
-    pub(crate) fn sent(outbox: Option<&mut Outbox>) -> impl Future<Output = Sent> + '_ {
-        let mut outbox = outbox;
-        std::future::poll_fn(move |cx| {
-            let Some(outbox) = outbox.as_deref_mut() else { return Poll::Pending };
-            let Some(in_flight) = outbox.in_flight.as_mut() else { return Poll::Pending };
-            let sent = std::task::ready!(in_flight.as_mut().poll(cx));
-            outbox.in_flight = None;
-            Poll::Ready(sent)
-        })
+    /// Ready when the batch in flight is sent; pending while none is.
+    pub(crate) fn poll_sent(outbox: Option<&mut Outbox>, cx: &mut Context<'_>) -> Poll<Sent> {
+        let Some(outbox) = outbox else { return Poll::Pending };
+        let Some(in_flight) = outbox.in_flight.as_mut() else { return Poll::Pending };
+        let sent = std::task::ready!(in_flight.as_mut().poll(cx));
+        outbox.in_flight = None;
+        Poll::Ready(sent)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod application;
 pub mod config;
 pub mod consumer;
 pub mod context;
+mod gate;
 pub mod http;
 pub mod http_consumer;
 mod io;

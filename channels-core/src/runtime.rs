@@ -7,6 +7,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -22,6 +23,7 @@ use crate::application::Application;
 use crate::config::WebsocketLimits;
 use crate::consumer::{Frame, HandlerResult, WebsocketConsumer, close_code};
 use crate::context::{Acceptance, ContextError, Outbox, Sent, State, WebsocketContext, close_message};
+use crate::gate::Gate;
 use crate::io::WsStream;
 use crate::layer::{ChannelLayers, ChannelReceiver, Message, ReceiveError};
 use crate::scope::Scope;
@@ -212,17 +214,9 @@ async fn handle_burst<C: WebsocketConsumer>(
     receiver: Option<&dyn ChannelReceiver>,
 ) -> HandlerResult {
     ctx.batching = true;
-    let mut next = Some(first);
-    let mut result = Ok(());
-    let mut handled = 0;
-    while let Some(message) = next.take() {
-        result = dispatch_event(consumer, ctx, message).await;
-        handled += 1;
-        if result.is_err() || !matches!(ctx.state, State::Open) || handled == MAX_BATCH {
-            break;
-        }
-        next = receiver.and_then(ChannelReceiver::try_receive).map(Ok);
-    }
+    // One panic guard for the burst, not one per message: each guard would move the hook's
+    // future (often several hundred bytes) once more.
+    let result = guarded(dispatch_burst(consumer, ctx, first, receiver)).await;
     ctx.batching = false;
     if matches!(ctx.state, State::Open) {
         let _ = ctx.flush().await;
@@ -230,19 +224,28 @@ async fn handle_burst<C: WebsocketConsumer>(
     result
 }
 
-/// Hands a layer message to the consumer's `message` hook; a failed receive is logged.
-async fn dispatch_event<C: WebsocketConsumer>(
+/// Hands each message of a burst to the consumer's `message` hook until one fails or the
+/// connection closes; a failed receive is logged.
+async fn dispatch_burst<C: WebsocketConsumer>(
     consumer: &mut C,
     ctx: &mut WebsocketContext,
-    message: Result<Message, ReceiveError>,
+    first: Result<Message, ReceiveError>,
+    receiver: Option<&dyn ChannelReceiver>,
 ) -> HandlerResult {
-    match message {
-        Ok(message) => guarded(consumer.message(ctx, message)).await,
-        Err(e) => {
-            tracing::warn!(error = %e, "channel layer receive failed; retrying in 1 s");
-            Ok(())
+    let mut next = Some(first);
+    let mut handled = 0;
+    while let Some(message) = next.take() {
+        match message {
+            Ok(message) => consumer.message(ctx, message).await?,
+            Err(e) => tracing::warn!(error = %e, "channel layer receive failed; retrying in 1 s"),
         }
+        handled += 1;
+        if !matches!(ctx.state, State::Open) || handled == MAX_BATCH {
+            break;
+        }
+        next = receiver.and_then(ChannelReceiver::try_receive).map(Ok);
     }
+    Ok(())
 }
 
 enum Input {
@@ -279,6 +282,12 @@ async fn event_loop<C: WebsocketConsumer>(
     let mut groups_joined = Instant::now();
     let keepalive = tokio::time::sleep(limits.ping_interval);
     tokio::pin!(keepalive);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    // Shutdown, the client and the keepalive timer are polled only when one of them woke the
+    // task; the channel layer (most wake-ups) and queued group sends on every turn.
+    let quiet = Gate::new();
+    let mut was_reading = true;
 
     loop {
         match ctx.state {
@@ -292,18 +301,34 @@ async fn event_loop<C: WebsocketConsumer>(
         }
         ctx.start_sends();
         let reading = !ctx.outbox_full();
+        if reading && !was_reading {
+            // The socket was left unpolled while the outbox was full.
+            quiet.open();
+        }
+        was_reading = reading;
         let input = if ctx.has_send_failures() {
             Input::SendFailures
         } else {
-            let (Some(socket), outbox) = ctx.socket_and_outbox() else { return close_code::ABNORMAL };
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => Input::Shutdown,
-                sent = Outbox::sent(outbox) => Input::Sent(sent),
-                frame = socket.next(), if reading => Input::Frame(frame),
-                message = &mut layer_rx => Input::Layer(message),
-                () = &mut keepalive => Input::Tick,
-            }
+            let (Some(socket), mut outbox) = ctx.socket_and_outbox() else { return close_code::ABNORMAL };
+            std::future::poll_fn(|cx| {
+                let woken = quiet.poll(cx, |cx| {
+                    if cancelled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Input::Shutdown);
+                    }
+                    if reading && let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
+                        return Poll::Ready(Input::Frame(frame));
+                    }
+                    keepalive.as_mut().poll(cx).map(|()| Input::Tick)
+                });
+                if woken.is_ready() {
+                    return woken;
+                }
+                if let Poll::Ready(sent) = Outbox::poll_sent(outbox.as_deref_mut(), cx) {
+                    return Poll::Ready(Input::Sent(sent));
+                }
+                layer_rx.as_mut().poll(cx).map(Input::Layer)
+            })
+            .await
         };
         let result = match input {
             Input::Shutdown => {
