@@ -7,7 +7,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::application::Application;
 use crate::config::WebsocketLimits;
@@ -267,6 +267,42 @@ async fn report_send_failures<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut 
     Ok(())
 }
 
+pin_project_lite::pin_project! {
+    /// What a connection waits on besides channel-layer messages and queued sends: shutdown,
+    /// the client and the keepalive timer. Most wake-ups are layer messages, so these are
+    /// polled only when one of them woke the task (see [`Gate`]).
+    struct Quiet<'a> {
+        #[pin]
+        cancelled: WaitForCancellationFuture<'a>,
+        #[pin]
+        keepalive: tokio::time::Sleep,
+        gate: Gate,
+    }
+}
+
+impl<'a> Quiet<'a> {
+    fn new(shutdown: &'a CancellationToken, ping_interval: Duration) -> Self {
+        Self { cancelled: shutdown.cancelled(), keepalive: tokio::time::sleep(ping_interval), gate: Gate::new() }
+    }
+
+    /// Shutdown, then a client frame (unless `socket` is `None`: not reading), then a tick.
+    fn poll_input(self: Pin<&mut Self>, cx: &mut Context<'_>, socket: Option<&mut WsStream>) -> Poll<Input> {
+        let this = self.project();
+        let (mut cancelled, mut keepalive) = (this.cancelled, this.keepalive);
+        this.gate.poll(cx, |cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Input::Shutdown);
+            }
+            if let Some(socket) = socket
+                && let Poll::Ready(frame) = socket.poll_next_unpin(cx)
+            {
+                return Poll::Ready(Input::Frame(frame));
+            }
+            keepalive.as_mut().poll(cx).map(|()| Input::Tick)
+        })
+    }
+}
+
 /// Runs until the connection ends; returns the close code `disconnect` gets.
 async fn event_loop<C: WebsocketConsumer>(
     consumer: &mut C,
@@ -274,19 +310,14 @@ async fn event_loop<C: WebsocketConsumer>(
     limits: &WebsocketLimits,
     shutdown: &CancellationToken,
 ) -> u16 {
-    let layer = ctx.channel_layer().cloned();
-    let receiver = layer.clone().zip(ctx.shared_channel_name()).map(|(layer, channel)| layer.receiver(channel));
+    let receiver =
+        ctx.channel_layer().cloned().zip(ctx.shared_channel_name()).map(|(layer, channel)| layer.receiver(channel));
     let mut layer_rx = next_message(receiver.as_deref(), false);
     let mut last_seen = Instant::now();
     let mut pinged = false;
     let mut groups_joined = Instant::now();
-    let keepalive = tokio::time::sleep(limits.ping_interval);
-    tokio::pin!(keepalive);
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    // Shutdown, the client and the keepalive timer are polled only when one of them woke the
-    // task; the channel layer (most wake-ups) and queued group sends on every turn.
-    let quiet = Gate::new();
+    // Boxed: with it the connection's task measured 0.05 KiB more per idle connection.
+    let mut quiet = Box::pin(Quiet::new(shutdown, limits.ping_interval));
     let mut was_reading = true;
 
     loop {
@@ -303,27 +334,21 @@ async fn event_loop<C: WebsocketConsumer>(
         let reading = !ctx.outbox_full();
         if reading && !was_reading {
             // The socket was left unpolled while the outbox was full.
-            quiet.open();
+            quiet.gate.open();
         }
         was_reading = reading;
         let input = if ctx.has_send_failures() {
             Input::SendFailures
         } else {
-            let (Some(socket), mut outbox) = ctx.socket_and_outbox() else { return close_code::ABNORMAL };
+            if ctx.socket_mut().is_none() {
+                return close_code::ABNORMAL;
+            }
             std::future::poll_fn(|cx| {
-                let woken = quiet.poll(cx, |cx| {
-                    if cancelled.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Input::Shutdown);
-                    }
-                    if reading && let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
-                        return Poll::Ready(Input::Frame(frame));
-                    }
-                    keepalive.as_mut().poll(cx).map(|()| Input::Tick)
-                });
-                if woken.is_ready() {
-                    return woken;
+                let (socket, outbox) = ctx.socket_and_outbox();
+                if let Poll::Ready(input) = quiet.as_mut().poll_input(cx, socket.filter(|_| reading)) {
+                    return Poll::Ready(input);
                 }
-                if let Poll::Ready(sent) = Outbox::poll_sent(outbox.as_deref_mut(), cx) {
+                if let Poll::Ready(sent) = Outbox::poll_sent(outbox, cx) {
                     return Poll::Ready(Input::Sent(sent));
                 }
                 layer_rx.as_mut().poll(cx).map(Input::Layer)
@@ -345,7 +370,7 @@ async fn event_loop<C: WebsocketConsumer>(
                 if pinged {
                     // The client answered: the next check is a ping interval from now.
                     pinged = false;
-                    keepalive.as_mut().reset(last_seen + limits.ping_interval);
+                    quiet.as_mut().project().keepalive.reset(last_seen + limits.ping_interval);
                 }
                 match frame {
                     Some(Ok(WsMessage::Text(text))) => {
@@ -372,9 +397,9 @@ async fn event_loop<C: WebsocketConsumer>(
             Input::Tick => {
                 // Memberships expire `group_expiry` after the last group_add; a connection that
                 // lives longer stays in its groups by joining them again.
-                if let Some(layer) = &layer
+                if let Some(group_expiry) = ctx.channel_layer().map(|layer| layer.config().group_expiry)
                     && !ctx.groups().is_empty()
-                    && groups_joined.elapsed() >= layer.config().group_expiry / 2
+                    && groups_joined.elapsed() >= group_expiry / 2
                 {
                     groups_joined = Instant::now();
                     for group in ctx.groups().to_vec() {
@@ -397,7 +422,7 @@ async fn event_loop<C: WebsocketConsumer>(
                 } else {
                     last_seen + limits.ping_interval
                 };
-                keepalive.as_mut().reset(next);
+                quiet.as_mut().project().keepalive.reset(next);
                 continue;
             }
         };
