@@ -351,12 +351,29 @@ impl WebsocketContext {
 
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), ContextError> {
-        self.send_frame(WsMessage::Text(text.into())).await
+        let text = text.into();
+        if self.buffered(true, text.as_bytes()) {
+            return Ok(());
+        }
+        self.send_frame(WsMessage::Text(text)).await
     }
 
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, data: impl Into<Bytes>) -> Result<(), ContextError> {
-        self.send_frame(WsMessage::Binary(data.into())).await
+        let data = data.into();
+        if self.buffered(false, &data) {
+            return Ok(());
+        }
+        self.send_frame(WsMessage::Binary(data)).await
+    }
+
+    /// During a burst of layer messages, puts a data frame straight into the socket's write
+    /// buffer when it has room, without the futures of the general path: most frames a
+    /// server sends go this way.
+    fn buffered(&mut self, text: bool, payload: &[u8]) -> bool {
+        self.batching
+            && matches!(self.state, State::Open)
+            && self.socket_mut().is_some_and(|socket| socket.buffer_data_frame(text, payload))
     }
 
     /// Sends `value` as a JSON text frame.
@@ -389,25 +406,14 @@ impl WebsocketContext {
         }
     }
 
-    /// Writes one frame within the send timeout (buffered only, while batching); a failure
-    /// marks the socket closed.
+    /// Writes one frame through tungstenite within the send timeout (not flushed, while
+    /// batching); a failure marks the socket closed. Data frames sent during a burst usually
+    /// take the shorter way of [`buffered`](Self::buffered) first.
     pub(crate) async fn write(&mut self, frame: WsMessage) -> Result<(), ContextError> {
         let (send_timeout, batching) = (self.send_timeout, self.batching);
         let Some(socket) = self.socket_mut() else {
             return Err(ContextError::Closed);
         };
-        if batching {
-            // Straight into the write buffer when it can take the frame: the burst's flush
-            // sends it.
-            let buffered = match &frame {
-                WsMessage::Text(text) => socket.buffer_data_frame(true, text.as_bytes()),
-                WsMessage::Binary(data) => socket.buffer_data_frame(false, data),
-                _ => false,
-            };
-            if buffered {
-                return Ok(());
-            }
-        }
         let written = if batching {
             within(send_timeout, socket.feed(frame)).await
         } else {
