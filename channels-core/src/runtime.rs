@@ -57,18 +57,20 @@ pub(crate) enum Handshake {
 
 /// Runs a hook, turning a panic into an error so that one bad handler cannot take the
 /// connection down without its close frame and `disconnect`.
-pub(crate) async fn guarded(hook: impl Future<Output = HandlerResult>) -> HandlerResult {
-    match AssertUnwindSafe(hook).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => {
+///
+/// Not an `async fn`: that would keep the hook's future twice (the argument, and the
+/// argument moved into the panic guard), and hooks' futures can be large.
+pub(crate) fn guarded(hook: impl Future<Output = HandlerResult>) -> impl Future<Output = HandlerResult> {
+    AssertUnwindSafe(hook).catch_unwind().map(|outcome| {
+        outcome.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".into());
             Err(format!("handler panicked: {what}").into())
-        }
-    }
+        })
+    })
 }
 
 /// Builds the context, joins the consumer's groups and runs `connect`, all before the HTTP
@@ -210,7 +212,7 @@ const MAX_BATCH: usize = 64;
 async fn handle_burst<C: WebsocketConsumer>(
     consumer: &mut C,
     ctx: &mut WebsocketContext,
-    first: Result<Message, ReceiveError>,
+    first: Message,
     receiver: Option<&dyn ChannelReceiver>,
 ) -> HandlerResult {
     ctx.batching = true;
@@ -225,25 +227,22 @@ async fn handle_burst<C: WebsocketConsumer>(
 }
 
 /// Hands each message of a burst to the consumer's `message` hook until one fails or the
-/// connection closes; a failed receive is logged.
+/// connection closes.
 async fn dispatch_burst<C: WebsocketConsumer>(
     consumer: &mut C,
     ctx: &mut WebsocketContext,
-    first: Result<Message, ReceiveError>,
+    first: Message,
     receiver: Option<&dyn ChannelReceiver>,
 ) -> HandlerResult {
     let mut next = Some(first);
     let mut handled = 0;
     while let Some(message) = next.take() {
-        match message {
-            Ok(message) => consumer.message(ctx, message).await?,
-            Err(e) => tracing::warn!(error = %e, "channel layer receive failed; retrying in 1 s"),
-        }
+        consumer.message(ctx, message).await?;
         handled += 1;
         if !matches!(ctx.state, State::Open) || handled == MAX_BATCH {
             break;
         }
-        next = receiver.and_then(ChannelReceiver::try_receive).map(Ok);
+        next = receiver.and_then(ChannelReceiver::try_receive);
     }
     Ok(())
 }
@@ -389,8 +388,15 @@ async fn event_loop<C: WebsocketConsumer>(
                     None => return close_code::ABNORMAL,
                 }
             }
-            Input::Layer(message) => {
-                layer_rx = next_message(receiver.as_deref(), message.is_err());
+            Input::Layer(received) => {
+                layer_rx = next_message(receiver.as_deref(), received.is_err());
+                let message = match received {
+                    Ok(message) => message,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "channel layer receive failed; retrying in 1 s");
+                        continue;
+                    }
+                };
                 // Boxed once per burst: its size stays out of every idle connection's future.
                 Box::pin(handle_burst(consumer, ctx, message, receiver.as_deref())).await
             }
