@@ -3,7 +3,8 @@
 //! [`LeanIo`] sits between tungstenite and the socket so that an idle connection holds almost
 //! no buffer memory: reads go through a scratch buffer on the stack, and only bytes that
 //! tungstenite has not taken yet are kept, in an allocation freed as soon as it is drained;
-//! writes collect in a buffer allocated for a burst and freed once it is flushed.
+//! writes collect in a buffer taken for a burst and, once it is flushed, handed to the next
+//! connection that writes on the same thread.
 
 use std::cell::RefCell;
 use std::io;
