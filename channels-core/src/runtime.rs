@@ -1,7 +1,9 @@
 //! The life of one WebSocket connection: handshake, the event loop, and the teardown.
 //!
-//! Handlers of one connection run one at a time, in order. Each loop turn waits on four things
-//! at once: a client frame, a channel-layer message, the keepalive timer and server shutdown.
+//! Handlers of one connection run one at a time, in order. Each loop turn waits on five things
+//! at once: a client frame, a channel-layer message, queued group sends, the keepalive timer
+//! and server shutdown. The client, the timer and shutdown are polled only when one of them
+//! woke the task ([`Quiet`]): most wake-ups are layer messages.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
