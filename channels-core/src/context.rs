@@ -387,8 +387,11 @@ impl WebsocketContext {
     /// (see [`Message::to_json`]), so forwarding a group event to N members renders it once,
     /// not N times. Use it from [`WebsocketConsumer::message`](crate::consumer::WebsocketConsumer::message).
     pub async fn send_message_json(&mut self, message: &Message) -> Result<(), ContextError> {
-        let text = message.to_json().map_err(ContextError::Message)?;
-        self.send_text(text).await
+        let text = message.json().map_err(ContextError::Message)?;
+        if self.buffered(true, text.as_bytes()) {
+            return Ok(());
+        }
+        self.send_text(text.clone()).await
     }
 
     async fn send_frame(&mut self, frame: WsMessage) -> Result<(), ContextError> {

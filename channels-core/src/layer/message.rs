@@ -187,12 +187,18 @@ impl Message {
     /// assert_eq!(msg.clone().to_json().unwrap().as_str().as_ptr(), msg.to_json().unwrap().as_str().as_ptr());
     /// ```
     pub fn to_json(&self) -> Result<Utf8Bytes, MessageError> {
+        self.json().cloned()
+    }
+
+    /// [`to_json`](Self::to_json) borrowed: no reference count touched when the caller only
+    /// reads the bytes.
+    pub(crate) fn json(&self) -> Result<&Utf8Bytes, MessageError> {
         if let Some(json) = self.inner.json.get() {
-            return Ok(json.clone());
+            return Ok(json);
         }
         let value = self.to_value()?;
         let json = Utf8Bytes::from(serde_json::to_string(&value).map_err(|e| MessageError::Codec(e.to_string()))?);
-        Ok(self.inner.json.get_or_init(|| json).clone())
+        Ok(self.inner.json.get_or_init(|| json))
     }
 
     /// Decodes the message into a typed value, typically a consumer's `Event` enum.
