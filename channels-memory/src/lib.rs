@@ -170,11 +170,17 @@ impl Members {
     }
 }
 
+/// Whether two channel names are equal, without reading their bytes when both are the same
+/// allocation (a receiver's or member's name shared with its queue's key, the usual case).
+fn same_name(a: &str, b: &str) -> bool {
+    (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+}
+
 /// The queue of a group member's channel: where the member's slot hint points when that is still
 /// its queue, else found by name (or created) and the hint refreshed. Queues move when others are
 /// removed, so the hint is a shortcut, never trusted.
 fn member_queue<'a>(channels: &'a mut Channels, channel: &Arc<str>, membership: &mut Membership) -> &'a mut Queue {
-    let hit = channels.get_index(membership.slot).is_some_and(|(key, _)| Arc::ptr_eq(key, channel) || key == channel);
+    let hit = channels.get_index(membership.slot).is_some_and(|(key, _)| same_name(key, channel));
     if !hit {
         membership.slot = match channels.get_index_of(&**channel) {
             Some(slot) => slot,
@@ -261,7 +267,7 @@ impl State {
     /// updated); `None` if it has none.
     fn slot_of(&self, channel: &str, slot: &AtomicUsize) -> Option<usize> {
         let at = slot.load(Ordering::Relaxed);
-        if self.channels.get_index(at).is_some_and(|(key, _)| **key == *channel) {
+        if self.channels.get_index(at).is_some_and(|(key, _)| same_name(key, channel)) {
             return Some(at);
         }
         let at = self.channels.get_index_of(channel)?;
@@ -486,7 +492,19 @@ impl ChannelLayer for InMemoryChannelLayer {
     }
 
     fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
-        Box::new(Receiver { layer: (*self).clone(), channel, slot: AtomicUsize::new(NO_SLOT) })
+        // The receiver shares its queue's name (made here when the channel has none yet), so
+        // finding the queue compares pointers, not bytes.
+        let (channel, slot) = {
+            let mut state = self.lock();
+            match state.channels.get_full(&*channel) {
+                Some((slot, key, _)) => (key.clone(), slot),
+                None if validate_channel_name(&channel).is_ok() => {
+                    (channel.clone(), state.channels.insert_full(channel, Queue::default()).0)
+                }
+                None => (channel, NO_SLOT),
+            }
+        };
+        Box::new(Receiver { layer: (*self).clone(), channel, slot: AtomicUsize::new(slot) })
     }
 
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
@@ -495,10 +513,14 @@ impl ChannelLayer for InMemoryChannelLayer {
         self.ensure_sweeper();
         let mut state = self.lock();
         let State { channels, groups } = &mut *state;
-        // The member shares its queue's name, which makes its slot hint hit at once.
+        // The member shares its queue's name (made here when the channel has none yet), which
+        // makes its slot hint hit at once and compares pointers, not bytes.
         let (channel, slot) = match channels.get_full(channel) {
             Some((slot, name, _)) => (name.clone(), slot),
-            None => (channel.into(), usize::MAX),
+            None => {
+                let name: Arc<str> = channel.into();
+                (name.clone(), channels.insert_full(name, Queue::default()).0)
+            }
         };
         let members = match groups.get_mut(group) {
             Some(members) => members,
@@ -693,6 +715,31 @@ mod tests {
         // A receive on a channel without a queue makes one, where the receiver finds it next.
         layer.send(&channels[0], msg(5)).await.unwrap();
         assert_eq!(n_of(&receivers[0].receive().await.unwrap()), 5);
+    }
+
+    #[tokio::test]
+    async fn members_and_receivers_share_their_queues_name() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+        let a = layer.new_channel("specific").await.unwrap();
+        layer.group_add("g", &a).await.unwrap();
+        {
+            let state = layer.lock();
+            let (key, _) = state.channels.get_key_value(a.as_str()).expect("group_add made the queue");
+            let Members::Few(members) = &state.groups["g"] else { panic!("one member is a list") };
+            assert!(Arc::ptr_eq(&members[0].0, key), "the member shares the queue's name");
+        }
+        // A receiver for a name allocated elsewhere takes the queue's; one for a channel with no
+        // queue yet makes it, so messages sent later find the same name.
+        let receiver = Arc::new(layer.clone()).receiver(a.as_str().into());
+        let b = layer.new_channel("specific").await.unwrap();
+        let other = Arc::new(layer.clone()).receiver(b.as_str().into());
+        assert_eq!(layer.stats().channels, 2);
+        layer.group_send("g", msg(1)).await.unwrap();
+        layer.send(&b, msg(2)).await.unwrap();
+        assert_eq!(receiver.try_receive().as_ref().map(n_of), Some(1));
+        assert_eq!(other.try_receive().as_ref().map(n_of), Some(2));
+        assert!(same_name("specific.x", &String::from("specific.x")), "equal names in two allocations");
+        assert!(!same_name("specific.x", "specific.y"));
     }
 
     #[tokio::test]
