@@ -391,7 +391,7 @@ impl WebsocketContext {
         if self.buffered(true, text.as_bytes()) {
             return Ok(());
         }
-        self.send_text(text.clone()).await
+        self.send_frame(WsMessage::Text(text.clone())).await
     }
 
     async fn send_frame(&mut self, frame: WsMessage) -> Result<(), ContextError> {
