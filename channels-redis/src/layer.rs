@@ -561,8 +561,9 @@ impl ChannelLayer for RedisChannelLayer {
         reports.pop().unwrap_or_else(|| unreachable!("one report per send"))
     }
 
-    /// Two round trips per shard for the whole batch: one reads every group (trimming expired
-    /// members), one runs the send script once per message, in order.
+    /// Two round trips per shard for the whole batch: one reads every group the batch names,
+    /// once each however many of its messages go to it (trimming expired members), one runs
+    /// the send script once per message, in order.
     async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
         let inner = &self.inner;
         let mut reports: Vec<Result<GroupSendReport, GroupError>> = sends
@@ -571,32 +572,61 @@ impl ChannelLayer for RedisChannelLayer {
             .collect();
         let now = wire::now_seconds();
 
+        // The distinct groups, in order of first use, and which of them each send goes to.
+        let mut groups: Vec<&str> = Vec::new();
+        let mut group_of: Vec<usize> = Vec::with_capacity(sends.len());
+        for (i, (group, _)) in sends.iter().enumerate() {
+            let g = match groups.iter().position(|&g| g == group.as_str()) {
+                Some(g) => g,
+                None if reports[i].is_ok() => {
+                    groups.push(group);
+                    groups.len() - 1
+                }
+                None => usize::MAX, // refused above, never read
+            };
+            group_of.push(g);
+        }
+
         // Members of every group, one pipeline per shard holding groups; each group's names
         // come back as one NUL-separated string.
-        let mut members: Vec<Vec<u8>> = vec![Vec::new(); sends.len()];
+        let mut members: Vec<Vec<u8>> = vec![Vec::new(); groups.len()];
         let mut by_group_shard: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (i, (group, _)) in sends.iter().enumerate() {
-            if reports[i].is_ok() {
-                by_group_shard.entry(inner.shard_for(group)).or_default().push(i);
-            }
+        for (g, group) in groups.iter().enumerate() {
+            by_group_shard.entry(inner.shard_for(group)).or_default().push(g);
         }
-        for (shard, indices) in by_group_shard {
+        for (shard, read) in by_group_shard {
             let mut pipe = redis::pipe();
             pipe.cmd("SCRIPT").arg("LOAD").arg(scripts::GROUP_MEMBERS_SOURCE).ignore();
-            for &i in &indices {
+            for &g in &read {
                 let mut invocation = scripts::GROUP_MEMBERS.prepare_invoke();
-                invocation.key(inner.group_key(&sends[i].0)).arg(now.floor() as i64 - inner.group_expiry_secs() as i64);
+                invocation.key(inner.group_key(groups[g])).arg(now.floor() as i64 - inner.group_expiry_secs() as i64);
                 pipe.invoke_script(&invocation);
             }
             match query::<Vec<Vec<u8>>>(inner, shard, &pipe).await {
                 Ok(found) => {
-                    for (&i, found) in indices.iter().zip(found) {
-                        members[i] = found;
+                    for (&g, found) in read.iter().zip(found) {
+                        members[g] = found;
                     }
                 }
-                Err(e) => fail_all(&mut reports, &indices, &e),
+                Err(e) => {
+                    let failed: Vec<usize> =
+                        (0..sends.len()).filter(|&i| reports[i].is_ok() && read.contains(&group_of[i])).collect();
+                    fail_all(&mut reports, &failed, &e);
+                }
             }
         }
+        // Each group's members by receiving process queue, and those queues by shard.
+        let buckets: Vec<Vec<(&str, Vec<&str>)>> = members.iter().map(|joined| by_process(joined)).collect();
+        let per_shard: Vec<HashMap<usize, Vec<usize>>> = buckets
+            .iter()
+            .map(|buckets| {
+                let mut per_shard: HashMap<usize, Vec<usize>> = HashMap::new();
+                for (b, (non_local, _)) in buckets.iter().enumerate() {
+                    per_shard.entry(inner.shard_for(non_local)).or_default().push(b);
+                }
+                per_shard
+            })
+            .collect();
 
         // One payload per receiving process queue and message, naming every member it holds;
         // the scripts of one shard go in one pipeline, in the order of the sends, each with a
@@ -608,23 +638,19 @@ impl ChannelLayer for RedisChannelLayer {
         }
         let mut by_queue_shard: HashMap<usize, (redis::Pipeline, Vec<Queued>)> = HashMap::new();
         for (i, (_, message)) in sends.iter().enumerate() {
-            if reports[i].is_err() || members[i].is_empty() {
+            if reports[i].is_err() {
                 continue;
             }
-            let buckets = by_process(&members[i]);
-            let mut per_shard: HashMap<usize, Vec<usize>> = HashMap::new();
-            for (b, (non_local, _)) in buckets.iter().enumerate() {
-                per_shard.entry(inner.shard_for(non_local)).or_default().push(b);
-            }
-            for (shard, bucket_indices) in per_shard {
+            let buckets = &buckets[group_of[i]];
+            for (&shard, bucket_indices) in &per_shard[group_of[i]] {
                 let mut invocation = scripts::GROUP_SEND.prepare_invoke();
-                for &b in &bucket_indices {
+                for &b in bucket_indices {
                     invocation.key(format!("{}{}", inner.config.prefix, buckets[b].0));
                 }
-                for &b in &bucket_indices {
+                for &b in bucket_indices {
                     invocation.arg(inner.seal(wire::body_with_routing(message, &Routing::Many(buckets[b].1.clone()))));
                 }
-                for &b in &bucket_indices {
+                for &b in bucket_indices {
                     invocation.arg(inner.config.layer.capacity_for(buckets[b].1[0]));
                 }
                 invocation.arg(now.floor() as i64 - inner.expiry_secs() as i64).arg(scores[i]).arg(inner.expiry_secs());
