@@ -32,6 +32,8 @@ use crate::wire::{self, Routing, consistent_hash};
 /// multi-host direct sends still arrive), memberships of local channels are re-added after a
 /// Redis restart, local buffers are bounded and honour `expiry`, messages for consumers that
 /// are gone are dropped instead of piling up, and an undecodable payload is logged and skipped.
+/// Messages from this process to its own channels (a `send`, or the local members' share of a
+/// `group_send`) go straight into their buffers instead of through Redis.
 ///
 /// ```no_run
 /// use channels_core::layer::ChannelLayer;
@@ -152,6 +154,11 @@ impl Inner {
         channel.split_once('!').is_some_and(|(non_local, _)| non_local.ends_with(self.client_prefix.as_str()))
     }
 
+    /// Whether a process queue's name (`<prefix>.<client_prefix>!`) is one this layer reads.
+    fn is_our_queue(&self, non_local: &str) -> bool {
+        non_local.strip_suffix('!').is_some_and(|id| id.ends_with(self.client_prefix.as_str()))
+    }
+
     /// `random(12) || body`, the body encrypted when keys are configured.
     fn seal(&self, body: Vec<u8>) -> Vec<u8> {
         match &self.encryption {
@@ -211,20 +218,35 @@ impl Inner {
                 return;
             }
         };
+        self.push_local(&message, targets);
+    }
+
+    /// Puts `message` into the mailboxes of `targets`, channels of this process: what the
+    /// pump does with a popped message, and what a send from this process to its own channels
+    /// does instead of a round trip through Redis. Returns how many mailboxes took it and how
+    /// many were full; a channel without a mailbox is gone, and the message is dropped for it.
+    fn push_local(&self, message: &Message, targets: &[&str]) -> (usize, usize) {
         let expires = Some(tokio::time::Instant::now() + self.config.layer.expiry);
+        let (mut queued, mut full) = (0, 0);
         let mut local = self.lock();
         for &channel in targets {
             let capacity = self.config.layer.capacity_for(channel);
             match local.channels.get_mut(channel) {
                 Some(mailbox) => {
-                    if !mailbox.push(message.clone(), capacity, expires) {
-                        self.dropped_full.fetch_add(1, Ordering::Relaxed);
+                    if mailbox.push(message.clone(), capacity, expires) {
+                        queued += 1;
+                    } else {
+                        full += 1;
                         tracing::info!(%channel, "local buffer full; dropping a message");
                     }
                 }
                 None => tracing::debug!(%channel, "message for a channel that is gone; dropped"),
             }
         }
+        if full > 0 {
+            self.dropped_full.fetch_add(full as u64, Ordering::Relaxed);
+        }
+        (queued, full)
     }
 
     /// Re-adds every local membership after Redis lost its data (a restart without persistence).
@@ -475,6 +497,13 @@ impl ChannelLayer for RedisChannelLayer {
     async fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
         validate_channel_name(channel)?;
         let inner = &self.inner;
+        if inner.is_ours(channel) && inner.lock().channels.contains_key(channel) {
+            // Our own channel: straight into its mailbox, as the pump would put it.
+            return match inner.push_local(&message, &[channel]) {
+                (0, full) if full > 0 => Err(SendError::ChannelFull { channel: channel.to_owned() }),
+                _ => Ok(()),
+            };
+        }
         let (routing, shard) = if channel.contains('!') {
             // channels_redis hashes the full name here (channels#1492); the receiver listens
             // on hash(non-local name), so that is where we write.
@@ -615,18 +644,33 @@ impl ChannelLayer for RedisChannelLayer {
                 }
             }
         }
-        // Each group's members by receiving process queue, and those queues by shard.
+        // Each group's members by receiving process queue, and those queues by shard; this
+        // process's own queues are left out of Redis.
         let buckets: Vec<Vec<(&str, Vec<&str>)>> = members.iter().map(|joined| by_process(joined)).collect();
         let per_shard: Vec<HashMap<usize, Vec<usize>>> = buckets
             .iter()
             .map(|buckets| {
                 let mut per_shard: HashMap<usize, Vec<usize>> = HashMap::new();
                 for (b, (non_local, _)) in buckets.iter().enumerate() {
-                    per_shard.entry(inner.shard_for(non_local)).or_default().push(b);
+                    if !inner.is_our_queue(non_local) {
+                        per_shard.entry(inner.shard_for(non_local)).or_default().push(b);
+                    }
                 }
                 per_shard
             })
             .collect();
+
+        // Members in this process get each message at once, in the order of the sends.
+        for (i, (_, message)) in sends.iter().enumerate() {
+            let Ok(report) = &mut reports[i] else { continue };
+            for (non_local, channels) in &buckets[group_of[i]] {
+                if inner.is_our_queue(non_local) {
+                    let (queued, full) = inner.push_local(message, channels);
+                    report.queued += queued;
+                    report.dropped_full += full;
+                }
+            }
+        }
 
         // One payload per receiving process queue and message, naming every member it holds;
         // the scripts of one shard go in one pipeline, in the order of the sends, each with a

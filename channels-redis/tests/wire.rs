@@ -107,9 +107,56 @@ async fn a_poison_payload_in_our_queue_is_skipped_and_the_next_message_arrives()
     for poison in [b"short".to_vec(), vec![0u8; 40], [vec![1u8; 12], vec![0x92, 1, 2]].concat()] {
         let _: () = conn.zadd(&key, poison, now).await.expect("zadd");
     }
-    layer.send(&me, chat("good")).await.expect("send");
+    // From another process, so that it travels through the queue behind the poison.
+    let other = self::layer(&server.url(), "w5");
+    other.send(&me, chat("good")).await.expect("send");
     let got = tokio::time::timeout(Duration::from_secs(5), layer.receive(&me)).await.expect("arrives").expect("ok");
     assert_eq!(got.as_bytes(), chat("good").as_bytes());
+}
+
+/// How many times redis-server has run `ZADD`, from a script or not.
+async fn zadd_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.expect("info");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_zadd:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
+}
+
+#[tokio::test]
+async fn a_process_delivers_to_its_own_channels_without_redis_and_in_order() {
+    // A server of its own, so that its command counts are this test's alone.
+    let server = support::RedisServer::start();
+    let here = layer(&server.url(), "w6");
+    let there = layer(&server.url(), "w6");
+    let mine = here.new_channel("specific").await.expect("new_channel");
+    let theirs = there.new_channel("specific").await.expect("new_channel");
+    here.group_add("mine", &mine).await.expect("group_add");
+    here.group_add("both", &mine).await.expect("group_add");
+    there.group_add("both", &theirs).await.expect("group_add");
+    let mut conn = raw(&server.url()).await;
+    let before = zadd_calls(&mut conn).await;
+
+    here.send(&mine, chat("1")).await.expect("send");
+    let report = here.group_send("mine", chat("2")).await.expect("group_send");
+    assert_eq!((report.queued, report.dropped_full), (1, 0));
+    let reports = here.group_send_many(&[("mine".to_owned(), chat("3")), ("mine".to_owned(), chat("4"))]).await;
+    assert!(reports.iter().all(|r| r.as_ref().is_ok_and(|r| r.queued == 1)), "{reports:?}");
+    here.send(&mine, chat("5")).await.expect("send");
+    assert_eq!(zadd_calls(&mut conn).await, before, "nothing for this process's own channels went to Redis");
+    for expected in ["1", "2", "3", "4", "5"] {
+        let got = here.try_receive(&mine).expect("already in the mailbox");
+        assert_eq!(got.as_bytes(), chat(expected).as_bytes());
+    }
+
+    // A group spanning both processes: the other process's share goes through Redis.
+    let report = here.group_send("both", chat("6")).await.expect("group_send");
+    assert_eq!((report.queued, report.dropped_full), (2, 0));
+    assert_eq!(zadd_calls(&mut conn).await, before + 1, "one queued message for the other process");
+    assert_eq!(here.try_receive(&mine).expect("at once").as_bytes(), chat("6").as_bytes());
+    let got = tokio::time::timeout(Duration::from_secs(5), there.receive(&theirs)).await.expect("arrives").expect("ok");
+    assert_eq!(got.as_bytes(), chat("6").as_bytes());
 }
 
 #[tokio::test]

@@ -16,7 +16,20 @@ pub fn shared() -> &'static RedisServer {
 
 /// A fresh layer on the shared server, isolated by its own key prefix.
 pub fn layer_on(url: &str, config: LayerConfig) -> RedisChannelLayer {
-    let prefix = format!("t{:016x}:", rand::random::<u64>());
+    layer_with_prefix(url, &fresh_prefix(), config)
+}
+
+/// Two fresh layers on one key prefix, as two processes of one deployment.
+pub fn layer_pair(url: &str, config: LayerConfig) -> (RedisChannelLayer, RedisChannelLayer) {
+    let prefix = fresh_prefix();
+    (layer_with_prefix(url, &prefix, config.clone()), layer_with_prefix(url, &prefix, config))
+}
+
+fn fresh_prefix() -> String {
+    format!("t{:016x}:", rand::random::<u64>())
+}
+
+fn layer_with_prefix(url: &str, prefix: &str, config: LayerConfig) -> RedisChannelLayer {
     let mut redis = RedisConfig::from_url(&format!("{url}?prefix={prefix}")).expect("config");
     redis.layer = config;
     RedisChannelLayer::new(redis).expect("layer")
