@@ -12,7 +12,8 @@
 //! are pinned to CPU 0 and the load generator to CPU 1 (when `taskset` exists).
 //!
 //! `cargo bench --bench redis_fanout` (see docs/performance.md). `BENCH_RUNS=N` changes the
-//! number of runs per configuration (default 3); `BENCH_NO_DJANGO=1` leaves Django out.
+//! number of runs per configuration (default 3); `BENCH_NO_DJANGO=1` leaves Django out;
+//! `BENCH_PERF_DIR=DIR` records a `perf` profile of the Redis configuration's send phase there.
 
 mod common;
 
@@ -206,19 +207,71 @@ fn run_config(
 /// [`load::run_on`], printing how the server CPU of the whole run (connecting and warm-up
 /// included) was split between the processes.
 fn run_split(scenario: &Scenario, targets: &Targets, names: [&str; 3]) -> Result<Outcome, String> {
-    let before: Vec<Duration> = targets.pids.iter().map(|&pid| common::cpu_time(pid)).collect();
-    let outcome = load::run_on(scenario, targets);
-    let split: Vec<String> = targets
-        .pids
-        .iter()
-        .zip(&before)
-        .zip(names)
-        .map(|((&pid, &before), name)| {
-            format!("{name} {:.2} s", common::cpu_time(pid).saturating_sub(before).as_secs_f64())
-        })
-        .collect();
-    println!("          CPU of the whole run (setup included): {}", split.join(", "));
+    let cpu = || -> Vec<Duration> { targets.pids.iter().map(|&pid| common::cpu_time(pid)).collect() };
+    let start = cpu();
+    let (mut sending, mut sent) = (Vec::new(), Vec::new());
+    let profiler = std::cell::RefCell::new(None);
+    let outcome = load::run_on_with(
+        scenario,
+        targets,
+        &mut || {
+            sending = cpu();
+            *profiler.borrow_mut() = profile(&targets.pids);
+            Ok(())
+        },
+        &mut || {
+            sent = cpu();
+            if let Some(mut perf) = profiler.borrow_mut().take() {
+                // perf writes its file on SIGINT.
+                let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+                let _ = perf.wait();
+            }
+            Ok(())
+        },
+    );
+    let end = cpu();
+    let split = |from: &[Duration], to: &[Duration]| -> String {
+        let parts: Vec<String> = names
+            .iter()
+            .zip(from.iter().zip(to))
+            .map(|(name, (from, to))| format!("{name} {:.2} s", to.saturating_sub(*from).as_secs_f64()))
+            .collect();
+        parts.join(", ")
+    };
+    if sent.len() == names.len() {
+        println!("          CPU of the send phase: {}", split(&sending, &sent));
+    }
+    println!("          CPU of the whole run (setup included): {}", split(&start, &end));
     outcome
+}
+
+/// With `BENCH_PERF_DIR` set, `perf record` of the server processes (a flat profile, or what
+/// `BENCH_PERF_ARGS` adds, such as `-e syscalls:sys_enter_sendto`) into a new file there, for
+/// the send phase only.
+fn profile(pids: &[u32]) -> Option<std::process::Child> {
+    let dir = std::env::var_os("BENCH_PERF_DIR")?;
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let file = Path::new(&dir).join(format!("redis-{}.data", std::time::UNIX_EPOCH.elapsed().ok()?.as_millis()));
+    let extra = std::env::var("BENCH_PERF_ARGS").unwrap_or_default();
+    let perf = Command::new("perf")
+        .args(["record", "-q", "-p", &pids.join(","), "-o"])
+        .arg(&file)
+        .args(extra.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match perf {
+        Ok(perf) => {
+            // Let perf attach before the first message goes out.
+            std::thread::sleep(Duration::from_millis(300));
+            println!("          perf profile of the send phase: {}", file.display());
+            Some(perf)
+        }
+        Err(e) => {
+            eprintln!("note: BENCH_PERF_DIR set but perf did not start: {e}");
+            None
+        }
+    }
 }
 
 /// Finds redis-server's process ID (from `INFO server`) and pins it to the servers' CPU.
