@@ -616,22 +616,23 @@ impl ChannelLayer for RedisChannelLayer {
             group_of.push(g);
         }
 
-        // Members of every group, one pipeline per shard holding groups; each group's names
-        // come back as one NUL-separated string.
-        let mut members: Vec<Vec<u8>> = vec![Vec::new(); groups.len()];
+        // Members of every group, one pipeline per shard holding groups: trim the expired
+        // memberships, then read the rest (plain commands, as channels_redis does: a script
+        // would make redis-server hash every name into a Lua string).
+        let mut members: Vec<Vec<Vec<u8>>> = vec![Vec::new(); groups.len()];
         let mut by_group_shard: HashMap<usize, Vec<usize>> = HashMap::new();
         for (g, group) in groups.iter().enumerate() {
             by_group_shard.entry(inner.shard_for(group)).or_default().push(g);
         }
         for (shard, read) in by_group_shard {
             let mut pipe = redis::pipe();
-            pipe.cmd("SCRIPT").arg("LOAD").arg(scripts::GROUP_MEMBERS_SOURCE).ignore();
+            let trim_before = now.floor() as i64 - inner.group_expiry_secs() as i64;
             for &g in &read {
-                let mut invocation = scripts::GROUP_MEMBERS.prepare_invoke();
-                invocation.key(inner.group_key(groups[g])).arg(now.floor() as i64 - inner.group_expiry_secs() as i64);
-                pipe.invoke_script(&invocation);
+                let key = inner.group_key(groups[g]);
+                pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg(0).arg(trim_before).ignore();
+                pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
             }
-            match query::<Vec<Vec<u8>>>(inner, shard, &pipe).await {
+            match query::<Vec<Vec<Vec<u8>>>>(inner, shard, &pipe).await {
                 Ok(found) => {
                     for (&g, found) in read.iter().zip(found) {
                         members[g] = found;
@@ -646,7 +647,7 @@ impl ChannelLayer for RedisChannelLayer {
         }
         // Each group's members by receiving process queue, and those queues by shard; this
         // process's own queues are left out of Redis.
-        let buckets: Vec<Vec<(&str, Vec<&str>)>> = members.iter().map(|joined| by_process(joined)).collect();
+        let buckets: Vec<Vec<(&str, Vec<&str>)>> = members.iter().map(|names| by_process(names)).collect();
         let per_shard: Vec<HashMap<usize, Vec<usize>>> = buckets
             .iter()
             .map(|buckets| {
@@ -798,13 +799,12 @@ fn escape_glob(prefix: &str) -> String {
     out
 }
 
-/// The members named in `joined` (NUL-separated, as [`scripts::GROUP_MEMBERS`] returns them)
-/// by the process queue they share (their non-local name), in order of first appearance. A
-/// name that is not UTF-8 (no channels client writes one) is skipped.
-fn by_process(joined: &[u8]) -> Vec<(&str, Vec<&str>)> {
+/// A group's members by the process queue they share (their non-local name), in order of
+/// first appearance. A name that is not UTF-8 (no channels client writes one) is skipped.
+fn by_process(names: &[Vec<u8>]) -> Vec<(&str, Vec<&str>)> {
     let mut buckets: Vec<(&str, Vec<&str>)> = Vec::new();
     let mut index: foldhash::HashMap<&str, usize> = foldhash::HashMap::default();
-    for member in joined.split(|&b| b == 0).filter_map(|name| std::str::from_utf8(name).ok()) {
+    for member in names.iter().filter_map(|name| std::str::from_utf8(name).ok()) {
         if member.is_empty() {
             continue;
         }
@@ -843,15 +843,18 @@ mod tests {
 
     #[test]
     fn group_members_are_bucketed_by_process_queue_in_order() {
-        let joined = b"specific.a!1\0specific.b!1\0specific.a!2\0\xff\xfe\0\0worker";
+        let names: Vec<Vec<u8>> = [&b"specific.a!1"[..], b"specific.b!1", b"specific.a!2", b"\xff\xfe", b"", b"worker"]
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
         assert_eq!(
-            by_process(joined),
+            by_process(&names),
             [
                 ("specific.a!", vec!["specific.a!1", "specific.a!2"]),
                 ("specific.b!", vec!["specific.b!1"]),
                 ("worker", vec!["worker"]),
             ]
         );
-        assert!(by_process(b"").is_empty(), "an empty group");
+        assert!(by_process(&[]).is_empty(), "an empty group");
     }
 }

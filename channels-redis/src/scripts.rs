@@ -47,18 +47,6 @@ end
 return queued
 ";
 
-/// A group's members for a `group_send`: drops the expired memberships and returns the rest as
-/// one string, the names separated by a NUL byte (no valid channel name holds one), so the
-/// sender parses one reply per group instead of one per member.
-/// KEYS[1] = group; ARGV[1] = drop memberships scored at or below this.
-pub(crate) static GROUP_MEMBERS: LazyLock<Script> = LazyLock::new(|| Script::new(GROUP_MEMBERS_SOURCE));
-
-/// The source of [`GROUP_MEMBERS`], loaded by the pipeline that uses it.
-pub(crate) const GROUP_MEMBERS_SOURCE: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
-return table.concat(redis.call('ZRANGE', KEYS[1], 0, -1), '\0')
-";
-
 /// Moves a receiver's in-flight backup back into the queue with its original scores, as
 /// channels_redis's cleanup script does before each blocking pop on a normal channel.
 /// KEYS[1] = queue, KEYS[2] = backup.
