@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedisConfig, command_connection};
 use crate::crypto::Encryption;
-use crate::mailbox::{self, Mailboxes};
+use crate::mailbox::{self, Mailbox, Mailboxes};
 use crate::scripts;
 use crate::wire::{self, Routing, consistent_hash};
 
@@ -222,31 +222,57 @@ impl Inner {
     }
 
     /// Puts `message` into the mailboxes of `targets`, channels of this process: what the
-    /// pump does with a popped message, and what a send from this process to its own channels
-    /// does instead of a round trip through Redis. Returns how many mailboxes took it and how
-    /// many were full; a channel without a mailbox is gone, and the message is dropped for it.
+    /// pump does with a popped message, and what a group send from this process does for its
+    /// own members instead of a round trip through Redis. Returns how many mailboxes took it
+    /// and how many were full; a channel without a mailbox is gone, and the message is dropped
+    /// for it.
     fn push_local(&self, message: &Message, targets: &[&str]) -> (usize, usize) {
-        let expires = Some(tokio::time::Instant::now() + self.config.layer.expiry);
+        let expires = self.local_expiry();
         let (mut queued, mut full) = (0, 0);
         let mut local = self.lock();
         for &channel in targets {
-            let capacity = self.config.layer.capacity_for(channel);
             match local.channels.get_mut(channel) {
                 Some(mailbox) => {
-                    if mailbox.push(message.clone(), capacity, expires) {
+                    if self.push_into(mailbox, channel, message, expires) {
                         queued += 1;
                     } else {
                         full += 1;
-                        tracing::info!(%channel, "local buffer full; dropping a message");
                     }
                 }
                 None => tracing::debug!(%channel, "message for a channel that is gone; dropped"),
             }
         }
-        if full > 0 {
-            self.dropped_full.fetch_add(full as u64, Ordering::Relaxed);
-        }
         (queued, full)
+    }
+
+    /// A `send` to `channel` of this process, straight into its mailbox: whether it took the
+    /// message, or `None` when the channel has no mailbox here (yet).
+    fn send_own(&self, channel: &str, message: &Message) -> Option<bool> {
+        let expires = self.local_expiry();
+        let mut local = self.lock();
+        let mailbox = local.channels.get_mut(channel)?;
+        Some(self.push_into(mailbox, channel, message, expires))
+    }
+
+    /// When a message put into a local mailbox now expires.
+    fn local_expiry(&self) -> Option<tokio::time::Instant> {
+        Some(tokio::time::Instant::now() + self.config.layer.expiry)
+    }
+
+    /// Queues `message` in `channel`'s `mailbox`; false (counted and logged) when it is full.
+    fn push_into(
+        &self,
+        mailbox: &mut Mailbox,
+        channel: &str,
+        message: &Message,
+        expires: Option<tokio::time::Instant>,
+    ) -> bool {
+        if mailbox.push(message.clone(), self.config.layer.capacity_for(channel), expires) {
+            return true;
+        }
+        self.dropped_full.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%channel, "local buffer full; dropping a message");
+        false
     }
 
     /// Re-adds every local membership after Redis lost its data (a restart without persistence).
@@ -497,12 +523,12 @@ impl ChannelLayer for RedisChannelLayer {
     async fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
         validate_channel_name(channel)?;
         let inner = &self.inner;
-        if inner.is_ours(channel) && inner.lock().channels.contains_key(channel) {
-            // Our own channel: straight into its mailbox, as the pump would put it.
-            return match inner.push_local(&message, &[channel]) {
-                (0, full) if full > 0 => Err(SendError::ChannelFull { channel: channel.to_owned() }),
-                _ => Ok(()),
-            };
+        // Our own channel: straight into its mailbox, as the pump would put it. One with no
+        // mailbox here yet goes through Redis and waits in our queue as before.
+        if inner.is_ours(channel)
+            && let Some(taken) = inner.send_own(channel, &message)
+        {
+            return if taken { Ok(()) } else { Err(SendError::ChannelFull { channel: channel.to_owned() }) };
         }
         let (routing, shard) = if channel.contains('!') {
             // channels_redis hashes the full name here (channels#1492); the receiver listens
@@ -601,20 +627,20 @@ impl ChannelLayer for RedisChannelLayer {
             .collect();
         let now = wire::now_seconds();
 
-        // The distinct groups, in order of first use, and which of them each send goes to.
+        // The distinct groups, in order of first use, and which of them each valid send goes to.
         let mut groups: Vec<&str> = Vec::new();
-        let mut group_of: Vec<usize> = Vec::with_capacity(sends.len());
-        for (i, (group, _)) in sends.iter().enumerate() {
-            let g = match groups.iter().position(|&g| g == group.as_str()) {
-                Some(g) => g,
-                None if reports[i].is_ok() => {
-                    groups.push(group);
-                    groups.len() - 1
-                }
-                None => usize::MAX, // refused above, never read
-            };
-            group_of.push(g);
-        }
+        let group_of: Vec<Option<usize>> = sends
+            .iter()
+            .zip(&reports)
+            .map(|((group, _), report)| {
+                report.is_ok().then(|| {
+                    groups.iter().position(|&g| g == group.as_str()).unwrap_or_else(|| {
+                        groups.push(group);
+                        groups.len() - 1
+                    })
+                })
+            })
+            .collect();
 
         // Members of every group, one pipeline per shard holding groups: trim the expired
         // memberships, then read the rest (plain commands, as channels_redis does: a script
@@ -640,36 +666,36 @@ impl ChannelLayer for RedisChannelLayer {
                 }
                 Err(e) => {
                     let failed: Vec<usize> =
-                        (0..sends.len()).filter(|&i| reports[i].is_ok() && read.contains(&group_of[i])).collect();
+                        (0..sends.len()).filter(|&i| group_of[i].is_some_and(|g| read.contains(&g))).collect();
                     fail_all(&mut reports, &failed, &e);
                 }
             }
         }
-        // Each group's members by receiving process queue, and those queues by shard; this
-        // process's own queues are left out of Redis.
+        // Each group's members by receiving process queue: this process's own queues, and the
+        // others by shard.
         let buckets: Vec<Vec<(&str, Vec<&str>)>> = members.iter().map(|names| by_process(names)).collect();
-        let per_shard: Vec<HashMap<usize, Vec<usize>>> = buckets
+        let (own, per_shard): (Vec<Vec<usize>>, Vec<HashMap<usize, Vec<usize>>>) = buckets
             .iter()
             .map(|buckets| {
-                let mut per_shard: HashMap<usize, Vec<usize>> = HashMap::new();
+                let (mut own, mut per_shard) = (Vec::new(), HashMap::<usize, Vec<usize>>::new());
                 for (b, (non_local, _)) in buckets.iter().enumerate() {
-                    if !inner.is_our_queue(non_local) {
+                    if inner.is_our_queue(non_local) {
+                        own.push(b);
+                    } else {
                         per_shard.entry(inner.shard_for(non_local)).or_default().push(b);
                     }
                 }
-                per_shard
+                (own, per_shard)
             })
-            .collect();
+            .unzip();
 
         // Members in this process get each message at once, in the order of the sends.
-        for (i, (_, message)) in sends.iter().enumerate() {
-            let Ok(report) = &mut reports[i] else { continue };
-            for (non_local, channels) in &buckets[group_of[i]] {
-                if inner.is_our_queue(non_local) {
-                    let (queued, full) = inner.push_local(message, channels);
-                    report.queued += queued;
-                    report.dropped_full += full;
-                }
+        for ((report, group), (_, message)) in reports.iter_mut().zip(&group_of).zip(sends) {
+            let (Ok(report), Some(g)) = (report, *group) else { continue };
+            for &b in &own[g] {
+                let (queued, full) = inner.push_local(message, &buckets[g][b].1);
+                report.queued += queued;
+                report.dropped_full += full;
             }
         }
 
@@ -683,11 +709,9 @@ impl ChannelLayer for RedisChannelLayer {
         }
         let mut by_queue_shard: HashMap<usize, (redis::Pipeline, Vec<Queued>)> = HashMap::new();
         for (i, (_, message)) in sends.iter().enumerate() {
-            if reports[i].is_err() {
-                continue;
-            }
-            let buckets = &buckets[group_of[i]];
-            for (&shard, bucket_indices) in &per_shard[group_of[i]] {
+            let (Ok(_), Some(g)) = (&reports[i], group_of[i]) else { continue };
+            let buckets = &buckets[g];
+            for (&shard, bucket_indices) in &per_shard[g] {
                 let mut invocation = scripts::GROUP_SEND.prepare_invoke();
                 for &b in bucket_indices {
                     invocation.key(format!("{}{}", inner.config.prefix, buckets[b].0));
