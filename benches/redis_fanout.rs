@@ -13,7 +13,10 @@
 //!
 //! `cargo bench --bench redis_fanout` (see docs/performance.md). `BENCH_RUNS=N` changes the
 //! number of runs per configuration (default 3); `BENCH_NO_DJANGO=1` leaves Django out;
-//! `BENCH_PERF_DIR=DIR` records a `perf` profile of the Redis configuration's send phase there.
+//! `BENCH_PERF_DIR=DIR` records a `perf` profile of each configuration's send phase there
+//! (`BENCH_PERF_ARGS` adds perf options, such as `-e syscalls:sys_enter_sendto`);
+//! `BENCH_WINDOW=N` changes the sender's window (default 8), to see how much of the result
+//! is the closed loop's pace rather than the server's cost.
 
 mod common;
 
@@ -65,7 +68,7 @@ fn main() -> ExitCode {
         rooms: 1,
         senders: 1,
         messages_per_sender: 1000,
-        window: 8,
+        window: common::env_number("BENCH_WINDOW", 8),
         room: "bench",
         time_limit: Duration::from_secs(60),
     };
@@ -173,7 +176,8 @@ fn run_config(
     match config {
         Config::Memory => {
             let server = ServerProcess::start(Kind::Chat, chat)?;
-            let outcome = load::run(scenario, &server);
+            let targets = Targets { addrs: vec![server.addr()], pids: vec![server.pid()] };
+            let outcome = run_split(scenario, &targets, &["chat"]);
             Ok((outcome, vec![server.stop()]))
         }
         Config::Redis => {
@@ -184,7 +188,7 @@ fn run_config(
             let second = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
             let targets =
                 Targets { addrs: vec![first.addr(), second.addr()], pids: vec![first.pid(), second.pid(), redis_pid] };
-            let outcome = run_split(scenario, &targets, ["chat 1", "chat 2", "redis-server"]);
+            let outcome = run_split(scenario, &targets, &["chat 1", "chat 2", "redis-server"]);
             let logs = vec![first.stop(), second.stop()];
             drop(redis);
             Ok((outcome, logs))
@@ -196,7 +200,7 @@ fn run_config(
             let second = Daphne::start(daphne, &redis.url())?;
             let targets =
                 Targets { addrs: vec![first.addr, second.addr], pids: vec![first.pid(), second.pid(), redis_pid] };
-            let outcome = run_split(scenario, &targets, ["daphne 1", "daphne 2", "redis-server"]);
+            let outcome = run_split(scenario, &targets, &["daphne 1", "daphne 2", "redis-server"]);
             let logs = vec![first.stop(), second.stop()];
             drop(redis);
             Ok((outcome, logs))
@@ -204,9 +208,9 @@ fn run_config(
     }
 }
 
-/// [`load::run_on`], printing how the server CPU of the whole run (connecting and warm-up
-/// included) was split between the processes.
-fn run_split(scenario: &Scenario, targets: &Targets, names: [&str; 3]) -> Result<Outcome, String> {
+/// [`load::run_on`], printing how the server CPU of the send phase and of the whole run
+/// (connecting and warm-up included) was split between the processes.
+fn run_split(scenario: &Scenario, targets: &Targets, names: &[&str]) -> Result<Outcome, String> {
     let cpu = || -> Vec<Duration> { targets.pids.iter().map(|&pid| common::cpu_time(pid)).collect() };
     let start = cpu();
     let (mut sending, mut sent) = (Vec::new(), Vec::new());
@@ -251,7 +255,7 @@ fn run_split(scenario: &Scenario, targets: &Targets, names: [&str; 3]) -> Result
 fn profile(pids: &[u32]) -> Option<std::process::Child> {
     let dir = std::env::var_os("BENCH_PERF_DIR")?;
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-    let file = Path::new(&dir).join(format!("redis-{}.data", std::time::UNIX_EPOCH.elapsed().ok()?.as_millis()));
+    let file = Path::new(&dir).join(format!("send-phase-{}.data", std::time::UNIX_EPOCH.elapsed().ok()?.as_millis()));
     let extra = std::env::var("BENCH_PERF_ARGS").unwrap_or_default();
     let perf = Command::new("perf")
         .args(["record", "-q", "-p", &pids.join(","), "-o"])
