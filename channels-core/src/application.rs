@@ -272,15 +272,20 @@ impl Application {
 
     /// Routes and answers an HTTP request whose body has been collected.
     pub(crate) async fn http_request(&self, scope: Scope, body: Bytes) -> HttpResponse {
+        Box::pin(self.clone().route_http(scope, body)).await.await
+    }
+
+    /// Everything before an HTTP handler runs: middleware, routing, redirects.
+    async fn route_http(self, scope: Scope, body: Bytes) -> Routed {
         let mut scope = match self.scope_through_middleware(scope).await {
             Ok(scope) => scope,
-            Err(rejection) => return text(rejection.status, rejection.reason),
+            Err(rejection) => return answered(text(rejection.status, rejection.reason)),
         };
         let Some((endpoints, canonical)) = self.resolve(&mut scope) else {
-            return text(StatusCode::NOT_FOUND, "not found");
+            return answered(text(StatusCode::NOT_FOUND, "not found"));
         };
         let Some(handler) = endpoints.http else {
-            return text(StatusCode::UPGRADE_REQUIRED, "this path takes WebSocket connections only");
+            return answered(text(StatusCode::UPGRADE_REQUIRED, "this path takes WebSocket connections only"));
         };
         if let Some(canonical) = canonical
             && matches!(*scope.method(), Method::GET | Method::HEAD)
@@ -291,16 +296,19 @@ impl Application {
             if let Ok(value) = HeaderValue::try_from(location) {
                 response.headers_mut().insert(header::LOCATION, value);
             }
-            return response;
+            return answered(response);
         }
         let path = scope.path().to_owned();
-        match AssertUnwindSafe(handler.call(HttpRequest { scope, body, app: self.clone() })).catch_unwind().await {
-            Ok(response) => response,
-            Err(_) => {
-                tracing::error!(%path, "HTTP handler panicked; answering 500");
-                text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+        let call = AssertUnwindSafe(handler.call(HttpRequest { scope, body, app: self }));
+        Box::pin(async move {
+            match call.catch_unwind().await {
+                Ok(response) => response,
+                Err(_) => {
+                    tracing::error!(%path, "HTTP handler panicked; answering 500");
+                    text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+                }
             }
-        }
+        })
     }
 
     /// Answers one hyper request: an HTTP request, or a WebSocket upgrade.
@@ -308,23 +316,34 @@ impl Application {
     /// `client` and `server` are the connection's addresses, for the scope.
     pub async fn handle(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         client: Option<SocketAddr>,
         server: Option<SocketAddr>,
     ) -> HttpResponse {
+        Box::pin(self.clone().route(request, client, server)).await.await
+    }
+
+    /// [`Self::handle`] up to the handler: a WebSocket upgrade, or an HTTP request's body
+    /// read and the request routed.
+    async fn route(
+        self,
+        mut request: Request<Incoming>,
+        client: Option<SocketAddr>,
+        server: Option<SocketAddr>,
+    ) -> Routed {
         if hyper_tungstenite::is_upgrade_request(&request) {
-            return self.upgrade(&mut request, client, server).await;
+            return answered(self.upgrade(&mut request, client, server).await);
         }
         let (parts, body) = request.into_parts();
         let scope = Scope::from_request(ScopeKind::Http, parts.method, &parts.uri, parts.headers, client, server);
         let body = match Limited::new(body, self.inner.limits.max_http_body_size).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                return answered(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
             }
-            Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the request body"),
+            Err(_) => return answered(text(StatusCode::BAD_REQUEST, "could not read the request body")),
         };
-        self.http_request(scope, body).await
+        self.route_http(scope, body).await
     }
 
     async fn upgrade(
@@ -431,7 +450,20 @@ impl hyper::service::Service<Request<Incoming>> for AppService {
     type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let AppService { app, client, server } = self.clone();
-        Box::pin(async move { Ok(app.handle(request, client, server).await) })
+        let routing = Box::pin(self.app.clone().route(request, self.client, self.server));
+        Box::pin(async move { Ok(routing.await.await) })
     }
+}
+
+/// What is left of a request once it is routed: its answer, or its handler's run (panics
+/// caught).
+///
+/// Routing runs in a future of its own, freed before the handler starts. A future is as big
+/// as its biggest state, so otherwise every request would keep the upgrade's, the body's and
+/// the middleware's state for as long as its handler waits: a held long poll, for minutes.
+type Routed = futures_util::future::BoxFuture<'static, HttpResponse>;
+
+/// A request answered without a handler (refused, redirected, upgraded).
+fn answered(response: HttpResponse) -> Routed {
+    Box::pin(std::future::ready(response))
 }
