@@ -27,6 +27,7 @@ use std::time::Duration;
 use channels::redis::testing::RedisServer;
 use common::django::Daphne;
 use common::load::{self, Outcome, Scenario, Targets};
+use common::profile::Profiler;
 use common::server::{self, Kind, Log, ServerProcess};
 use common::stats::{median, si};
 
@@ -220,16 +221,12 @@ fn run_split(scenario: &Scenario, targets: &Targets, names: &[&str]) -> Result<O
         targets,
         &mut || {
             sending = cpu();
-            *profiler.borrow_mut() = profile(&targets.pids);
+            *profiler.borrow_mut() = Some(Profiler::start(&targets.pids));
             Ok(())
         },
         &mut || {
             sent = cpu();
-            if let Some(mut perf) = profiler.borrow_mut().take() {
-                // perf writes its file on SIGINT.
-                let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
-                let _ = perf.wait();
-            }
+            profiler.borrow_mut().take();
             Ok(())
         },
     );
@@ -247,35 +244,6 @@ fn run_split(scenario: &Scenario, targets: &Targets, names: &[&str]) -> Result<O
     }
     println!("          CPU of the whole run (setup included): {}", split(&start, &end));
     outcome
-}
-
-/// With `BENCH_PERF_DIR` set, `perf record` of the server processes (a flat profile, or what
-/// `BENCH_PERF_ARGS` adds, such as `-e syscalls:sys_enter_sendto`) into a new file there, for
-/// the send phase only.
-fn profile(pids: &[u32]) -> Option<std::process::Child> {
-    let dir = std::env::var_os("BENCH_PERF_DIR")?;
-    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-    let file = Path::new(&dir).join(format!("send-phase-{}.data", std::time::UNIX_EPOCH.elapsed().ok()?.as_millis()));
-    let extra = std::env::var("BENCH_PERF_ARGS").unwrap_or_default();
-    let perf = Command::new("perf")
-        .args(["record", "-q", "-p", &pids.join(","), "-o"])
-        .arg(&file)
-        .args(extra.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    match perf {
-        Ok(perf) => {
-            // Let perf attach before the first message goes out.
-            std::thread::sleep(Duration::from_millis(300));
-            println!("          perf profile of the send phase: {}", file.display());
-            Some(perf)
-        }
-        Err(e) => {
-            eprintln!("note: BENCH_PERF_DIR set but perf did not start: {e}");
-            None
-        }
-    }
 }
 
 /// Finds redis-server's process ID (from `INFO server`) and pins it to the servers' CPU.

@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::profile::Profiler;
 use super::server::ServerProcess;
 use super::stats::percentile;
 use super::stats::si;
@@ -254,9 +255,22 @@ pub(crate) fn run(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome
     run_on(scenario, &Targets { addrs: vec![server.addr()], pids: vec![server.pid()] })
 }
 
-/// Runs `scenario` with its clients spread over several server processes.
+/// Runs `scenario` with its clients spread over several server processes (profiling their
+/// send phase when `BENCH_PERF_DIR` is set, see [`Profiler`]).
 pub(crate) fn run_on(scenario: &Scenario, targets: &Targets) -> Result<Outcome, String> {
-    run_on_with(scenario, targets, &mut || Ok(()), &mut || Ok(()))
+    let profiler = std::cell::RefCell::new(None);
+    run_on_with(
+        scenario,
+        targets,
+        &mut || {
+            *profiler.borrow_mut() = Some(Profiler::start(&targets.pids));
+            Ok(())
+        },
+        &mut || {
+            profiler.borrow_mut().take();
+            Ok(())
+        },
+    )
 }
 
 /// [`run_on`], calling `before` right before the measured send phase and `after` right after

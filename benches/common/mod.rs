@@ -11,6 +11,7 @@ pub(crate) mod django;
 pub(crate) mod framework;
 pub(crate) mod load;
 pub(crate) mod net;
+pub(crate) mod profile;
 pub(crate) mod server;
 pub(crate) mod stats;
 
