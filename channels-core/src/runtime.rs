@@ -229,22 +229,27 @@ async fn handle_burst<C: WebsocketConsumer>(
 }
 
 /// Hands each message of a burst to the consumer's `message` hook until one fails or the
-/// connection closes.
+/// connection closes. What waits behind the first message is taken at once (one lock and one
+/// look at the clock in the layer, not one per message); what a closing connection leaves of
+/// it is dropped, as its channel's queue would be.
 async fn dispatch_burst<C: WebsocketConsumer>(
     consumer: &mut C,
     ctx: &mut WebsocketContext,
     first: Message,
     receiver: Option<&dyn ChannelReceiver>,
 ) -> HandlerResult {
-    let mut next = Some(first);
-    let mut handled = 0;
-    while let Some(message) = next.take() {
+    consumer.message(ctx, first).await?;
+    let Some(receiver) = receiver else { return Ok(()) };
+    if !matches!(ctx.state, State::Open) {
+        return Ok(());
+    }
+    let mut waiting = Vec::new();
+    receiver.try_receive_many(MAX_BATCH - 1, &mut waiting);
+    for message in waiting {
         consumer.message(ctx, message).await?;
-        handled += 1;
-        if !matches!(ctx.state, State::Open) || handled == MAX_BATCH {
+        if !matches!(ctx.state, State::Open) {
             break;
         }
-        next = receiver.and_then(ChannelReceiver::try_receive);
     }
     Ok(())
 }

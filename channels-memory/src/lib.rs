@@ -227,6 +227,22 @@ impl Queue {
         (taken, expired)
     }
 
+    /// [`Self::take`] for up to `max` messages, appended to `into`, with one look at the
+    /// clock: expiry times only grow along the queue, so once the front has not expired, none
+    /// behind it has.
+    fn take_many(&mut self, max: usize, into: &mut Vec<Message>) -> bool {
+        if self.items.is_empty() || max == 0 {
+            return false;
+        }
+        let expired = self.purge_expired(Instant::now());
+        let n = max.min(self.items.len());
+        into.extend(self.items.drain(..n).map(|(_, message)| message));
+        if n > 0 && !self.items.is_empty() && self.has_waiters() {
+            self.notify.notify_one();
+        }
+        expired
+    }
+
     fn has_waiters(&self) -> bool {
         Arc::strong_count(&self.notify) > 1
     }
@@ -259,6 +275,14 @@ impl ChannelReceiver for Receiver {
 
     fn try_receive(&self) -> Option<Message> {
         self.layer.try_receive_on(&self.channel, &self.slot)
+    }
+
+    fn try_receive_many(&self, max: usize, into: &mut Vec<Message>) {
+        let mut state = self.layer.lock();
+        let Some(at) = state.slot_of(&self.channel, &self.slot) else { return };
+        if state.channels[at].take_many(max, into) {
+            state.remove_from_groups(&self.channel);
+        }
     }
 }
 
@@ -623,6 +647,25 @@ mod tests {
 
     fn msg(n: u32) -> Message {
         Message::new(&std::collections::HashMap::from([("type", "t".to_string()), ("n", n.to_string())])).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_burst_that_leaves_messages_behind_wakes_another_waiter() {
+        let mut queue = Queue::default();
+        let waiter = queue.notify.clone();
+        let expires = Instant::now() + Duration::from_secs(60);
+        for n in 0..3 {
+            queue.push(expires, msg(n));
+        }
+        let mut taken = Vec::new();
+        assert!(!queue.take_many(2, &mut taken), "nothing expired");
+        assert_eq!(taken.iter().map(n_of).collect::<Vec<_>>(), [0, 1]);
+        let woken = tokio::time::timeout(Duration::from_millis(100), waiter.notified()).await;
+        assert!(woken.is_ok(), "a message was left behind: another waiter is woken");
+        queue.take_many(5, &mut taken);
+        assert_eq!(taken.len(), 3);
+        let woken = tokio::time::timeout(Duration::from_millis(100), waiter.notified()).await;
+        assert!(woken.is_err(), "nothing left: nobody is woken");
     }
 
     fn n_of(message: &Message) -> u32 {

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    BackendError, ChannelLayer, ConfigError, GroupError, GroupSendReport, LayerConfig, Message, ReceiveError,
-    SendError, non_local_name, validate_channel_name, validate_group_name,
+    BackendError, ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, Message,
+    ReceiveError, SendError, non_local_name, validate_channel_name, validate_group_name,
 };
+use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{OnceCell, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -576,6 +577,10 @@ impl ChannelLayer for RedisChannelLayer {
         self.inner.lock().channels.get_mut(channel)?.pop()
     }
 
+    fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
+        Box::new(Receiver { layer: self, channel })
+    }
+
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
         validate_group_name(group)?;
         validate_channel_name(channel)?;
@@ -809,6 +814,29 @@ impl ChannelLayer for RedisChannelLayer {
 
     fn config(&self) -> &LayerConfig {
         &self.inner.config.layer
+    }
+}
+
+/// A receiver on one channel: the layer's own `receive` and `try_receive`, and a burst taken
+/// under one lock.
+struct Receiver {
+    layer: Arc<RedisChannelLayer>,
+    channel: Arc<str>,
+}
+
+impl ChannelReceiver for Receiver {
+    fn receive(&self) -> BoxFuture<'_, Result<Message, ReceiveError>> {
+        self.layer.receive(&self.channel)
+    }
+
+    fn try_receive(&self) -> Option<Message> {
+        self.layer.try_receive(&self.channel)
+    }
+
+    fn try_receive_many(&self, max: usize, into: &mut Vec<Message>) {
+        if let Some(mailbox) = self.layer.inner.lock().channels.get_mut(&*self.channel) {
+            mailbox.take_many(max, into);
+        }
     }
 }
 

@@ -51,6 +51,24 @@ impl Mailbox {
         taken
     }
 
+    /// [`Self::pop`] for up to `max` messages, appended to `into`, with one look at the clock:
+    /// expiry times only grow along the mailbox, so once the front has not expired, none
+    /// behind it has.
+    pub(crate) fn take_many(&mut self, max: usize, into: &mut Vec<Message>) {
+        if self.items.is_empty() || max == 0 {
+            return;
+        }
+        let now = Instant::now();
+        while self.items.front().is_some_and(|(expires, _)| expires.is_some_and(|e| e <= now)) {
+            self.items.pop_front();
+        }
+        let n = max.min(self.items.len());
+        into.extend(self.items.drain(..n).map(|(_, message)| message));
+        if n > 0 && !self.items.is_empty() && Arc::strong_count(&self.notify) > 1 {
+            self.notify.notify_one();
+        }
+    }
+
     pub(crate) fn clear(&mut self) {
         self.items.clear();
     }

@@ -124,6 +124,13 @@ pub trait ChannelReceiver: Send + Sync {
 
     /// The next message if one is waiting already, as [`ChannelLayer::try_receive`].
     fn try_receive(&self) -> Option<Message>;
+
+    /// Appends to `into`, in order, up to `max` messages that are waiting already: what `max`
+    /// calls of [`Self::try_receive`] would take. A backend takes them at once where it can
+    /// (one lock, one look at the clock); the server drains a burst with it.
+    fn try_receive_many(&self, max: usize, into: &mut Vec<Message>) {
+        into.extend(std::iter::from_fn(|| self.try_receive()).take(max));
+    }
 }
 
 /// The default receiver: the layer's own methods, by name.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{ChannelLayer, GroupError, LayerConfig, Message, ReceiveError, SendError};
+use crate::layer::{ChannelLayer, ChannelReceiver, GroupError, LayerConfig, Message, ReceiveError, SendError};
 
 /// Builds a fresh, empty layer for one check.
 pub trait LayerFactory {
@@ -446,6 +446,50 @@ pub async fn a_receiver_receives_like_the_layer(factory: &impl LayerFactory) {
     assert_eq!(n_of(&receive(&*layer, &ch).await), 10, "the layer and the receiver share one channel");
 }
 
+/// Calls `try_receive_many` (at most `max` each time, never past `len`) until `into` holds
+/// `len` messages: a backend may deliver asynchronously.
+async fn take_until(receiver: &dyn ChannelReceiver, len: usize, max: usize, into: &mut Vec<Message>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        receiver.try_receive_many(max.min(len.saturating_sub(into.len())), into);
+        if into.len() >= len {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {len} messages became waiting", into.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`ChannelReceiver::try_receive_many`] takes at most `max` waiting messages at once, in
+/// order, appending them; it skips what expired and takes nothing when nothing waits.
+///
+/// [`ChannelReceiver::try_receive_many`]: crate::layer::ChannelReceiver::try_receive_many
+pub async fn a_receiver_takes_a_burst_at_once(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default().expiry(Duration::from_secs(1))).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    let receiver = layer.clone().receiver(ch.as_str().into());
+    let mut taken = Vec::new();
+    receiver.try_receive_many(8, &mut taken);
+    assert!(taken.is_empty(), "nothing waits yet");
+    // These two expire while they wait.
+    layer.send(&ch, msg(90)).await.expect("send");
+    layer.send(&ch, msg(91)).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in 0..5 {
+        layer.send(&ch, msg(n)).await.expect("send");
+    }
+    taken.push(msg(100));
+    take_until(&*receiver, 3, 2, &mut taken).await;
+    let ns: Vec<u32> = taken.iter().map(n_of).collect();
+    assert_eq!(ns, [100, 0, 1], "appended, in order, at most `max`, the expired ones skipped");
+    let mut rest = Vec::new();
+    take_until(&*receiver, 3, 10, &mut rest).await;
+    assert_eq!(rest.iter().map(n_of).collect::<Vec<_>>(), [2, 3, 4]);
+    receiver.try_receive_many(10, &mut rest);
+    assert_eq!(rest.len(), 3, "drained");
+    assert!(receives_nothing(&*layer, &ch).await, "what it took is gone");
+}
+
 /// Generates one `#[tokio::test]` per semantics check for a layer factory.
 #[macro_export]
 macro_rules! layer_conformance_tests {
@@ -472,6 +516,7 @@ macro_rules! layer_conformance_tests {
             try_receive_takes_only_what_is_waiting,
             every_waiting_receiver_is_served,
             a_receiver_receives_like_the_layer,
+            a_receiver_takes_a_burst_at_once,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {$(
