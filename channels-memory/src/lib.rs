@@ -25,6 +25,14 @@
 //! layer.group_send("lobby", Message::new(&event).unwrap()).await.unwrap();
 //! assert_eq!(receiver.try_receive().unwrap().message_type(), "chat.message");
 //! assert!(receiver.try_receive().is_none());
+//!
+//! // A burst that waits is taken at once: up to `max` messages, in order.
+//! for _ in 0..3 {
+//!     layer.group_send("lobby", Message::new(&event).unwrap()).await.unwrap();
+//! }
+//! let mut burst = Vec::new();
+//! receiver.try_receive_many(64, &mut burst);
+//! assert_eq!(burst.len(), 3);
 //! # }
 //! ```
 
@@ -221,8 +229,8 @@ impl Queue {
         }
         let expired = self.purge_expired(Instant::now());
         let taken = self.items.pop_front().map(|(_, message)| message);
-        if taken.is_some() && !self.items.is_empty() && self.has_waiters() {
-            self.notify.notify_one();
+        if taken.is_some() {
+            self.wake_next();
         }
         (taken, expired)
     }
@@ -237,10 +245,18 @@ impl Queue {
         let expired = self.purge_expired(Instant::now());
         let n = max.min(self.items.len());
         into.extend(self.items.drain(..n).map(|(_, message)| message));
-        if n > 0 && !self.items.is_empty() && self.has_waiters() {
-            self.notify.notify_one();
+        if n > 0 {
+            self.wake_next();
         }
         expired
+    }
+
+    /// After a take: wakes one other waiting receiver if messages are left, as nothing else
+    /// would wake it for messages already queued.
+    fn wake_next(&self) {
+        if !self.items.is_empty() && self.has_waiters() {
+            self.notify.notify_one();
+        }
     }
 
     fn has_waiters(&self) -> bool {

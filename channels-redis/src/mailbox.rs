@@ -42,29 +42,40 @@ impl Mailbox {
         if self.items.is_empty() {
             return None;
         }
-        let now = Instant::now();
-        let taken = std::iter::from_fn(|| self.items.pop_front())
-            .find_map(|(expires, message)| expires.is_none_or(|e| e > now).then_some(message));
-        if taken.is_some() && !self.items.is_empty() && Arc::strong_count(&self.notify) > 1 {
-            self.notify.notify_one();
+        self.drop_expired();
+        let taken = self.items.pop_front().map(|(_, message)| message);
+        if taken.is_some() {
+            self.wake_next();
         }
         taken
     }
 
-    /// [`Self::pop`] for up to `max` messages, appended to `into`, with one look at the clock:
-    /// expiry times only grow along the mailbox, so once the front has not expired, none
-    /// behind it has.
+    /// [`Self::pop`] for up to `max` messages, appended to `into`, with one look at the clock.
     pub(crate) fn take_many(&mut self, max: usize, into: &mut Vec<Message>) {
         if self.items.is_empty() || max == 0 {
             return;
         }
+        self.drop_expired();
+        let n = max.min(self.items.len());
+        into.extend(self.items.drain(..n).map(|(_, message)| message));
+        if n > 0 {
+            self.wake_next();
+        }
+    }
+
+    /// Drops expired messages from the front. Expiry times only grow along the mailbox, so
+    /// once the front has not expired, nothing behind it has.
+    fn drop_expired(&mut self) {
         let now = Instant::now();
         while self.items.front().is_some_and(|(expires, _)| expires.is_some_and(|e| e <= now)) {
             self.items.pop_front();
         }
-        let n = max.min(self.items.len());
-        into.extend(self.items.drain(..n).map(|(_, message)| message));
-        if n > 0 && !self.items.is_empty() && Arc::strong_count(&self.notify) > 1 {
+    }
+
+    /// After a take: wakes one other waiting receiver if messages are left, as nothing else
+    /// would wake it for messages already queued.
+    fn wake_next(&self) {
+        if !self.items.is_empty() && Arc::strong_count(&self.notify) > 1 {
             self.notify.notify_one();
         }
     }
