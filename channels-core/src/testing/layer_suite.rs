@@ -483,9 +483,11 @@ pub async fn a_receiver_takes_a_burst_at_once(factory: &impl LayerFactory) {
     let ns: Vec<u32> = taken.iter().map(n_of).collect();
     assert_eq!(ns, [100, 0, 1], "appended, in order, at most `max`, the expired ones skipped");
     let mut rest = Vec::new();
+    receiver.try_receive_many(0, &mut rest);
+    assert!(rest.is_empty(), "max 0 takes nothing");
     take_until(&*receiver, 3, 10, &mut rest).await;
     assert_eq!(rest.iter().map(n_of).collect::<Vec<_>>(), [2, 3, 4]);
-    receiver.try_receive_many(10, &mut rest);
+    receiver.try_receive_many(usize::MAX, &mut rest);
     assert_eq!(rest.len(), 3, "drained");
     assert!(receives_nothing(&*layer, &ch).await, "what it took is gone");
 }
