@@ -450,6 +450,8 @@ impl hyper::service::Service<Request<Incoming>> for AppService {
     type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        // Not `handle`: an `async fn` keeps room for its arguments, the request here, for as
+        // long as it runs.
         let routing = Box::pin(self.app.clone().route(request, self.client, self.server));
         Box::pin(async move { Ok(routing.await.await) })
     }
