@@ -300,10 +300,7 @@ fn app(layer: Arc<dyn channels::layers::ChannelLayer>, bind: Option<SocketAddr>,
         .http("/home/", page("text/html; charset=utf-8", html))
         .websocket("/ws/chat/{room}/", move |scope: &Scope| ChatConsumer::new(scope, ws_presence.clone()))
         .http("/chat/{room}/messages", transports::post_message)
-        .http("/chat/{room}/events", move |request| {
-            let polls = polls.clone();
-            async move { polls.poll(request).await }
-        })
+        .http("/chat/{room}/events", move |request| polls.clone().poll(request))
         .http(
             "/chat/{room}/stream",
             http_consumer(move |scope: &Scope| transports::ChatStream::new(scope, sse_presence.clone())),

@@ -111,7 +111,7 @@ impl PollClients {
     }
 
     /// `GET /chat/{room}/events` polls; `DELETE` leaves the room at once.
-    pub(crate) async fn poll(&self, request: HttpRequest) -> HttpResponse {
+    pub(crate) async fn poll(self, request: HttpRequest) -> HttpResponse {
         let method = request.scope.method().clone();
         if method != http::Method::GET && method != http::Method::DELETE {
             return error(StatusCode::METHOD_NOT_ALLOWED, "use GET to poll or DELETE to leave");
@@ -136,7 +136,7 @@ impl PollClients {
             let removed = self.lock().remove(&key);
             return match removed {
                 Some(client) => {
-                    self.drop_client(&*layer, client).await;
+                    Box::pin(self.drop_client(&*layer, client)).await;
                     json(StatusCode::OK, &serde_json::json!({ "ok": true }))
                 }
                 None => error(StatusCode::NOT_FOUND, "no such client in this room"),
@@ -151,7 +151,9 @@ impl PollClients {
         };
         let channel = match existing {
             Some(channel) => channel,
-            None => match self.register(&layer, &key, user_name(&request.scope)).await {
+            // Boxed, as is `drop_client` above: both are rare, and a held poll's future would
+            // otherwise keep room for them while it waits.
+            None => match Box::pin(self.register(&layer, &key, user_name(&request.scope))).await {
                 Ok(events) => return json(StatusCode::OK, &events),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not register a polling client");
@@ -161,7 +163,7 @@ impl PollClients {
         };
         // Counts the poll as finished even when the client hangs up mid-wait and this future
         // is dropped, so the sweep can still time the client out.
-        let _polling = PollGuard { clients: self, key: &key };
+        let _polling = PollGuard { clients: &self, key: &key };
         let events = collect(&*layer, &channel, wait).await;
         json(StatusCode::OK, &events)
     }
