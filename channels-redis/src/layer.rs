@@ -11,7 +11,6 @@ use channels_core::layer::{
     BackendError, ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, Message,
     ReceiveError, SendError, non_local_name, validate_channel_name, validate_group_name,
 };
-use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{OnceCell, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -578,7 +577,7 @@ impl ChannelLayer for RedisChannelLayer {
     }
 
     fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
-        Box::new(Receiver { layer: self, channel })
+        Box::new(mailbox::Receiver { layer: self, channel })
     }
 
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
@@ -817,24 +816,9 @@ impl ChannelLayer for RedisChannelLayer {
     }
 }
 
-/// A receiver on one channel: the layer's own `receive` and `try_receive`, and a burst taken
-/// under one lock.
-struct Receiver {
-    layer: Arc<RedisChannelLayer>,
-    channel: Arc<str>,
-}
-
-impl ChannelReceiver for Receiver {
-    fn receive(&self) -> BoxFuture<'_, Result<Message, ReceiveError>> {
-        self.layer.receive(&self.channel)
-    }
-
-    fn try_receive(&self) -> Option<Message> {
-        self.layer.try_receive(&self.channel)
-    }
-
-    fn try_receive_many(&self, max: usize, into: &mut Vec<Message>) {
-        if let Some(mailbox) = self.layer.inner.lock().channels.get_mut(&*self.channel) {
+impl mailbox::LocalMailboxes for RedisChannelLayer {
+    fn take_many(&self, channel: &str, max: usize, into: &mut Vec<Message>) {
+        if let Some(mailbox) = self.inner.lock().channels.get_mut(channel) {
             mailbox.take_many(max, into);
         }
     }

@@ -3,7 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use channels_core::layer::Message;
+use channels_core::layer::{ChannelLayer, ChannelReceiver, Message, ReceiveError};
+use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -119,4 +120,31 @@ pub(crate) async fn receive_or_create<T>(
 ) -> Message {
     let received = receive(state, |state| Some(get_or_create(mailboxes(state), channel)));
     received.await.unwrap_or_else(|| unreachable!("get_or_create always finds a mailbox"))
+}
+
+/// A layer whose channels' messages wait in mailboxes in this process.
+pub(crate) trait LocalMailboxes: ChannelLayer {
+    /// [`Mailbox::take_many`] on `channel`'s mailbox under the layer's lock, if it has one.
+    fn take_many(&self, channel: &str, max: usize, into: &mut Vec<Message>);
+}
+
+/// A receiver on one channel of such a layer: the layer's own `receive` and `try_receive`, and
+/// a burst taken under one lock.
+pub(crate) struct Receiver<L> {
+    pub(crate) layer: Arc<L>,
+    pub(crate) channel: Arc<str>,
+}
+
+impl<L: LocalMailboxes> ChannelReceiver for Receiver<L> {
+    fn receive(&self) -> BoxFuture<'_, Result<Message, ReceiveError>> {
+        self.layer.receive(&self.channel)
+    }
+
+    fn try_receive(&self) -> Option<Message> {
+        self.layer.try_receive(&self.channel)
+    }
+
+    fn try_receive_many(&self, max: usize, into: &mut Vec<Message>) {
+        self.layer.take_many(&self.channel, max, into);
+    }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    BackendError, ChannelLayer, ConfigError, GroupError, GroupSendReport, LayerConfig, Message, ReceiveError,
-    SendError, validate_channel_name, validate_group_name,
+    BackendError, ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, Message,
+    ReceiveError, SendError, validate_channel_name, validate_group_name,
 };
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubSink};
@@ -274,6 +274,14 @@ impl std::fmt::Debug for RedisPubSubChannelLayer {
     }
 }
 
+impl mailbox::LocalMailboxes for RedisPubSubChannelLayer {
+    fn take_many(&self, channel: &str, max: usize, into: &mut Vec<Message>) {
+        if let Some(mailbox) = self.inner.lock().channels.get_mut(channel) {
+            mailbox.take_many(max, into);
+        }
+    }
+}
+
 #[async_trait]
 impl ChannelLayer for RedisPubSubChannelLayer {
     async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
@@ -310,6 +318,10 @@ impl ChannelLayer for RedisPubSubChannelLayer {
 
     fn try_receive(&self, channel: &str) -> Option<Message> {
         self.inner.lock().channels.get_mut(channel)?.pop()
+    }
+
+    fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
+        Box::new(mailbox::Receiver { layer: self, channel })
     }
 
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {

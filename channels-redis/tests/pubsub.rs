@@ -46,7 +46,8 @@ suite!(
     concurrent_group_sends_reach_everyone,
     try_receive_takes_only_what_is_waiting,
     every_waiting_receiver_is_served,
-    a_receiver_receives_like_the_layer
+    a_receiver_receives_like_the_layer,
+    a_receiver_takes_a_burst_at_once
 );
 
 fn msg(text: &str) -> Message {
