@@ -202,18 +202,37 @@ fn member_queue<'a>(channels: &'a mut Channels, channel: &Arc<str>, membership: 
 struct Queue {
     /// (expires at, message)
     items: VecDeque<(Instant, Message)>,
+    /// When the first of `items` expires (meaningless while there is none): a copy kept beside
+    /// the queue's bookkeeping, so the check a `group_send` makes for every member does not
+    /// read the member's buffer, which is seldom in the CPU's cache by then.
+    front_expires: Option<Instant>,
     /// Held (cloned) by receivers while they wait, so a queue with waiters is never dropped.
     notify: Arc<Notify>,
 }
 
 impl Queue {
     /// Drops expired messages from the front; true if any expired.
+    #[inline]
     fn purge_expired(&mut self, now: Instant) -> bool {
+        if self.items.is_empty() || self.front_expires.is_some_and(|expires| expires > now) {
+            return false;
+        }
+        self.purge_from_front(now)
+    }
+
+    #[cold]
+    fn purge_from_front(&mut self, now: Instant) -> bool {
         let before = self.items.len();
         while self.items.front().is_some_and(|(expires, _)| *expires <= now) {
             self.items.pop_front();
         }
+        self.front_moved();
         self.items.len() != before
+    }
+
+    /// Records the new first message's expiry after messages left the front.
+    fn front_moved(&mut self) {
+        self.front_expires = self.items.front().map(|(expires, _)| *expires);
     }
 
     /// Takes the next message that has not expired, and says whether any had expired. The clock
@@ -229,6 +248,7 @@ impl Queue {
         }
         let expired = self.purge_expired(Instant::now());
         let taken = self.items.pop_front().map(|(_, message)| message);
+        self.front_moved();
         if taken.is_some() {
             self.wake_next();
         }
@@ -245,6 +265,7 @@ impl Queue {
         let expired = self.purge_expired(Instant::now());
         let n = max.min(self.items.len());
         into.extend(self.items.drain(..n).map(|(_, message)| message));
+        self.front_moved();
         if n > 0 {
             self.wake_next();
         }
@@ -266,8 +287,12 @@ impl Queue {
     /// Queues a message; returns the waiters' wake-up when this is the queue's first message,
     /// the only push a waiting receiver needs to hear of (it takes what follows without
     /// waiting).
+    #[inline]
     fn push(&mut self, expires: Instant, message: Message) -> Option<Arc<Notify>> {
         let was_empty = self.items.is_empty();
+        if was_empty {
+            self.front_expires = Some(expires);
+        }
         self.items.push_back((expires, message));
         (was_empty && self.has_waiters()).then(|| self.notify.clone())
     }
@@ -682,6 +707,28 @@ mod tests {
         assert_eq!(taken.len(), 3);
         let woken = tokio::time::timeout(Duration::from_millis(100), waiter.notified()).await;
         assert!(woken.is_err(), "nothing left: nobody is woken");
+    }
+
+    #[test]
+    fn the_front_expiry_follows_the_first_message() {
+        let front = |queue: &Queue| queue.items.front().map(|(expires, _)| *expires);
+        let start = Instant::now();
+        let mut queue = Queue::default();
+        for n in 0..6 {
+            queue.push(start + Duration::from_secs(10 + u64::from(n)), msg(n));
+            assert_eq!(queue.front_expires, front(&queue), "after push {n}");
+        }
+        assert_eq!(queue.take().0.as_ref().map(n_of), Some(0));
+        assert_eq!(queue.front_expires, front(&queue), "after take");
+        queue.take_many(2, &mut Vec::new());
+        assert_eq!(queue.front_expires, front(&queue), "after take_many");
+        // Messages 3 and 4 have expired by then; 5 has not.
+        assert!(queue.purge_expired(start + Duration::from_secs(14)));
+        assert_eq!(queue.front_expires, Some(start + Duration::from_secs(15)), "after purge");
+        assert!(!queue.purge_expired(start + Duration::from_secs(14)), "nothing more to purge");
+        queue.take_many(5, &mut Vec::new());
+        queue.push(start + Duration::from_secs(20), msg(6));
+        assert_eq!(queue.front_expires, front(&queue), "after a push into a drained queue");
     }
 
     fn n_of(message: &Message) -> u32 {
