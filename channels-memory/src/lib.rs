@@ -426,9 +426,7 @@ impl InMemoryChannelLayer {
                         at
                     }
                 };
-                let queue = &mut state.channels[at];
-                let (popped, expired) = queue.take();
-                let notify = queue.notify.clone();
+                let (popped, expired) = state.channels[at].take();
                 if expired {
                     // Django's rule: a channel with an expired message leaves its groups.
                     state.remove_from_groups(channel);
@@ -436,7 +434,7 @@ impl InMemoryChannelLayer {
                 if let Some(message) = popped {
                     return Ok(message);
                 }
-                notify
+                state.channels[at].notify.clone()
             };
             // notify_one stores a permit when nobody waits yet, so a send between the unlock
             // and this await is not missed. Dropping this future loses no message.
