@@ -152,15 +152,24 @@ fn run<C: WebsocketConsumer>(
                     State::Connecting(connecting) => (connecting.pending, connecting.closing),
                     _ => (Vec::new(), None),
                 };
+                // What `connect` sent goes into the write buffer; the event loop sends it, with
+                // the layer messages already waiting when it starts (a join announced to the
+                // connection's own group, say) in the same write.
+                let mut unflushed = !pending.is_empty();
+                ctx.batching = true;
                 for frame in pending {
                     if Box::pin(ctx.write(frame)).await.is_err() {
                         break;
                     }
                 }
+                ctx.batching = false;
                 if let (Some(code), State::Open) = (closing, &ctx.state) {
+                    // `connect` closed after accepting: its close frame goes out now.
+                    let _ = Box::pin(ctx.flush()).await;
+                    unflushed = false;
                     ctx.state = State::Closing { code };
                 }
-                event_loop(&mut consumer, &mut ctx, &limits, &shutdown).await
+                event_loop(&mut consumer, &mut ctx, &limits, &shutdown, unflushed).await
             }
             None => close_code::ABNORMAL,
         };
@@ -309,12 +318,57 @@ impl<'a> Quiet<'a> {
     }
 }
 
-/// Runs until the connection ends; returns the close code `disconnect` gets.
+/// What a connection waits for, in order: shutdown, a client frame (while `reading`), a
+/// keepalive tick, a finished batch of queued group sends, a layer message.
+fn poll_input(
+    cx: &mut Context<'_>,
+    ctx: &mut WebsocketContext,
+    quiet: &mut Pin<Box<Quiet<'_>>>,
+    layer_rx: &mut LayerReceive<'_>,
+    reading: bool,
+) -> Poll<Input> {
+    let (socket, outbox) = ctx.socket_and_outbox();
+    if let Poll::Ready(input) = quiet.as_mut().poll_input(cx, socket.filter(|_| reading)) {
+        return Poll::Ready(input);
+    }
+    if let Poll::Ready(sent) = Outbox::poll_sent(outbox, cx) {
+        return Poll::Ready(Input::Sent(sent));
+    }
+    layer_rx.as_mut().poll(cx).map(Input::Layer)
+}
+
+/// The first look at a connection's input while its socket's buffer holds frames not sent yet
+/// (what `connect` sent): a burst of layer messages already waiting is returned before those
+/// are sent, so that it goes out in the same write; otherwise they are sent first. `None` when
+/// nothing is ready yet.
+async fn first_input(
+    ctx: &mut WebsocketContext,
+    quiet: &mut Pin<Box<Quiet<'_>>>,
+    layer_rx: &mut LayerReceive<'_>,
+    reading: bool,
+) -> Option<Input> {
+    let ready = std::future::poll_fn(|cx| {
+        Poll::Ready(match poll_input(cx, ctx, quiet, layer_rx, reading) {
+            Poll::Ready(input) => Some(input),
+            Poll::Pending => None,
+        })
+    })
+    .await;
+    if !matches!(ready, Some(Input::Layer(Ok(_)))) {
+        // A failure closes the context, which the caller sees.
+        let _ = ctx.flush().await;
+    }
+    ready
+}
+
+/// Runs until the connection ends; returns the close code `disconnect` gets. `unflushed`: the
+/// socket's buffer holds frames not sent yet.
 async fn event_loop<C: WebsocketConsumer>(
     consumer: &mut C,
     ctx: &mut WebsocketContext,
     limits: &WebsocketLimits,
     shutdown: &CancellationToken,
+    mut unflushed: bool,
 ) -> u16 {
     let receiver =
         ctx.channel_layer().cloned().zip(ctx.shared_channel_name()).map(|(layer, channel)| layer.receiver(channel));
@@ -349,17 +403,20 @@ async fn event_loop<C: WebsocketConsumer>(
             if ctx.socket_mut().is_none() {
                 return close_code::ABNORMAL;
             }
-            std::future::poll_fn(|cx| {
-                let (socket, outbox) = ctx.socket_and_outbox();
-                if let Poll::Ready(input) = quiet.as_mut().poll_input(cx, socket.filter(|_| reading)) {
-                    return Poll::Ready(input);
+            let first = if std::mem::take(&mut unflushed) {
+                // Boxed: it runs once, and its state should not stay in every connection's future.
+                let first = Box::pin(first_input(ctx, &mut quiet, &mut layer_rx, reading)).await;
+                if !matches!(ctx.state, State::Open) {
+                    continue;
                 }
-                if let Poll::Ready(sent) = Outbox::poll_sent(outbox, cx) {
-                    return Poll::Ready(Input::Sent(sent));
-                }
-                layer_rx.as_mut().poll(cx).map(Input::Layer)
-            })
-            .await
+                first
+            } else {
+                None
+            };
+            match first {
+                Some(input) => input,
+                None => std::future::poll_fn(|cx| poll_input(cx, ctx, &mut quiet, &mut layer_rx, reading)).await,
+            }
         };
         let result = match input {
             Input::Shutdown => {
