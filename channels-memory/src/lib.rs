@@ -220,6 +220,7 @@ impl Queue {
         self.purge_from_front(now)
     }
 
+    /// [`Self::purge_expired`] once the first message has expired: the rare path, out of line.
     #[cold]
     fn purge_from_front(&mut self, now: Instant) -> bool {
         let before = self.items.len();
