@@ -2,8 +2,9 @@
 //! some of which send numbered, timestamped messages with a bounded window, all of which
 //! count and time deliveries.
 //!
-//! Phases: connect every client (bounded concurrency, from several loopback source addresses,
-//! see [`super::net`]); warm up (the first client of each room sends `w K` until every client
+//! Phases: connect every client ([`super::lean_ws`]: a client that costs less per delivery
+//! than the servers; bounded concurrency, from several loopback source addresses, see
+//! [`super::net`]); warm up (the first client of each room sends `w K` until every client
 //! has seen one, which also drains the join/presence events that were queued before it); settle; then the measured send phase, which ends when every expected delivery
 //! arrived or the time limit passed. It runs on a single-threaded tokio runtime, pinned to one
 //! CPU by the caller.
@@ -13,12 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::lean_ws::{Event, LeanWs, Received};
 use super::profile::Profiler;
 use super::server::ServerProcess;
 use super::stats::percentile;
@@ -138,14 +137,6 @@ struct Shared {
 struct ClientReport {
     latencies_us: Vec<u32>,
     error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Incoming<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
-    #[serde(borrow, default)]
-    text: Option<&'a str>,
 }
 
 const CONNECT_CONCURRENCY: usize = 32;
@@ -314,11 +305,11 @@ async fn drive(
     let mut tasks = Vec::with_capacity(scenario.clients);
     for index in 0..scenario.clients {
         let addr = server.addrs[index % server.addrs.len()];
-        let url = format!("ws://{addr}/ws/chat/{}/?user=u{index}", scenario.room_of(index));
+        let path = format!("/ws/chat/{}/?user=u{index}", scenario.room_of(index));
         tasks.push(tokio::spawn(client(
             index,
             addr,
-            url,
+            path,
             scenario.clone(),
             shared.clone(),
             phase_rx.clone(),
@@ -454,7 +445,7 @@ async fn drive(
 async fn client(
     index: usize,
     addr: SocketAddr,
-    url: String,
+    path: String,
     scenario: Scenario,
     shared: Arc<Shared>,
     mut phase: watch::Receiver<Phase>,
@@ -463,7 +454,7 @@ async fn client(
     let mut report = ClientReport { latencies_us: Vec::new(), error: None };
     let connected = {
         let _permit = permits.acquire().await;
-        super::net::connect(addr, &url).await
+        LeanWs::connect(addr, &path).await
     };
     let mut ws = match connected {
         Ok(ws) => {
@@ -472,7 +463,7 @@ async fn client(
         }
         Err(e) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
-            report.error = Some(format!("{url}: {e}"));
+            report.error = Some(format!("ws://{addr}{path}: {e}"));
             return report;
         }
     };
@@ -484,7 +475,7 @@ async fn client(
     loop {
         if go && sent < sends && sent - echoed < scenario.window {
             let now_us = shared.base.elapsed().as_micros();
-            if ws.send(Message::text(format!("m {index} {sent} {now_us}"))).await.is_err() {
+            if ws.send_text(&format!("m {index} {sent} {now_us}")).await.is_err() {
                 break;
             }
             sent += 1;
@@ -500,7 +491,7 @@ async fn client(
                     Phase::Stop => break,
                     Phase::Go => go = true,
                     Phase::Warmup(round) if index < scenario.rooms.max(1) => {
-                        if ws.send(Message::text(format!("w {round}"))).await.is_err() {
+                        if ws.send_text(&format!("w {round}")).await.is_err() {
                             break;
                         }
                     }
@@ -509,11 +500,11 @@ async fn client(
             }
             frame = ws.next() => {
                 let text = match frame {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                    Some(Ok(_)) => continue,
+                    Some(Received::Text(text)) => text,
+                    Some(Received::Other) => continue,
+                    None => break,
                 };
-                let Ok(incoming) = serde_json::from_str::<Incoming<'_>>(text.as_str()) else { continue };
+                let Some(incoming) = Event::parse(text) else { continue };
                 if incoming.kind != "chat.message" {
                     shared.setup_events.fetch_add(1, Ordering::Relaxed);
                     continue;

@@ -9,6 +9,7 @@ pub(crate) mod baseline;
 pub(crate) mod compare;
 pub(crate) mod django;
 pub(crate) mod framework;
+pub(crate) mod lean_ws;
 pub(crate) mod load;
 pub(crate) mod net;
 pub(crate) mod profile;
