@@ -3,7 +3,8 @@
 //! - `envelope`: a chat event to a layer `Message` (msgpack) and back, and wrapping bytes
 //!   that arrive from Redis;
 //! - `group_send`: in-memory `group_send` to 1,000 and 10,000 members, including receiving
-//!   the message on every member's channel;
+//!   the message on every member's channel, and a batch of 8 sends to them one by one and in
+//!   one `group_send_many`;
 //! - `router`: one HTTP request through an application with 20 routes, in-process
 //!   (`HttpCommunicator`): routing plus scope, middleware and handler, since the router's own
 //!   match (`CompiledRouter::resolve`) is crate-private;
@@ -106,9 +107,41 @@ fn group_send(c: &mut Criterion) {
                 })
             })
         });
+        // A connection's queued messages to its room go out as one batch.
+        let batch: Vec<(String, Message)> = (0..BATCH).map(|_| ("room".to_owned(), message.clone())).collect();
+        for (name, many) in [("8 sends one by one", false), ("8 sends in one group_send_many", true)] {
+            group.throughput(Throughput::Elements((members * BATCH) as u64));
+            group.bench_with_input(BenchmarkId::new(format!("in-memory, {name}"), members), &members, |b, _| {
+                b.iter_custom(|iterations| {
+                    runtime.block_on(async {
+                        let mut spent = Duration::ZERO;
+                        for _ in 0..iterations {
+                            let start = std::time::Instant::now();
+                            if many {
+                                black_box(layer.group_send_many(&batch).await);
+                            } else {
+                                for (group, message) in &batch {
+                                    black_box(layer.group_send(group, message.clone()).await.expect("group_send"));
+                                }
+                            }
+                            spent += start.elapsed();
+                            for channel in &channels {
+                                for _ in 0..BATCH {
+                                    black_box(layer.receive(channel).await.expect("receive"));
+                                }
+                            }
+                        }
+                        spent
+                    })
+                })
+            });
+        }
     }
     group.finish();
 }
+
+/// Messages in a batch of queued group sends.
+const BATCH: usize = 8;
 
 struct Silent;
 

@@ -454,6 +454,71 @@ impl InMemoryChannelLayer {
         popped
     }
 
+    /// Queues each message on every live member of its group, in order, under one lock, and
+    /// counts into `reports` (one per send); the receivers are woken once it is released.
+    /// Consecutive sends to one group are a run: one pass over its members queues them all,
+    /// looking each member's queue up once. Names must be valid.
+    fn send_to_groups(&self, sends: &[(&str, &Message)], reports: &mut [GroupSendReport]) {
+        self.ensure_sweeper();
+        let config = &self.inner.config;
+        let now = Instant::now();
+        let expires = now + config.expiry;
+        let mut wake = Vec::new();
+        {
+            let mut state = self.lock();
+            let mut at = 0;
+            while at < sends.len() {
+                let group = sends[at].0;
+                let run = at..at + sends[at..].iter().take_while(|(g, _)| *g == group).count();
+                at = run.end;
+                let State { channels, groups } = &mut *state;
+                let Some(members) = groups.get_mut(group) else { continue };
+                let (run_sends, run_reports) = (&sends[run.clone()], &mut reports[run]);
+                let mut expired = Vec::new();
+                members.retain_live(now.checked_sub(config.group_expiry), |channel, membership| {
+                    let queue = member_queue(channels, channel, membership);
+                    // A channel whose queue held an expired message leaves its groups after this
+                    // send (Django's rule), so it gets the run's first message only, as it
+                    // would from one `group_send` after another.
+                    let mut take = run_sends.len();
+                    if queue.purge_expired(now) {
+                        expired.push(channel.clone());
+                        take = 1;
+                    }
+                    let capacity = config.capacity_for(channel);
+                    for ((_, message), report) in run_sends.iter().zip(run_reports.iter_mut()).take(take) {
+                        if queue.items.len() >= capacity {
+                            report.dropped_full += 1;
+                        } else {
+                            wake.extend(queue.push(expires, (*message).clone()));
+                            report.queued += 1;
+                        }
+                    }
+                });
+                if members.is_empty() {
+                    groups.remove(group);
+                }
+                for channel in expired {
+                    state.remove_from_groups(&channel);
+                }
+            }
+        }
+        for notify in wake {
+            notify.notify_one();
+        }
+        for ((group, _), report) in sends.iter().zip(reports.iter()) {
+            if report.dropped_full > 0 {
+                self.inner.dropped_full.fetch_add(report.dropped_full as u64, Ordering::Relaxed);
+                tracing::info!(
+                    group,
+                    dropped = report.dropped_full,
+                    of = report.queued + report.dropped_full,
+                    "group_send dropped messages for full channels"
+                );
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // No code panics while holding the lock, but a poisoned lock still holds consistent data.
         self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -609,49 +674,32 @@ impl ChannelLayer for InMemoryChannelLayer {
 
     async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
         validate_group_name(group)?;
-        self.ensure_sweeper();
-        let config = &self.inner.config;
-        let now = Instant::now();
-        let expires = now + config.expiry;
-        let mut report = GroupSendReport::default();
-        let mut wake = Vec::new();
-        {
-            let mut state = self.lock();
-            let State { channels, groups } = &mut *state;
-            let Some(members) = groups.get_mut(group) else { return Ok(report) };
-            let mut expired = Vec::new();
-            members.retain_live(now.checked_sub(config.group_expiry), |channel, membership| {
-                let queue = member_queue(channels, channel, membership);
-                if queue.purge_expired(now) {
-                    expired.push(channel.clone());
-                }
-                if queue.items.len() >= config.capacity_for(channel) {
-                    report.dropped_full += 1;
-                } else {
-                    wake.extend(queue.push(expires, message.clone()));
-                    report.queued += 1;
-                }
-            });
-            if members.is_empty() {
-                groups.remove(group);
-            }
-            for channel in expired {
-                state.remove_from_groups(&channel);
-            }
-        }
-        for notify in wake {
-            notify.notify_one();
-        }
-        if report.dropped_full > 0 {
-            self.inner.dropped_full.fetch_add(report.dropped_full as u64, Ordering::Relaxed);
-            tracing::info!(
-                group,
-                dropped = report.dropped_full,
-                of = report.queued + report.dropped_full,
-                "group_send dropped messages for full channels"
-            );
-        }
+        let mut report = [GroupSendReport::default()];
+        self.send_to_groups(&[(group, &message)], &mut report);
+        let [report] = report;
         Ok(report)
+    }
+
+    /// One lock for the batch, and one pass over a group's members for each run of sends to
+    /// the same group (a connection's queued messages to its room, say): each member's queue
+    /// is found and checked once and takes the run's messages in order.
+    async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
+        let mut reports: Vec<Result<GroupSendReport, GroupError>> = sends
+            .iter()
+            .map(|(group, _)| validate_group_name(group).map(|()| GroupSendReport::default()).map_err(GroupError::from))
+            .collect();
+        let valid: Vec<(&str, &Message)> = sends
+            .iter()
+            .zip(&reports)
+            .filter(|(_, report)| report.is_ok())
+            .map(|((group, message), _)| (group.as_str(), message))
+            .collect();
+        let mut counts = vec![GroupSendReport::default(); valid.len()];
+        self.send_to_groups(&valid, &mut counts);
+        for (report, count) in reports.iter_mut().filter_map(|report| report.as_mut().ok()).zip(counts) {
+            *report = count;
+        }
+        reports
     }
 
     async fn flush(&self) -> Result<(), GroupError> {
@@ -892,6 +940,25 @@ mod tests {
         layer.receive(&a).await.unwrap();
         layer.forget_channel(&a).await;
         assert_eq!(layer.stats(), LayerStats::default());
+    }
+
+    #[tokio::test]
+    async fn a_member_with_an_expired_message_gets_one_message_of_a_run_and_leaves() {
+        let layer = InMemoryChannelLayer::new(LayerConfig::default());
+        let (a, b) = (layer.new_channel("specific").await.unwrap(), layer.new_channel("specific").await.unwrap());
+        layer.group_add("g", &a).await.unwrap();
+        layer.group_add("g", &b).await.unwrap();
+        // A message for `a` that has expired by the time of the group sends.
+        layer.lock().push(&a, msg(0), 100, Duration::ZERO, Instant::now()).unwrap();
+        let sends = [("g".to_owned(), msg(1)), ("g".to_owned(), msg(2))];
+        let counts: Vec<usize> =
+            layer.group_send_many(&sends).await.iter().map(|r| r.as_ref().unwrap().queued).collect();
+        assert_eq!(counts, [2, 1], "as from two group_sends: `a` left the group after the first");
+        assert_eq!(n_of(&layer.receive(&a).await.unwrap()), 1);
+        assert!(layer.try_receive(&a).is_none());
+        assert_eq!(layer.group_send("g", msg(3)).await.unwrap().queued, 1, "only `b` is left");
+        let at_b: Vec<u32> = (0..3).map(|_| n_of(&layer.try_receive(&b).unwrap())).collect();
+        assert_eq!(at_b, [1, 2, 3]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -354,6 +354,35 @@ pub async fn group_send_many_keeps_order_and_reports_each(factory: &impl LayerFa
     assert_eq!(n_of(&receive(&*layer, "full-worker").await), 0);
 }
 
+/// Consecutive sends to one group in a `group_send_many` fill a member up to its capacity one
+/// message at a time, and a member of two groups gets every message in the order given, as
+/// from one `group_send` after another.
+pub async fn group_send_many_fills_members_message_by_message(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default().capacity(100).channel_capacity("small-*", 3)).await;
+    let roomy = layer.new_channel("specific").await.expect("new_channel");
+    for (group, channel) in [("g", "small-worker"), ("h", "small-worker"), ("g", roomy.as_str())] {
+        layer.group_add(group, channel).await.expect("group_add");
+    }
+    let sends: Vec<(String, Message)> =
+        [("g", 1), ("g", 2), ("g", 3), ("h", 4), ("g", 5)].into_iter().map(|(g, n)| (g.to_owned(), msg(n))).collect();
+    let reports = layer.group_send_many(&sends).await;
+    let counts: Vec<(usize, usize)> =
+        reports.iter().map(|r| r.as_ref().map(|r| (r.queued, r.dropped_full)).expect("valid names")).collect();
+    assert_eq!(counts, [(2, 0), (2, 0), (2, 0), (0, 1), (1, 1)]);
+    let mut small = Vec::new();
+    for _ in 0..3 {
+        small.push(n_of(&receive(&*layer, "small-worker").await));
+    }
+    assert_eq!(small, [1, 2, 3], "filled up to its capacity, the rest dropped");
+    let mut at_roomy = Vec::new();
+    for _ in 0..4 {
+        at_roomy.push(n_of(&receive(&*layer, &roomy).await));
+    }
+    assert_eq!(at_roomy, [1, 2, 3, 5]);
+    assert!(receives_nothing(&*layer, "small-worker").await);
+    assert!(receives_nothing(&*layer, &roomy).await);
+}
+
 /// `try_receive` takes a waiting message at once, in order, and returns `None` when nothing
 /// waits; what it took is not received again.
 pub async fn try_receive_takes_only_what_is_waiting(factory: &impl LayerFactory) {
@@ -530,6 +559,7 @@ macro_rules! layer_conformance_tests {
             concurrent_senders_lose_nothing,
             concurrent_group_sends_reach_everyone,
             group_send_many_keeps_order_and_reports_each,
+            group_send_many_fills_members_message_by_message,
             try_receive_takes_only_what_is_waiting,
             every_waiting_receiver_is_served,
             a_receiver_receives_like_the_layer,
