@@ -149,10 +149,10 @@ pub(crate) struct Outbox {
 pub(crate) const OUTBOX_LIMIT: usize = 256;
 
 impl Outbox {
-    /// Starts sending what is queued, unless a batch is in flight already.
-    fn start(&mut self, layer: &Arc<dyn ChannelLayer>) {
+    /// Starts sending the queued messages unless a batch is in flight; true if it started one.
+    fn start(&mut self, layer: &Arc<dyn ChannelLayer>) -> bool {
         if self.in_flight.is_some() || self.queued.is_empty() {
-            return;
+            return false;
         }
         let sends = std::mem::take(&mut self.queued);
         let layer = layer.clone();
@@ -160,6 +160,7 @@ impl Outbox {
             let reports = layer.group_send_many(&sends).await;
             (sends, reports)
         }));
+        true
     }
 
     /// Keeps the failures of a finished batch, and its buffer for the next one.
@@ -238,10 +239,11 @@ impl WebsocketContext {
         self.outbox_mut().is_some_and(|o| o.queued.len() >= OUTBOX_LIMIT)
     }
 
-    /// Starts sending queued group sends when no batch is in flight.
-    pub(crate) fn start_sends(&mut self) {
-        if let (Some(layer), Some(outbox)) = (&self.membership.layer, self.outbox.as_mut()) {
-            unlocked(outbox).start(layer);
+    /// Starts sending queued group sends when no batch is in flight; true if a batch started.
+    pub(crate) fn start_sends(&mut self) -> bool {
+        match (&self.membership.layer, self.outbox.as_mut()) {
+            (Some(layer), Some(outbox)) => unlocked(outbox).start(layer),
+            _ => false,
         }
     }
 

@@ -318,21 +318,31 @@ impl<'a> Quiet<'a> {
     }
 }
 
-/// What a connection waits for, in order: shutdown, a client frame (while `reading`), a
-/// keepalive tick, a finished batch of queued group sends, a layer message.
+/// What a connection waits for: a finished batch of queued group sends first (an in-memory
+/// batch is done the first time it is polled), then a layer message and the quiet sources
+/// (shutdown, a client frame while `reading`, a keepalive tick), in the order `layer_first`
+/// says. The caller alternates that order, so neither a flood of layer messages nor a client
+/// that keeps sending starves the other.
 fn poll_input(
     cx: &mut Context<'_>,
     ctx: &mut WebsocketContext,
     quiet: &mut Pin<Box<Quiet<'_>>>,
     layer_rx: &mut LayerReceive<'_>,
     reading: bool,
+    layer_first: bool,
 ) -> Poll<Input> {
     let (socket, outbox) = ctx.socket_and_outbox();
+    if let Poll::Ready(sent) = Outbox::poll_sent(outbox, cx) {
+        return Poll::Ready(Input::Sent(sent));
+    }
+    if layer_first && let Poll::Ready(received) = layer_rx.as_mut().poll(cx) {
+        return Poll::Ready(Input::Layer(received));
+    }
     if let Poll::Ready(input) = quiet.as_mut().poll_input(cx, socket.filter(|_| reading)) {
         return Poll::Ready(input);
     }
-    if let Poll::Ready(sent) = Outbox::poll_sent(outbox, cx) {
-        return Poll::Ready(Input::Sent(sent));
+    if layer_first {
+        return Poll::Pending;
     }
     layer_rx.as_mut().poll(cx).map(Input::Layer)
 }
@@ -348,7 +358,7 @@ async fn first_input(
     reading: bool,
 ) -> Option<Input> {
     let ready = std::future::poll_fn(|cx| {
-        Poll::Ready(match poll_input(cx, ctx, quiet, layer_rx, reading) {
+        Poll::Ready(match poll_input(cx, ctx, quiet, layer_rx, reading, true) {
             Poll::Ready(input) => Some(input),
             Poll::Pending => None,
         })
@@ -373,6 +383,11 @@ async fn event_loop<C: WebsocketConsumer>(
     let receiver =
         ctx.channel_layer().cloned().zip(ctx.shared_channel_name()).map(|(layer, channel)| layer.receiver(channel));
     let mut layer_rx = next_message(receiver.as_deref(), false);
+    // The layer receive waits a second before it retries after an error.
+    let mut layer_backoff = false;
+    // Layer messages before client frames on the next look: after a frame, so that what it
+    // sent to our own groups comes back to the client at once, and the two take turns.
+    let mut layer_first = false;
     let mut last_seen = Instant::now();
     let mut pinged = false;
     let mut groups_joined = Instant::now();
@@ -390,7 +405,13 @@ async fn event_loop<C: WebsocketConsumer>(
             }
             _ => return close_code::ABNORMAL,
         }
-        ctx.start_sends();
+        if ctx.start_sends() && !layer_backoff {
+            // The batch runs when polled, before the layer: a receive of ours still waiting from
+            // before would be woken by our own messages to our groups, and a task that wakes
+            // itself goes to the back of the runtime's queue, behind every member it just woke.
+            // A new receive waits only once polled, and then finds those messages at once.
+            layer_rx = next_message(receiver.as_deref(), false);
+        }
         let reading = !ctx.outbox_full();
         if reading && !was_reading {
             // The socket was left unpolled while the outbox was full.
@@ -415,7 +436,10 @@ async fn event_loop<C: WebsocketConsumer>(
             };
             match first {
                 Some(input) => input,
-                None => std::future::poll_fn(|cx| poll_input(cx, ctx, &mut quiet, &mut layer_rx, reading)).await,
+                None => {
+                    std::future::poll_fn(|cx| poll_input(cx, ctx, &mut quiet, &mut layer_rx, reading, layer_first))
+                        .await
+                }
             }
         };
         let result = match input {
@@ -429,6 +453,7 @@ async fn event_loop<C: WebsocketConsumer>(
                 continue;
             }
             Input::Frame(frame) => {
+                layer_first = true;
                 last_seen = Instant::now();
                 if pinged {
                     // The client answered: the next check is a ping interval from now.
@@ -453,7 +478,9 @@ async fn event_loop<C: WebsocketConsumer>(
                 }
             }
             Input::Layer(received) => {
-                layer_rx = next_message(receiver.as_deref(), received.is_err());
+                layer_first = false;
+                layer_backoff = received.is_err();
+                layer_rx = next_message(receiver.as_deref(), layer_backoff);
                 let message = match received {
                     Ok(message) => message,
                     Err(e) => {
