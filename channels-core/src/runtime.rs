@@ -318,11 +318,11 @@ impl<'a> Quiet<'a> {
     }
 }
 
-/// What a connection waits for: a finished batch of queued group sends first (an in-memory
-/// batch is done the first time it is polled), then a layer message and the quiet sources
-/// (shutdown, a client frame while `reading`, a keepalive tick), in the order `layer_first`
-/// says. The caller alternates that order, so neither a flood of layer messages nor a client
-/// that keeps sending starves the other.
+/// What a connection waits for: shutdown, a client frame (while `reading`) and a keepalive
+/// tick (the quiet sources), then a finished batch of queued group sends, then a layer message;
+/// with `layer_first`, a layer message first. The caller alternates, so neither a flood of
+/// layer messages nor a client that keeps sending starves the other. Client frames come before
+/// a finished batch, so that the next batch takes every message whose frame is waiting.
 fn poll_input(
     cx: &mut Context<'_>,
     ctx: &mut WebsocketContext,
@@ -331,15 +331,15 @@ fn poll_input(
     reading: bool,
     layer_first: bool,
 ) -> Poll<Input> {
-    let (socket, outbox) = ctx.socket_and_outbox();
-    if let Poll::Ready(sent) = Outbox::poll_sent(outbox, cx) {
-        return Poll::Ready(Input::Sent(sent));
-    }
     if layer_first && let Poll::Ready(received) = layer_rx.as_mut().poll(cx) {
         return Poll::Ready(Input::Layer(received));
     }
+    let (socket, outbox) = ctx.socket_and_outbox();
     if let Poll::Ready(input) = quiet.as_mut().poll_input(cx, socket.filter(|_| reading)) {
         return Poll::Ready(input);
+    }
+    if let Poll::Ready(sent) = Outbox::poll_sent(outbox, cx) {
+        return Poll::Ready(Input::Sent(sent));
     }
     if layer_first {
         return Poll::Pending;
@@ -405,12 +405,20 @@ async fn event_loop<C: WebsocketConsumer>(
             }
             _ => return close_code::ABNORMAL,
         }
-        if ctx.start_sends() && !layer_backoff {
-            // The batch runs when polled, before the layer: a receive of ours still waiting from
-            // before would be woken by our own messages to our groups, and a task that wakes
-            // itself goes to the back of the runtime's queue, behind every member it just woke.
-            // A new receive waits only once polled, and then finds those messages at once.
-            layer_rx = next_message(receiver.as_deref(), false);
+        if ctx.start_sends() {
+            // The batch runs now, before the layer is polled (an in-memory batch is done at its
+            // first poll): a receive of ours still waiting from before would be woken by our own
+            // messages to our groups, and a task that wakes itself goes to the back of the
+            // runtime's queue, behind every member it just woke. A new receive waits only once
+            // polled, and then finds those messages at once.
+            if !layer_backoff {
+                layer_rx = next_message(receiver.as_deref(), false);
+            }
+            let first_poll = std::future::poll_fn(|cx| Poll::Ready(Outbox::poll_sent(ctx.socket_and_outbox().1, cx)));
+            if let Poll::Ready(sent) = first_poll.await {
+                ctx.settle_sends(sent);
+                continue;
+            }
         }
         let reading = !ctx.outbox_full();
         if reading && !was_reading {
@@ -437,6 +445,9 @@ async fn event_loop<C: WebsocketConsumer>(
             match first {
                 Some(input) => input,
                 None => {
+                    // While a batch is on its way, client frames first: their messages then go
+                    // together in the next batch rather than one round trip each.
+                    let layer_first = layer_first && !ctx.sends_in_flight();
                     std::future::poll_fn(|cx| poll_input(cx, ctx, &mut quiet, &mut layer_rx, reading, layer_first))
                         .await
                 }
