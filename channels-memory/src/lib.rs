@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -455,10 +456,15 @@ impl InMemoryChannelLayer {
     }
 
     /// Queues each message on every live member of its group, in order, under one lock, and
-    /// counts into `reports` (one per send); the receivers are woken once it is released.
-    /// Consecutive sends to one group are a run: one pass over its members queues them all,
-    /// looking each member's queue up once. Names must be valid.
-    fn send_to_groups(&self, sends: &[(&str, &Message)], reports: &mut [GroupSendReport]) {
+    /// counts into `reports` (one per send; a send whose report is an error, an invalid name,
+    /// is skipped); the receivers are woken once it is released. Consecutive sends to one group
+    /// are a run: one pass over its members queues them all, looking each member's queue up
+    /// once.
+    fn send_to_groups<G: AsRef<str>, M: Borrow<Message>>(
+        &self,
+        sends: &[(G, M)],
+        reports: &mut [Result<GroupSendReport, GroupError>],
+    ) {
         self.ensure_sweeper();
         let config = &self.inner.config;
         let now = Instant::now();
@@ -468,9 +474,13 @@ impl InMemoryChannelLayer {
             let mut state = self.lock();
             let mut at = 0;
             while at < sends.len() {
-                let group = sends[at].0;
-                let run = at..at + sends[at..].iter().take_while(|(g, _)| *g == group).count();
+                let group = sends[at].0.as_ref();
+                let run = at..at + sends[at..].iter().take_while(|(g, _)| g.as_ref() == group).count();
                 at = run.end;
+                if reports[run.start].is_err() {
+                    // The same name for the whole run: all invalid.
+                    continue;
+                }
                 let State { channels, groups } = &mut *state;
                 let Some(members) = groups.get_mut(group) else { continue };
                 let (run_sends, run_reports) = (&sends[run.clone()], &mut reports[run]);
@@ -487,10 +497,11 @@ impl InMemoryChannelLayer {
                     }
                     let capacity = config.capacity_for(channel);
                     for ((_, message), report) in run_sends.iter().zip(run_reports.iter_mut()).take(take) {
+                        let Ok(report) = report else { continue };
                         if queue.items.len() >= capacity {
                             report.dropped_full += 1;
                         } else {
-                            wake.extend(queue.push(expires, (*message).clone()));
+                            wake.extend(queue.push(expires, message.borrow().clone()));
                             report.queued += 1;
                         }
                     }
@@ -507,7 +518,10 @@ impl InMemoryChannelLayer {
             notify.notify_one();
         }
         for ((group, _), report) in sends.iter().zip(reports.iter()) {
-            if report.dropped_full > 0 {
+            let group = group.as_ref();
+            if let Ok(report) = report
+                && report.dropped_full > 0
+            {
                 self.inner.dropped_full.fetch_add(report.dropped_full as u64, Ordering::Relaxed);
                 tracing::info!(
                     group,
@@ -674,10 +688,10 @@ impl ChannelLayer for InMemoryChannelLayer {
 
     async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
         validate_group_name(group)?;
-        let mut report = [GroupSendReport::default()];
+        let mut report = [Ok(GroupSendReport::default())];
         self.send_to_groups(&[(group, &message)], &mut report);
         let [report] = report;
-        Ok(report)
+        report
     }
 
     /// One lock for the batch, and one pass over a group's members for each run of sends to
@@ -688,17 +702,7 @@ impl ChannelLayer for InMemoryChannelLayer {
             .iter()
             .map(|(group, _)| validate_group_name(group).map(|()| GroupSendReport::default()).map_err(GroupError::from))
             .collect();
-        let valid: Vec<(&str, &Message)> = sends
-            .iter()
-            .zip(&reports)
-            .filter(|(_, report)| report.is_ok())
-            .map(|((group, message), _)| (group.as_str(), message))
-            .collect();
-        let mut counts = vec![GroupSendReport::default(); valid.len()];
-        self.send_to_groups(&valid, &mut counts);
-        for (report, count) in reports.iter_mut().filter_map(|report| report.as_mut().ok()).zip(counts) {
-            *report = count;
-        }
+        self.send_to_groups(sends, &mut reports);
         reports
     }
 
