@@ -234,11 +234,6 @@ impl WebsocketContext {
         (self.socket.as_mut().map(unlocked), self.outbox.as_mut().map(|m| unlocked(m)))
     }
 
-    /// True while a batch of queued group sends is on its way (over Redis, round trips).
-    pub(crate) fn sends_in_flight(&mut self) -> bool {
-        self.outbox_mut().is_some_and(|o| o.in_flight.is_some())
-    }
-
     /// True when so many group sends wait that the client should not be read for now.
     pub(crate) fn outbox_full(&mut self) -> bool {
         self.outbox_mut().is_some_and(|o| o.queued.len() >= OUTBOX_LIMIT)

@@ -318,31 +318,22 @@ impl<'a> Quiet<'a> {
     }
 }
 
-/// What a connection waits for: shutdown, a client frame (while `reading`) and a keepalive
-/// tick (the quiet sources), then a finished batch of queued group sends, then a layer message;
-/// with `layer_first`, a layer message first. The caller alternates, so neither a flood of
-/// layer messages nor a client that keeps sending starves the other. Client frames come before
-/// a finished batch, so that the next batch takes every message whose frame is waiting.
+/// What a connection waits for, in order: shutdown, a client frame (while `reading`), a
+/// keepalive tick, a finished batch of queued group sends, a layer message. Client frames come
+/// before a finished batch, so that the next batch takes every message whose frame is waiting.
 fn poll_input(
     cx: &mut Context<'_>,
     ctx: &mut WebsocketContext,
     quiet: &mut Pin<Box<Quiet<'_>>>,
     layer_rx: &mut LayerReceive<'_>,
     reading: bool,
-    layer_first: bool,
 ) -> Poll<Input> {
-    if layer_first && let Poll::Ready(received) = layer_rx.as_mut().poll(cx) {
-        return Poll::Ready(Input::Layer(received));
-    }
     let (socket, outbox) = ctx.socket_and_outbox();
     if let Poll::Ready(input) = quiet.as_mut().poll_input(cx, socket.filter(|_| reading)) {
         return Poll::Ready(input);
     }
     if let Poll::Ready(sent) = Outbox::poll_sent(outbox, cx) {
         return Poll::Ready(Input::Sent(sent));
-    }
-    if layer_first {
-        return Poll::Pending;
     }
     layer_rx.as_mut().poll(cx).map(Input::Layer)
 }
@@ -358,7 +349,7 @@ async fn first_input(
     reading: bool,
 ) -> Option<Input> {
     let ready = std::future::poll_fn(|cx| {
-        Poll::Ready(match poll_input(cx, ctx, quiet, layer_rx, reading, true) {
+        Poll::Ready(match poll_input(cx, ctx, quiet, layer_rx, reading) {
             Poll::Ready(input) => Some(input),
             Poll::Pending => None,
         })
@@ -385,9 +376,6 @@ async fn event_loop<C: WebsocketConsumer>(
     let mut layer_rx = next_message(receiver.as_deref(), false);
     // The layer receive waits a second before it retries after an error.
     let mut layer_backoff = false;
-    // Layer messages before client frames on the next look: after a frame, so that what it
-    // sent to our own groups comes back to the client at once, and the two take turns.
-    let mut layer_first = false;
     let mut last_seen = Instant::now();
     let mut pinged = false;
     let mut groups_joined = Instant::now();
@@ -444,13 +432,7 @@ async fn event_loop<C: WebsocketConsumer>(
             };
             match first {
                 Some(input) => input,
-                None => {
-                    // While a batch is on its way, client frames first: their messages then go
-                    // together in the next batch rather than one round trip each.
-                    let layer_first = layer_first && !ctx.sends_in_flight();
-                    std::future::poll_fn(|cx| poll_input(cx, ctx, &mut quiet, &mut layer_rx, reading, layer_first))
-                        .await
-                }
+                None => std::future::poll_fn(|cx| poll_input(cx, ctx, &mut quiet, &mut layer_rx, reading)).await,
             }
         };
         let result = match input {
@@ -464,7 +446,6 @@ async fn event_loop<C: WebsocketConsumer>(
                 continue;
             }
             Input::Frame(frame) => {
-                layer_first = true;
                 last_seen = Instant::now();
                 if pinged {
                     // The client answered: the next check is a ping interval from now.
@@ -489,7 +470,6 @@ async fn event_loop<C: WebsocketConsumer>(
                 }
             }
             Input::Layer(received) => {
-                layer_first = false;
                 layer_backoff = received.is_err();
                 layer_rx = next_message(receiver.as_deref(), layer_backoff);
                 let message = match received {
