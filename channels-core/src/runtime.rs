@@ -393,20 +393,13 @@ async fn event_loop<C: WebsocketConsumer>(
             }
             _ => return close_code::ABNORMAL,
         }
-        if ctx.start_sends() {
-            // The batch runs now, before the layer is polled (an in-memory batch is done at its
-            // first poll): a receive of ours still waiting from before would be woken by our own
+        if ctx.start_sends() && !layer_backoff {
+            // The batch is polled before the layer (an in-memory batch is done at its first
+            // poll). A receive of ours still waiting from before would be woken by our own
             // messages to our groups, and a task that wakes itself goes to the back of the
-            // runtime's queue, behind every member it just woke. A new receive waits only once
+            // runtime's queue, behind every member it just woke; a new receive waits only once
             // polled, and then finds those messages at once.
-            if !layer_backoff {
-                layer_rx = next_message(receiver.as_deref(), false);
-            }
-            let first_poll = std::future::poll_fn(|cx| Poll::Ready(Outbox::poll_sent(ctx.socket_and_outbox().1, cx)));
-            if let Poll::Ready(sent) = first_poll.await {
-                ctx.settle_sends(sent);
-                continue;
-            }
+            layer_rx = next_message(receiver.as_deref(), false);
         }
         let reading = !ctx.outbox_full();
         if reading && !was_reading {
