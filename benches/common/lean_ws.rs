@@ -15,11 +15,10 @@
 //! scenario, so a frame this client misread would show as loss.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// The client's fixed handshake key and the accept value RFC 6455 derives from it (its own
 /// example, section 1.3).
@@ -59,18 +58,8 @@ impl LeanWs {
     /// Connects from the next loopback source address (see [`super::net`]) and upgrades
     /// `path` (with its query) on `addr`, waiting at most 30 s.
     pub(crate) async fn connect(addr: SocketAddr, path: &str) -> Result<Self, String> {
-        let source = super::net::next_source();
-        let attempt = async {
-            let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-            socket.bind(SocketAddr::from((source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
-            let stream = socket.connect(addr).await.map_err(|e| format!("connect from {source}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            Self::handshake(stream, addr, path).await
-        };
-        match tokio::time::timeout(Duration::from_secs(30), attempt).await {
-            Ok(result) => result,
-            Err(_) => Err("connect timed out after 30 s".into()),
-        }
+        super::net::within_connect_limit(async { Self::handshake(super::net::tcp(addr).await?, addr, path).await })
+            .await
     }
 
     async fn handshake(mut stream: TcpStream, addr: SocketAddr, path: &str) -> Result<Self, String> {

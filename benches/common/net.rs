@@ -31,19 +31,30 @@ pub(crate) fn next_source() -> Ipv4Addr {
 /// Opens a benchmark client (4 KiB read buffer, `TCP_NODELAY`) to `url` on `addr`, bound to
 /// the next source address, waiting at most 30 s.
 pub(crate) async fn connect(addr: SocketAddr, url: &str) -> Result<Client, String> {
-    let source = next_source();
-    let attempt = async {
-        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-        socket.bind(SocketAddr::from((source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
-        let stream = socket.connect(addr).await.map_err(|e| format!("connect from {source}: {e}"))?;
-        let _ = stream.set_nodelay(true);
+    within_connect_limit(async {
+        let stream = tcp(addr).await?;
         let config = WebSocketConfig::default().read_buffer_size(4096);
         tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(config))
             .await
             .map(|(ws, _)| ws)
             .map_err(|e| format!("handshake: {e}"))
-    };
-    match tokio::time::timeout(Duration::from_secs(30), attempt).await {
+    })
+    .await
+}
+
+/// A TCP connection to `addr` from the next source address, with `TCP_NODELAY`.
+pub(crate) async fn tcp(addr: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+    let source = next_source();
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket.bind(SocketAddr::from((source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket.connect(addr).await.map_err(|e| format!("connect from {source}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// `connecting`, given at most 30 s.
+pub(crate) async fn within_connect_limit<T>(connecting: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    match tokio::time::timeout(Duration::from_secs(30), connecting).await {
         Ok(result) => result,
         Err(_) => Err("connect timed out after 30 s".into()),
     }
