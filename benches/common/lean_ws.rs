@@ -139,7 +139,7 @@ impl LeanWs {
                 Err(()) => return None,
             }
             if self.end == self.buf.len() {
-                self.make_room();
+                self.make_room(0);
             }
             match self.stream.read(&mut self.buf[self.end..]).await {
                 Ok(0) | Err(_) => return None,
@@ -148,14 +148,15 @@ impl LeanWs {
         }
     }
 
-    /// Moves the unparsed bytes to the front, or grows the buffer when they fill it.
-    fn make_room(&mut self) {
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        } else {
-            self.buf.resize(self.buf.len() * 2, 0);
+    /// Moves the unparsed bytes to the front, and grows the buffer to hold `needed` bytes from
+    /// there (at least twice its size when they already fill it).
+    fn make_room(&mut self, needed: usize) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        let needed = if self.end == self.buf.len() { needed.max(self.buf.len() * 2) } else { needed };
+        if needed > self.buf.len() {
+            self.buf.resize(needed.next_power_of_two(), 0);
         }
     }
 
@@ -168,13 +169,7 @@ impl LeanWs {
             if available.len() < header + len {
                 // Make sure the frame fits once read.
                 if header + len > self.buf.len() - self.start {
-                    let needed = header + len;
-                    self.buf.copy_within(self.start..self.end, 0);
-                    self.end -= self.start;
-                    self.start = 0;
-                    if needed > self.buf.len() {
-                        self.buf.resize(needed.next_power_of_two(), 0);
-                    }
+                    self.make_room(header + len);
                 }
                 return Ok(None);
             }
