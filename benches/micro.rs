@@ -25,7 +25,7 @@ use channels::prelude::*;
 use channels::redis::crypto::Encryption;
 use channels::redis::wire::{self, Routing};
 use channels::testing::HttpCommunicator;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 
 /// The chat example's layer events.
@@ -57,6 +57,18 @@ fn envelope(c: &mut Criterion) {
     group.bench_function("encode chat.message", |b| b.iter(|| Message::new(black_box(&event))));
     group.bench_function("decode chat.message (typed enum)", |b| b.iter(|| black_box(&message).decode::<ChatEvent>()));
     group.bench_function("decode chat.message (untyped value)", |b| b.iter(|| black_box(&message).to_value()));
+    // A fresh message each time: the JSON is rendered once per message and then kept.
+    group.bench_function("render chat.message as JSON", |b| {
+        b.iter_batched(|| Message::from_msgpack(bytes.clone()).expect("valid"), |m| m.to_json(), BatchSize::SmallInput)
+    });
+    // The baseline: rendering through a value tree, as `to_json` did before.
+    group.bench_function("render chat.message as JSON through rmpv::Value", |b| {
+        b.iter_batched(
+            || Message::from_msgpack(bytes.clone()).expect("valid"),
+            |m| serde_json::to_string(&m.to_value().expect("decodes")),
+            BatchSize::SmallInput,
+        )
+    });
     group.bench_function("from_msgpack (wrap received bytes)", |b| {
         b.iter(|| Message::from_msgpack(black_box(bytes.clone())))
     });

@@ -27,6 +27,9 @@ pub fn envelope(data: &[u8]) {
     let entries = value.as_map().expect("an accepted message is a map");
     let declared = entries.iter().find(|(k, _)| k.as_str() == Some("type")).and_then(|(_, v)| v.as_str());
     assert_eq!(declared, Some(message.message_type()), "the type read up front is the map's \"type\"");
+    // The JSON rendered straight from the bytes is the one rendered through the value tree.
+    let json = message.to_json().ok();
+    assert_eq!(json.as_ref().map(|j| j.as_str()), serde_json::to_string(&value).ok().as_deref());
     let _ = message.decode::<KnownEvent>();
     let _ = message.decode::<serde_json::Value>();
 }

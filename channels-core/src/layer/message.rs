@@ -196,8 +196,8 @@ impl Message {
         if let Some(json) = self.inner.json.get() {
             return Ok(json);
         }
-        let value = self.to_value()?;
-        let json = Utf8Bytes::from(serde_json::to_string(&value).map_err(|e| MessageError::Codec(e.to_string()))?);
+        let json =
+            Utf8Bytes::from(super::json::to_json(&self.inner.bytes).map_err(|e| MessageError::Codec(e.to_string()))?);
         Ok(self.inner.json.get_or_init(|| json))
     }
 
@@ -308,6 +308,12 @@ mod tests {
         };
         assert!(Message::from_msgpack(nested(MAX_NESTING_DEPTH - 2)).is_ok());
         assert!(matches!(Message::from_msgpack(nested(100_000)), Err(MessageError::Codec(_))));
+        // Whatever nesting is accepted also renders as JSON.
+        for depth in MAX_NESTING_DEPTH - 4..MAX_NESTING_DEPTH + 4 {
+            if let Ok(message) = Message::from_msgpack(nested(depth)) {
+                assert!(message.to_json().is_ok(), "depth {depth}");
+            }
+        }
     }
 
     #[test]

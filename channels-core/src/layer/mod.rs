@@ -5,6 +5,7 @@
 //! by configuration (`memory://`, later `redis://...`) and no consumer code changes.
 
 mod config;
+mod json;
 mod message;
 mod names;
 mod registry;
