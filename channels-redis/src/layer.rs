@@ -513,7 +513,7 @@ impl std::fmt::Debug for RedisChannelLayer {
 #[async_trait]
 impl ChannelLayer for RedisChannelLayer {
     async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
-        let name = format!("{prefix}.{}!{}", self.inner.client_prefix, wire::random_hex());
+        let name = format!("{prefix}.{}!{}", self.inner.client_prefix, wire::local_id());
         validate_channel_name(&name)?;
         self.inner.lock().channels.entry(name.clone()).or_default();
         self.ensure_pumps(&self.inner.queue_key(&name));

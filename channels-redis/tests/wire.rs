@@ -114,6 +114,21 @@ async fn a_poison_payload_in_our_queue_is_skipped_and_the_next_message_arrives()
     assert_eq!(got.as_bytes(), chat("good").as_bytes());
 }
 
+#[tokio::test]
+async fn channel_names_share_the_process_id_and_end_in_a_short_random_part() {
+    let server = support::shared();
+    let layer = layer(&server.url(), "w6");
+    let a = layer.new_channel("specific").await.expect("new_channel");
+    let b = layer.new_channel("specific").await.expect("new_channel");
+    for name in [&a, &b] {
+        let (process, local) = name.strip_prefix("specific.").and_then(|n| n.split_once('!')).expect("prefix.id!local");
+        assert!(process.len() == 32 && process.bytes().all(|c| c.is_ascii_hexdigit()), "{name}");
+        assert!(local.len() == 12 && local.bytes().all(|c| c.is_ascii_alphanumeric()), "{name}");
+    }
+    assert_eq!(channels_core::layer::non_local_name(&a), channels_core::layer::non_local_name(&b));
+    assert_ne!(a, b);
+}
+
 /// How many times redis-server has run `ZADD`, from a script or not.
 async fn zadd_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.expect("info");
