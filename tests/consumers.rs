@@ -779,3 +779,119 @@ async fn a_client_read_paused_by_a_full_outbox_is_read_again_once_it_drains() {
     caster.disconnect().await.unwrap();
     listener.disconnect().await.unwrap();
 }
+
+/// An in-memory layer that echoes a sender's group sends while `echo` is set, and holds group
+/// sends until [`EchoSwitch::release`]. Its one group holds only the sender, so an echoed send
+/// has nobody else to reach.
+struct EchoSwitch {
+    inner: InMemoryChannelLayer,
+    echo: std::sync::atomic::AtomicBool,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+#[channels::async_trait]
+impl ChannelLayer for EchoSwitch {
+    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::ReceiveError> {
+        self.inner.new_channel(prefix).await
+    }
+    async fn send(&self, channel: &str, message: Message) -> Result<(), channels::layers::SendError> {
+        self.inner.send(channel, message).await
+    }
+    async fn receive(&self, channel: &str) -> Result<Message, channels::layers::ReceiveError> {
+        self.inner.receive(channel).await
+    }
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
+        self.inner.group_add(group, channel).await
+    }
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
+        self.inner.group_discard(group, channel).await
+    }
+    async fn group_send(
+        &self,
+        group: &str,
+        message: Message,
+    ) -> Result<channels::layers::GroupSendReport, channels::layers::GroupError> {
+        self.inner.group_send(group, message).await
+    }
+    fn group_send_echo(&self, _group: &str, channel: &str, message: &Message) -> bool {
+        use futures_util::FutureExt;
+        self.echo.load(std::sync::atomic::Ordering::SeqCst)
+            && matches!(self.inner.send(channel, message.clone()).now_or_never(), Some(Ok(())))
+    }
+    async fn group_send_many_echoed(
+        &self,
+        sends: &[(String, Message)],
+        _channel: &str,
+        echoed: &[bool],
+    ) -> Vec<Result<channels::layers::GroupSendReport, channels::layers::GroupError>> {
+        let _ = self.released.subscribe().wait_for(|released| *released).await;
+        let mut reports = Vec::new();
+        for ((group, message), &echoed) in sends.iter().zip(echoed) {
+            reports.push(match echoed {
+                true => Ok(channels::layers::GroupSendReport::default()),
+                false => self.inner.group_send(group, message.clone()).await,
+            });
+        }
+        reports
+    }
+    async fn flush(&self) -> Result<(), channels::layers::GroupError> {
+        self.inner.flush().await
+    }
+    fn config(&self) -> &LayerConfig {
+        self.inner.config()
+    }
+}
+
+/// In the group "self" alone; casts what its client says there and forwards what comes back.
+struct SelfCaster;
+
+impl WebsocketConsumer for SelfCaster {
+    type Event = NoEvents;
+
+    fn groups(&self) -> Vec<String> {
+        vec!["self".into()]
+    }
+
+    async fn receive(&mut self, ctx: &mut WebsocketContext, frame: Frame) -> HandlerResult {
+        ctx.group_send_nowait("self", &Cast { text: frame.as_text().unwrap_or_default() })?;
+        Ok(())
+    }
+
+    async fn message(&mut self, ctx: &mut WebsocketContext, message: Message) -> HandlerResult {
+        ctx.send_message_json(&message).await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_send_is_not_echoed_ahead_of_an_earlier_one_that_was_not() {
+    let layer = Arc::new(EchoSwitch {
+        inner: InMemoryChannelLayer::new(LayerConfig::default()),
+        echo: false.into(),
+        released: tokio::sync::watch::Sender::new(false),
+    });
+    let app =
+        Application::builder(Router::new().websocket("/self/", |_: &Scope| SelfCaster)).layer(layer.clone()).build();
+    let mut client = WebsocketCommunicator::new(&app, "/self/");
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
+    let heard =
+        |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap()["text"].as_str().unwrap().to_owned();
+
+    // Echoed from the start: the copy comes back while the group send is still held.
+    layer.echo.store(true, std::sync::atomic::Ordering::SeqCst);
+    client.send_text("0").await.unwrap();
+    assert_eq!(heard(client.receive_text().await.expect("echo")), "0");
+
+    // "1" cannot be echoed; once it waits, "2" must not overtake it, though it could be echoed.
+    layer.echo.store(false, std::sync::atomic::Ordering::SeqCst);
+    client.send_text("1").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    layer.echo.store(true, std::sync::atomic::Ordering::SeqCst);
+    client.send_text("2").await.unwrap();
+    assert!(client.receive_nothing().await, "nothing overtakes the held send");
+    layer.released.send_replace(true);
+    assert_eq!(heard(client.receive_text().await.expect("1")), "1");
+    assert_eq!(heard(client.receive_text().await.expect("2")), "2");
+    assert!(client.receive_nothing().await, "each once");
+    client.disconnect().await.unwrap();
+}

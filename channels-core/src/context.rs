@@ -132,15 +132,21 @@ fn unlocked<T>(mutex: &mut std::sync::Mutex<T>) -> &mut T {
     mutex.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The outcome of one batch of queued group sends: the sends, then a report for each.
-pub(crate) type Sent = (Vec<(String, Message)>, Vec<Result<GroupSendReport, GroupError>>);
+/// The outcome of one batch of queued group sends: the sends, whether each was echoed, then a
+/// report for each.
+pub(crate) type Sent = (Vec<(String, Message)>, Vec<bool>, Vec<Result<GroupSendReport, GroupError>>);
 
 /// Group sends queued by [`WebsocketContext::group_send_nowait`]: sent in order, one batch at
 /// a time, while the connection goes on.
 #[derive(Default)]
 pub(crate) struct Outbox {
     queued: Vec<(String, Message)>,
+    /// For each queued send, whether its copy for this connection was put on its channel at
+    /// once ([`ChannelLayer::group_send_echo`]).
+    echoed: Vec<bool>,
     in_flight: Option<Pin<Box<dyn Future<Output = Sent> + Send>>>,
+    /// The batch in flight holds a send that was not echoed.
+    in_flight_unechoed: bool,
     failed: Vec<(String, GroupError)>,
 }
 
@@ -150,28 +156,44 @@ pub(crate) const OUTBOX_LIMIT: usize = 256;
 
 impl Outbox {
     /// Starts sending the queued messages unless a batch is in flight; true if it started one.
-    fn start(&mut self, layer: &Arc<dyn ChannelLayer>) -> bool {
+    /// `channel` is the connection's own, which the echoed sends skip.
+    fn start(&mut self, layer: &Arc<dyn ChannelLayer>, channel: Option<&Arc<str>>) -> bool {
         if self.in_flight.is_some() || self.queued.is_empty() {
             return false;
         }
         let sends = std::mem::take(&mut self.queued);
+        let echoed = std::mem::take(&mut self.echoed);
+        self.in_flight_unechoed = echoed.contains(&false);
         let layer = layer.clone();
+        let channel = channel.filter(|_| echoed.contains(&true)).cloned();
         self.in_flight = Some(Box::pin(async move {
-            let reports = layer.group_send_many(&sends).await;
-            (sends, reports)
+            let reports = match &channel {
+                Some(channel) => layer.group_send_many_echoed(&sends, channel, &echoed).await,
+                None => layer.group_send_many(&sends).await,
+            };
+            (sends, echoed, reports)
         }));
         true
     }
 
-    /// Keeps the failures of a finished batch, and its buffer for the next one.
-    fn settle(&mut self, (mut sends, reports): Sent) {
+    /// Whether the next send may be echoed: only if every send before it, queued or in
+    /// flight, was, so that the connection gets its own messages in the order it sent them.
+    fn may_echo(&self) -> bool {
+        !self.in_flight_unechoed && !self.echoed.contains(&false)
+    }
+
+    /// Keeps the failures of a finished batch, and its buffers for the next one.
+    fn settle(&mut self, (mut sends, mut echoed, reports): Sent) {
+        self.in_flight_unechoed = false;
         for ((group, _), report) in sends.drain(..).zip(reports) {
             if let Err(e) = report {
                 self.failed.push((group, e));
             }
         }
+        echoed.clear();
         if self.queued.is_empty() {
             self.queued = sends;
+            self.echoed = echoed;
         }
     }
 
@@ -242,7 +264,7 @@ impl WebsocketContext {
     /// Starts sending queued group sends when no batch is in flight; true if a batch started.
     pub(crate) fn start_sends(&mut self) -> bool {
         match (&self.membership.layer, self.outbox.as_mut()) {
-            (Some(layer), Some(outbox)) => unlocked(outbox).start(layer),
+            (Some(layer), Some(outbox)) => unlocked(outbox).start(layer, self.membership.channel_name.as_ref()),
             _ => false,
         }
     }
@@ -267,8 +289,9 @@ impl WebsocketContext {
     /// Waits until every queued group send is done (failures are kept for the hook).
     pub(crate) async fn drain_sends(&mut self) {
         let Some(layer) = self.membership.layer.clone() else { return };
+        let channel = self.membership.channel_name.clone();
         while let Some(outbox) = self.outbox_mut() {
-            outbox.start(&layer);
+            outbox.start(&layer, channel.as_ref());
             let Some(in_flight) = outbox.in_flight.take() else { return };
             let sent = in_flight.await;
             outbox.settle(sent);
@@ -527,6 +550,9 @@ impl WebsocketContext {
     /// consumer that awaits one per client message handles one message per two round trips.
     /// Queued, the messages that arrive meanwhile go together in the next batch (two round
     /// trips for the batch), and receivers get them together: fewer system calls per delivery.
+    /// When this connection is in `group`, a layer that can tell without a round trip puts its
+    /// own copy on its channel at once ([`ChannelLayer::group_send_echo`]; the Redis layer
+    /// does), unless an earlier queued send could not be: its own messages come back in order.
     /// With the in-memory layer it makes little difference.
     ///
     /// A send that fails is reported to
@@ -578,7 +604,14 @@ impl WebsocketContext {
         }
         validate_group_name(group).map_err(|e| ContextError::Group(e.into()))?;
         let message = Message::new(event).map_err(ContextError::Message)?;
-        unlocked(self.outbox.get_or_insert_with(Box::default)).queued.push((group.to_owned(), message));
+        let outbox = unlocked(self.outbox.get_or_insert_with(Box::default));
+        let echoed = outbox.may_echo()
+            && match (&self.membership.layer, &self.membership.channel_name) {
+                (Some(layer), Some(channel)) => layer.group_send_echo(group, channel, &message),
+                _ => false,
+            };
+        outbox.queued.push((group.to_owned(), message));
+        outbox.echoed.push(echoed);
         Ok(())
     }
 

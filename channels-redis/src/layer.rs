@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -58,10 +58,32 @@ struct Shard {
 struct Local {
     /// Channels created here and not yet forgotten, with what has arrived for them.
     channels: Mailboxes,
-    /// Groups local channels joined, so they can be re-joined after Redis loses them.
-    memberships: HashMap<String, HashSet<String>>,
+    /// Groups local channels joined, so they can be re-joined after Redis loses them, and so
+    /// that a member's own group sends can be echoed without a read of the group.
+    memberships: HashMap<String, HashMap<String, Joined>>,
     /// Process queue keys a pump already reads.
     pumped: HashSet<String>,
+}
+
+/// A local channel's membership of a group, as this process made it.
+struct Joined {
+    /// When this process last added it to the group in Redis.
+    at: std::time::Instant,
+    /// The layer's operation count then ([`Inner::ops`]).
+    op: u64,
+    /// Whether the channel's own group sends may be echoed (see
+    /// [`ChannelLayer::group_send_echo`]): false once a read of the group, made after `op`,
+    /// found it missing from Redis (another process discarded it, or Redis lost it), until
+    /// this process adds it again.
+    echo: bool,
+}
+
+impl Joined {
+    fn new(ops: &AtomicU64) -> Self {
+        // The count is taken after the membership is in Redis: a read of the group that took a
+        // later count was sent after that, and would have seen it.
+        Self { at: std::time::Instant::now(), op: ops.fetch_add(1, Ordering::SeqCst) + 1, echo: true }
+    }
 }
 
 /// Blocking connections of one worker channel, by shard, made on first use.
@@ -77,6 +99,12 @@ struct Inner {
     /// The score of the last message queued (see [`Inner::next_score`]).
     last_score: Mutex<f64>,
     dropped_full: AtomicU64,
+    /// Counts memberships made and reads of groups begun, to order them (see [`Joined`]).
+    ops: AtomicU64,
+    /// The last read of groups failed: nothing is echoed (see
+    /// [`ChannelLayer::group_send_echo`]) until one succeeds, so that a sender does not see
+    /// its messages come back while they cannot reach anyone else.
+    echo_paused: AtomicBool,
     stop: CancellationToken,
     /// Per worker channel: one blocking connection per shard, and a lock so that this
     /// process pops a channel once at a time (as channels_redis does).
@@ -110,6 +138,8 @@ impl RedisChannelLayer {
                 round_robin: AtomicUsize::new(0),
                 last_score: Mutex::new(0.0),
                 dropped_full: AtomicU64::new(0),
+                ops: AtomicU64::new(0),
+                echo_paused: AtomicBool::new(false),
                 stop: CancellationToken::new(),
                 normal_receivers: tokio::sync::Mutex::new(HashMap::new()),
             }),
@@ -218,19 +248,22 @@ impl Inner {
                 return;
             }
         };
-        self.push_local(&message, targets);
+        self.push_local(&message, targets, None);
     }
 
     /// Puts `message` into the mailboxes of `targets`, channels of this process: what the
     /// pump does with a popped message, and what a group send from this process does for its
-    /// own members instead of a round trip through Redis. Returns how many mailboxes took it
-    /// and how many were full; a channel without a mailbox is gone, and the message is dropped
-    /// for it.
-    fn push_local(&self, message: &Message, targets: &[&str]) -> (usize, usize) {
+    /// own members instead of a round trip through Redis; `skip` (a sender whose copy was
+    /// echoed) does not get it. Returns how many mailboxes took it and how many were full; a
+    /// channel without a mailbox is gone, and the message is dropped for it.
+    fn push_local(&self, message: &Message, targets: &[&str], skip: Option<&str>) -> (usize, usize) {
         let expires = self.local_expiry();
         let (mut queued, mut full) = (0, 0);
         let mut local = self.lock();
         for &channel in targets {
+            if skip == Some(channel) {
+                continue;
+            }
             match local.channels.get_mut(channel) {
                 Some(mailbox) => {
                     if self.push_into(mailbox, channel, message, expires) {
@@ -281,12 +314,15 @@ impl Inner {
             .lock()
             .memberships
             .iter()
-            .flat_map(|(group, channels)| channels.iter().map(move |c| (group.clone(), c.clone())))
+            .flat_map(|(group, channels)| channels.keys().map(move |c| (group.clone(), c.clone())))
             .collect();
         for (group, channel) in memberships {
             if let Err(e) = self.raw_group_add(&group, &channel).await {
                 tracing::warn!(%group, error = %e, "could not re-join a group");
                 return;
+            }
+            if let Some(joined) = self.lock().memberships.get_mut(&group).and_then(|m| m.get_mut(&channel)) {
+                *joined = Joined::new(&self.ops);
             }
         }
     }
@@ -587,7 +623,11 @@ impl ChannelLayer for RedisChannelLayer {
         if self.inner.is_ours(channel) {
             let mut local = self.inner.lock();
             if local.channels.contains_key(channel) {
-                local.memberships.entry(group.to_owned()).or_default().insert(channel.to_owned());
+                local
+                    .memberships
+                    .entry(group.to_owned())
+                    .or_default()
+                    .insert(channel.to_owned(), Joined::new(&self.inner.ops));
             }
         }
         Ok(())
@@ -624,146 +664,34 @@ impl ChannelLayer for RedisChannelLayer {
     /// once each however many of its messages go to it (trimming expired members), one runs
     /// the send script once per message, in order.
     async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
+        self.inner.send_batch(sends, None).await
+    }
+
+    /// The sender's copy goes into its mailbox at once when the sender joined `group` in this
+    /// process, the membership has not expired, and no read of the group since found it gone.
+    fn group_send_echo(&self, group: &str, channel: &str, message: &Message) -> bool {
         let inner = &self.inner;
-        let mut reports: Vec<Result<GroupSendReport, GroupError>> = sends
-            .iter()
-            .map(|(group, _)| validate_group_name(group).map(|()| GroupSendReport::default()).map_err(GroupError::from))
-            .collect();
-        let now = wire::now_seconds();
+        let expires = inner.local_expiry();
+        let group_expiry = inner.config.layer.group_expiry;
+        let mut local = inner.lock();
+        let Local { channels, memberships, .. } = &mut *local;
+        let trusted = !inner.echo_paused.load(Ordering::Relaxed)
+            && memberships
+                .get(group)
+                .and_then(|members| members.get(channel))
+                .is_some_and(|joined| joined.echo && joined.at.elapsed() < group_expiry);
+        let Some(mailbox) = channels.get_mut(channel).filter(|_| trusted) else { return false };
+        inner.push_into(mailbox, channel, message, expires);
+        true
+    }
 
-        // The distinct groups, in order of first use, and which of them each valid send goes to.
-        let mut groups: Vec<&str> = Vec::new();
-        let group_of: Vec<Option<usize>> = sends
-            .iter()
-            .zip(&reports)
-            .map(|((group, _), report)| {
-                report.is_ok().then(|| {
-                    groups.iter().position(|&g| g == group.as_str()).unwrap_or_else(|| {
-                        groups.push(group);
-                        groups.len() - 1
-                    })
-                })
-            })
-            .collect();
-
-        // Members of every group, one pipeline per shard holding groups: trim the expired
-        // memberships, then read the rest (plain commands, as channels_redis does: a script
-        // would make redis-server hash every name into a Lua string).
-        let mut members: Vec<Vec<Vec<u8>>> = vec![Vec::new(); groups.len()];
-        let mut by_group_shard: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (g, group) in groups.iter().enumerate() {
-            by_group_shard.entry(inner.shard_for(group)).or_default().push(g);
-        }
-        for (shard, read) in by_group_shard {
-            let mut pipe = redis::pipe();
-            let trim_before = now.floor() as i64 - inner.group_expiry_secs() as i64;
-            for &g in &read {
-                let key = inner.group_key(groups[g]);
-                pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg(0).arg(trim_before).ignore();
-                pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
-            }
-            match query::<Vec<Vec<Vec<u8>>>>(inner, shard, &pipe).await {
-                Ok(found) => {
-                    for (&g, found) in read.iter().zip(found) {
-                        members[g] = found;
-                    }
-                }
-                Err(e) => {
-                    let failed: Vec<usize> =
-                        (0..sends.len()).filter(|&i| group_of[i].is_some_and(|g| read.contains(&g))).collect();
-                    fail_all(&mut reports, &failed, &e);
-                }
-            }
-        }
-        // Each group's members by receiving process queue: this process's own queues, and the
-        // others by shard.
-        let buckets: Vec<Vec<(&str, Vec<&str>)>> = members.iter().map(|names| by_process(names)).collect();
-        let (own, per_shard): (Vec<Vec<usize>>, Vec<HashMap<usize, Vec<usize>>>) = buckets
-            .iter()
-            .map(|buckets| {
-                let (mut own, mut per_shard) = (Vec::new(), HashMap::<usize, Vec<usize>>::new());
-                for (b, (non_local, _)) in buckets.iter().enumerate() {
-                    if inner.is_our_queue(non_local) {
-                        own.push(b);
-                    } else {
-                        per_shard.entry(inner.shard_for(non_local)).or_default().push(b);
-                    }
-                }
-                (own, per_shard)
-            })
-            .unzip();
-
-        // Members in this process get each message at once, in the order of the sends.
-        for ((report, group), (_, message)) in reports.iter_mut().zip(&group_of).zip(sends) {
-            let (Ok(report), Some(g)) = (report, *group) else { continue };
-            for &b in &own[g] {
-                let (queued, full) = inner.push_local(message, &buckets[g][b].1);
-                report.queued += queued;
-                report.dropped_full += full;
-            }
-        }
-
-        // One payload per receiving process queue and message, naming every member it holds;
-        // the scripts of one shard go in one pipeline, in the order of the sends, each with a
-        // later score than the one before (a queue is ordered by score).
-        let scores: Vec<f64> = sends.iter().map(|_| inner.next_score(now)).collect();
-        struct Queued {
-            send: usize,
-            members_per_queue: Vec<usize>,
-        }
-        let mut by_queue_shard: HashMap<usize, (redis::Pipeline, Vec<Queued>)> = HashMap::new();
-        for (i, (_, message)) in sends.iter().enumerate() {
-            let (Ok(_), Some(g)) = (&reports[i], group_of[i]) else { continue };
-            let buckets = &buckets[g];
-            for (&shard, bucket_indices) in &per_shard[g] {
-                let mut invocation = scripts::GROUP_SEND.prepare_invoke();
-                for &b in bucket_indices {
-                    invocation.key(format!("{}{}", inner.config.prefix, buckets[b].0));
-                }
-                for &b in bucket_indices {
-                    invocation.arg(inner.seal(wire::body_with_routing(message, &Routing::Many(buckets[b].1.clone()))));
-                }
-                for &b in bucket_indices {
-                    invocation.arg(inner.config.layer.capacity_for(buckets[b].1[0]));
-                }
-                invocation.arg(now.floor() as i64 - inner.expiry_secs() as i64).arg(scores[i]).arg(inner.expiry_secs());
-                let (pipe, queued) = by_queue_shard.entry(shard).or_insert_with(|| {
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("SCRIPT").arg("LOAD").arg(scripts::GROUP_SEND_SOURCE).ignore();
-                    (pipe, Vec::new())
-                });
-                pipe.invoke_script(&invocation);
-                let members_per_queue = bucket_indices.iter().map(|&b| buckets[b].1.len()).collect();
-                queued.push(Queued { send: i, members_per_queue });
-            }
-        }
-        let mut dropped_total = 0;
-        for (shard, (pipe, queued)) in by_queue_shard {
-            match query::<Vec<Vec<i64>>>(inner, shard, &pipe).await {
-                Ok(flags) => {
-                    for (q, flags) in queued.iter().zip(flags) {
-                        let Ok(report) = &mut reports[q.send] else { continue };
-                        for (&members, flag) in q.members_per_queue.iter().zip(flags) {
-                            if flag == 1 {
-                                report.queued += members;
-                            } else {
-                                report.dropped_full += members;
-                                dropped_total += members;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    let failed: Vec<usize> = queued.iter().map(|q| q.send).collect();
-                    fail_all(&mut reports, &failed, &e);
-                }
-            }
-        }
-        if dropped_total > 0 {
-            inner.dropped_full.fetch_add(dropped_total as u64, Ordering::Relaxed);
-            tracing::info!(dropped = dropped_total, "group_send dropped messages for full channels");
-        }
-        reports
+    async fn group_send_many_echoed(
+        &self,
+        sends: &[(String, Message)],
+        channel: &str,
+        echoed: &[bool],
+    ) -> Vec<Result<GroupSendReport, GroupError>> {
+        self.inner.send_batch(sends, Some((channel, echoed))).await
     }
 
     async fn flush(&self) -> Result<(), GroupError> {
@@ -813,6 +741,189 @@ impl ChannelLayer for RedisChannelLayer {
 
     fn config(&self) -> &LayerConfig {
         &self.inner.config.layer
+    }
+}
+
+impl Inner {
+    /// Stops echoing `channel`'s sends to `group` (see [`Joined::echo`]) unless this process
+    /// added the membership after `op`, when the read that missed it began: the read may have
+    /// come before it.
+    fn stop_echoing(&self, group: &str, channel: &str, op: u64) {
+        let mut local = self.lock();
+        if let Some(joined) = local.memberships.get_mut(group).and_then(|members| members.get_mut(channel))
+            && joined.op < op
+        {
+            joined.echo = false;
+            tracing::debug!(%group, %channel, "membership gone from Redis; its sends are no longer echoed");
+        }
+    }
+
+    /// [`ChannelLayer::group_send_many`], and [`ChannelLayer::group_send_many_echoed`] when
+    /// `sender` names the sending channel and which sends were echoed to it.
+    async fn send_batch(
+        &self,
+        sends: &[(String, Message)],
+        sender: Option<(&str, &[bool])>,
+    ) -> Vec<Result<GroupSendReport, GroupError>> {
+        let mut reports: Vec<Result<GroupSendReport, GroupError>> = sends
+            .iter()
+            .map(|(group, _)| validate_group_name(group).map(|()| GroupSendReport::default()).map_err(GroupError::from))
+            .collect();
+        let now = wire::now_seconds();
+
+        // The distinct groups, in order of first use, and which of them each valid send goes to.
+        let mut groups: Vec<&str> = Vec::new();
+        let group_of: Vec<Option<usize>> = sends
+            .iter()
+            .zip(&reports)
+            .map(|((group, _), report)| {
+                report.is_ok().then(|| {
+                    groups.iter().position(|&g| g == group.as_str()).unwrap_or_else(|| {
+                        groups.push(group);
+                        groups.len() - 1
+                    })
+                })
+            })
+            .collect();
+
+        // Taken before the groups are read: memberships this process made after it may be
+        // missing from what the read finds without having been removed.
+        let op = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
+        // Members of every group, one pipeline per shard holding groups: trim the expired
+        // memberships, then read the rest (plain commands, as channels_redis does: a script
+        // would make redis-server hash every name into a Lua string).
+        let mut members: Vec<Vec<Vec<u8>>> = vec![Vec::new(); groups.len()];
+        let mut by_group_shard: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (g, group) in groups.iter().enumerate() {
+            by_group_shard.entry(self.shard_for(group)).or_default().push(g);
+        }
+        for (shard, read) in by_group_shard {
+            let mut pipe = redis::pipe();
+            let trim_before = now.floor() as i64 - self.group_expiry_secs() as i64;
+            for &g in &read {
+                let key = self.group_key(groups[g]);
+                pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg(0).arg(trim_before).ignore();
+                pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
+            }
+            match query::<Vec<Vec<Vec<u8>>>>(self, shard, &pipe).await {
+                Ok(found) => {
+                    for (&g, found) in read.iter().zip(found) {
+                        members[g] = found;
+                    }
+                }
+                Err(e) => {
+                    let failed: Vec<usize> =
+                        (0..sends.len()).filter(|&i| group_of[i].is_some_and(|g| read.contains(&g))).collect();
+                    fail_all(&mut reports, &failed, &e);
+                }
+            }
+        }
+        // A sender whose echoed send's group, read successfully, does not list it: someone else
+        // removed the membership from Redis (a `group_discard` from another process, a
+        // `flush`, or Redis losing its data).
+        let echoed = |i: usize| sender.is_some_and(|(_, echoed)| echoed.get(i) == Some(&true));
+        if let Some((channel, _)) = sender {
+            for (g, group) in groups.iter().enumerate() {
+                let read = (0..sends.len()).any(|i| echoed(i) && group_of[i] == Some(g) && reports[i].is_ok());
+                if read && !members[g].iter().any(|member| member == channel.as_bytes()) {
+                    self.stop_echoing(group, channel, op);
+                }
+            }
+        }
+        // Each group's members by receiving process queue: this process's own queues, and the
+        // others by shard.
+        let buckets: Vec<Vec<(&str, Vec<&str>)>> = members.iter().map(|names| by_process(names)).collect();
+        let (own, per_shard): (Vec<_>, Vec<_>) = buckets
+            .iter()
+            .map(|buckets| {
+                let (mut own, mut per_shard) = (Vec::new(), HashMap::<usize, Vec<usize>>::new());
+                for (b, (non_local, _)) in buckets.iter().enumerate() {
+                    if self.is_our_queue(non_local) {
+                        own.push(b);
+                    } else {
+                        per_shard.entry(self.shard_for(non_local)).or_default().push(b);
+                    }
+                }
+                (own, per_shard)
+            })
+            .unzip();
+
+        // Members in this process get each message at once, in the order of the sends; an
+        // echoed sender has its copy already.
+        for (i, ((report, group), (_, message))) in reports.iter_mut().zip(&group_of).zip(sends).enumerate() {
+            let (Ok(report), Some(g)) = (report, *group) else { continue };
+            let skip = sender.filter(|_| echoed(i)).map(|(channel, _)| channel);
+            report.queued += usize::from(skip.is_some());
+            for &b in &own[g] {
+                let (queued, full) = self.push_local(message, &buckets[g][b].1, skip);
+                report.queued += queued;
+                report.dropped_full += full;
+            }
+        }
+
+        // One payload per receiving process queue and message, naming every member it holds;
+        // the scripts of one shard go in one pipeline, in the order of the sends, each with a
+        // later score than the one before (a queue is ordered by score).
+        let scores: Vec<f64> = sends.iter().map(|_| self.next_score(now)).collect();
+        struct Queued {
+            send: usize,
+            members_per_queue: Vec<usize>,
+        }
+        let mut by_queue_shard: HashMap<usize, (redis::Pipeline, Vec<Queued>)> = HashMap::new();
+        for (i, (_, message)) in sends.iter().enumerate() {
+            let (Ok(_), Some(g)) = (&reports[i], group_of[i]) else { continue };
+            let buckets = &buckets[g];
+            for (&shard, bucket_indices) in &per_shard[g] {
+                let mut invocation = scripts::GROUP_SEND.prepare_invoke();
+                for &b in bucket_indices {
+                    invocation.key(format!("{}{}", self.config.prefix, buckets[b].0));
+                }
+                for &b in bucket_indices {
+                    invocation.arg(self.seal(wire::body_with_routing(message, &Routing::Many(buckets[b].1.clone()))));
+                }
+                for &b in bucket_indices {
+                    invocation.arg(self.config.layer.capacity_for(buckets[b].1[0]));
+                }
+                invocation.arg(now.floor() as i64 - self.expiry_secs() as i64).arg(scores[i]).arg(self.expiry_secs());
+                let (pipe, queued) = by_queue_shard.entry(shard).or_insert_with(|| {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(scripts::GROUP_SEND_SOURCE).ignore();
+                    (pipe, Vec::new())
+                });
+                pipe.invoke_script(&invocation);
+                let members_per_queue = bucket_indices.iter().map(|&b| buckets[b].1.len()).collect();
+                queued.push(Queued { send: i, members_per_queue });
+            }
+        }
+        let mut dropped_total = 0;
+        for (shard, (pipe, queued)) in by_queue_shard {
+            match query::<Vec<Vec<i64>>>(self, shard, &pipe).await {
+                Ok(flags) => {
+                    for (q, flags) in queued.iter().zip(flags) {
+                        let Ok(report) = &mut reports[q.send] else { continue };
+                        for (&members, flag) in q.members_per_queue.iter().zip(flags) {
+                            if flag == 1 {
+                                report.queued += members;
+                            } else {
+                                report.dropped_full += members;
+                                dropped_total += members;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    let failed: Vec<usize> = queued.iter().map(|q| q.send).collect();
+                    fail_all(&mut reports, &failed, &e);
+                }
+            }
+        }
+        if dropped_total > 0 {
+            self.dropped_full.fetch_add(dropped_total as u64, Ordering::Relaxed);
+            tracing::info!(dropped = dropped_total, "group_send dropped messages for full channels");
+        }
+        let failed = reports.iter().any(|report| matches!(report, Err(GroupError::Backend(_))));
+        self.echo_paused.store(failed, Ordering::Relaxed);
+        reports
     }
 }
 

@@ -50,6 +50,17 @@ mod across_processes {
         async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
             self.sender.group_send_many(sends).await
         }
+        fn group_send_echo(&self, group: &str, channel: &str, message: &Message) -> bool {
+            self.sender.group_send_echo(group, channel, message)
+        }
+        async fn group_send_many_echoed(
+            &self,
+            sends: &[(String, Message)],
+            channel: &str,
+            echoed: &[bool],
+        ) -> Vec<Result<GroupSendReport, GroupError>> {
+            self.sender.group_send_many_echoed(sends, channel, echoed).await
+        }
         async fn flush(&self) -> Result<(), GroupError> {
             self.sender.flush().await?;
             self.receiver.flush().await

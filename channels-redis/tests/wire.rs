@@ -255,3 +255,108 @@ async fn worker_channels_spread_over_two_shards_are_all_received() {
     seen.sort();
     assert_eq!(seen, ["0", "1", "2", "3", "4", "5"]);
 }
+
+/// Echoes (`group_send_echo`) rest on this process's record of its memberships; these check
+/// that the record follows Redis when someone else changes it.
+mod echo {
+    use super::*;
+
+    fn texts(layer: &RedisChannelLayer, channel: &str) -> Vec<String> {
+        std::iter::from_fn(|| layer.try_receive(channel))
+            .map(|m| m.to_value().expect("value")["text"].as_str().expect("text").to_owned())
+            .collect()
+    }
+
+    async fn send(layer: &RedisChannelLayer, me: &str, text: &str) -> bool {
+        let sends = [("room".to_owned(), chat(text))];
+        let echoed = layer.group_send_echo("room", me, &sends[0].1);
+        let reports = layer.group_send_many_echoed(&sends, me, &[echoed]).await;
+        assert!(reports[0].is_ok(), "{reports:?}");
+        echoed
+    }
+
+    /// Waits for the copy that went through Redis (the strict path delivers after a read).
+    async fn arrives(layer: &RedisChannelLayer, channel: &str) -> String {
+        let got = tokio::time::timeout(Duration::from_secs(5), layer.receive(channel)).await.expect("arrives");
+        got.expect("ok").to_value().expect("value")["text"].as_str().expect("text").to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_membership_another_process_removed_stops_the_echo_after_one_read() {
+        let (here, there) = support::layer_pair(&support::shared().url(), LayerConfig::default());
+        let me = here.new_channel("specific").await.expect("new_channel");
+        here.group_add("room", &me).await.expect("group_add");
+        assert!(send(&here, &me, "1").await, "joined here: echoed");
+        assert_eq!(texts(&here, &me), ["1"]);
+
+        // Another process removes it (as a Django admin command might).
+        there.group_discard("room", &me).await.expect("group_discard");
+        // The record is stale until a send reads the group: that one is still echoed...
+        assert!(send(&here, &me, "2").await);
+        assert_eq!(texts(&here, &me), ["2"]);
+        // ...and the read found the membership gone: no more echoes, and nothing arrives.
+        assert!(!send(&here, &me, "3").await);
+        assert!(tokio::time::timeout(Duration::from_millis(300), here.receive(&me)).await.is_err());
+
+        // Joining again here restores the echo.
+        here.group_add("room", &me).await.expect("group_add");
+        assert!(send(&here, &me, "4").await);
+        assert_eq!(texts(&here, &me), ["4"]);
+    }
+
+    #[tokio::test]
+    async fn a_membership_another_process_made_is_served_after_the_read() {
+        let (here, there) = support::layer_pair(&support::shared().url(), LayerConfig::default());
+        let me = here.new_channel("specific").await.expect("new_channel");
+        there.group_add("room", &me).await.expect("group_add");
+        assert!(!send(&here, &me, "1").await, "not joined by this process: no echo");
+        assert_eq!(arrives(&here, &me).await, "1", "but the member gets it through the read");
+        assert!(here.try_receive(&me).is_none(), "once");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_echoed_while_redis_fails_and_echoes_resume_after() {
+        // A server of its own, to stop and restart.
+        let mut server = support::RedisServer::start();
+        let here = support::layer_on(&server.url(), LayerConfig::default());
+        let me = here.new_channel("specific").await.expect("new_channel");
+        here.group_add("room", &me).await.expect("group_add");
+        assert!(send(&here, &me, "up").await);
+        assert_eq!(texts(&here, &me), ["up"]);
+
+        server.stop();
+        let sends = [("room".to_owned(), chat("down"))];
+        let echoed = here.group_send_echo("room", &me, &sends[0].1);
+        let reports = here.group_send_many_echoed(&sends, &me, &[echoed]).await;
+        assert!(reports[0].is_err(), "Redis is down: {reports:?}");
+        let _ = texts(&here, &me);
+        assert!(!here.group_send_echo("room", &me, &chat("still down")), "no echo after a failed send");
+        assert!(here.try_receive(&me).is_none());
+
+        server.restart();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let sends = [("room".to_owned(), chat("back?"))];
+            let echoed = here.group_send_echo("room", &me, &sends[0].1);
+            let reports = here.group_send_many_echoed(&sends, &me, &[echoed]).await;
+            if echoed && reports[0].is_ok() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "echoes never resumed: {reports:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_membership_is_not_echoed() {
+        let config = LayerConfig::default().group_expiry(Duration::from_secs(1));
+        let here = support::layer_on(&support::shared().url(), config);
+        let me = here.new_channel("specific").await.expect("new_channel");
+        here.group_add("room", &me).await.expect("group_add");
+        assert!(here.group_send_echo("room", &me, &chat("fresh")));
+        assert_eq!(texts(&here, &me), ["fresh"]);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(!here.group_send_echo("room", &me, &chat("stale")), "past group_expiry");
+        assert!(here.try_receive(&me).is_none());
+    }
+}

@@ -214,6 +214,39 @@ pub trait ChannelLayer: Send + Sync + 'static {
         reports
     }
 
+    /// Puts the sender's own copy of a group message on its channel at once, when the layer
+    /// can: true if it did. [`WebsocketContext::group_send_nowait`](crate::context::WebsocketContext::group_send_nowait)
+    /// calls it with the connection's own `channel` before queueing the send, and the queued
+    /// sends then go through [`group_send_many_echoed`](Self::group_send_many_echoed), which
+    /// does not deliver `channel` the copies it got here.
+    ///
+    /// It is for backends whose group sends wait for a round trip: over Redis a connection's
+    /// client would otherwise see its own message only after its group is read from Redis, and
+    /// a client that waits for that (a chat window, or a sender with a window of messages in
+    /// flight) sends its next ones that much later, so every member gets fewer messages per
+    /// wake-up. A backend answers from what it knows without that round trip (the Redis layer:
+    /// `channel` joined `group` in this process, and the membership has not expired or been
+    /// found missing from Redis since). The default returns false: the in-memory layer's group
+    /// sends do not wait. A backend that returns true must implement
+    /// [`group_send_many_echoed`](Self::group_send_many_echoed).
+    fn group_send_echo(&self, _group: &str, _channel: &str, _message: &Message) -> bool {
+        false
+    }
+
+    /// [`group_send_many`](Self::group_send_many) for the sends of the connection whose channel
+    /// is `channel`: where `echoed[i]` is true, [`group_send_echo`](Self::group_send_echo) put
+    /// send `i`'s copy on `channel` already, and `channel` does not get it again (its report
+    /// counts it as queued). The default, for backends that never echo, is `group_send_many`.
+    async fn group_send_many_echoed(
+        &self,
+        sends: &[(String, Message)],
+        channel: &str,
+        echoed: &[bool],
+    ) -> Vec<Result<GroupSendReport, GroupError>> {
+        let _ = (channel, echoed);
+        self.group_send_many(sends).await
+    }
+
     /// Drops every message and group.
     async fn flush(&self) -> Result<(), GroupError>;
 

@@ -354,6 +354,47 @@ pub async fn group_send_many_keeps_order_and_reports_each(factory: &impl LayerFa
     assert_eq!(n_of(&receive(&*layer, "full-worker").await), 0);
 }
 
+/// A sender's copy of a group message arrives exactly once, whether the layer echoes it
+/// (`group_send_echo` true: it is waiting at once) or not; a channel that is not a member gets
+/// no echo; the other members get every message, in order.
+pub async fn echoed_group_sends_reach_the_sender_once(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let (me, other, outsider) = (
+        layer.new_channel("specific").await.expect("me"),
+        layer.new_channel("specific").await.expect("other"),
+        layer.new_channel("specific").await.expect("outsider"),
+    );
+    layer.group_add("room", &me).await.expect("group_add");
+    layer.group_add("room", &other).await.expect("group_add");
+    assert!(!layer.group_send_echo("room", &outsider, &msg(0)), "not a member: no echo");
+    assert!(layer.try_receive(&outsider).is_none());
+
+    let sends: Vec<(String, Message)> = (1..=3).map(|n| ("room".to_owned(), msg(n))).collect();
+    let echoed: Vec<bool> = sends.iter().map(|(group, message)| layer.group_send_echo(group, &me, message)).collect();
+    let mut at_me = Vec::new();
+    if echoed.iter().all(|&e| e) {
+        // Echoed: waiting before the group send itself.
+        while let Some(message) = layer.try_receive(&me) {
+            at_me.push(n_of(&message));
+        }
+        assert_eq!(at_me, [1, 2, 3], "echoed copies wait at once, in order");
+    } else {
+        assert!(!echoed.contains(&true), "a layer echoes a member's sends alike: {echoed:?}");
+    }
+    let reports = layer.group_send_many_echoed(&sends, &me, &echoed).await;
+    let queued: Vec<usize> = reports.iter().map(|r| r.as_ref().expect("sent").queued).collect();
+    assert_eq!(queued, [2, 2, 2], "the echoed copy counts as queued");
+    while at_me.len() < 3 {
+        at_me.push(n_of(&receive(&*layer, &me).await));
+    }
+    assert_eq!(at_me, [1, 2, 3]);
+    assert!(receives_nothing(&*layer, &me).await, "the sender gets each message once");
+    for n in 1..=3 {
+        assert_eq!(n_of(&receive(&*layer, &other).await), n);
+    }
+    assert!(receives_nothing(&*layer, &other).await);
+}
+
 /// Consecutive sends to one group in a `group_send_many` fill a member up to its capacity one
 /// message at a time, and a member of two groups gets every message in the order given, as
 /// from one `group_send` after another.
@@ -560,6 +601,7 @@ macro_rules! layer_conformance_tests {
             concurrent_group_sends_reach_everyone,
             group_send_many_keeps_order_and_reports_each,
             group_send_many_fills_members_message_by_message,
+            echoed_group_sends_reach_the_sender_once,
             try_receive_takes_only_what_is_waiting,
             every_waiting_receiver_is_served,
             a_receiver_receives_like_the_layer,
