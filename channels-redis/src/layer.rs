@@ -24,7 +24,7 @@ use crate::wire::{self, Routing, consistent_hash};
 /// A channel layer on Redis that speaks channels_redis 4.x's format, so Django Channels
 /// processes and Rust processes share one Redis and each other's groups.
 ///
-/// Each process has one queue (`<prefix>specific.<32 hex>!`) that all its consumers share; a
+/// Each process has one queue (`<prefix>specific.<16 hex>!`) that all its consumers share; a
 /// background task per shard pops it and hands each message to the local channel (or channels)
 /// it names. Group sends put one message per receiving process, encoded once.
 ///
@@ -133,7 +133,7 @@ impl RedisChannelLayer {
                 encryption,
                 config,
                 shards,
-                client_prefix: wire::random_hex(),
+                client_prefix: wire::process_id(),
                 local: Mutex::new(Local::default()),
                 round_robin: AtomicUsize::new(0),
                 last_score: Mutex::new(0.0),
@@ -180,13 +180,18 @@ impl Inner {
     }
 
     fn is_ours(&self, channel: &str) -> bool {
-        // `<prefix>.<client_prefix>!<local>`: our 32-hex id right before the first '!'.
-        channel.split_once('!').is_some_and(|(non_local, _)| non_local.ends_with(self.client_prefix.as_str()))
+        // `<prefix>.<client_prefix>!<local>`: our id between the last '.' and the first '!'.
+        channel.split_once('!').is_some_and(|(non_local, _)| self.is_our_id(non_local))
+    }
+
+    /// Whether `non_local` (up to its `!`) ends in `.` and this process's id.
+    fn is_our_id(&self, non_local: &str) -> bool {
+        non_local.strip_suffix(self.client_prefix.as_str()).is_some_and(|rest| rest.ends_with('.'))
     }
 
     /// Whether a process queue's name (`<prefix>.<client_prefix>!`) is one this layer reads.
     fn is_our_queue(&self, non_local: &str) -> bool {
-        non_local.strip_suffix('!').is_some_and(|id| id.ends_with(self.client_prefix.as_str()))
+        non_local.strip_suffix('!').is_some_and(|id| self.is_our_id(id))
     }
 
     /// `random(12) || body`, the body encrypted when keys are configured.
@@ -1003,5 +1008,24 @@ mod tests {
             ]
         );
         assert!(by_process(&[]).is_empty(), "an empty group");
+    }
+
+    #[test]
+    fn a_channel_is_ours_only_with_our_whole_id_before_its_bang() {
+        let layer = super::RedisChannelLayer::from_url("redis://127.0.0.1:1/0").expect("layer");
+        let id = layer.inner.client_prefix.clone();
+        assert!(layer.inner.is_ours(&format!("specific.{id}!abc")));
+        assert!(layer.inner.is_ours(&format!("chat.{id}!abc")), "any new_channel prefix");
+        assert!(layer.inner.is_our_queue(&format!("specific.{id}!")));
+        for other in [
+            format!("specific.0{id}!abc"),
+            format!("specific.{}!abc", &id[1..]),
+            format!("{id}!abc"),
+            format!("specific.{id}"),
+            "specific.0123456789abcdef0123456789abcdef!abc".to_owned(),
+        ] {
+            assert!(!layer.inner.is_ours(&other), "{other}");
+        }
+        assert!(!layer.inner.is_our_queue(&format!("specific.0{id}!")));
     }
 }

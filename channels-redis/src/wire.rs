@@ -231,9 +231,20 @@ pub fn local_id() -> String {
     rand::rng().sample_iter(rand::distr::Alphanumeric).take(12).map(char::from).collect()
 }
 
+/// A process's id in its channel names (`specific.<id>!<local>`): 16 random lowercase hex
+/// digits (64 bits). channels_redis uses `uuid4().hex` (32); only the process that minted an
+/// id parses it, and like [`local_id`] it is repeated for each member a group message names.
+pub fn process_id() -> String {
+    hex_of_random_bytes::<8>()
+}
+
 /// 32 random lowercase hex digits, like Python's `uuid4().hex`.
 pub fn random_hex() -> String {
-    let mut bytes = [0u8; 16];
+    hex_of_random_bytes::<16>()
+}
+
+fn hex_of_random_bytes<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
     rand::rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -122,7 +122,7 @@ async fn channel_names_share_the_process_id_and_end_in_a_short_random_part() {
     let b = layer.new_channel("specific").await.expect("new_channel");
     for name in [&a, &b] {
         let (process, local) = name.strip_prefix("specific.").and_then(|n| n.split_once('!')).expect("prefix.id!local");
-        assert!(process.len() == 32 && process.bytes().all(|c| c.is_ascii_hexdigit()), "{name}");
+        assert!(process.len() == 16 && process.bytes().all(|c| c.is_ascii_hexdigit()), "{name}");
         assert!(local.len() == 12 && local.bytes().all(|c| c.is_ascii_alphanumeric()), "{name}");
     }
     assert_eq!(channels_core::layer::non_local_name(&a), channels_core::layer::non_local_name(&b));
