@@ -101,6 +101,8 @@ struct Inner {
     dropped_full: AtomicU64,
     /// Counts memberships made and reads of groups begun, to order them (see [`Joined`]).
     ops: AtomicU64,
+    /// Channels named by `new_channel` so far: the local part of the next name.
+    channels_made: AtomicU64,
     /// The last read of groups failed: nothing is echoed (see
     /// [`ChannelLayer::group_send_echo`]) until one succeeds, so that a sender does not see
     /// its messages come back while they cannot reach anyone else.
@@ -139,6 +141,7 @@ impl RedisChannelLayer {
                 last_score: Mutex::new(0.0),
                 dropped_full: AtomicU64::new(0),
                 ops: AtomicU64::new(0),
+                channels_made: AtomicU64::new(0),
                 echo_paused: AtomicBool::new(false),
                 stop: CancellationToken::new(),
                 normal_receivers: tokio::sync::Mutex::new(HashMap::new()),
@@ -554,7 +557,8 @@ impl std::fmt::Debug for RedisChannelLayer {
 #[async_trait]
 impl ChannelLayer for RedisChannelLayer {
     async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
-        let name = format!("{prefix}.{}!{}", self.inner.client_prefix, wire::local_id());
+        let n = self.inner.channels_made.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{prefix}.{}!{}", self.inner.client_prefix, wire::local_id(n));
         validate_channel_name(&name)?;
         self.inner.lock().channels.entry(name.clone()).or_default();
         self.ensure_pumps(&self.inner.queue_key(&name));

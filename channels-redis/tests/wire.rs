@@ -115,7 +115,7 @@ async fn a_poison_payload_in_our_queue_is_skipped_and_the_next_message_arrives()
 }
 
 #[tokio::test]
-async fn channel_names_share_the_process_id_and_end_in_a_short_random_part() {
+async fn channel_names_share_the_process_id_and_end_in_a_short_count() {
     let server = support::shared();
     let layer = layer(&server.url(), "w6");
     let a = layer.new_channel("specific").await.expect("new_channel");
@@ -123,7 +123,7 @@ async fn channel_names_share_the_process_id_and_end_in_a_short_random_part() {
     for name in [&a, &b] {
         let (process, local) = name.strip_prefix("specific.").and_then(|n| n.split_once('!')).expect("prefix.id!local");
         assert!(process.len() == 16 && process.bytes().all(|c| c.is_ascii_hexdigit()), "{name}");
-        assert!(local.len() == 12 && local.bytes().all(|c| c.is_ascii_alphanumeric()), "{name}");
+        assert!(!local.is_empty() && local.len() <= 2 && local.bytes().all(|c| c.is_ascii_alphanumeric()), "{name}");
     }
     assert_eq!(channels_core::layer::non_local_name(&a), channels_core::layer::non_local_name(&b));
     assert_ne!(a, b);
