@@ -142,7 +142,8 @@ pub(crate) type Sent = (Vec<(String, Message)>, Vec<bool>, Vec<Result<GroupSendR
 pub(crate) struct Outbox {
     queued: Vec<(String, Message)>,
     /// For each queued send, whether its copy for this connection was put on its channel at
-    /// once ([`ChannelLayer::group_send_echo`]).
+    /// once ([`ChannelLayer::group_send_echo`]): some `true`s, then `false`s (see
+    /// [`Outbox::may_echo`]).
     echoed: Vec<bool>,
     in_flight: Option<Pin<Box<dyn Future<Output = Sent> + Send>>>,
     /// The batch in flight holds a send that was not echoed.
@@ -163,9 +164,9 @@ impl Outbox {
         }
         let sends = std::mem::take(&mut self.queued);
         let echoed = std::mem::take(&mut self.echoed);
-        self.in_flight_unechoed = echoed.contains(&false);
+        self.in_flight_unechoed = echoed.last() == Some(&false);
         let layer = layer.clone();
-        let channel = channel.filter(|_| echoed.contains(&true)).cloned();
+        let channel = channel.filter(|_| echoed.first() == Some(&true)).cloned();
         self.in_flight = Some(Box::pin(async move {
             let reports = match &channel {
                 Some(channel) => layer.group_send_many_echoed(&sends, channel, &echoed).await,
@@ -179,7 +180,7 @@ impl Outbox {
     /// Whether the next send may be echoed: only if every send before it, queued or in
     /// flight, was, so that the connection gets its own messages in the order it sent them.
     fn may_echo(&self) -> bool {
-        !self.in_flight_unechoed && !self.echoed.contains(&false)
+        !self.in_flight_unechoed && self.echoed.last() != Some(&false)
     }
 
     /// Keeps the failures of a finished batch, and its buffers for the next one.
