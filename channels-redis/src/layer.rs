@@ -33,7 +33,9 @@ use crate::wire::{self, Routing, consistent_hash};
 /// Redis restart, local buffers are bounded and honour `expiry`, messages for consumers that
 /// are gone are dropped instead of piling up, and an undecodable payload is logged and skipped.
 /// Messages from this process to its own channels (a `send`, or the local members' share of a
-/// `group_send`) go straight into their buffers instead of through Redis.
+/// `group_send`) go straight into their buffers instead of through Redis, and a sender's own
+/// copy of a group message it queues goes there before the group is read
+/// ([`ChannelLayer::group_send_echo`], for groups it joined in this process).
 ///
 /// ```no_run
 /// use channels_core::layer::ChannelLayer;
