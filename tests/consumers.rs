@@ -703,15 +703,26 @@ async fn group_send_nowait_refuses_bad_names_and_missing_layers_at_once() {
     assert_eq!(client.receive_close().await.expect("closed").0, 1011, "no layer: the handler's error closes with 1011");
 }
 
-/// An in-memory layer whose group sends wait until [`HeldSends::release`].
+/// An in-memory layer whose group sends wait until [`HeldSends::release`], and which echoes a
+/// sender's group sends (`group_send_echo`) while `echo` is set. An echoed send reaches nobody
+/// else: the echo test's group holds only the sender.
 struct HeldSends {
     inner: InMemoryChannelLayer,
     released: tokio::sync::watch::Sender<bool>,
+    echo: std::sync::atomic::AtomicBool,
 }
 
 impl HeldSends {
+    fn new(inner: InMemoryChannelLayer) -> Self {
+        Self { inner, released: tokio::sync::watch::Sender::new(false), echo: false.into() }
+    }
+
     fn release(&self) {
         self.released.send_replace(true);
+    }
+
+    fn set_echo(&self, echo: bool) {
+        self.echo.store(echo, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -738,79 +749,6 @@ impl ChannelLayer for HeldSends {
         message: Message,
     ) -> Result<channels::layers::GroupSendReport, channels::layers::GroupError> {
         let _ = self.released.subscribe().wait_for(|released| *released).await;
-        self.inner.group_send(group, message).await
-    }
-    async fn flush(&self) -> Result<(), channels::layers::GroupError> {
-        self.inner.flush().await
-    }
-    fn config(&self) -> &LayerConfig {
-        self.inner.config()
-    }
-}
-
-#[tokio::test]
-async fn a_client_read_paused_by_a_full_outbox_is_read_again_once_it_drains() {
-    let layer = Arc::new(HeldSends {
-        inner: InMemoryChannelLayer::new(LayerConfig::default().capacity(1000)),
-        released: tokio::sync::watch::Sender::new(false),
-    });
-    let app = caster_app(layer.clone());
-    let mut listener = WebsocketCommunicator::new(&app, "/relay/");
-    assert!(matches!(listener.connect().await.expect("listener"), Connected::Accepted { .. }));
-    let mut caster = WebsocketCommunicator::new(&app, "/cast/");
-    assert!(matches!(caster.connect().await.expect("caster"), Connected::Accepted { .. }));
-
-    // More queued sends than the outbox holds: the server stops reading the client.
-    let count = 400;
-    for n in 0..count {
-        caster.send_text(&n.to_string()).await.expect("send");
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(listener.receive_nothing().await, "nothing is sent while the layer holds the sends");
-    layer.release();
-    for n in 0..count {
-        let text = tokio::time::timeout(std::time::Duration::from_secs(5), listener.receive_text())
-            .await
-            .unwrap_or_else(|_| panic!("cast {n} never came: the client was not read again"))
-            .expect("cast");
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(json["text"], n.to_string());
-    }
-    caster.disconnect().await.unwrap();
-    listener.disconnect().await.unwrap();
-}
-
-/// An in-memory layer that echoes a sender's group sends while `echo` is set, and holds group
-/// sends until [`EchoSwitch::release`]. Its one group holds only the sender, so an echoed send
-/// has nobody else to reach.
-struct EchoSwitch {
-    inner: InMemoryChannelLayer,
-    echo: std::sync::atomic::AtomicBool,
-    released: tokio::sync::watch::Sender<bool>,
-}
-
-#[channels::async_trait]
-impl ChannelLayer for EchoSwitch {
-    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::ReceiveError> {
-        self.inner.new_channel(prefix).await
-    }
-    async fn send(&self, channel: &str, message: Message) -> Result<(), channels::layers::SendError> {
-        self.inner.send(channel, message).await
-    }
-    async fn receive(&self, channel: &str) -> Result<Message, channels::layers::ReceiveError> {
-        self.inner.receive(channel).await
-    }
-    async fn group_add(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
-        self.inner.group_add(group, channel).await
-    }
-    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
-        self.inner.group_discard(group, channel).await
-    }
-    async fn group_send(
-        &self,
-        group: &str,
-        message: Message,
-    ) -> Result<channels::layers::GroupSendReport, channels::layers::GroupError> {
         self.inner.group_send(group, message).await
     }
     fn group_send_echo(&self, _group: &str, channel: &str, message: &Message) -> bool {
@@ -842,6 +780,35 @@ impl ChannelLayer for EchoSwitch {
     }
 }
 
+#[tokio::test]
+async fn a_client_read_paused_by_a_full_outbox_is_read_again_once_it_drains() {
+    let layer = Arc::new(HeldSends::new(InMemoryChannelLayer::new(LayerConfig::default().capacity(1000))));
+    let app = caster_app(layer.clone());
+    let mut listener = WebsocketCommunicator::new(&app, "/relay/");
+    assert!(matches!(listener.connect().await.expect("listener"), Connected::Accepted { .. }));
+    let mut caster = WebsocketCommunicator::new(&app, "/cast/");
+    assert!(matches!(caster.connect().await.expect("caster"), Connected::Accepted { .. }));
+
+    // More queued sends than the outbox holds: the server stops reading the client.
+    let count = 400;
+    for n in 0..count {
+        caster.send_text(&n.to_string()).await.expect("send");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(listener.receive_nothing().await, "nothing is sent while the layer holds the sends");
+    layer.release();
+    for n in 0..count {
+        let text = tokio::time::timeout(std::time::Duration::from_secs(5), listener.receive_text())
+            .await
+            .unwrap_or_else(|_| panic!("cast {n} never came: the client was not read again"))
+            .expect("cast");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["text"], n.to_string());
+    }
+    caster.disconnect().await.unwrap();
+    listener.disconnect().await.unwrap();
+}
+
 /// In the group "self" alone; casts what its client says there and forwards what comes back.
 struct SelfCaster;
 
@@ -865,33 +832,34 @@ impl WebsocketConsumer for SelfCaster {
 
 #[tokio::test]
 async fn a_send_is_not_echoed_ahead_of_an_earlier_one_that_was_not() {
-    let layer = Arc::new(EchoSwitch {
-        inner: InMemoryChannelLayer::new(LayerConfig::default()),
-        echo: false.into(),
-        released: tokio::sync::watch::Sender::new(false),
-    });
-    let app =
-        Application::builder(Router::new().websocket("/self/", |_: &Scope| SelfCaster)).layer(layer.clone()).build();
-    let mut client = WebsocketCommunicator::new(&app, "/self/");
-    assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
     let heard =
         |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap()["text"].as_str().unwrap().to_owned();
-
-    // Echoed from the start: the copy comes back while the group send is still held.
-    layer.echo.store(true, std::sync::atomic::Ordering::SeqCst);
-    client.send_text("0").await.unwrap();
-    assert_eq!(heard(client.receive_text().await.expect("echo")), "0");
-
-    // "1" cannot be echoed; once it waits, "2" must not overtake it, though it could be echoed.
-    layer.echo.store(false, std::sync::atomic::Ordering::SeqCst);
-    client.send_text("1").await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    layer.echo.store(true, std::sync::atomic::Ordering::SeqCst);
-    client.send_text("2").await.unwrap();
-    assert!(client.receive_nothing().await, "nothing overtakes the held send");
-    layer.released.send_replace(true);
-    assert_eq!(heard(client.receive_text().await.expect("1")), "1");
-    assert_eq!(heard(client.receive_text().await.expect("2")), "2");
-    assert!(client.receive_nothing().await, "each once");
-    client.disconnect().await.unwrap();
+    // The send that could not be echoed is in flight, or still queued behind an echoed one.
+    for queued in [false, true] {
+        let layer = Arc::new(HeldSends::new(InMemoryChannelLayer::new(LayerConfig::default())));
+        let app = Application::builder(Router::new().websocket("/self/", |_: &Scope| SelfCaster))
+            .layer(layer.clone())
+            .build();
+        let mut client = WebsocketCommunicator::new(&app, "/self/");
+        assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
+        if queued {
+            // Echoed: the copy comes back while its group send is held in flight.
+            layer.set_echo(true);
+            client.send_text("0").await.unwrap();
+            assert_eq!(heard(client.receive_text().await.expect("echo")), "0");
+        }
+        // "1" cannot be echoed; "2" could be, but must not overtake it.
+        layer.set_echo(false);
+        client.send_text("1").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        layer.set_echo(true);
+        client.send_text("2").await.unwrap();
+        assert!(client.receive_nothing().await, "nothing overtakes the held send (queued: {queued})");
+        layer.release();
+        for text in ["1", "2"] {
+            assert_eq!(heard(client.receive_text().await.expect("cast")), text, "queued: {queued}");
+        }
+        assert!(client.receive_nothing().await, "each once");
+        client.disconnect().await.unwrap();
+    }
 }
