@@ -225,10 +225,10 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// a client that waits for that (a chat window, or a sender with a window of messages in
     /// flight) sends its next ones that much later, so every member gets fewer messages per
     /// wake-up. A backend answers from what it knows without that round trip (the Redis layer:
-    /// `channel` joined `group` in this process, and the membership has not expired or been
-    /// found missing from Redis since). The default returns false: the in-memory layer's group
-    /// sends do not wait. A backend that returns true must implement
-    /// [`group_send_many_echoed`](Self::group_send_many_echoed).
+    /// `channel` joined `group` in this process, the membership has not expired or been found
+    /// missing from Redis since, and the last group send did not fail). The default returns
+    /// false: the in-memory layer's group sends do not wait. A backend that returns true must
+    /// implement [`group_send_many_echoed`](Self::group_send_many_echoed).
     fn group_send_echo(&self, _group: &str, _channel: &str, _message: &Message) -> bool {
         false
     }
