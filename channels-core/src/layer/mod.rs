@@ -229,6 +229,30 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// missing from Redis since, and the last group send did not fail). The default returns
     /// false: the in-memory layer's group sends do not wait. A backend that returns true must
     /// implement [`group_send_many_echoed`](Self::group_send_many_echoed).
+    ///
+    /// What a connection does with its queued sends, in short:
+    ///
+    /// ```
+    /// use channels_core::layer::{ChannelLayer, GroupError, GroupSendReport, Message};
+    ///
+    /// async fn send_as(
+    ///     layer: &dyn ChannelLayer,
+    ///     me: &str,
+    ///     sends: &[(String, Message)],
+    /// ) -> Vec<Result<GroupSendReport, GroupError>> {
+    ///     // Each copy for `me` now, where the layer can, up to the first it cannot (so that
+    ///     // `me` gets them in order); the rest of each send after.
+    ///     let mut in_order = true;
+    ///     let echoed: Vec<bool> = sends
+    ///         .iter()
+    ///         .map(|(group, message)| {
+    ///             in_order = in_order && layer.group_send_echo(group, me, message);
+    ///             in_order
+    ///         })
+    ///         .collect();
+    ///     layer.group_send_many_echoed(sends, me, &echoed).await
+    /// }
+    /// ```
     fn group_send_echo(&self, _group: &str, _channel: &str, _message: &Message) -> bool {
         false
     }
