@@ -760,12 +760,12 @@ impl ChannelLayer for HeldSends {
         &self,
         sends: &[(String, Message)],
         _channel: &str,
-        echoed: &[bool],
+        echoed: usize,
     ) -> Vec<Result<channels::layers::GroupSendReport, channels::layers::GroupError>> {
         let _ = self.released.subscribe().wait_for(|released| *released).await;
         let mut reports = Vec::new();
-        for ((group, message), &echoed) in sends.iter().zip(echoed) {
-            reports.push(match echoed {
+        for (i, (group, message)) in sends.iter().enumerate() {
+            reports.push(match i < echoed {
                 true => Ok(channels::layers::GroupSendReport::default()),
                 false => self.inner.group_send(group, message.clone()).await,
             });

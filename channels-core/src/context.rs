@@ -132,19 +132,17 @@ fn unlocked<T>(mutex: &mut std::sync::Mutex<T>) -> &mut T {
     mutex.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The outcome of one batch of queued group sends: the sends, whether each was echoed, then a
-/// report for each.
-pub(crate) type Sent = (Vec<(String, Message)>, Vec<bool>, Vec<Result<GroupSendReport, GroupError>>);
+/// The outcome of one batch of queued group sends: the sends, then a report for each.
+pub(crate) type Sent = (Vec<(String, Message)>, Vec<Result<GroupSendReport, GroupError>>);
 
 /// Group sends queued by [`WebsocketContext::group_send_nowait`]: sent in order, one batch at
 /// a time, while the connection goes on.
 #[derive(Default)]
 pub(crate) struct Outbox {
     queued: Vec<(String, Message)>,
-    /// For each queued send, whether its copy for this connection was put on its channel at
-    /// once ([`ChannelLayer::group_send_echo`]): some `true`s, then `false`s (see
-    /// [`Outbox::may_echo`]).
-    echoed: Vec<bool>,
+    /// How many of the queued sends, from the first, had their copy for this connection put on
+    /// its channel at once ([`ChannelLayer::group_send_echo`]; see [`Outbox::may_echo`]).
+    echoed: usize,
     in_flight: Option<Pin<Box<dyn Future<Output = Sent> + Send>>>,
     /// The batch in flight holds a send that was not echoed.
     in_flight_unechoed: bool,
@@ -164,15 +162,15 @@ impl Outbox {
         }
         let sends = std::mem::take(&mut self.queued);
         let echoed = std::mem::take(&mut self.echoed);
-        self.in_flight_unechoed = echoed.last() == Some(&false);
+        self.in_flight_unechoed = echoed < sends.len();
         let layer = layer.clone();
-        let channel = channel.filter(|_| echoed.first() == Some(&true)).cloned();
+        let channel = channel.filter(|_| echoed > 0).cloned();
         self.in_flight = Some(Box::pin(async move {
             let reports = match &channel {
-                Some(channel) => layer.group_send_many_echoed(&sends, channel, &echoed).await,
+                Some(channel) => layer.group_send_many_echoed(&sends, channel, echoed).await,
                 None => layer.group_send_many(&sends).await,
             };
-            (sends, echoed, reports)
+            (sends, reports)
         }));
         true
     }
@@ -180,21 +178,19 @@ impl Outbox {
     /// Whether the next send may be echoed: only if every send before it, queued or in
     /// flight, was, so that the connection gets its own messages in the order it sent them.
     fn may_echo(&self) -> bool {
-        !self.in_flight_unechoed && self.echoed.last() != Some(&false)
+        !self.in_flight_unechoed && self.echoed == self.queued.len()
     }
 
-    /// Keeps the failures of a finished batch, and its buffers for the next one.
-    fn settle(&mut self, (mut sends, mut echoed, reports): Sent) {
+    /// Keeps the failures of a finished batch, and its buffer for the next one.
+    fn settle(&mut self, (mut sends, reports): Sent) {
         self.in_flight_unechoed = false;
         for ((group, _), report) in sends.drain(..).zip(reports) {
             if let Err(e) = report {
                 self.failed.push((group, e));
             }
         }
-        echoed.clear();
         if self.queued.is_empty() {
             self.queued = sends;
-            self.echoed = echoed;
         }
     }
 
@@ -289,13 +285,18 @@ impl WebsocketContext {
 
     /// Waits until every queued group send is done (failures are kept for the hook).
     pub(crate) async fn drain_sends(&mut self) {
-        let Some(layer) = self.membership.layer.clone() else { return };
-        let channel = self.membership.channel_name.clone();
-        while let Some(outbox) = self.outbox_mut() {
-            outbox.start(&layer, channel.as_ref());
-            let Some(in_flight) = outbox.in_flight.take() else { return };
+        loop {
+            // Only the batch is held across the wait: this future is part of every hook's that
+            // sends, and so of every connection's task.
+            let in_flight = {
+                let (Some(layer), Some(outbox)) = (&self.membership.layer, self.outbox.as_mut()) else { return };
+                let outbox = unlocked(outbox);
+                outbox.start(layer, self.membership.channel_name.as_ref());
+                let Some(in_flight) = outbox.in_flight.take() else { return };
+                in_flight
+            };
             let sent = in_flight.await;
-            outbox.settle(sent);
+            self.settle_sends(sent);
         }
     }
 
@@ -612,7 +613,7 @@ impl WebsocketContext {
                 _ => false,
             };
         outbox.queued.push((group.to_owned(), message));
-        outbox.echoed.push(echoed);
+        outbox.echoed += usize::from(echoed);
         Ok(())
     }
 

@@ -700,7 +700,7 @@ impl ChannelLayer for RedisChannelLayer {
         &self,
         sends: &[(String, Message)],
         channel: &str,
-        echoed: &[bool],
+        echoed: usize,
     ) -> Vec<Result<GroupSendReport, GroupError>> {
         self.inner.send_batch(sends, Some((channel, echoed))).await
     }
@@ -770,11 +770,12 @@ impl Inner {
     }
 
     /// [`ChannelLayer::group_send_many`], and [`ChannelLayer::group_send_many_echoed`] when
-    /// `sender` names the sending channel and which sends were echoed to it.
+    /// `sender` names the sending channel and how many of the sends, from the first, were
+    /// echoed to it.
     async fn send_batch(
         &self,
         sends: &[(String, Message)],
-        sender: Option<(&str, &[bool])>,
+        sender: Option<(&str, usize)>,
     ) -> Vec<Result<GroupSendReport, GroupError>> {
         let mut reports: Vec<Result<GroupSendReport, GroupError>> = sends
             .iter()
@@ -832,7 +833,7 @@ impl Inner {
         // A sender whose echoed send's group, read successfully, does not list it: someone else
         // removed the membership from Redis (a `group_discard` from another process, a
         // `flush`, or Redis losing its data).
-        let echoed = |i: usize| sender.is_some_and(|(_, echoed)| echoed.get(i) == Some(&true));
+        let echoed = |i: usize| sender.is_some_and(|(_, echoed)| i < echoed);
         if let Some((channel, _)) = sender {
             for (g, group) in groups.iter().enumerate() {
                 let read = (0..sends.len()).any(|i| echoed(i) && group_of[i] == Some(g) && reports[i].is_ok());

@@ -57,7 +57,7 @@ mod across_processes {
             &self,
             sends: &[(String, Message)],
             channel: &str,
-            echoed: &[bool],
+            echoed: usize,
         ) -> Vec<Result<GroupSendReport, GroupError>> {
             self.sender.group_send_many_echoed(sends, channel, echoed).await
         }

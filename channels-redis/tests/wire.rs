@@ -270,7 +270,7 @@ mod echo {
     async fn send(layer: &RedisChannelLayer, me: &str, text: &str) -> bool {
         let sends = [("room".to_owned(), chat(text))];
         let echoed = layer.group_send_echo("room", me, &sends[0].1);
-        let reports = layer.group_send_many_echoed(&sends, me, &[echoed]).await;
+        let reports = layer.group_send_many_echoed(&sends, me, usize::from(echoed)).await;
         assert!(reports[0].is_ok(), "{reports:?}");
         echoed
     }
@@ -327,7 +327,7 @@ mod echo {
         server.stop();
         let sends = [("room".to_owned(), chat("down"))];
         let echoed = here.group_send_echo("room", &me, &sends[0].1);
-        let reports = here.group_send_many_echoed(&sends, &me, &[echoed]).await;
+        let reports = here.group_send_many_echoed(&sends, &me, usize::from(echoed)).await;
         assert!(reports[0].is_err(), "Redis is down: {reports:?}");
         let _ = texts(&here, &me);
         assert!(!here.group_send_echo("room", &me, &chat("still down")), "no echo after a failed send");
@@ -338,7 +338,7 @@ mod echo {
         loop {
             let sends = [("room".to_owned(), chat("back?"))];
             let echoed = here.group_send_echo("room", &me, &sends[0].1);
-            let reports = here.group_send_many_echoed(&sends, &me, &[echoed]).await;
+            let reports = here.group_send_many_echoed(&sends, &me, usize::from(echoed)).await;
             if echoed && reports[0].is_ok() {
                 break;
             }

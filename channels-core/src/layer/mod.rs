@@ -242,15 +242,8 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// ) -> Vec<Result<GroupSendReport, GroupError>> {
     ///     // Each copy for `me` now, where the layer can, up to the first it cannot (so that
     ///     // `me` gets them in order); the rest of each send after.
-    ///     let mut in_order = true;
-    ///     let echoed: Vec<bool> = sends
-    ///         .iter()
-    ///         .map(|(group, message)| {
-    ///             in_order = in_order && layer.group_send_echo(group, me, message);
-    ///             in_order
-    ///         })
-    ///         .collect();
-    ///     layer.group_send_many_echoed(sends, me, &echoed).await
+    ///     let echoed = sends.iter().take_while(|(group, message)| layer.group_send_echo(group, me, message)).count();
+    ///     layer.group_send_many_echoed(sends, me, echoed).await
     /// }
     /// ```
     fn group_send_echo(&self, _group: &str, _channel: &str, _message: &Message) -> bool {
@@ -258,14 +251,14 @@ pub trait ChannelLayer: Send + Sync + 'static {
     }
 
     /// [`group_send_many`](Self::group_send_many) for the sends of the connection whose channel
-    /// is `channel`: where `echoed[i]` is true, [`group_send_echo`](Self::group_send_echo) put
-    /// send `i`'s copy on `channel` already, and `channel` does not get it again (its report
-    /// counts it as queued). The default, for backends that never echo, is `group_send_many`.
+    /// is `channel`, the first `echoed` of which [`group_send_echo`](Self::group_send_echo) put
+    /// on `channel` already: `channel` does not get those again (their reports count it as
+    /// queued). The default, for backends that never echo, is `group_send_many`.
     async fn group_send_many_echoed(
         &self,
         sends: &[(String, Message)],
         channel: &str,
-        echoed: &[bool],
+        echoed: usize,
     ) -> Vec<Result<GroupSendReport, GroupError>> {
         let _ = (channel, echoed);
         self.group_send_many(sends).await
