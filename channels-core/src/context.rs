@@ -286,8 +286,8 @@ impl WebsocketContext {
     /// Waits until every queued group send is done (failures are kept for the hook).
     pub(crate) async fn drain_sends(&mut self) {
         loop {
-            // Only the batch is held across the wait: this future is part of every hook's that
-            // sends, and so of every connection's task.
+            // Only the batch is held across the wait: this future is inside every hook future
+            // that sends, and inside every connection's task (its teardown).
             let in_flight = {
                 let (Some(layer), Some(outbox)) = (&self.membership.layer, self.outbox.as_mut()) else { return };
                 let outbox = unlocked(outbox);
