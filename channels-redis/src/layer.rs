@@ -833,10 +833,9 @@ impl Inner {
         // A sender whose echoed send's group, read successfully, does not list it: someone else
         // removed the membership from Redis (a `group_discard` from another process, a
         // `flush`, or Redis losing its data).
-        let echoed = |i: usize| sender.is_some_and(|(_, echoed)| i < echoed);
-        if let Some((channel, _)) = sender {
+        if let Some((channel, echoed)) = sender {
             for (g, group) in groups.iter().enumerate() {
-                let read = (0..sends.len()).any(|i| echoed(i) && group_of[i] == Some(g) && reports[i].is_ok());
+                let read = (0..echoed.min(sends.len())).any(|i| group_of[i] == Some(g) && reports[i].is_ok());
                 if read && !members[g].iter().any(|member| member == channel.as_bytes()) {
                     self.stop_echoing(group, channel, op);
                 }
@@ -864,7 +863,7 @@ impl Inner {
         // echoed sender has its copy already.
         for (i, ((report, group), (_, message))) in reports.iter_mut().zip(&group_of).zip(sends).enumerate() {
             let (Ok(report), Some(g)) = (report, *group) else { continue };
-            let skip = sender.filter(|_| echoed(i)).map(|(channel, _)| channel);
+            let skip = sender.filter(|&(_, echoed)| i < echoed).map(|(channel, _)| channel);
             report.queued += usize::from(skip.is_some());
             for &b in &own[g] {
                 let (queued, full) = self.push_local(message, &buckets[g][b].1, skip);
