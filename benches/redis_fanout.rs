@@ -188,7 +188,7 @@ fn run_config(
         Config::Memory => {
             let server = ServerProcess::start(Kind::Chat, chat)?;
             let targets = Targets { addrs: vec![server.addr()], pids: vec![server.pid()] };
-            let outcome = run_split(scenario, &targets, &["chat"]);
+            let outcome = run_split(scenario, &targets, &["chat"], None);
             Ok((outcome, vec![server.stop()]))
         }
         Config::Redis => {
@@ -199,7 +199,7 @@ fn run_config(
             let second = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
             let targets =
                 Targets { addrs: vec![first.addr(), second.addr()], pids: vec![first.pid(), second.pid(), redis_pid] };
-            let outcome = run_split(scenario, &targets, &["chat 1", "chat 2", "redis-server"]);
+            let outcome = run_split(scenario, &targets, &["chat 1", "chat 2", "redis-server"], Some(&redis));
             let logs = vec![first.stop(), second.stop()];
             drop(redis);
             Ok((outcome, logs))
@@ -211,7 +211,7 @@ fn run_config(
             let second = Daphne::start(daphne, &redis.url())?;
             let targets =
                 Targets { addrs: vec![first.addr, second.addr], pids: vec![first.pid(), second.pid(), redis_pid] };
-            let outcome = run_split(scenario, &targets, &["daphne 1", "daphne 2", "redis-server"]);
+            let outcome = run_split(scenario, &targets, &["daphne 1", "daphne 2", "redis-server"], Some(&redis));
             let logs = vec![first.stop(), second.stop()];
             drop(redis);
             Ok((outcome, logs))
@@ -220,8 +220,14 @@ fn run_config(
 }
 
 /// [`load::run_on`], printing how the server CPU of the send phase and of the whole run
-/// (connecting and warm-up included) was split between the processes.
-fn run_split(scenario: &Scenario, targets: &Targets, names: &[&str]) -> Result<Outcome, String> {
+/// (connecting and warm-up included) was split between the processes, and what `redis`
+/// (if any) ran in the send phase.
+fn run_split(
+    scenario: &Scenario,
+    targets: &Targets,
+    names: &[&str],
+    redis: Option<&RedisServer>,
+) -> Result<Outcome, String> {
     let cpu = || -> Vec<Duration> { targets.pids.iter().map(|&pid| common::cpu_time(pid)).collect() };
     let start = cpu();
     let (mut sending, mut sent) = (Vec::new(), Vec::new());
@@ -230,6 +236,9 @@ fn run_split(scenario: &Scenario, targets: &Targets, names: &[&str]) -> Result<O
         scenario,
         targets,
         &mut || {
+            if let Some(redis) = redis {
+                redis.cli(&["CONFIG", "RESETSTAT"]);
+            }
             sending = cpu();
             *profiler.borrow_mut() = Some(Profiler::start(&targets.pids));
             Ok(())
@@ -237,6 +246,9 @@ fn run_split(scenario: &Scenario, targets: &Targets, names: &[&str]) -> Result<O
         &mut || {
             sent = cpu();
             profiler.borrow_mut().take();
+            if let Some(redis) = redis {
+                print_commands(redis);
+            }
             Ok(())
         },
     );
@@ -254,6 +266,22 @@ fn run_split(scenario: &Scenario, targets: &Targets, names: &[&str]) -> Result<O
     }
     println!("          CPU of the whole run (setup included): {}", split(&start, &end));
     outcome
+}
+
+/// Prints how many of the commands that carry the fan-out redis-server ran since its
+/// statistics were reset: pops of the process queues, reads of the group, send scripts and
+/// transactions.
+fn print_commands(redis: &RedisServer) {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls: Vec<String> = ["bzpopmin", "zpopmin", "zrange", "evalsha", "exec"]
+        .iter()
+        .filter_map(|command| {
+            let line = stats.lines().find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))?;
+            let n = line.split(',').find_map(|field| field.strip_prefix("calls="))?;
+            Some(format!("{command} {n}"))
+        })
+        .collect();
+    println!("          redis-server commands in the send phase: {}", calls.join(", "));
 }
 
 /// Finds redis-server's process ID (from `INFO server`) and pins it to the servers' CPU.
