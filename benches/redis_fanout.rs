@@ -9,7 +9,9 @@
 //!   far slower, so it sends `DJANGO_MESSAGES` messages (default 100) within 120 s.
 //!
 //! Server CPU is the sum over every server-side process, redis-server included; all of them
-//! are pinned to CPU 0 and the load generator to CPU 1 (when `taskset` exists).
+//! are pinned to CPU 0 and the load generator to CPU 1 (when `taskset` exists). For the Redis
+//! configurations each run also prints the commands redis-server ran in the send phase (pops,
+//! group reads, send scripts, transactions), which show how the fan-out was batched.
 //!
 //! `cargo bench --bench redis_fanout` (see docs/performance.md). `BENCH_RUNS=N` changes the
 //! number of runs per configuration (default 3); `BENCH_NO_DJANGO=1` leaves Django out;
