@@ -1,51 +1,27 @@
-//! Lua scripts: each does its check-then-write atomically in Redis, so concurrent senders
-//! (Rust or Python) cannot push a queue past its capacity.
+//! Lua scripts, for what must be atomic in Redis: a send's capacity check when its queue was
+//! found full, and a worker channel's restore.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `send`: trim expired members, refuse when at capacity, add, refresh the key's TTL.
-/// KEYS[1] = queue; ARGV = trim_before, capacity, score, payload, expiry. Returns 1 or 0 (full).
-pub(crate) static SEND: LazyLock<Script> = LazyLock::new(|| {
+/// A send that found its queue past capacity after adding its payload: takes the payload out
+/// again if the queue is still past capacity (whatever else was added or popped since).
+/// KEYS[1] = queue; ARGV = capacity, payload. Returns 1 if the payload was removed (the
+/// message is dropped, the queue was full), 0 if it stays (it fits now, or was popped).
+///
+/// Only this rare path hands a payload to Lua: Redis hashes every byte of a Lua string, which
+/// for a group message naming hundreds of members costs more than the rest of the send.
+pub(crate) static DROP_IF_OVER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
-if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= tonumber(ARGV[2]) then
-    return 0
+if redis.call('ZCARD', KEYS[1]) > tonumber(ARGV[1]) then
+    return redis.call('ZREM', KEYS[1], ARGV[2])
 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
+return 0
 ",
     )
 });
-
-/// `group_send` on one shard: the same as SEND for N queues, one payload each.
-/// KEYS = N queues; ARGV = N payloads, N capacities, trim_before, score, expiry.
-/// Returns a list of N flags: 1 queued, 0 full (dropped).
-pub(crate) static GROUP_SEND: LazyLock<Script> = LazyLock::new(|| Script::new(GROUP_SEND_SOURCE));
-
-/// The source of [`GROUP_SEND`]: a pipeline loads it first (`SCRIPT LOAD`), since a pipelined
-/// `EVALSHA` is not retried when Redis lost its script cache.
-pub(crate) const GROUP_SEND_SOURCE: &str = r"
-local n = #KEYS
-local trim_before = ARGV[2 * n + 1]
-local score = ARGV[2 * n + 2]
-local expiry = ARGV[2 * n + 3]
-local queued = {}
-for i = 1, n do
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, trim_before)
-    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
-        redis.call('ZADD', KEYS[i], score, ARGV[i])
-        redis.call('EXPIRE', KEYS[i], expiry)
-        queued[i] = 1
-    else
-        queued[i] = 0
-    end
-end
-return queued
-";
 
 /// Moves a receiver's in-flight backup back into the queue with its original scores, as
 /// channels_redis's cleanup script does before each blocking pop on a normal channel.

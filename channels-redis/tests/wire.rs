@@ -256,6 +256,77 @@ async fn worker_channels_spread_over_two_shards_are_all_received() {
     assert_eq!(seen, ["0", "1", "2", "3", "4", "5"]);
 }
 
+fn text_of(message: &Message) -> String {
+    message.decode::<BTreeMap<String, String>>().expect("map")["text"].clone()
+}
+
+/// What a worker channel holds in Redis, oldest first, without taking it.
+async fn queued_texts(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    let members: Vec<Vec<u8>> = conn.zrange(key, 0, -1).await.expect("zrange");
+    members
+        .iter()
+        .map(|member| text_of(&wire::decode_body(wire::unframe(member).expect("framed")).expect("body").0))
+        .collect()
+}
+
+/// A send adds its payload and then checks the queue's length, taking the payload out again
+/// if the queue was full: concurrent senders in two processes must still leave exactly the
+/// capacity queued, and exactly the messages whose sends succeeded.
+#[tokio::test]
+async fn concurrent_sends_to_a_full_queue_keep_exactly_the_accepted_messages() {
+    let server = support::RedisServer::start();
+    let url = format!("{}?prefix=cap&capacity=5", server.url());
+    let (a, b) = (RedisChannelLayer::from_url(&url).expect("layer"), RedisChannelLayer::from_url(&url).expect("layer"));
+    let sends = (0..40).map(|i| {
+        let layer = if i % 2 == 0 { &a } else { &b };
+        async move { (i, layer.send("jobs", chat(&i.to_string())).await) }
+    });
+    let results = futures_util::future::join_all(sends).await;
+    let mut accepted: Vec<String> = Vec::new();
+    for (i, result) in results {
+        match result {
+            Ok(()) => accepted.push(i.to_string()),
+            Err(channels_core::layer::SendError::ChannelFull { .. }) => {}
+            Err(e) => panic!("send {i}: {e}"),
+        }
+    }
+    assert_eq!(accepted.len(), 5, "the capacity, no more and no fewer: {accepted:?}");
+    let mut conn = raw(&server.url()).await;
+    let mut queued = queued_texts(&mut conn, "capjobs").await;
+    queued.sort();
+    accepted.sort();
+    assert_eq!(queued, accepted, "what is queued is what was accepted");
+    a.receive("jobs").await.expect("receive");
+    a.send("jobs", chat("room again")).await.expect("room after a receive");
+}
+
+/// The same for group sends from two processes to a member whose queue fills up: each
+/// report's `queued` or `dropped_full` matches what the queue holds afterwards.
+#[tokio::test]
+async fn concurrent_group_sends_to_a_full_member_report_what_was_kept() {
+    let server = support::RedisServer::start();
+    let url = format!("{}?prefix=gcap&capacity=3", server.url());
+    let (a, b) = (RedisChannelLayer::from_url(&url).expect("layer"), RedisChannelLayer::from_url(&url).expect("layer"));
+    a.group_add("g", "slow-worker").await.expect("group_add");
+    let sends = (0..30).map(|i| {
+        let layer = if i % 2 == 0 { &a } else { &b };
+        async move { (i, layer.group_send("g", chat(&i.to_string())).await.expect("group_send")) }
+    });
+    let mut kept: Vec<String> = Vec::new();
+    for (i, report) in futures_util::future::join_all(sends).await {
+        match (report.queued, report.dropped_full) {
+            (1, 0) => kept.push(i.to_string()),
+            (0, 1) => {}
+            other => panic!("send {i}: {other:?}"),
+        }
+    }
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    let mut queued = queued_texts(&mut raw(&server.url()).await, "gcapslow-worker").await;
+    queued.sort();
+    kept.sort();
+    assert_eq!(queued, kept);
+}
+
 /// Echoes (`group_send_echo`) rest on this process's record of its memberships; these check
 /// that the record follows Redis when someone else changes it.
 mod echo {
