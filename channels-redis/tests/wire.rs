@@ -327,6 +327,37 @@ async fn concurrent_group_sends_to_a_full_member_report_what_was_kept() {
     assert_eq!(queued, kept);
 }
 
+/// The receiving process puts a popped run of messages for the same members in member by
+/// member: every member still gets its messages in the order sent, when runs for different
+/// member lists alternate.
+#[tokio::test]
+async fn popped_messages_for_different_members_arrive_in_order_for_each() {
+    let server = support::RedisServer::start();
+    let (here, there) = (layer(&server.url(), "ord"), layer(&server.url(), "ord"));
+    let (x, y) = (there.new_channel("specific").await.expect("x"), there.new_channel("specific").await.expect("y"));
+    there.group_add("gx", &x).await.expect("group_add");
+    there.group_add("gxy", &x).await.expect("group_add");
+    there.group_add("gxy", &y).await.expect("group_add");
+    let plan = [("gxy", 1), ("gx", 2), ("gxy", 3), ("gxy", 4), ("gx", 5), ("gx", 6), ("gxy", 7)];
+    let sends: Vec<(String, Message)> = plan.iter().map(|&(g, n)| (g.to_owned(), chat(&n.to_string()))).collect();
+    let reports = here.group_send_many(&sends).await;
+    let queued: Vec<usize> = reports.iter().map(|r| r.as_ref().expect("sent").queued).collect();
+    assert_eq!(queued, [2, 1, 2, 2, 1, 1, 2]);
+    let mut at_x = Vec::new();
+    for _ in 0..7 {
+        let got = tokio::time::timeout(Duration::from_secs(5), there.receive(&x)).await.expect("x").expect("ok");
+        at_x.push(text_of(&got));
+    }
+    assert_eq!(at_x, ["1", "2", "3", "4", "5", "6", "7"]);
+    let mut at_y = Vec::new();
+    for _ in 0..4 {
+        let got = tokio::time::timeout(Duration::from_secs(5), there.receive(&y)).await.expect("y").expect("ok");
+        at_y.push(text_of(&got));
+    }
+    assert_eq!(at_y, ["1", "3", "4", "7"]);
+    assert!(there.try_receive(&y).is_none());
+}
+
 /// Echoes (`group_send_echo`) rest on this process's record of its memberships; these check
 /// that the record follows Redis when someone else changes it.
 mod echo {
