@@ -18,7 +18,8 @@
 //! `BENCH_PERF_DIR=DIR` records a `perf` profile of each configuration's send phase there
 //! (`BENCH_PERF_ARGS` adds perf options, such as `-e syscalls:sys_enter_sendto`);
 //! `BENCH_WINDOW=N` changes the sender's window (default 8), to see how much of the result
-//! is the closed loop's pace rather than the server's cost.
+//! is the closed loop's pace rather than the server's cost; `BENCH_REDIS_PARAMS` is added to
+//! the chat processes' Redis URL (`send_linger_ms=0` turns off the send batches' wait).
 
 mod common;
 
@@ -196,7 +197,8 @@ fn run_config(
         Config::Redis => {
             let redis = RedisServer::start();
             let redis_pid = pin_redis(&redis)?;
-            let layer = vec!["--layer".to_owned(), redis.url()];
+            let params = std::env::var("BENCH_REDIS_PARAMS").map(|p| format!("?{p}")).unwrap_or_default();
+            let layer = vec!["--layer".to_owned(), format!("{}{params}", redis.url())];
             let first = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
             let second = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
             let targets =
