@@ -11,7 +11,7 @@
 //! Server CPU is the sum over every server-side process, redis-server included; all of them
 //! are pinned to CPU 0 and the load generator to CPU 1 (when `taskset` exists). For the Redis
 //! configurations each run also prints the commands redis-server ran in the send phase (pops,
-//! group reads, send scripts, transactions), which show how the fan-out was batched.
+//! group reads, messages added to queues, scripts, transactions), which show how the fan-out was batched.
 //!
 //! `cargo bench --bench redis_fanout` (see docs/performance.md). `BENCH_RUNS=N` changes the
 //! number of runs per configuration (default 3); `BENCH_NO_DJANGO=1` leaves Django out;
@@ -273,11 +273,11 @@ fn run_split(
 }
 
 /// Prints how many of the commands that carry the fan-out redis-server ran since its
-/// statistics were reset: pops of the process queues, reads of the group, send scripts and
-/// transactions.
+/// statistics were reset: pops of the process queues, reads of the group, messages added to
+/// queues, scripts and transactions.
 fn print_commands(redis: &RedisServer) {
     let stats = redis.cli(&["INFO", "commandstats"]);
-    let calls: Vec<String> = ["bzpopmin", "zpopmin", "zrange", "evalsha", "exec"]
+    let calls: Vec<String> = ["bzpopmin", "zpopmin", "zrange", "zadd", "evalsha", "exec"]
         .iter()
         .filter_map(|command| {
             let line = stats.lines().find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:")))?;

@@ -598,13 +598,13 @@ impl ChannelLayer for RedisChannelLayer {
         let queue = inner.queue_key(channel);
         let mut pipe = redis::pipe();
         inner.push_commands(&mut pipe, &queue, now, inner.next_score(now), &payload);
-        let stays = async {
+        let kept = async {
             let mut conn = inner.conn(shard).await?;
             let lengths: Vec<usize> = pipe.query_async(&mut conn).await?;
             let capacity = inner.config.layer.capacity_for(channel);
             stays(&mut conn, &queue, lengths.first().copied().unwrap_or_default(), capacity, &payload).await
         };
-        match stays.await {
+        match kept.await {
             Ok(true) => Ok(()),
             Ok(false) => Err(SendError::ChannelFull { channel: channel.to_owned() }),
             Err(e) => Err(SendError::Backend(backend(e))),
