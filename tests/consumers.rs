@@ -705,16 +705,25 @@ async fn group_send_nowait_refuses_bad_names_and_missing_layers_at_once() {
 
 /// An in-memory layer whose group sends wait until [`HeldSends::release`], and which echoes a
 /// sender's group sends (`group_send_echo`) while `echo` is set. An echoed send reaches nobody
-/// else: the echo test's group holds only the sender.
+/// else: the echo test's group holds only the sender. It asks connections to wait `linger`
+/// between batches, and records when each batch started and how many sends it held.
 struct HeldSends {
     inner: InMemoryChannelLayer,
     released: tokio::sync::watch::Sender<bool>,
     echo: std::sync::atomic::AtomicBool,
+    linger: std::time::Duration,
+    batches: Mutex<Vec<(tokio::time::Instant, usize)>>,
 }
 
 impl HeldSends {
     fn new(inner: InMemoryChannelLayer) -> Self {
-        Self { inner, released: tokio::sync::watch::Sender::new(false), echo: false.into() }
+        Self {
+            inner,
+            released: tokio::sync::watch::Sender::new(false),
+            echo: false.into(),
+            linger: std::time::Duration::ZERO,
+            batches: Mutex::default(),
+        }
     }
 
     fn release(&self) {
@@ -756,12 +765,19 @@ impl ChannelLayer for HeldSends {
         self.echo.load(std::sync::atomic::Ordering::SeqCst)
             && matches!(self.inner.send(channel, message.clone()).now_or_never(), Some(Ok(())))
     }
+    async fn group_send_many(
+        &self,
+        sends: &[(String, Message)],
+    ) -> Vec<Result<channels::layers::GroupSendReport, channels::layers::GroupError>> {
+        self.group_send_many_echoed(sends, "", 0).await
+    }
     async fn group_send_many_echoed(
         &self,
         sends: &[(String, Message)],
         _channel: &str,
         echoed: usize,
     ) -> Vec<Result<channels::layers::GroupSendReport, channels::layers::GroupError>> {
+        self.batches.lock().expect("batches").push((tokio::time::Instant::now(), sends.len()));
         let _ = self.released.subscribe().wait_for(|released| *released).await;
         let mut reports = Vec::new();
         for (i, (group, message)) in sends.iter().enumerate() {
@@ -775,9 +791,67 @@ impl ChannelLayer for HeldSends {
     async fn flush(&self) -> Result<(), channels::layers::GroupError> {
         self.inner.flush().await
     }
+    fn batch_linger(&self) -> std::time::Duration {
+        self.linger
+    }
     fn config(&self) -> &LayerConfig {
         self.inner.config()
     }
+}
+
+#[tokio::test]
+async fn a_batch_right_after_the_connections_previous_one_waits_the_linger_and_takes_what_came_meanwhile() {
+    use std::time::Duration;
+    let linger = Duration::from_millis(300);
+    let mut layer = HeldSends::new(InMemoryChannelLayer::new(LayerConfig::default()));
+    layer.linger = linger;
+    layer.release();
+    let layer = Arc::new(layer);
+    let app = caster_app(layer.clone());
+    let mut listener = WebsocketCommunicator::new(&app, "/relay/");
+    assert!(matches!(listener.connect().await.expect("listener"), Connected::Accepted { .. }));
+    let mut casters = Vec::new();
+    for _ in 0..2 {
+        let mut caster = WebsocketCommunicator::new(&app, "/cast/");
+        assert!(matches!(caster.connect().await.expect("caster"), Connected::Accepted { .. }));
+        casters.push(caster);
+    }
+    let heard =
+        |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap()["text"].as_str().unwrap().to_owned();
+    let mut hear = async |expected: &str| {
+        let text = tokio::time::timeout(Duration::from_secs(5), listener.receive_text()).await.expect("cast").unwrap();
+        assert_eq!(heard(text), expected);
+        tokio::time::Instant::now()
+    };
+
+    let started = tokio::time::Instant::now();
+    casters[0].send_text("1").await.unwrap();
+    assert!(hear("1").await - started < linger, "a first batch goes at once");
+    // Right after it: the next batch waits, and takes both.
+    casters[0].send_text("2").await.unwrap();
+    casters[0].send_text("3").await.unwrap();
+    // Another connection's batches do not make this one wait.
+    let started = tokio::time::Instant::now();
+    casters[1].send_text("other").await.unwrap();
+    assert!(hear("other").await - started < linger, "the linger is per connection");
+    hear("2").await;
+    hear("3").await;
+    tokio::time::sleep(linger + Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    casters[0].send_text("4").await.unwrap();
+    assert!(hear("4").await - started < linger, "after a pause: at once");
+    // A closing connection sends what it queued at once.
+    casters[0].send_text("5").await.unwrap();
+    let started = tokio::time::Instant::now();
+    casters[0].disconnect().await.unwrap();
+    assert!(hear("5").await - started < linger, "a closing connection does not wait");
+
+    let batches = layer.batches.lock().expect("batches").clone();
+    let sizes: Vec<usize> = batches.iter().map(|&(_, n)| n).collect();
+    assert_eq!(sizes, [1, 1, 2, 1, 1], "batches: 1, other, 2+3, 4, 5");
+    assert!(batches[2].0 - batches[0].0 >= linger, "2+3 waited the linger after 1: {batches:?}");
+    casters[1].disconnect().await.unwrap();
+    listener.disconnect().await.unwrap();
 }
 
 #[tokio::test]

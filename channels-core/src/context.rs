@@ -143,10 +143,15 @@ pub(crate) struct Outbox {
     /// How many of the queued sends, from the first, had their copy for this connection put on
     /// its channel at once ([`ChannelLayer::group_send_echo`]; see [`Outbox::may_echo`]).
     echoed: usize,
+    /// The batch being sent, or the wait before it (which ends with an empty [`Sent`]).
     in_flight: Option<Pin<Box<dyn Future<Output = Sent> + Send>>>,
     /// The batch in flight holds a send that was not echoed.
     in_flight_unechoed: bool,
     failed: Vec<(String, GroupError)>,
+    /// When the last batch was done, for the layer's [`ChannelLayer::batch_linger`].
+    last_done: Option<tokio::time::Instant>,
+    /// The next batch has waited its linger already.
+    lingered: bool,
 }
 
 /// Queued group sends beyond which the connection stops reading the client until a batch is
@@ -154,12 +159,27 @@ pub(crate) struct Outbox {
 pub(crate) const OUTBOX_LIMIT: usize = 256;
 
 impl Outbox {
-    /// Starts sending the queued messages unless a batch is in flight; true if it started one.
-    /// `channel` is the connection's own, which the echoed sends skip.
-    fn start(&mut self, layer: &Arc<dyn ChannelLayer>, channel: Option<&Arc<str>>) -> bool {
+    /// Starts sending the queued messages unless a batch (or the wait before one) is in
+    /// flight; true if it started a batch. `channel` is the connection's own, which the echoed
+    /// sends skip. With `linger`, a batch that would follow the previous one closer than the
+    /// layer's [`batch_linger`](ChannelLayer::batch_linger) waits for the rest of it first,
+    /// and takes what was queued meanwhile.
+    fn start(&mut self, layer: &Arc<dyn ChannelLayer>, channel: Option<&Arc<str>>, linger: bool) -> bool {
         if self.in_flight.is_some() || self.queued.is_empty() {
             return false;
         }
+        if linger && !std::mem::take(&mut self.lingered) {
+            let until = self.last_done.map(|done| done + layer.batch_linger());
+            if let Some(until) = until.filter(|&until| until > tokio::time::Instant::now()) {
+                self.lingered = true;
+                self.in_flight = Some(Box::pin(async move {
+                    tokio::time::sleep_until(until).await;
+                    (Vec::new(), Vec::new())
+                }));
+                return false;
+            }
+        }
+        self.lingered = false;
         let sends = std::mem::take(&mut self.queued);
         let echoed = std::mem::take(&mut self.echoed);
         self.in_flight_unechoed = echoed < sends.len();
@@ -183,6 +203,11 @@ impl Outbox {
 
     /// Keeps the failures of a finished batch, and its buffer for the next one.
     fn settle(&mut self, (mut sends, reports): Sent) {
+        if sends.is_empty() {
+            // The end of a wait, not of a batch.
+            return;
+        }
+        self.last_done = Some(tokio::time::Instant::now());
         self.in_flight_unechoed = false;
         for ((group, _), report) in sends.drain(..).zip(reports) {
             if let Err(e) = report {
@@ -261,7 +286,7 @@ impl WebsocketContext {
     /// Starts sending queued group sends when no batch is in flight; true if a batch started.
     pub(crate) fn start_sends(&mut self) -> bool {
         match (&self.membership.layer, self.outbox.as_mut()) {
-            (Some(layer), Some(outbox)) => unlocked(outbox).start(layer, self.membership.channel_name.as_ref()),
+            (Some(layer), Some(outbox)) => unlocked(outbox).start(layer, self.membership.channel_name.as_ref(), true),
             _ => false,
         }
     }
@@ -291,7 +316,11 @@ impl WebsocketContext {
             let in_flight = {
                 let (Some(layer), Some(outbox)) = (&self.membership.layer, self.outbox.as_mut()) else { return };
                 let outbox = unlocked(outbox);
-                outbox.start(layer, self.membership.channel_name.as_ref());
+                if outbox.lingered {
+                    // A wait for the next batch, not a batch: what is queued goes now.
+                    outbox.in_flight = None;
+                }
+                outbox.start(layer, self.membership.channel_name.as_ref(), false);
                 let Some(in_flight) = outbox.in_flight.take() else { return };
                 in_flight
             };

@@ -35,13 +35,14 @@ pub struct RedisConfig {
     /// with the first key and decrypted with any (URL parameter `symmetric_encryption_key`,
     /// repeatable).
     pub symmetric_encryption_keys: Vec<String>,
-    /// How long a batch of queued group sends (`group_send_nowait`, or a `group_send_many`)
-    /// waits before it goes out when the process's previous batch ended less than this long
-    /// ago (default 1 ms; URL parameter `send_linger_ms`, 0 turns it off). Under a steady
-    /// stream of group messages the wait lets more messages join each batch, so every member
-    /// is woken, and writes to its socket, once for more of them: less CPU per delivery in
-    /// every process and in redis-server, for at most this much more latency. A batch after a
-    /// pause goes out at once.
+    /// How long a connection's batch of queued group sends (`group_send_nowait`) waits
+    /// before it goes out when the connection's previous batch was done less than this long
+    /// ago (default 1 ms; URL parameter `send_linger_ms`, 0 turns it off); the layer's
+    /// `ChannelLayer::batch_linger`. Under a steady stream of group messages the sends
+    /// queued during the wait join the batch, so every member is woken, and writes to its
+    /// socket, once for more of them: less CPU per delivery in every process and in
+    /// redis-server, for at most this much more latency. A batch after a pause, an awaited
+    /// `group_send` and the sends of a closing connection go out at once.
     pub send_linger: Duration,
 }
 

@@ -109,8 +109,6 @@ struct Inner {
     /// [`ChannelLayer::group_send_echo`]) until one succeeds, so that a sender does not see
     /// its messages come back while they cannot reach anyone else.
     echo_paused: AtomicBool,
-    /// When the last batch of queued group sends ended (see [`RedisConfig::send_linger`]).
-    last_batch: Mutex<Option<std::time::Instant>>,
     stop: CancellationToken,
     /// Per worker channel: one blocking connection per shard, and a lock so that this
     /// process pops a channel once at a time (as channels_redis does).
@@ -147,7 +145,6 @@ impl RedisChannelLayer {
                 ops: AtomicU64::new(0),
                 channels_made: AtomicU64::new(0),
                 echo_paused: AtomicBool::new(false),
-                last_batch: Mutex::new(None),
                 stop: CancellationToken::new(),
                 normal_receivers: tokio::sync::Mutex::new(HashMap::new()),
             }),
@@ -677,8 +674,6 @@ impl ChannelLayer for RedisChannelLayer {
             .map_err(|e| GroupError::Backend(backend(e)))
     }
 
-    /// Never waits for [`RedisConfig::send_linger`]: a caller that awaits each send gains
-    /// nothing from a wait.
     async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
         let mut reports = self.inner.send_batch(&[(group.to_owned(), message)], None).await;
         reports.pop().unwrap_or_else(|| unreachable!("one report per send"))
@@ -686,10 +681,9 @@ impl ChannelLayer for RedisChannelLayer {
 
     /// Two round trips per shard for the whole batch: one reads every group the batch names,
     /// once each however many of its messages go to it (trimming expired members), one adds
-    /// each message to its receiving queues, in order. A batch that follows the process's
-    /// previous one closely first waits [`RedisConfig::send_linger`].
+    /// each message to its receiving queues, in order.
     async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
-        self.inner.queued_batch(sends, None).await
+        self.inner.send_batch(sends, None).await
     }
 
     /// The sender's copy goes into its mailbox at once when the sender joined `group` in this
@@ -716,7 +710,12 @@ impl ChannelLayer for RedisChannelLayer {
         channel: &str,
         echoed: usize,
     ) -> Vec<Result<GroupSendReport, GroupError>> {
-        self.inner.queued_batch(sends, Some((channel, echoed))).await
+        self.inner.send_batch(sends, Some((channel, echoed))).await
+    }
+
+    /// [`RedisConfig::send_linger`].
+    fn batch_linger(&self) -> Duration {
+        self.inner.config.send_linger
     }
 
     async fn flush(&self) -> Result<(), GroupError> {
@@ -795,25 +794,6 @@ impl Inner {
         pipe.cmd("ZADD").arg(queue).arg(score).arg(payload).ignore();
         pipe.cmd("EXPIRE").arg(queue).arg(self.expiry_secs()).ignore();
         pipe.cmd("ZCARD").arg(queue);
-    }
-
-    /// A batch of queued group sends: [`Inner::send_batch`], after waiting
-    /// [`RedisConfig::send_linger`] when the previous batch ended less than that long ago, so
-    /// that under a steady stream more messages go in each batch.
-    async fn queued_batch(
-        &self,
-        sends: &[(String, Message)],
-        sender: Option<(&str, usize)>,
-    ) -> Vec<Result<GroupSendReport, GroupError>> {
-        let linger = self.config.send_linger;
-        let streaming = { *self.last_batch.lock().unwrap_or_else(|p| p.into_inner()) }
-            .is_some_and(|ended| ended.elapsed() < linger);
-        if streaming {
-            tokio::time::sleep(linger).await;
-        }
-        let reports = self.send_batch(sends, sender).await;
-        *self.last_batch.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-        reports
     }
 
     /// [`ChannelLayer::group_send_many`], and [`ChannelLayer::group_send_many_echoed`] when

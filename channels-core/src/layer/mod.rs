@@ -264,6 +264,32 @@ pub trait ChannelLayer: Send + Sync + 'static {
         self.group_send_many(sends).await
     }
 
+    /// How long a connection's batch of queued group sends waits when it would start less
+    /// than this after the connection's previous batch was done: a connection that sends a
+    /// stream of messages then sends them in fewer, larger batches, and each member gets
+    /// more of them per wake-up, for at most this much more latency. A batch after a pause
+    /// starts at once, and an awaited group send or a connection closing never waits.
+    ///
+    /// It is for backends where each batch costs a round trip and wakes every member once
+    /// (the Redis layer's `RedisConfig::send_linger`, 1 ms by default). The default, zero,
+    /// starts each batch as soon as the previous one is done: the in-memory layer's batches
+    /// cost no round trip.
+    ///
+    /// What a connection does before each batch of its queued sends, in short:
+    ///
+    /// ```
+    /// use channels_core::layer::ChannelLayer;
+    /// use tokio::time::Instant;
+    ///
+    /// async fn before_next_batch(layer: &dyn ChannelLayer, previous_done: Instant) {
+    ///     // Sends queued during the wait go in the batch too.
+    ///     tokio::time::sleep_until(previous_done + layer.batch_linger()).await;
+    /// }
+    /// ```
+    fn batch_linger(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Drops every message and group.
     async fn flush(&self) -> Result<(), GroupError>;
 
