@@ -241,6 +241,16 @@ fn redis_wire(c: &mut Criterion) {
     group.bench_function("unframe + decode, group send (500 local members)", |b| {
         b.iter(|| wire::decode_body(wire::unframe(black_box(&framed_many)).expect("framed")))
     });
+    // What the receiving process does for each message of a run after the first: the next
+    // message of the same batch names the same members, compared as bytes, not read again.
+    let (_, first_routing) = wire::split_body(wire::unframe(&framed_many).expect("framed")).expect("splits");
+    group.bench_function("unframe + split, group send, members as the message before", |b| {
+        b.iter(|| {
+            let (message, routing) =
+                wire::split_body(wire::unframe(black_box(&framed_many)).expect("framed")).expect("splits");
+            (message, routing == first_routing)
+        })
+    });
     group.finish();
 }
 

@@ -244,12 +244,19 @@ impl Inner {
     fn deliver(&self, popped: &[Vec<u8>]) {
         let bodies: Vec<Cow<'_, [u8]>> =
             popped.iter().filter_map(|member| self.unseal(member).map_err(|e| undecodable(&e)).ok()).collect();
-        let decoded: Vec<(Message, Routing<'_>)> =
-            bodies.iter().filter_map(|body| wire::decode_body(body).map_err(|e| undecodable(&e)).ok()).collect();
-        // The messages of one group send batch name the same members: each run of them goes
-        // in member by member.
+        let decoded: Vec<(Message, wire::RawRouting<'_>)> =
+            bodies.iter().filter_map(|body| wire::split_body(body).map_err(|e| undecodable(&e)).ok()).collect();
+        // The messages of one group send batch name the same members, in the same bytes: each
+        // run of them has its names read once, and goes in member by member.
         for run in decoded.chunk_by(|(_, a), (_, b)| a == b) {
-            let targets = match &run[0].1 {
+            let routing = match run[0].1.read() {
+                Ok(routing) => routing,
+                Err(e) => {
+                    undecodable(&e);
+                    continue;
+                }
+            };
+            let targets = match &routing {
                 Routing::One(channel) => std::slice::from_ref(channel),
                 Routing::Many(channels) => channels.as_slice(),
                 Routing::None => {

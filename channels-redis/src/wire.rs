@@ -114,6 +114,30 @@ pub fn unframe(member: &[u8]) -> Result<&[u8], WireError> {
 /// names are read in place: a group send names every member of the receiving process, and
 /// this runs for every message that process receives.
 pub fn decode_body(body: &[u8]) -> Result<(Message, Routing<'_>), WireError> {
+    let (message, routing) = split_body(body)?;
+    Ok((message, routing.read()?))
+}
+
+/// A routing key's value as it was written, not read yet (see [`split_body`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRouting<'a>(Option<&'a [u8]>);
+
+impl<'a> RawRouting<'a> {
+    /// The channels it names: [`Routing::None`] when the body had no routing key.
+    pub fn read(&self) -> Result<Routing<'a>, WireError> {
+        let Some(value) = self.0 else { return Ok(Routing::None) };
+        let (routing, rest) = read_routing(value)?;
+        if !rest.is_empty() {
+            return Err(WireError("bytes after the routing key's value".into()));
+        }
+        Ok(routing)
+    }
+}
+
+/// [`decode_body`], leaving the routing key's value unread: consecutive messages of one group
+/// send batch carry the same bytes there (every member of the receiving process), which are
+/// compared as bytes and read once for all of them.
+pub fn split_body(body: &[u8]) -> Result<(Message, RawRouting<'_>), WireError> {
     let (count, header_len) = map_header(body)?;
     let mut rest = &body[header_len..];
     let mut routing = None;
@@ -123,16 +147,12 @@ pub fn decode_body(body: &[u8]) -> Result<(Message, Routing<'_>), WireError> {
         let entry = rest;
         let (key, value) = rmp::decode::read_str_from_slice(rest)
             .map_err(|e| WireError(format!("a map key is not a UTF-8 string: {e}")))?;
+        let after = skip_value(value, MAX_NESTING_DEPTH)?;
         if key != RESERVED_CHANNEL_KEY {
-            rest = skip_value(value, MAX_NESTING_DEPTH)?;
-            kept.push(&entry[..entry.len() - rest.len()]);
-            continue;
-        }
-        if routing.is_some() {
+            kept.push(&entry[..entry.len() - after.len()]);
+        } else if routing.replace(&value[..value.len() - after.len()]).is_some() {
             return Err(WireError("the routing key appears twice".into()));
         }
-        let (target, after) = read_routing(value)?;
-        routing = Some(target);
         rest = after;
     }
     if !rest.is_empty() {
@@ -148,7 +168,7 @@ pub fn decode_body(body: &[u8]) -> Result<(Message, Routing<'_>), WireError> {
         bytes
     };
     let message = Message::from_msgpack(bytes).map_err(|e| WireError(e.to_string()))?;
-    Ok((message, routing.unwrap_or(Routing::None)))
+    Ok((message, RawRouting(routing)))
 }
 
 /// The routing key's value: one channel name or a list of them.
@@ -377,6 +397,32 @@ mod tests {
             assert_eq!(decoded, routing);
             assert_eq!(message.as_bytes(), chat().as_bytes(), "the routing key is gone");
         }
+    }
+
+    #[test]
+    fn split_bodies_compare_their_routing_as_bytes_and_read_it_like_decode() {
+        let body = |routing: &Routing<'_>, text: &'static str| {
+            body_with_routing(&Message::new(&Chat { kind: "chat.message", text }).unwrap(), routing)
+        };
+        let ab = Routing::Many(vec!["a!b", "a!c"]);
+        let (one, two, other) = (body(&ab, "1"), body(&ab, "2"), body(&Routing::Many(vec!["a!b"]), "1"));
+        let (first, second, third) =
+            (split_body(&one).unwrap(), split_body(&two).unwrap(), split_body(&other).unwrap());
+        assert_eq!(first.1, second.1, "same members, same bytes");
+        assert_ne!(first.1, third.1);
+        assert_ne!(first.0.as_bytes(), second.0.as_bytes());
+        assert_eq!(first.1.read().unwrap(), ab);
+        assert_eq!(split_body(&body(&Routing::None, "1")).unwrap().1.read().unwrap(), Routing::None);
+        // A list that is not of names splits (it is a whole msgpack value) but does not read.
+        let numbers: Vec<u8> =
+            [vec![0x82, 0xa4], b"type".to_vec(), vec![0xa1, b't', 0xb0], b"__asgi_channel__".to_vec()]
+                .concat()
+                .into_iter()
+                .chain([0x92, 0x01, 0x02])
+                .collect();
+        let (_, raw) = split_body(&numbers).unwrap();
+        assert!(raw.read().is_err());
+        assert!(decode_body(&numbers).is_err());
     }
 
     #[test]
