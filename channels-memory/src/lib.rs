@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, LayerUrl, Message,
+    ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, LayerUrl, Members, Message,
     ReceiveError, SendError, validate_channel_name, validate_group_name,
 };
 use futures_util::future::BoxFuture;
@@ -91,17 +91,11 @@ struct Inner {
 #[derive(Default)]
 struct State {
     channels: Channels,
-    groups: HashMap<String, Members>,
+    groups: HashMap<String, Members<Membership>>,
 }
 
-/// A group's members by channel name: a short list while the group is small (a personal group,
-/// such as one per user, costs one small allocation), a hash map once it grows.
-enum Members {
-    Few(Vec<(Arc<str>, Membership)>),
-    Many(HashMap<Arc<str>, Membership>),
-}
-
-/// One channel's place in a group.
+/// One channel's place in a group (a group's members are a short list while the group is
+/// small, so a personal group costs one small allocation; see [`Members`]).
 struct Membership {
     /// The time of its last `group_add`.
     joined: Instant,
@@ -109,74 +103,20 @@ struct Membership {
     slot: usize,
 }
 
-/// Members kept in a list; a larger group switches to a map.
-const FEW_MEMBERS: usize = 8;
-
-impl Default for Members {
-    fn default() -> Self {
-        Self::Few(Vec::new())
-    }
-}
-
-impl Members {
-    /// Adds `channel` (the map's own key when it has a queue, so the member shares its name) or
-    /// refreshes its join time.
-    fn insert(&mut self, channel: Arc<str>, slot: usize, joined: Instant) {
-        let membership = Membership { joined, slot };
-        match self {
-            Self::Few(list) => match list.iter().position(|(c, _)| *c == channel) {
-                Some(i) => list[i].1 = membership,
-                None if list.len() < FEW_MEMBERS => {
-                    // Room for one at first (a plain `push` would make room for four): most
-                    // groups of an idle server hold one connection.
-                    if list.capacity() == 0 {
-                        list.reserve_exact(1);
-                    }
-                    list.push((channel, membership));
-                }
-                None => {
-                    let mut map: HashMap<Arc<str>, Membership> = std::mem::take(list).into_iter().collect();
-                    map.insert(channel, membership);
-                    *self = Self::Many(map);
-                }
-            },
-            Self::Many(map) => {
-                map.insert(channel, membership);
-            }
+/// Drops the members that joined at or before `cutoff` (expired) and calls `f` on each other
+/// one, in one pass.
+fn retain_live(
+    members: &mut Members<Membership>,
+    cutoff: Option<Instant>,
+    mut f: impl FnMut(&Arc<str>, &mut Membership),
+) {
+    members.retain(|channel, membership| {
+        let live = cutoff.is_none_or(|cutoff| membership.joined > cutoff);
+        if live {
+            f(channel, membership);
         }
-    }
-
-    fn remove(&mut self, channel: &str) {
-        match self {
-            Self::Few(list) => list.retain(|(c, _)| &**c != channel),
-            Self::Many(map) => {
-                map.remove(channel);
-            }
-        }
-    }
-
-    /// Drops the members that joined at or before `cutoff` (expired) and calls `f` on each
-    /// other one, in one pass.
-    fn retain_live(&mut self, cutoff: Option<Instant>, mut f: impl FnMut(&Arc<str>, &mut Membership)) {
-        let mut live = |channel: &Arc<str>, membership: &mut Membership| {
-            let live = cutoff.is_none_or(|cutoff| membership.joined > cutoff);
-            if live {
-                f(channel, membership);
-            }
-            live
-        };
-        match self {
-            Self::Few(list) => list.retain_mut(|(channel, membership)| live(channel, membership)),
-            Self::Many(map) => map.retain(|channel, membership| live(channel, membership)),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        match self {
-            Self::Few(list) => list.is_empty(),
-            Self::Many(map) => map.is_empty(),
-        }
-    }
+        live
+    });
 }
 
 /// Whether two channel names are equal, without reading their bytes when both are the same
@@ -485,7 +425,7 @@ impl InMemoryChannelLayer {
                 let Some(members) = groups.get_mut(group) else { continue };
                 let (run_sends, run_reports) = (&sends[run.clone()], &mut reports[run]);
                 let mut expired = Vec::new();
-                members.retain_live(now.checked_sub(config.group_expiry), |channel, membership| {
+                retain_live(members, now.checked_sub(config.group_expiry), |channel, membership| {
                     let queue = member_queue(channels, channel, membership);
                     // A channel whose queue held an expired message leaves its groups after this
                     // send (Django's rule), so it gets the run's first message only, as it
@@ -586,7 +526,7 @@ impl InMemoryChannelLayer {
             state.remove_from_groups(&name);
         }
         state.groups.retain(|_, members| {
-            members.retain_live(now.checked_sub(group_expiry), |_, _| {});
+            retain_live(members, now.checked_sub(group_expiry), |_, _| {});
             !members.is_empty()
         });
     }
@@ -669,7 +609,7 @@ impl ChannelLayer for InMemoryChannelLayer {
             Some(members) => members,
             None => groups.entry(group.to_owned()).or_default(),
         };
-        members.insert(channel, slot, Instant::now());
+        members.insert(channel, Membership { joined: Instant::now(), slot });
         Ok(())
     }
 
@@ -788,15 +728,16 @@ mod tests {
 
     #[tokio::test]
     async fn groups_keep_their_members_when_they_outgrow_the_short_list() {
+        // 24 members: past the eight a short list holds, then 4 leave.
         let layer = InMemoryChannelLayer::new(LayerConfig::default());
         let mut channels = Vec::new();
-        for _ in 0..3 * FEW_MEMBERS {
+        for _ in 0..24 {
             let channel = layer.new_channel("specific").await.unwrap();
             layer.group_add("big", &channel).await.unwrap();
             layer.group_add("big", &channel).await.unwrap(); // a refresh, not a second member
             channels.push(channel);
         }
-        for gone in channels.drain(..FEW_MEMBERS / 2) {
+        for gone in channels.drain(..4) {
             layer.group_discard("big", &gone).await.unwrap();
         }
         let sent = msg(1);
@@ -882,8 +823,8 @@ mod tests {
         {
             let state = layer.lock();
             let (key, _) = state.channels.get_key_value(a.as_str()).expect("group_add made the queue");
-            let Members::Few(members) = &state.groups["g"] else { panic!("one member is a list") };
-            assert!(Arc::ptr_eq(&members[0].0, key), "the member shares the queue's name");
+            let (member, _) = state.groups["g"].iter().next().expect("one member");
+            assert!(Arc::ptr_eq(member, key), "the member shares the queue's name");
         }
         // A receiver for a name allocated elsewhere takes the queue's; one for a channel with no
         // queue yet makes it, so messages sent later find the same name.

@@ -6,6 +6,7 @@
 
 mod config;
 mod json;
+mod members;
 mod message;
 mod names;
 mod registry;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
 pub use config::{ConfigError, LayerConfig, LayerUrl};
+pub use members::Members;
 pub use message::{MAX_NESTING_DEPTH, Message, MessageError, RESERVED_CHANNEL_KEY};
 pub use names::{InvalidName, MAX_NAME_LENGTH, non_local_name, validate_channel_name, validate_group_name};
 pub use registry::{ChannelLayers, DEFAULT_ALIAS};
