@@ -19,7 +19,8 @@
 //! `cargo bench --bench idle_memory` (see docs/performance.md). `BENCH_RUNS=N` changes the
 //! number of runs per configuration (default 3); `IDLE_CONNECTIONS=N` the connection count;
 //! `IDLE_ONLY=chat` (or another name) or `IDLE_SERVERS=chat,baseline,framework` the servers;
-//! `IDLE_ROOMS=one` (or `per-conn`) one layout only.
+//! `IDLE_ROOMS=one` (or `per-conn`) one layout only; `IDLE_LAYER=redis` runs the chat example
+//! on the Redis layer (a redis-server started here on a free port) instead of in memory.
 
 mod common;
 
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use channels::redis::testing::RedisServer;
 use common::server::{self, Kind, ServerProcess};
 use common::stats::median;
 use futures_util::StreamExt;
@@ -90,8 +92,23 @@ fn main() -> ExitCode {
         (_, Ok(only)) => Kind::from_name(&only).into_iter().collect(),
         _ => vec![Kind::Chat, Kind::Baseline],
     };
+    // The chat example's layer: in memory, or a Redis of its own for this bench.
+    let redis = match std::env::var("IDLE_LAYER").as_deref() {
+        Ok("redis") => Some(RedisServer::start()),
+        Ok("memory") | Err(_) => None,
+        Ok(other) => {
+            println!("IDLE_LAYER must be memory or redis, not {other:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let chat_args: Vec<String> = redis.iter().flat_map(|redis| ["--layer".to_owned(), redis.url()]).collect();
     for kind in &kinds {
-        println!("  {}", kind.legend());
+        match kind {
+            Kind::Chat if redis.is_some() => {
+                println!("  chat = examples/chat (release, Redis layer: a redis-server started here)")
+            }
+            _ => println!("  {}", kind.legend()),
+        }
     }
     let layouts: Vec<Rooms> = match std::env::var("IDLE_ROOMS").as_deref() {
         Ok("one") => vec![Rooms::One],
@@ -117,7 +134,8 @@ fn main() -> ExitCode {
             .collect();
         for round in 1..=runs {
             for (kind, values) in &mut per_kind {
-                let result = ServerProcess::start(*kind, &chat).and_then(|server| {
+                let args: &[String] = if *kind == Kind::Chat { &chat_args } else { &[] };
+                let result = ServerProcess::start_with(*kind, &chat, args).and_then(|server| {
                     let measured = measure(&server, connections, rooms);
                     let log = server.stop();
                     for line in &log.first {

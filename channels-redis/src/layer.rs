@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    BackendError, ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, Message,
-    ReceiveError, SendError, non_local_name, validate_channel_name, validate_group_name,
+    BackendError, ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, Members,
+    Message, ReceiveError, SendError, non_local_name, validate_channel_name, validate_group_name,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{OnceCell, oneshot};
@@ -62,7 +62,7 @@ struct Local {
     channels: Mailboxes,
     /// Groups local channels joined, so they can be re-joined after Redis loses them, and so
     /// that a member's own group sends can be echoed without a read of the group.
-    memberships: HashMap<String, HashMap<String, Joined>>,
+    memberships: HashMap<String, Members<Joined>>,
     /// Process queue keys a pump already reads.
     pumped: HashSet<String>,
 }
@@ -337,7 +337,7 @@ impl Inner {
             .lock()
             .memberships
             .iter()
-            .flat_map(|(group, channels)| channels.keys().map(move |c| (group.clone(), c.clone())))
+            .flat_map(|(group, channels)| channels.iter().map(move |(c, _)| (group.clone(), c.to_string())))
             .collect();
         for (group, channel) in memberships {
             if let Err(e) = self.raw_group_add(&group, &channel).await {
@@ -466,7 +466,7 @@ impl RedisChannelLayer {
         if !self.inner.lock().channels.contains_key(channel) {
             self.ensure_pumps(&self.inner.queue_key(channel));
         }
-        Ok(mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel).await)
+        mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel).await
     }
 
     /// A worker channel: channels_redis's restore → pop → back up → clean up dance, so Python
@@ -575,7 +575,7 @@ impl ChannelLayer for RedisChannelLayer {
         let n = self.inner.channels_made.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}.{}!{}", self.inner.client_prefix, wire::local_id(n));
         validate_channel_name(&name)?;
-        self.inner.lock().channels.entry(name.clone()).or_default();
+        self.inner.lock().channels.entry(Arc::from(name.as_str())).or_default();
         self.ensure_pumps(&self.inner.queue_key(&name));
         Ok(name)
     }
@@ -648,12 +648,9 @@ impl ChannelLayer for RedisChannelLayer {
         self.inner.raw_group_add(group, channel).await.map_err(|e| GroupError::Backend(backend(e)))?;
         if self.inner.is_ours(channel) {
             let mut local = self.inner.lock();
-            if local.channels.contains_key(channel) {
-                local
-                    .memberships
-                    .entry(group.to_owned())
-                    .or_default()
-                    .insert(channel.to_owned(), Joined::new(&self.inner.ops));
+            if let Some((name, _)) = local.channels.get_key_value(channel) {
+                let name = name.clone();
+                local.memberships.entry(group.to_owned()).or_default().insert(name, Joined::new(&self.inner.ops));
             }
         }
         Ok(())
@@ -990,6 +987,13 @@ impl mailbox::LocalMailboxes for RedisChannelLayer {
         if let Some(mailbox) = self.inner.lock().channels.get_mut(channel) {
             mailbox.take_many(max, into);
         }
+    }
+
+    fn wait_in_mailbox<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> Option<futures_util::future::BoxFuture<'a, Result<Message, ReceiveError>>> {
+        mailbox::wait_in(&self.inner.local, |local| &mut local.channels, channel)
     }
 }
 

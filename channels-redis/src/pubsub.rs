@@ -121,7 +121,7 @@ impl Inner {
         };
         for channel in targets {
             let capacity = self.config.layer.capacity_for(&channel);
-            if let Some(mailbox) = local.channels.get_mut(&channel)
+            if let Some(mailbox) = local.channels.get_mut(channel.as_str())
                 && !mailbox.push(message.clone(), capacity, None)
             {
                 self.dropped_full.fetch_add(1, Ordering::Relaxed);
@@ -280,6 +280,13 @@ impl mailbox::LocalMailboxes for RedisPubSubChannelLayer {
             mailbox.take_many(max, into);
         }
     }
+
+    fn wait_in_mailbox<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> Option<futures_util::future::BoxFuture<'a, Result<Message, ReceiveError>>> {
+        mailbox::wait_in(&self.inner.local, |local| &mut local.channels, channel)
+    }
 }
 
 #[async_trait]
@@ -287,7 +294,7 @@ impl ChannelLayer for RedisPubSubChannelLayer {
     async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
         let name = format!("{}{prefix}.{}", self.inner.config.prefix, wire::random_hex());
         validate_channel_name(&name)?;
-        self.inner.lock().channels.entry(name.clone()).or_default();
+        self.inner.lock().channels.entry(Arc::from(name.as_str())).or_default();
         self.subscribe(&name).await.map_err(ReceiveError::Backend)?;
         Ok(name)
     }
@@ -307,13 +314,13 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         let known = {
             let mut local = self.inner.lock();
             let known = local.channels.contains_key(channel);
-            local.channels.entry(channel.to_owned()).or_default();
+            local.channels.entry(Arc::from(channel)).or_default();
             known
         };
         if !known {
             self.subscribe(channel).await.map_err(ReceiveError::Backend)?;
         }
-        Ok(mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel).await)
+        mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel).await
     }
 
     fn try_receive(&self, channel: &str) -> Option<Message> {
