@@ -639,7 +639,8 @@ impl ChannelLayer for RedisChannelLayer {
     }
 
     fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
-        Box::new(mailbox::Receiver { layer: self, channel })
+        let local = self.inner.lock().channels.contains_key(&*channel);
+        Box::new(mailbox::Receiver { layer: self, channel, local })
     }
 
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
@@ -992,8 +993,8 @@ impl mailbox::LocalMailboxes for RedisChannelLayer {
     fn wait_in_mailbox<'a>(
         &'a self,
         channel: &'a str,
-    ) -> Option<futures_util::future::BoxFuture<'a, Result<Message, ReceiveError>>> {
-        mailbox::wait_in(&self.inner.local, |local| &mut local.channels, channel)
+    ) -> futures_util::future::BoxFuture<'a, Result<Message, ReceiveError>> {
+        Box::pin(mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel))
     }
 }
 

@@ -114,10 +114,9 @@ pub(crate) async fn receive<T>(state: &Mutex<T>, find: impl Fn(&mut T) -> Option
 }
 
 /// [`receive`] on `channel`'s mailbox in `mailboxes`, made first if it is missing; never an
-/// error. Written out rather than calling `receive`, and returning the receive's `Result`
-/// itself: a future that holds another holds the arguments twice, and an idle connection
-/// holds this one (see [`wait_in`]). An `async` block rather than an `async fn`, whose
-/// future keeps a second copy of its arguments (32 bytes more).
+/// error. Not built on `receive`, and an `async` block rather than an `async fn`: this is the
+/// future an idle connection holds, and either would keep its arguments twice (112 bytes as
+/// it is, 144 and more otherwise).
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn receive_or_create<'a, T>(
     state: &'a Mutex<T>,
@@ -145,23 +144,10 @@ pub(crate) trait LocalMailboxes: ChannelLayer {
     /// [`Mailbox::take_many`] on `channel`'s mailbox under the layer's lock, if it has one.
     fn take_many(&self, channel: &str, max: usize, into: &mut Vec<Message>);
 
-    /// A wait on `channel`'s mailbox, if it has one (see [`wait_in`]).
-    fn wait_in_mailbox<'a>(&'a self, channel: &'a str) -> Option<BoxFuture<'a, Result<Message, ReceiveError>>>;
-}
-
-/// [`receive_or_create`] on `channel`'s mailbox if it has one now: a receive that skips the
-/// layer's `receive`, whose future covers every kind of channel (a worker channel's Redis
-/// commands included) and is about 100 bytes larger. An idle connection holds this future
-/// all the time.
-pub(crate) fn wait_in<'a, T: Send>(
-    state: &'a Mutex<T>,
-    mailboxes: fn(&mut T) -> &mut Mailboxes,
-    channel: &'a str,
-) -> Option<BoxFuture<'a, Result<Message, ReceiveError>>> {
-    if !mailboxes(&mut state.lock().unwrap_or_else(|p| p.into_inner())).contains_key(channel) {
-        return None;
-    }
-    Some(Box::pin(receive_or_create(state, mailboxes, channel)))
+    /// [`receive_or_create`] on `channel`'s mailbox: for a channel that has one, a receive
+    /// without the layer's `receive`, whose future covers every kind of channel (a worker
+    /// channel's Redis commands included) and is more than twice as large.
+    fn wait_in_mailbox<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Message, ReceiveError>>;
 }
 
 /// A receiver on one channel of such a layer: the layer's own `receive` and `try_receive`, and
@@ -169,11 +155,14 @@ pub(crate) fn wait_in<'a, T: Send>(
 pub(crate) struct Receiver<L> {
     pub(crate) layer: Arc<L>,
     pub(crate) channel: Arc<str>,
+    /// The channel had a mailbox when the receiver was made (a channel of this process, or a
+    /// subscribed one): its receives wait on the mailbox alone.
+    pub(crate) local: bool,
 }
 
 impl<L: LocalMailboxes> ChannelReceiver for Receiver<L> {
     fn receive(&self) -> BoxFuture<'_, Result<Message, ReceiveError>> {
-        self.layer.wait_in_mailbox(&self.channel).unwrap_or_else(|| self.layer.receive(&self.channel))
+        if self.local { self.layer.wait_in_mailbox(&self.channel) } else { self.layer.receive(&self.channel) }
     }
 
     fn try_receive(&self) -> Option<Message> {

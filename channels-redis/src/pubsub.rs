@@ -284,8 +284,8 @@ impl mailbox::LocalMailboxes for RedisPubSubChannelLayer {
     fn wait_in_mailbox<'a>(
         &'a self,
         channel: &'a str,
-    ) -> Option<futures_util::future::BoxFuture<'a, Result<Message, ReceiveError>>> {
-        mailbox::wait_in(&self.inner.local, |local| &mut local.channels, channel)
+    ) -> futures_util::future::BoxFuture<'a, Result<Message, ReceiveError>> {
+        Box::pin(mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel))
     }
 }
 
@@ -314,7 +314,9 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         let known = {
             let mut local = self.inner.lock();
             let known = local.channels.contains_key(channel);
-            local.channels.entry(Arc::from(channel)).or_default();
+            if !known {
+                local.channels.insert(Arc::from(channel), Default::default());
+            }
             known
         };
         if !known {
@@ -328,7 +330,8 @@ impl ChannelLayer for RedisPubSubChannelLayer {
     }
 
     fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
-        Box::new(mailbox::Receiver { layer: self, channel })
+        let local = self.inner.lock().channels.contains_key(&*channel);
+        Box::new(mailbox::Receiver { layer: self, channel, local })
     }
 
     async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {

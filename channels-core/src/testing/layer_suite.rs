@@ -109,6 +109,27 @@ pub async fn named_channels_work(factory: &impl LayerFactory) {
     assert_eq!(n_of(&receive(&*layer, "thumbnails-generate").await), 3);
 }
 
+/// A [`ChannelLayer::receiver`] on a named (worker) channel receives what is sent there, as
+/// the layer's `receive` does: a backend that serves its own channels' receivers from local
+/// buffers must not take that path for a channel it did not make.
+pub async fn a_receiver_on_a_named_channel_receives_what_is_sent_there(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let receiver = layer.clone().receiver("thumbnails-resize".into());
+    layer.send("thumbnails-resize", msg(4)).await.expect("send");
+    let got = tokio::time::timeout(WAIT, receiver.receive()).await.expect("the message arrives");
+    assert_eq!(n_of(&got.expect("receive")), 4);
+    let later = tokio::time::timeout(WAIT, async {
+        let (got, ()) = tokio::join!(receiver.receive(), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            layer.send("thumbnails-resize", msg(5)).await.expect("send");
+        });
+        got
+    })
+    .await
+    .expect("a later send arrives");
+    assert_eq!(n_of(&later.expect("receive")), 5);
+}
+
 /// `new_channel` names are unique, valid, and start with the prefix.
 pub async fn new_channel_names_are_unique_and_valid(factory: &impl LayerFactory) {
     let layer = factory.make(LayerConfig::default()).await;
@@ -586,6 +607,7 @@ macro_rules! layer_conformance_tests {
             receive_waits_for_a_later_send,
             receive_is_cancel_safe,
             named_channels_work,
+            a_receiver_on_a_named_channel_receives_what_is_sent_there,
             new_channel_names_are_unique_and_valid,
             group_send_reaches_every_member,
             group_add_is_idempotent_and_discard_stops_delivery,
