@@ -148,8 +148,11 @@ pub(crate) struct Outbox {
     /// The batch in flight holds a send that was not echoed.
     in_flight_unechoed: bool,
     failed: Vec<(String, GroupError)>,
-    /// When the last batch was done, for the layer's [`ChannelLayer::batch_linger`].
+    /// When the last batch was done, for the layer's [`ChannelLayer::batch_linger`] (only
+    /// when it has one: the clock is not read for nothing).
     last_done: Option<tokio::time::Instant>,
+    /// The layer lingers: the end of the batch in flight is to be timed.
+    timed: bool,
     /// The next batch has waited its linger already.
     lingered: bool,
 }
@@ -180,6 +183,7 @@ impl Outbox {
             }
         }
         self.lingered = false;
+        self.timed = !layer.batch_linger().is_zero();
         let sends = std::mem::take(&mut self.queued);
         let echoed = std::mem::take(&mut self.echoed);
         self.in_flight_unechoed = echoed < sends.len();
@@ -207,7 +211,9 @@ impl Outbox {
             // The end of a wait, not of a batch.
             return;
         }
-        self.last_done = Some(tokio::time::Instant::now());
+        if self.timed {
+            self.last_done = Some(tokio::time::Instant::now());
+        }
         self.in_flight_unechoed = false;
         for ((group, _), report) in sends.drain(..).zip(reports) {
             if let Err(e) = report {
