@@ -151,8 +151,6 @@ pub(crate) struct Outbox {
     /// When the last batch was done, for the layer's [`ChannelLayer::batch_linger`] (only
     /// when it has one: the clock is not read for nothing).
     last_done: Option<tokio::time::Instant>,
-    /// The layer lingers: the end of the batch in flight is to be timed.
-    timed: bool,
     /// The next batch has waited its linger already.
     lingered: bool,
 }
@@ -183,7 +181,6 @@ impl Outbox {
             }
         }
         self.lingered = false;
-        self.timed = !layer.batch_linger().is_zero();
         let sends = std::mem::take(&mut self.queued);
         let echoed = std::mem::take(&mut self.echoed);
         self.in_flight_unechoed = echoed < sends.len();
@@ -205,13 +202,14 @@ impl Outbox {
         !self.in_flight_unechoed && self.echoed == self.queued.len()
     }
 
-    /// Keeps the failures of a finished batch, and its buffer for the next one.
-    fn settle(&mut self, (mut sends, reports): Sent) {
+    /// Keeps the failures of a finished batch, and its buffer for the next one; `timed`: the
+    /// layer lingers, so the time the batch was done is kept too.
+    fn settle(&mut self, (mut sends, reports): Sent, timed: bool) {
         if sends.is_empty() {
             // The end of a wait, not of a batch.
             return;
         }
-        if self.timed {
+        if timed {
             self.last_done = Some(tokio::time::Instant::now());
         }
         self.in_flight_unechoed = false;
@@ -299,8 +297,9 @@ impl WebsocketContext {
 
     /// Records a finished batch.
     pub(crate) fn settle_sends(&mut self, sent: Sent) {
+        let timed = self.membership.layer.as_ref().is_some_and(|layer| !layer.batch_linger().is_zero());
         if let Some(outbox) = self.outbox_mut() {
-            outbox.settle(sent);
+            outbox.settle(sent, timed);
         }
     }
 
