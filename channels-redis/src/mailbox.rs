@@ -52,6 +52,12 @@ impl Mailbox {
         taken
     }
 
+    /// [`Self::pop`], or what to wait on for the next push (a receiver waits outside the
+    /// layer's lock, so on its own handle).
+    fn pop_or_notify(&mut self) -> Result<Message, Arc<Notify>> {
+        self.pop().ok_or_else(|| self.notify.clone())
+    }
+
     /// [`Self::pop`] for up to `max` messages, appended to `into`, with one look at the clock.
     pub(crate) fn take_many(&mut self, max: usize, into: &mut Vec<Message>) {
         if self.items.is_empty() || max == 0 {
@@ -101,11 +107,10 @@ pub(crate) async fn receive<T>(state: &Mutex<T>, find: impl Fn(&mut T) -> Option
     loop {
         let notify = {
             let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-            let mailbox = find(&mut state)?;
-            if let Some(message) = mailbox.pop() {
-                return Some(message);
+            match find(&mut state)?.pop_or_notify() {
+                Ok(message) => return Some(message),
+                Err(notify) => notify,
             }
-            mailbox.notify.clone()
         };
         // notify_one leaves a permit when nobody waits yet, so a push between the unlock and
         // this await is not missed.
@@ -127,11 +132,10 @@ pub(crate) fn receive_or_create<'a, T>(
         loop {
             let notify = {
                 let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                let mailbox = get_or_create(mailboxes(&mut state), channel);
-                if let Some(message) = mailbox.pop() {
-                    return Ok(message);
+                match get_or_create(mailboxes(&mut state), channel).pop_or_notify() {
+                    Ok(message) => return Ok(message),
+                    Err(notify) => notify,
                 }
-                mailbox.notify.clone()
             };
             // As in `receive`: a push between the unlock and this await leaves a permit.
             notify.notified().await;
