@@ -2,7 +2,8 @@
 //!
 //! A layer moves [`Message`]s between *channels* (one per consumer, or a named worker channel)
 //! and fans them out to *groups* of channels. The trait is backend-independent; pick a backend
-//! by configuration (`memory://`, later `redis://...`) and no consumer code changes.
+//! by configuration (`memory://`, `redis://...`, `redis+pubsub://...`) and no consumer code
+//! changes.
 
 mod config;
 mod json;
