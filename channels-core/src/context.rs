@@ -1,8 +1,8 @@
 //! The per-connection handle a consumer's hooks get: accept, send, close, and layer operations.
-//!
-//! This file holds the handle and its life (accept, deny, close); [`send`] the frames to the
-//! client, [`groups`] the channel-layer operations, and [`outbox`] the queue of group sends
-//! that do not wait.
+
+// This file holds the handle and its life (accept, deny, close); `send.rs` the frames to the
+// client, `groups.rs` the channel-layer operations, `outbox.rs` the queue of group sends that
+// do not wait.
 
 mod groups;
 mod outbox;

@@ -2,9 +2,9 @@
 //! can follow the crate from the bottom up (ARCHITECTURE.md draws the stack).
 //!
 //! These tests read the crate's sources, take every `crate::<module>` path in code (comments
-//! and doc links are not dependencies), and fail on a cycle between top-level modules. The one
-//! cycle the design allows: consumer hooks name the context, and the context may name the
-//! consumer back in its docs or for a constant.
+//! and doc links are not dependencies), and fail on a cycle between top-level modules, or when
+//! ARCHITECTURE.md's table of the stack and the code disagree. The one cycle the design allows:
+//! consumer hooks name the context, and the context may name the consumer back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -257,6 +257,41 @@ fn modules_form_a_stack_without_cycles() {
     let graph = module_graph();
     if let Some(cycle) = find_cycle(&without_allowed_back_edges(graph.clone())) {
         panic!("module cycle: {}\nthe graph: {graph:#?}", cycle.join(" -> "));
+    }
+}
+
+/// The stack ARCHITECTURE.md draws: its rows of modules, bottom first.
+fn documented_stack() -> Vec<Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ARCHITECTURE.md");
+    let text = std::fs::read_to_string(&path).expect("ARCHITECTURE.md at the workspace root");
+    let mut rows: Vec<(u32, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // `| 3 hooks | `consumer`, `guarded` | ... |`: a row of the module table.
+        let [_, layer, modules, ..] = cells.as_slice() else { continue };
+        let Some(number) = layer.split_whitespace().next().and_then(|n| n.parse().ok()) else { continue };
+        let names = modules.split(',').map(|name| name.trim().trim_matches('`').to_owned()).collect();
+        rows.push((number, names));
+    }
+    rows.sort_by_key(|(number, _)| *number);
+    rows.into_iter().map(|(_, names)| names).collect()
+}
+
+#[test]
+fn architecture_md_lists_every_module_in_an_order_the_code_keeps() {
+    let graph = module_graph();
+    let order: Vec<String> = documented_stack().into_iter().flatten().collect();
+    let documented: BTreeSet<&String> = order.iter().collect();
+    let actual: BTreeSet<&String> = graph.keys().collect();
+    assert_eq!(documented, actual, "ARCHITECTURE.md's module table and the modules of src/ differ");
+    let position = |module: &str| order.iter().position(|m| m == module).expect("documented");
+    for (module, used) in &without_allowed_back_edges(graph.clone()) {
+        for below in used {
+            assert!(
+                position(below) < position(module),
+                "{module} uses {below}, which ARCHITECTURE.md puts after it in the stack"
+            );
+        }
     }
 }
 

@@ -111,12 +111,12 @@ impl WebsocketContext {
     /// Queued, the messages that arrive meanwhile go together in the next batch (two round
     /// trips for the batch), and receivers get them together: fewer system calls per delivery.
     /// A batch that would start right after this connection's previous one first waits the
-    /// layer's [`batch_linger`](ChannelLayer::batch_linger) (1 ms over Redis by default, none
-    /// in memory), taking what is queued meanwhile. When this connection is in `group`, a
-    /// layer that can tell without a round trip puts its own copy on its channel at once
-    /// ([`ChannelLayer::group_send_echo`]; the Redis layer does), unless an earlier queued send
-    /// could not be: its own messages come back in order. With the in-memory layer it makes
-    /// little difference.
+    /// layer's [`batch_linger`](crate::layer::ChannelLayer::batch_linger) (1 ms over Redis by
+    /// default, none in memory), taking what is queued meanwhile. When this connection is in
+    /// `group`, a layer that can tell without a round trip puts its own copy on its channel at
+    /// once ([`ChannelLayer::group_send_echo`](crate::layer::ChannelLayer::group_send_echo); the
+    /// Redis layer does), unless an earlier queued send could not be: its own messages come back
+    /// in order. With the in-memory layer it makes little difference.
     ///
     /// A send that fails is reported to
     /// [`WebsocketConsumer::group_send_failed`](crate::consumer::WebsocketConsumer::group_send_failed)
