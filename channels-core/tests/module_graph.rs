@@ -117,7 +117,8 @@ fn code_only(source: &str) -> String {
         } else if c == '\'' {
             // A character literal ('x', '\n', '"'), or a lifetime ('a), which is code.
             if next == Some('\\') {
-                i += 2;
+                // Past the quote, the backslash and the escaped character (which may be a quote).
+                i += 3;
                 while i < chars.len() && chars[i] != '\'' {
                     i += 1;
                 }
@@ -328,7 +329,7 @@ fn no_library_doc_links_to_the_testing_module() {
 fn the_reader_finds_code_paths_but_not_comments_or_strings() {
     let code = code_only(
         "use crate::a::X;\n/// see [`crate::b`]\nlet s = \"crate::c\"; let t = r#\"crate::d\"#;\n\
-         let q = '\"'; fn f<'a>() {} use crate::{e::Y, f};\n/* crate::g */ $crate::h!();",
+         let q = '\"'; let r = '\\''; fn f<'a>() {} use crate::{e::Y, f};\n/* crate::g */ $crate::h!();",
     );
     let found = crate_paths(&code);
     assert_eq!(found, ["a", "e", "f", "h"].into_iter().map(String::from).collect());
