@@ -81,7 +81,7 @@ async fn submit(request: HttpRequest) -> channels::http::HttpResponse {
     let Some(text) = request.scope.query_param("text").filter(|t| !t.is_empty() && t.len() <= 1000) else {
         return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": "?text= (1-1000 bytes) is required"}));
     };
-    let Some(layer) = request.app.layers().default_layer() else {
+    let Some(layer) = request.layers().default_layer() else {
         return json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"error": "no channel layer"}));
     };
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);

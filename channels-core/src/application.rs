@@ -1,5 +1,5 @@
 //! The application: routes, channel layers, middleware and limits, served by [`crate::server`],
-//! by any hyper server you already run, or in-process by [`crate::testing`].
+//! by any hyper server you already run, or in-process by the test communicators.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,10 +19,10 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{WebsocketLimits, setters};
+use crate::context::Acceptance;
+use crate::frame::close_code;
 use crate::http::{HttpRequest, HttpResponse, full, text};
 use crate::io::{LeanIo, WsStream};
 use crate::layer::{ChannelLayer, ChannelLayers};
@@ -30,6 +30,7 @@ use crate::middleware::{Middleware, Rejection};
 use crate::routing::{CompiledRouter, Endpoints, Resolved, Router};
 use crate::runtime::{Finished, Handshake, Session, Upgrading};
 use crate::scope::{Scope, ScopeKind};
+use crate::tasks::Tasks;
 
 /// Application-wide limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +63,13 @@ impl AppLimits {
 
 struct Inner {
     router: CompiledRouter,
-    layers: ChannelLayers,
+    /// Shared with every HTTP request, for the handlers that send.
+    layers: Arc<ChannelLayers>,
     middleware: Vec<Arc<dyn Middleware>>,
     websocket_limits: Arc<WebsocketLimits>,
     limits: AppLimits,
     connections: Arc<Semaphore>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    tasks: Tasks,
 }
 
 /// A routed application with its channel layers: what Django's `asgi.py` `application` is.
@@ -91,6 +92,21 @@ pub struct Application {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("Application")
+            .field("routes", &inner.router)
+            .field("layers", &inner.layers)
+            .field("middleware", &inner.middleware.len())
+            .field("websocket_limits", &inner.websocket_limits)
+            .field("limits", &inner.limits)
+            .field("open_connections", &self.open_connections())
+            .field("shutting_down", &self.is_shutting_down())
+            .finish()
+    }
+}
+
 /// Builds an [`Application`].
 pub struct ApplicationBuilder {
     router: Router,
@@ -98,6 +114,18 @@ pub struct ApplicationBuilder {
     middleware: Vec<Arc<dyn Middleware>>,
     websocket_limits: WebsocketLimits,
     limits: AppLimits,
+}
+
+impl std::fmt::Debug for ApplicationBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplicationBuilder")
+            .field("router", &self.router)
+            .field("layers", &self.layers)
+            .field("middleware", &self.middleware.len())
+            .field("websocket_limits", &self.websocket_limits)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 impl ApplicationBuilder {
@@ -139,13 +167,12 @@ impl ApplicationBuilder {
         Application {
             inner: Arc::new(Inner {
                 router: self.router.compile(),
-                layers: self.layers,
+                layers: Arc::new(self.layers),
                 middleware: self.middleware,
                 websocket_limits: Arc::new(self.websocket_limits),
                 connections: Arc::new(Semaphore::new(self.limits.max_connections)),
                 limits: self.limits,
-                shutdown: CancellationToken::new(),
-                tracker: TaskTracker::new(),
+                tasks: Tasks::new(),
             }),
         }
     }
@@ -154,7 +181,7 @@ impl ApplicationBuilder {
 /// The outcome of a WebSocket handshake, before any socket exists.
 pub(crate) enum Upgrade {
     Accept {
-        acceptance: crate::context::Acceptance,
+        acceptance: Acceptance,
         session: Session,
         limits: Arc<WebsocketLimits>,
         permit: tokio::sync::OwnedSemaphorePermit,
@@ -195,25 +222,22 @@ impl Application {
 
     /// True once [`shutdown`](Self::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.inner.shutdown.is_cancelled()
+        self.inner.tasks.is_shutting_down()
     }
 
     /// Closes every WebSocket with 1001 and waits, up to the shutdown timeout, for their
     /// `disconnect` hooks. Returns how many connections were still open when it gave up.
     pub async fn shutdown(&self) -> usize {
-        self.inner.shutdown.cancel();
-        self.inner.tracker.close();
-        let waited = tokio::time::timeout(self.inner.limits.shutdown_timeout, self.inner.tracker.wait()).await;
-        if waited.is_err() { self.inner.tracker.len() } else { 0 }
+        self.inner.tasks.shut_down(self.inner.limits.shutdown_timeout).await
     }
 
-    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
-        &self.inner.shutdown
+    /// Where connections' tasks run, and the shutdown signal they watch.
+    pub(crate) fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
     }
 
-    /// Spawns a connection's task so that shutdown can wait for it.
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.inner.tracker.spawn(task);
+    pub(crate) fn shutdown_token(&self) -> &tokio_util::sync::CancellationToken {
+        self.inner.tasks.shutdown_token()
     }
 
     async fn scope_through_middleware(&self, mut scope: Scope) -> Result<Scope, Rejection> {
@@ -239,11 +263,7 @@ impl Application {
 
     /// Routes a WebSocket scope and runs the consumer's handshake (groups and `connect`).
     pub(crate) async fn websocket_handshake(&self, scope: Scope) -> Upgrade {
-        let refuse = |status: StatusCode, reason: String| Upgrade::Refuse {
-            status,
-            code: crate::consumer::close_code::NORMAL,
-            reason,
-        };
+        let refuse = |status: StatusCode, reason: String| Upgrade::Refuse { status, code: close_code::NORMAL, reason };
         if self.is_shutting_down() {
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into());
         }
@@ -262,7 +282,7 @@ impl Application {
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections".into());
         };
         let limits = endpoint.limits().unwrap_or(&self.inner.websocket_limits).clone();
-        match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.shutdown.clone()).await {
+        match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.tasks.shutdown_token().clone()).await {
             Handshake::Accept { acceptance, session } => Upgrade::Accept { acceptance, session, limits, permit },
             Handshake::Deny { status, code } => {
                 Upgrade::Refuse { status, code, reason: "websocket connection denied".into() }
@@ -299,7 +319,8 @@ impl Application {
             return answered(response);
         }
         let path = scope.path().to_owned();
-        let call = AssertUnwindSafe(handler.call(HttpRequest { scope, body, app: self }));
+        let request = HttpRequest { scope, body, layers: self.inner.layers.clone(), tasks: self.inner.tasks.clone() };
+        let call = AssertUnwindSafe(handler.call(request));
         Box::pin(async move {
             match call.catch_unwind().await {
                 Ok(response) => response,
@@ -385,7 +406,7 @@ impl Application {
                 }
             }
         });
-        session(self, upgrading, Finished { permit, done: None });
+        session(&self.inner.tasks, upgrading, Finished { permit, done: None });
         let mut response = HttpResponse::new(full(Bytes::new()));
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -437,7 +458,7 @@ fn check_handshake<B>(request: &Request<B>) -> Result<&[u8], (StatusCode, &'stat
 }
 
 /// An [`Application`] as a `hyper::service::Service` for one connection.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AppService {
     app: Application,
     client: Option<SocketAddr>,

@@ -2,15 +2,14 @@
 
 use std::future::Future;
 
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::context::{ContextError, WebsocketContext};
 use crate::layer::{DEFAULT_ALIAS, Message};
 
-pub use tokio_tungstenite::tungstenite::Utf8Bytes;
+#[doc(no_inline)]
+pub use crate::frame::{Frame, Utf8Bytes, close_code};
 
 /// Any error a handler returns; the server logs it and closes the socket with 1011.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -18,51 +17,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What every consumer hook returns.
 pub type HandlerResult = Result<(), BoxError>;
 
-/// A data frame from the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// A text frame (valid UTF-8, checked by the server).
-    Text(Utf8Bytes),
-    /// A binary frame.
-    Binary(Bytes),
-}
-
-impl Frame {
-    /// The text of a text frame.
-    pub fn as_text(&self) -> Option<&str> {
-        match self {
-            Frame::Text(t) => Some(t.as_str()),
-            Frame::Binary(_) => None,
-        }
-    }
-}
-
 /// The `Event` type of a consumer that receives no channel-layer events: every event is
 /// logged and dropped.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum NoEvents {}
-
-/// WebSocket close codes the server and consumers use.
-pub mod close_code {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// The server is shutting down (or the client navigated away).
-    pub const GOING_AWAY: u16 = 1001;
-    /// The peer broke the protocol.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// The peer sent a kind of data this endpoint does not take (binary to a JSON consumer).
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// The close frame carried no code.
-    pub const NO_STATUS: u16 = 1005;
-    /// The connection ended without a close frame.
-    pub const ABNORMAL: u16 = 1006;
-    /// The data was not consistent with its type (text that is not UTF-8, JSON that is not valid).
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    /// The message was larger than the server takes.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// A handler failed on the server.
-    pub const INTERNAL_ERROR: u16 = 1011;
-}
 
 /// What [`WebsocketConsumer::message`] does by default: decodes `message` into the consumer's
 /// `Event` and runs its `event` hook; a message of a type the consumer does not handle is
@@ -84,10 +42,6 @@ pub async fn decode_and_dispatch<C: WebsocketConsumer + ?Sized>(
             Ok(())
         }
     }
-}
-
-pub(crate) fn close_code_from(code: u16) -> CloseCode {
-    CloseCode::from(code)
 }
 
 /// A WebSocket consumer: Django's `AsyncWebsocketConsumer`.
@@ -247,7 +201,14 @@ impl std::fmt::Display for JsonFrameError {
     }
 }
 
-impl std::error::Error for JsonFrameError {}
+impl std::error::Error for JsonFrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Binary => None,
+            Self::Invalid(e) => Some(e),
+        }
+    }
+}
 
 /// A consumer that speaks JSON text frames: Django's `AsyncJsonWebsocketConsumer`.
 ///

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -10,7 +11,9 @@ use http::{StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
+use crate::layer::ChannelLayers;
 use crate::scope::Scope;
+use crate::tasks::Tasks;
 
 /// The body type of every response the application produces.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -25,8 +28,30 @@ pub struct HttpRequest {
     pub scope: Scope,
     /// The request body.
     pub body: Bytes,
-    /// The application serving the request: its channel layers, for handlers that send.
-    pub app: crate::Application,
+    /// The application's channel layers, for handlers that send.
+    pub(crate) layers: Arc<ChannelLayers>,
+    /// Where an HTTP consumer spawns the task that outlives its handler.
+    pub(crate) tasks: Tasks,
+}
+
+impl HttpRequest {
+    /// The channel layers of the application serving the request, for handlers that send.
+    ///
+    /// ```
+    /// use channels_core::http::{HttpRequest, HttpResponse, text};
+    /// use http::StatusCode;
+    ///
+    /// async fn announce(request: HttpRequest) -> HttpResponse {
+    ///     let Some(layer) = request.layers().default_layer() else {
+    ///         return text(StatusCode::SERVICE_UNAVAILABLE, "no channel layer");
+    ///     };
+    ///     let _ = layer.config();
+    ///     text(StatusCode::OK, "announced")
+    /// }
+    /// ```
+    pub fn layers(&self) -> &ChannelLayers {
+        &self.layers
+    }
 }
 
 impl std::fmt::Debug for HttpRequest {

@@ -18,10 +18,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::consumer::HandlerResult;
-use crate::context::{ContextError, Membership};
+use crate::error::ContextError;
+use crate::guarded::guarded;
 use crate::http::{HttpHandler, HttpRequest, HttpResponse, response, text};
 use crate::layer::{ChannelLayer, DEFAULT_ALIAS, GroupSendReport};
-use crate::runtime::guarded;
+use crate::membership::Membership;
 use crate::scope::Scope;
 
 /// An HTTP consumer: one instance per request.
@@ -271,6 +272,12 @@ where
     HttpConsumerRoute { factory, consumer: PhantomData }
 }
 
+impl<C, F> std::fmt::Debug for HttpConsumerRoute<C, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConsumerRoute").field("consumer", &std::any::type_name::<C>()).finish_non_exhaustive()
+    }
+}
+
 impl<C, F> HttpHandler for HttpConsumerRoute<C, F>
 where
     C: HttpConsumer,
@@ -283,8 +290,8 @@ where
 }
 
 async fn serve<C: HttpConsumer>(consumer: C, request: HttpRequest) -> HttpResponse {
-    let HttpRequest { scope, body, app } = request;
-    let layer = app.layers().get(C::LAYER_ALIAS).cloned();
+    let HttpRequest { scope, body, layers, tasks } = request;
+    let layer = layers.get(C::LAYER_ALIAS).cloned();
     let channel_name = match &layer {
         Some(layer) => match layer.new_channel("specific").await {
             Ok(name) => Some(name),
@@ -304,8 +311,8 @@ async fn serve<C: HttpConsumer>(consumer: C, request: HttpRequest) -> HttpRespon
         send_timeout: Duration::from_secs(10),
         deadline: None,
     };
-    let shutdown = app.shutdown_token().clone();
-    app.spawn(session(consumer, ctx, shutdown));
+    let shutdown = tasks.shutdown_token().clone();
+    tasks.spawn(session(consumer, ctx, shutdown));
     head_rx.await.unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "the consumer ended without a response"))
 }
 

@@ -6,10 +6,11 @@
 //! | module | what it is |
 //! |---|---|
 //! | [`consumer`] | [`WebsocketConsumer`] and [`JsonWebsocketConsumer`]: per-connection hooks |
-//! | [`context`] | [`WebsocketContext`]: accept, send, close, groups, from inside a hook |
+//! | [`context`] | [`WebsocketContext`]: accept, send, close, groups, from inside a hook; [`ContextError`] |
+//! | [`frame`] | [`Frame`], [`Utf8Bytes`](frame::Utf8Bytes) and [`close_code`]: what travels on a WebSocket |
 //! | [`http_consumer`] | [`HttpConsumer`](http_consumer::HttpConsumer): long polling, streaming (SSE) and plain answers with a channel |
 //! | [`scope`] | [`Scope`]: path, query, headers, cookies, addresses, route params, extensions |
-//! | [`routing`] | [`Router`]: WebSocket and HTTP routes with `{name}` captures |
+//! | [`routing`] | [`Router`]: the path table of WebSocket and HTTP endpoints, with `{name}` captures |
 //! | [`layer`] | [`ChannelLayer`](layer::ChannelLayer): the backend trait, messages, names, config |
 //! | [`middleware`] | [`Middleware`](middleware::Middleware) and [`OriginValidator`](middleware::OriginValidator) |
 //! | [`application`] | [`Application`]: routes + layers + middleware + limits; a hyper service |
@@ -22,17 +23,23 @@ pub mod application;
 pub mod config;
 pub mod consumer;
 pub mod context;
+mod endpoint;
+mod error;
+pub mod frame;
 mod gate;
+mod guarded;
 pub mod http;
 pub mod http_consumer;
 mod io;
 pub mod layer;
+mod membership;
 pub mod middleware;
 pub mod routing;
 mod runtime;
 pub mod scope;
 pub mod server;
 pub mod sessions;
+mod tasks;
 pub mod testing;
 pub mod worker;
 
@@ -40,8 +47,9 @@ pub use application::{AppLimits, AppService, Application, ApplicationBuilder};
 /// The attribute for implementing [`Middleware`](middleware::Middleware) and [`ChannelLayer`](layer::ChannelLayer).
 pub use async_trait::async_trait;
 pub use config::WebsocketLimits;
-pub use consumer::{BoxError, Frame, HandlerResult, JsonWebsocketConsumer, NoEvents, WebsocketConsumer, close_code};
+pub use consumer::{BoxError, HandlerResult, JsonWebsocketConsumer, NoEvents, WebsocketConsumer};
 pub use context::{ContextError, WebsocketContext};
+pub use frame::{Frame, close_code};
 pub use routing::Router;
 pub use scope::Scope;
 pub use server::Server;
@@ -51,10 +59,11 @@ pub mod prelude {
     pub use crate::application::{AppLimits, Application};
     pub use crate::config::WebsocketLimits;
     pub use crate::consumer::{
-        BoxError, Frame, HandlerResult, JsonFrameError, JsonWebsocketConsumer, NoEvents, WebsocketConsumer, close_code,
+        BoxError, HandlerResult, JsonFrameError, JsonWebsocketConsumer, NoEvents, WebsocketConsumer,
         decode_and_dispatch,
     };
     pub use crate::context::{ContextError, WebsocketContext};
+    pub use crate::frame::{Frame, close_code};
     pub use crate::http_consumer::{HttpConsumer, HttpContext};
     pub use crate::layer::Message;
     pub use crate::routing::Router;

@@ -10,116 +10,27 @@
 //! `/ws/chat/{room}/` answers `/ws/chat/lobby` too, and Django-style patterns keep working.
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
+use std::fmt;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
-use tokio_util::sync::CancellationToken;
-
-use crate::config::WebsocketLimits;
 use crate::consumer::WebsocketConsumer;
+use crate::endpoint::WebsocketEndpoint;
+pub use crate::endpoint::{Endpoint, WebsocketRoute, websocket};
 use crate::http::HttpHandler;
-use crate::layer::ChannelLayers;
-use crate::runtime::{self, Handshake};
 use crate::scope::Scope;
-
-/// A WebSocket endpoint with its consumer type erased.
-pub(crate) trait WebsocketEndpoint: Send + Sync + 'static {
-    fn handshake<'a>(
-        &'a self,
-        scope: Scope,
-        layers: &'a ChannelLayers,
-        limits: &'a Arc<WebsocketLimits>,
-        shutdown: CancellationToken,
-    ) -> BoxFuture<'a, Handshake>;
-
-    fn limits(&self) -> Option<&Arc<WebsocketLimits>>;
-}
-
-/// A WebSocket route: how to build a consumer for a connection, and optional limits of its own.
-pub struct WebsocketRoute<C, F> {
-    factory: F,
-    limits: Option<Arc<WebsocketLimits>>,
-    consumer: PhantomData<fn() -> C>,
-}
-
-/// A WebSocket route whose consumers `factory` builds from the connection's scope (Django's
-/// `Consumer.as_asgi()`).
-///
-/// ```
-/// use channels_core::prelude::*;
-/// use channels_core::routing::websocket;
-///
-/// struct Echo;
-/// impl WebsocketConsumer for Echo {
-///     type Event = NoEvents;
-/// }
-///
-/// let router = Router::new().route("/ws/echo/", websocket(|_: &Scope| Echo).limits(
-///     WebsocketLimits::default().max_message_size(16 << 20),
-/// ));
-/// ```
-pub fn websocket<C, F>(factory: F) -> WebsocketRoute<C, F>
-where
-    C: WebsocketConsumer,
-    F: Fn(&Scope) -> C + Send + Sync + 'static,
-{
-    WebsocketRoute { factory, limits: None, consumer: PhantomData }
-}
-
-impl<C, F> WebsocketRoute<C, F> {
-    /// Limits for this route instead of the application's.
-    pub fn limits(mut self, limits: WebsocketLimits) -> Self {
-        self.limits = Some(Arc::new(limits));
-        self
-    }
-}
-
-impl<C, F> WebsocketEndpoint for WebsocketRoute<C, F>
-where
-    C: WebsocketConsumer,
-    F: Fn(&Scope) -> C + Send + Sync + 'static,
-{
-    fn handshake<'a>(
-        &'a self,
-        scope: Scope,
-        layers: &'a ChannelLayers,
-        limits: &'a Arc<WebsocketLimits>,
-        shutdown: CancellationToken,
-    ) -> BoxFuture<'a, Handshake> {
-        let consumer = (self.factory)(&scope);
-        Box::pin(runtime::handshake(consumer, scope, layers, limits.clone(), shutdown))
-    }
-
-    fn limits(&self) -> Option<&Arc<WebsocketLimits>> {
-        self.limits.as_ref()
-    }
-}
-
-/// What can be mounted on a path.
-pub enum Endpoint {
-    /// A WebSocket consumer.
-    #[allow(private_interfaces)]
-    Websocket(Arc<dyn WebsocketEndpoint>),
-    /// An HTTP handler.
-    Http(Arc<dyn HttpHandler>),
-}
-
-impl<C, F> From<WebsocketRoute<C, F>> for Endpoint
-where
-    C: WebsocketConsumer,
-    F: Fn(&Scope) -> C + Send + Sync + 'static,
-{
-    fn from(route: WebsocketRoute<C, F>) -> Self {
-        Endpoint::Websocket(Arc::new(route))
-    }
-}
 
 /// The endpoints mounted on one path.
 #[derive(Clone, Default)]
 pub(crate) struct Endpoints {
     pub(crate) websocket: Option<Arc<dyn WebsocketEndpoint>>,
     pub(crate) http: Option<Arc<dyn HttpHandler>>,
+}
+
+impl fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds = [self.websocket.as_ref().map(|_| "websocket"), self.http.as_ref().map(|_| "http")];
+        f.debug_list().entries(kinds.iter().flatten()).finish()
+    }
 }
 
 /// Maps paths to WebSocket consumers and HTTP handlers: Django's `ProtocolTypeRouter` and
@@ -140,7 +51,7 @@ pub(crate) struct Endpoints {
 ///     })
 ///     .http("/", page("text/html", "<p>chat</p>"));
 /// ```
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Router {
     routes: BTreeMap<String, Endpoints>,
 }
@@ -202,12 +113,14 @@ impl Router {
     /// On a path matchit rejects (two captures in one segment, conflicting captures).
     pub(crate) fn compile(self) -> CompiledRouter {
         let mut matcher = matchit::Router::new();
+        let mut paths = Vec::with_capacity(self.routes.len());
         for (path, endpoints) in self.routes {
             if let Err(e) = matcher.insert(path.clone(), endpoints) {
                 panic!("invalid route {path:?}: {e}");
             }
+            paths.push(path);
         }
-        CompiledRouter { matcher }
+        CompiledRouter { matcher, paths }
     }
 }
 
@@ -228,6 +141,14 @@ pub(crate) enum Resolved<'a> {
 
 pub(crate) struct CompiledRouter {
     matcher: matchit::Router<Endpoints>,
+    /// The routes' paths, for `Debug`: the matcher's tree is not something to read.
+    paths: Vec<String>,
+}
+
+impl fmt::Debug for CompiledRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.paths).finish()
+    }
 }
 
 impl CompiledRouter {

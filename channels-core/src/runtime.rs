@@ -6,14 +6,13 @@
 //! woke the task ([`Quiet`]): most wake-ups are layer messages.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -21,20 +20,22 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::application::Application;
 use crate::config::WebsocketLimits;
-use crate::consumer::{Frame, HandlerResult, WebsocketConsumer, close_code};
-use crate::context::{Acceptance, ContextError, Outbox, Sent, State, WebsocketContext, close_message};
+use crate::consumer::{HandlerResult, WebsocketConsumer};
+use crate::context::{Acceptance, ContextError, Outbox, Sent, State, WebsocketContext};
+use crate::frame::{Frame, Utf8Bytes, close_code, close_message};
 use crate::gate::Gate;
+use crate::guarded::guarded;
 use crate::io::WsStream;
 use crate::layer::{ChannelLayers, ChannelReceiver, Message, ReceiveError};
 use crate::scope::Scope;
+use crate::tasks::Tasks;
 
 /// The upgrade in progress: the socket, or `None` when the upgrade failed.
 pub(crate) type Upgrading = BoxFuture<'static, Option<WsStream>>;
 
 /// Spawns the accepted connection's task, which waits for the upgrade and then runs it.
-pub(crate) type Session = Box<dyn FnOnce(&Application, Upgrading, Finished) + Send>;
+pub(crate) type Session = Box<dyn FnOnce(&Tasks, Upgrading, Finished) + Send>;
 
 /// Dropped when a connection's task ends: frees its connection slot and tells whoever waits
 /// (a test communicator).
@@ -55,24 +56,6 @@ impl Drop for Finished {
 pub(crate) enum Handshake {
     Accept { acceptance: Acceptance, session: Session },
     Deny { status: StatusCode, code: u16 },
-}
-
-/// Runs a hook, turning a panic into an error so that one bad handler cannot take the
-/// connection down without its close frame and `disconnect`.
-///
-/// Not an `async fn`: that would keep the hook's future twice (the argument, and the
-/// argument moved into the panic guard), and hooks' futures can be large.
-pub(crate) fn guarded(hook: impl Future<Output = HandlerResult>) -> impl Future<Output = HandlerResult> {
-    AssertUnwindSafe(hook).catch_unwind().map(|outcome| {
-        outcome.unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            Err(format!("handler panicked: {what}").into())
-        })
-    })
 }
 
 /// Builds the context, joins the consumer's groups and runs `connect`, all before the HTTP
@@ -111,8 +94,8 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
         (Ok(Ok(())), State::Connecting(connecting)) if connecting.accepted.is_some() => {
             let acceptance = connecting.accepted.clone().unwrap_or_default();
             // The connection's future goes into its task unboxed: one allocation per connection.
-            let session: Session = Box::new(move |app: &Application, socket, finished| {
-                app.spawn(run(consumer, ctx, socket, limits, shutdown, finished));
+            let session: Session = Box::new(move |tasks: &Tasks, socket, finished| {
+                tasks.spawn(run(consumer, ctx, socket, limits, shutdown, finished));
             });
             return Handshake::Accept { acceptance, session };
         }
@@ -447,7 +430,7 @@ async fn event_loop<C: WebsocketConsumer>(
                 }
                 match frame {
                     Some(Ok(WsMessage::Text(text))) => {
-                        Box::pin(guarded(consumer.receive(ctx, Frame::Text(text)))).await
+                        Box::pin(guarded(consumer.receive(ctx, Frame::Text(Utf8Bytes::from_tungstenite(text))))).await
                     }
                     Some(Ok(WsMessage::Binary(data))) => {
                         Box::pin(guarded(consumer.receive(ctx, Frame::Binary(data)))).await

@@ -19,9 +19,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::consumer::HandlerResult;
-use crate::context::{ContextError, Membership};
+use crate::error::ContextError;
+use crate::guarded::guarded;
 use crate::layer::{ChannelLayer, GroupSendReport};
-use crate::runtime::guarded;
+use crate::membership::Membership;
 
 /// A consumer of one named channel.
 ///

@@ -92,7 +92,7 @@ impl Api {
                 };
                 match self.db.call(move |conn| workflow::create_ticket(conn, &user, &new)).await {
                     Ok(id) => {
-                        if let Some(layer) = request.app.layers().default_layer()
+                        if let Some(layer) = request.layers().default_layer()
                             && let Err(e) = broadcast(&self.db, layer, id).await
                         {
                             tracing::warn!(ticket_id = id, error = %e, "could not announce a new ticket");
@@ -154,7 +154,7 @@ impl Api {
                 return error_response(&ActionError::Invalid(format!("expected {{\"action\", \"comment\"}}: {e}")));
             }
         };
-        let layer = request.app.layers().default_layer();
+        let layer = request.layers().default_layer();
         match perform(&self.db, layer, user, id, body.action, body.step).await {
             Ok(outcome) => {
                 json(StatusCode::OK, &serde_json::json!({"ok": true, "deploying": outcome.deploy.is_some()}))

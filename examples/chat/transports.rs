@@ -33,7 +33,7 @@ fn error(status: StatusCode, message: &str) -> HttpResponse {
 }
 
 fn layer_of(request: &HttpRequest) -> Option<Arc<dyn ChannelLayer>> {
-    request.app.layers().default_layer().cloned()
+    request.layers().default_layer().cloned()
 }
 
 /// `POST /chat/{room}/messages`.

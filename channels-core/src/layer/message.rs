@@ -3,9 +3,9 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use crate::frame::Utf8Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Why a value could not become a [`Message`], or a [`Message`] could not be decoded.
 #[derive(Debug)]

@@ -90,9 +90,36 @@ impl fmt::Display for GroupError {
     }
 }
 
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::InvalidName(e) => e.source(),
+            Self::ChannelFull { .. } => None,
+            Self::Backend(e) => Some(&**e),
+        }
+    }
+}
+
+impl std::error::Error for ReceiveError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::InvalidName(e) => e.source(),
+            Self::Backend(e) => Some(&**e),
+        }
+    }
+}
+
+impl std::error::Error for GroupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::InvalidName(e) => e.source(),
+            Self::Backend(e) => Some(&**e),
+        }
+    }
+}
+
 macro_rules! from_invalid_name {
     ($($ty:ident),*) => {$(
-        impl std::error::Error for $ty {}
         impl From<InvalidName> for $ty {
             fn from(e: InvalidName) -> Self {
                 Self::InvalidName(e)
@@ -159,7 +186,8 @@ impl<L: ChannelLayer + ?Sized> ChannelReceiver for ByName<L> {
 /// delivery; `send` fails with [`SendError::ChannelFull`] when a channel holds its capacity;
 /// `group_send` never fails for a full member, it drops the message for that member and counts
 /// it; messages expire after `expiry`, group memberships after `group_expiry`. The same
-/// semantics suite ([`crate::testing::layer_suite`]) runs against every backend.
+/// semantics suite (`channels_core::testing::layer_suite`, built with the `testing` feature)
+/// runs against every backend.
 ///
 /// Every method is cancel-safe: dropping a pending `receive` loses no message.
 #[async_trait]

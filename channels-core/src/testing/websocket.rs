@@ -10,11 +10,12 @@ use serde::de::DeserializeOwned;
 use tokio::io::DuplexStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::application::{Application, Upgrade};
+use crate::error::SocketError;
 use crate::io::{LeanIo, WsStream};
 use crate::runtime::{Finished, Upgrading};
 use crate::scope::Scope;
@@ -62,7 +63,7 @@ pub enum TestError {
     /// A JSON frame did not decode.
     Json(serde_json::Error),
     /// The WebSocket failed.
-    Socket(WsError),
+    Socket(SocketError),
 }
 
 impl fmt::Display for TestError {
@@ -78,7 +79,15 @@ impl fmt::Display for TestError {
     }
 }
 
-impl std::error::Error for TestError {}
+impl std::error::Error for TestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Json(e) => Some(e),
+            Self::Socket(e) => Some(e),
+            Self::Timeout | Self::NotConnected | Self::Closed | Self::Unexpected(_) => None,
+        }
+    }
+}
 
 /// Drives one WebSocket connection to an [`Application`] in-process.
 ///
@@ -177,7 +186,7 @@ impl WebsocketCommunicator {
         self.socket = Some(WebSocketStream::from_raw_socket(client_io, Role::Client, Some(client_config)).await);
         let (done_tx, done_rx) = oneshot::channel();
         self.done = Some(done_rx);
-        session(&self.app, upgrading, Finished { permit, done: Some(done_tx) });
+        session(self.app.tasks(), upgrading, Finished { permit, done: Some(done_tx) });
         self.response_headers = acceptance
             .headers
             .iter()
@@ -191,7 +200,7 @@ impl WebsocketCommunicator {
     }
 
     async fn send(&mut self, message: WsMessage) -> Result<(), TestError> {
-        self.socket()?.send(message).await.map_err(TestError::Socket)
+        self.socket()?.send(message).await.map_err(|e| TestError::Socket(SocketError::new(e)))
     }
 
     /// Sends a text frame.
@@ -237,7 +246,7 @@ impl WebsocketCommunicator {
                     })
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => Err(TestError::Socket(e)),
+                Some(Err(e)) => Err(TestError::Socket(SocketError::new(e))),
                 None => Err(TestError::Closed),
             };
         }
