@@ -1,5 +1,5 @@
 //! The application: routes, channel layers, middleware and limits, served by [`crate::server`],
-//! by any hyper server you already run, or in-process by [`crate::testing`].
+//! by any hyper server you already run, or in-process by `testing` (with the `testing` feature).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -161,6 +161,8 @@ pub(crate) enum Upgrade {
     },
     Refuse {
         status: StatusCode,
+        // Read by the testing module only.
+        #[cfg_attr(not(feature = "testing"), allow(dead_code))]
         code: u16,
         reason: String,
     },
@@ -271,6 +273,7 @@ impl Application {
     }
 
     /// Routes and answers an HTTP request whose body has been collected.
+    #[cfg(feature = "testing")]
     pub(crate) async fn http_request(&self, scope: Scope, body: Bytes) -> HttpResponse {
         Box::pin(self.clone().route_http(scope, body)).await.await
     }

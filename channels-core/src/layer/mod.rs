@@ -158,7 +158,7 @@ impl<L: ChannelLayer + ?Sized> ChannelReceiver for ByName<L> {
 /// delivery; `send` fails with [`SendError::ChannelFull`] when a channel holds its capacity;
 /// `group_send` never fails for a full member, it drops the message for that member and counts
 /// it; messages expire after `expiry`, group memberships after `group_expiry`. The same
-/// semantics suite ([`crate::testing::layer_suite`]) runs against every backend.
+/// semantics suite (`testing::layer_suite`, with the `testing` feature) runs against every backend.
 ///
 /// Every method is cancel-safe: dropping a pending `receive` loses no message.
 #[async_trait]
