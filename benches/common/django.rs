@@ -11,12 +11,13 @@ use super::server::{Log, Process};
 
 /// Where `scripts/install-test-deps` puts daphne.
 pub fn daphne_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/daphne")
+    super::repository_root().join("target/test-venv/bin/daphne")
 }
 
 /// A daphne process serving `benches/django/`, pinned to CPU 0; killed when dropped.
 pub struct Daphne {
     process: Process,
+    /// Where it listens.
     pub addr: SocketAddr,
 }
 
@@ -41,7 +42,7 @@ impl Daphne {
         let mut command = Process::command(daphne);
         command
             .args(["-v", "0", "-b", "127.0.0.1", "-p", &port.to_string(), "benchchat.asgi:application"])
-            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/django"))
+            .current_dir(super::repository_root().join("benches/django"))
             .env("DJANGO_SETTINGS_MODULE", "benchchat.settings")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .envs(env.iter().copied())
@@ -63,10 +64,12 @@ impl Daphne {
         Err(format!("daphne did not listen on {addr} within 30 s: {:?}", log.first))
     }
 
+    /// Its process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
 
+    /// Kills it and returns what it logged.
     pub fn stop(self) -> Log {
         self.process.stop()
     }

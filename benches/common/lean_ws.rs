@@ -49,6 +49,7 @@ pub struct LeanWs {
 
 /// A frame's payload handed to the caller.
 pub enum Received<'a> {
+    /// A text payload.
     Text(&'a str),
     /// Binary, or a text payload that was not UTF-8.
     Other,
@@ -255,8 +256,10 @@ fn encode_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
 /// The fields of a chat event the generator reads.
 #[derive(Deserialize)]
 pub struct Event<'a> {
+    /// `type`: `chat.message`, or a presence, join or leave notice.
     #[serde(rename = "type", borrow)]
     pub kind: &'a str,
+    /// The message's text, which carries the generator's sequence numbers.
     #[serde(borrow, default)]
     pub text: Option<&'a str>,
 }

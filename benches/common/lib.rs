@@ -15,7 +15,15 @@ pub mod profile;
 pub mod server;
 pub mod stats;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The repository's root, where `cargo build --example chat` finds the example and
+/// `scripts/install-test-deps` puts `target/test-venv`.
+pub fn repository_root() -> PathBuf {
+    // This package is `benches/` in the repository.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
 
 /// True when `cargo bench` started this program (it passes `--bench`). `cargo test
 /// --all-targets` runs bench targets without it; they then skip the load test instead of

@@ -66,7 +66,9 @@ impl Scenario {
 /// What one run measured.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// Deliveries the scenario should make: messages sent times the members of each room.
     pub expected: u64,
+    /// Deliveries the clients received.
     pub delivered: u64,
     /// From the start of the send phase to the last delivery (or the time limit).
     pub wall: Duration,
@@ -78,13 +80,17 @@ pub struct Outcome {
     pub server_user: Duration,
     /// Load-generator CPU time used during the send phase.
     pub client_cpu: Duration,
+    /// Median delivery latency.
     pub p50: Duration,
+    /// 99th-percentile delivery latency.
     pub p99: Duration,
+    /// Slowest delivery.
     pub max: Duration,
     /// Connect plus warm-up time.
     pub setup: Duration,
     /// Frames other than `chat.message` seen (presence, join, leave).
     pub setup_events: u64,
+    /// The send phase hit its time limit.
     pub timed_out: bool,
     /// Deliveries stopped arriving before all came ([`STALL`]); `wall` ends at the last one.
     pub stalled: bool,
@@ -93,10 +99,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Deliveries per second of wall time.
     pub fn per_second(&self) -> f64 {
         self.delivered as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
+    /// Deliveries per second of server CPU time.
     pub fn per_server_cpu_second(&self) -> f64 {
         self.delivered as f64 / self.server_cpu.as_secs_f64().max(1e-9)
     }
@@ -242,6 +250,7 @@ pub async fn connect_client(
     }
 }
 
+/// Runs `scenario` against one server process.
 pub fn run(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, String> {
     run_on(scenario, &Targets { addrs: vec![server.addr()], pids: vec![server.pid()] })
 }

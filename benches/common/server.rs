@@ -29,6 +29,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The short name the benchmarks print and `BENCH_SERVERS` takes.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Chat => "chat",
@@ -96,7 +97,6 @@ pub fn pin_load_generator() {
     }
 }
 
-/// Builds `examples/chat` in release mode and returns the path of the executable.
 /// What every benchmark does first: check the open-file limit, build the chat example and pin
 /// the load generator. `None` (after printing why) when the build fails.
 pub fn prepare(open_files: u64) -> Option<PathBuf> {
@@ -113,11 +113,12 @@ pub fn prepare(open_files: u64) -> Option<PathBuf> {
     }
 }
 
+/// Builds `examples/chat` in release mode and returns the path of the executable.
 pub fn build_chat_example() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building the chat example (cargo build --release --example chat) ...");
     let output = Command::new(cargo)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(super::repository_root())
         .args(["build", "--release", "--example", "chat", "--message-format=json-render-diagnostics"])
         .stderr(Stdio::inherit())
         .output()
@@ -187,10 +188,12 @@ impl Process {
         Ok(Self { child, log })
     }
 
+    /// The child process.
     pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child
     }
 
+    /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -202,6 +205,7 @@ impl Process {
         self.take_log()
     }
 
+    /// What it logged so far, taken: the next call returns only what came after.
     pub fn take_log(&mut self) -> Log {
         std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -220,6 +224,7 @@ impl Drop for Process {
     }
 }
 
+/// A server under test, of one [`Kind`], started on a free port; killed when dropped.
 pub struct ServerProcess {
     kind: Kind,
     process: Process,
@@ -296,14 +301,17 @@ impl ServerProcess {
         Ok(server)
     }
 
+    /// Which server it is.
     pub fn kind(&self) -> Kind {
         self.kind
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// Its process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }

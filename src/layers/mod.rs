@@ -141,7 +141,7 @@ mod tests {
     fn from_url_builds_a_registered_scheme_with_its_factory() {
         register("refusing", |url| Err(ConfigError(format!("refusing factory saw {:?}", url.params)))).expect("register");
         let err = from_url("Refusing://?knob=1").err().map(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(err, r#"refusing factory saw [("knob", "1")]"#);
+        assert!(err.ends_with(r#"refusing factory saw [("knob", "1")]"#), "{err}");
     }
 
     #[test]
