@@ -32,7 +32,7 @@ pub const FLAG_BATCHED: &str = "--baseline-server-batched";
 
 /// Most room messages the batched baseline writes before one flush (as many as the chat
 /// server's burst).
-const BATCH: usize = 64;
+pub const BATCH: usize = 64;
 
 /// Messages a room buffers for its slowest member before that member starts losing them.
 const ROOM_CAPACITY: usize = 1024;

@@ -153,7 +153,7 @@ const WARMUP_LIMIT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_millis(300);
 /// A send phase with no delivery for this long has lost what is missing (Django's layers drop
 /// messages silently): it ends there, and its wall time runs to the last delivery.
-const STALL: Duration = Duration::from_secs(5);
+pub const STALL: Duration = Duration::from_secs(5);
 
 /// Where the clients connect and whose CPU time counts as the server's.
 #[derive(Debug, Clone)]
