@@ -8,7 +8,6 @@
 //! number of runs per server (default 3); `BENCH_SERVERS=chat,baseline,batched,framework` the
 //! servers.
 
-
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -13,7 +13,6 @@
 #[path = "../tests/slow_reader/mod.rs"]
 mod slow_reader;
 
-
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -11,7 +11,6 @@
 //! duration. Exits with an error when the end is not flat: RSS more than 10 % above the
 //! sample after warm-up, more threads than then, or open descriptors left over.
 
-
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -248,12 +248,7 @@ impl ServerProcess {
     /// [`start_with`](Self::start_with) run by another program: `wrapper` (e.g. `valgrind
     /// --tool=callgrind`) followed by the server's command line. The wrapper must keep the
     /// process id (exec the server, as valgrind does).
-    pub fn start_under(
-        wrapper: &[&str],
-        kind: Kind,
-        chat: &Path,
-        extra_args: &[String],
-    ) -> Result<Self, String> {
+    pub fn start_under(wrapper: &[&str], kind: Kind, chat: &Path, extra_args: &[String]) -> Result<Self, String> {
         let exe = || std::env::current_exe().map_err(|e| format!("current_exe: {e}"));
         let (program, args): (PathBuf, &[&str]) = match kind {
             Kind::Chat => (chat.to_path_buf(), &["--bind", "127.0.0.1:0"]),

@@ -132,14 +132,17 @@ mod tests {
     fn an_unknown_scheme_lists_the_registered_ones() {
         register("listed-in-errors", |_| Err(ConfigError("unused".into()))).expect("register");
         let err = from_url("kafka://x").err().map(|e| e.to_string()).unwrap_or_default();
-        for scheme in ["memory://", "redis://", "rediss://", "redis+pubsub://", "rediss+pubsub://", "listed-in-errors://"] {
+        for scheme in
+            ["memory://", "redis://", "rediss://", "redis+pubsub://", "rediss+pubsub://", "listed-in-errors://"]
+        {
             assert!(err.contains(scheme), "{scheme} missing from: {err}");
         }
     }
 
     #[test]
     fn from_url_builds_a_registered_scheme_with_its_factory() {
-        register("refusing", |url| Err(ConfigError(format!("refusing factory saw {:?}", url.params)))).expect("register");
+        register("refusing", |url| Err(ConfigError(format!("refusing factory saw {:?}", url.params))))
+            .expect("register");
         let err = from_url("Refusing://?knob=1").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.ends_with(r#"refusing factory saw [("knob", "1")]"#), "{err}");
     }
