@@ -15,8 +15,6 @@
 //! number of runs per server (default 3); `STORM_CONNECTIONS=N` and `STORM_CONCURRENCY=C` the
 //! storm; `BENCH_SERVERS=chat,baseline,framework` the servers.
 
-mod common;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,8 +7,6 @@
 //! `cargo bench --bench fanout` (see docs/performance.md). `BENCH_RUNS=N` changes the number
 //! of runs per server (default 3); `BENCH_SERVERS=chat,baseline,batched,framework` the servers.
 
-mod common;
-
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -21,8 +21,6 @@
 //! `GROUP_SENDS=N` the rounds per run (default 20 over WebSocket, 50 in-process);
 //! `BENCH_SERVERS=framework,baseline,batched` the WebSocket servers.
 
-mod common;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -22,8 +22,6 @@
 //! `IDLE_ROOMS=one` (or `per-conn`) one layout only; `IDLE_LAYER=redis` runs the chat example
 //! on the Redis layer (a redis-server started here on a free port) instead of in memory.
 
-mod common;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

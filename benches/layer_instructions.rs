@@ -10,8 +10,6 @@
 //!
 //! `cargo bench --bench layer_instructions` (needs `valgrind`; see docs/performance.md).
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;

@@ -11,8 +11,6 @@
 //! `cargo bench --bench longpoll_memory` (see docs/performance.md). `BENCH_RUNS=N` changes the
 //! number of runs (default 3); `LONGPOLL_ROOMS=N` and `LONGPOLL_PER_ROOM=N` the layout.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::rc::Rc;

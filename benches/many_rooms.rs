@@ -8,8 +8,6 @@
 //! number of runs per server (default 3); `BENCH_SERVERS=chat,baseline,batched,framework` the
 //! servers.
 
-mod common;
-
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -21,8 +21,6 @@
 //! is the closed loop's pace rather than the server's cost; `BENCH_REDIS_PARAMS` is added to
 //! the chat processes' Redis URL (`send_linger_ms=0` turns off the send batches' wait).
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;

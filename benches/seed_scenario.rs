@@ -9,8 +9,6 @@
 //! number of runs per server (default 3); `BENCH_NO_DJANGO=1` leaves Django out;
 //! `BENCH_SERVERS=chat,baseline,batched,framework,django` picks the servers.
 
-mod common;
-
 use std::process::ExitCode;
 use std::time::Duration;
 

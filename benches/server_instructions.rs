@@ -13,8 +13,6 @@
 //! `BENCH_RUNS=N` runs per server (default 3); `BENCH_SERVERS=chat,baseline,batched,framework`;
 //! `BENCH_CALLGRIND_DIR=DIR` keeps each run's dump there (for `callgrind_annotate`).
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::Duration;

@@ -13,8 +13,6 @@
 #[path = "../tests/slow_reader/mod.rs"]
 mod slow_reader;
 
-mod common;
-
 use std::process::ExitCode;
 use std::time::Duration;
 

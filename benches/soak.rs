@@ -11,8 +11,6 @@
 //! duration. Exits with an error when the end is not flat: RSS more than 10 % above the
 //! sample after warm-up, more threads than then, or open descriptors left over.
 
-mod common;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

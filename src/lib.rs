@@ -227,7 +227,17 @@
 //! | `redis` | yes | [`RedisChannelLayer`](redis::RedisChannelLayer), [`RedisPubSubChannelLayer`](redis::RedisPubSubChannelLayer), `redis://` and `redis+pubsub://` URLs, compatible with Python's `channels_redis` |
 //! | `testing` | no | `channels::testing`: `WebsocketCommunicator`, `HttpCommunicator` and the layer semantics suite, for your tests (`[dev-dependencies]`) |
 
-pub use channels_core::*;
+pub use channels_core::{
+    AppLimits, AppService, Application, ApplicationBuilder, BoxError, ContextError, Frame, HandlerResult,
+    JsonWebsocketConsumer, NoEvents, Router, Scope, Server, WebsocketConsumer, WebsocketContext, WebsocketLimits,
+    async_trait, close_code,
+};
+pub use channels_core::{
+    application, config, consumer, context, http, http_consumer, middleware, prelude, routing, scope, server, sessions,
+    worker,
+};
+#[cfg(feature = "testing")]
+pub use channels_core::{layer_conformance_tests, testing};
 
 #[cfg(feature = "memory")]
 pub use channels_memory as memory;

@@ -25,14 +25,14 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The argument that makes a benchmark binary run the baseline server instead.
-pub(crate) const FLAG: &str = "--baseline-server";
+pub const FLAG: &str = "--baseline-server";
 
 /// The argument that makes a benchmark binary run the batched baseline server instead.
-pub(crate) const FLAG_BATCHED: &str = "--baseline-server-batched";
+pub const FLAG_BATCHED: &str = "--baseline-server-batched";
 
 /// Most room messages the batched baseline writes before one flush (as many as the chat
 /// server's burst).
-const BATCH: usize = 64;
+pub const BATCH: usize = 64;
 
 /// Messages a room buffers for its slowest member before that member starts losing them.
 const ROOM_CAPACITY: usize = 1024;
@@ -42,7 +42,7 @@ type Rooms = Arc<Mutex<HashMap<String, broadcast::Sender<String>>>>;
 /// If this process was started with [`FLAG`] or [`FLAG_BATCHED`], serves until stdin closes
 /// and returns true. Otherwise, if it was started with the framework bench server's flag, runs
 /// that one (see [`super::framework`]).
-pub(crate) fn run_if_requested() -> bool {
+pub fn run_if_requested() -> bool {
     if super::framework::run_if_requested() {
         return true;
     }

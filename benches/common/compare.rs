@@ -15,16 +15,16 @@ use super::stats::{median, si};
 
 /// What a scenario is judged against. Every bar is printed with `met` or `MISSED`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Bars {
+pub struct Bars {
     /// Chat deliveries/s at least this share of each bare baseline's (medians of the runs).
-    pub(crate) min_ratio: f64,
+    pub min_ratio: f64,
     /// Chat p99 latency at most this many milliseconds (median of the runs), if set.
-    pub(crate) max_p99_ms: Option<f64>,
+    pub max_p99_ms: Option<f64>,
 }
 
 /// The servers a comparison runs: `BENCH_SERVERS`, or chat, baseline, batched (and django
 /// when `with_django` and daphne is installed, unless `BENCH_NO_DJANGO` is set).
-pub(crate) fn servers(with_django: bool) -> Vec<Kind> {
+pub fn servers(with_django: bool) -> Vec<Kind> {
     let mut kinds: Vec<Kind> = match std::env::var("BENCH_SERVERS") {
         Ok(list) => list.split(',').filter_map(Kind::from_name).collect(),
         Err(_) => {
@@ -49,7 +49,7 @@ pub(crate) fn servers(with_django: bool) -> Vec<Kind> {
 }
 
 /// Starts a server of `kind`, runs `scenario` on it and stops it.
-pub(crate) fn run_once(kind: Kind, scenario: &Scenario, chat: &std::path::Path) -> (Result<Outcome, String>, Log) {
+pub fn run_once(kind: Kind, scenario: &Scenario, chat: &std::path::Path) -> (Result<Outcome, String>, Log) {
     if kind == Kind::Django {
         return match Daphne::start_in_memory(&django::daphne_path()) {
             Ok(daphne) => {
@@ -71,7 +71,7 @@ pub(crate) fn run_once(kind: Kind, scenario: &Scenario, chat: &std::path::Path) 
 
 /// Builds the chat example, then runs `scenario` `runs()` times against each server of
 /// [`servers`] and judges the chat by `bars`.
-pub(crate) fn run(title: &str, scenario: &Scenario, bars: Bars, with_django: bool) -> ExitCode {
+pub fn run(title: &str, scenario: &Scenario, bars: Bars, with_django: bool) -> ExitCode {
     let Some(chat) = server::prepare(scenario.clients as u64 + 200) else { return ExitCode::FAILURE };
     let runs = super::runs();
     let kinds = servers(with_django);
@@ -125,7 +125,7 @@ fn med(runs: &[Outcome], f: fn(&Outcome) -> f64) -> f64 {
 }
 
 /// Prints the medians, the ratios against the baselines and the bars.
-pub(crate) fn report(scenario: &Scenario, results: &[(Kind, Vec<Outcome>)], bars: Bars) {
+pub fn report(scenario: &Scenario, results: &[(Kind, Vec<Outcome>)], bars: Bars) {
     let runs = results.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
     println!("-- medians of {runs} runs");
     for (kind, runs) in results {

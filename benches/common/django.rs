@@ -10,25 +10,26 @@ use std::time::{Duration, Instant};
 use super::server::{Log, Process};
 
 /// Where `scripts/install-test-deps` puts daphne.
-pub(crate) fn daphne_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/daphne")
+pub fn daphne_path() -> PathBuf {
+    super::repository_root().join("target/test-venv/bin/daphne")
 }
 
 /// A daphne process serving `benches/django/`, pinned to CPU 0; killed when dropped.
-pub(crate) struct Daphne {
+pub struct Daphne {
     process: Process,
-    pub(crate) addr: SocketAddr,
+    /// Where it listens.
+    pub addr: SocketAddr,
 }
 
 impl Daphne {
     /// Starts daphne on a free port with the channel layer on Redis at `redis_url`.
-    pub(crate) fn start(daphne: &Path, redis_url: &str) -> Result<Self, String> {
+    pub fn start(daphne: &Path, redis_url: &str) -> Result<Self, String> {
         Self::start_with(daphne, &[("BENCH_REDIS_URL", redis_url)])
     }
 
     /// Starts daphne with Django's in-memory channel layer (`channels.layers.InMemoryChannelLayer`,
     /// default capacity 100), as in the Django Channels tutorial.
-    pub(crate) fn start_in_memory(daphne: &Path) -> Result<Self, String> {
+    pub fn start_in_memory(daphne: &Path) -> Result<Self, String> {
         Self::start_with(daphne, &[("BENCH_LAYER", "memory")])
     }
 
@@ -41,7 +42,7 @@ impl Daphne {
         let mut command = Process::command(daphne);
         command
             .args(["-v", "0", "-b", "127.0.0.1", "-p", &port.to_string(), "benchchat.asgi:application"])
-            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/django"))
+            .current_dir(super::repository_root().join("benches/django"))
             .env("DJANGO_SETTINGS_MODULE", "benchchat.settings")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .envs(env.iter().copied())
@@ -63,11 +64,13 @@ impl Daphne {
         Err(format!("daphne did not listen on {addr} within 30 s: {:?}", log.first))
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
         self.process.pid()
     }
 
-    pub(crate) fn stop(self) -> Log {
+    /// Kills it and returns what it logged.
+    pub fn stop(self) -> Log {
         self.process.stop()
     }
 }

@@ -22,10 +22,10 @@ use channels::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The argument that makes a benchmark binary run this server instead.
-pub(crate) const FLAG: &str = "--framework-server";
+pub const FLAG: &str = "--framework-server";
 
 /// Open WebSockets the server accepts (the framework's default is 10,000).
-pub(crate) const MAX_CONNECTIONS: usize = 200_000;
+pub const MAX_CONNECTIONS: usize = 200_000;
 
 /// The chat example's `chat.message` event.
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,7 +62,7 @@ impl WebsocketConsumer for SilentRoom {
 }
 
 /// If this process was started with [`FLAG`], serves until stdin closes and returns true.
-pub(crate) fn run_if_requested() -> bool {
+pub fn run_if_requested() -> bool {
     if !std::env::args().any(|arg| arg == FLAG) {
         return false;
     }

@@ -29,7 +29,7 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const READ_BUFFER: usize = 4096;
 
 /// One WebSocket connection.
-pub(crate) struct LeanWs {
+pub struct LeanWs {
     stream: TcpStream,
     /// Bytes read: `buf[start..end]` is not parsed yet.
     buf: Vec<u8>,
@@ -48,7 +48,8 @@ pub(crate) struct LeanWs {
 }
 
 /// A frame's payload handed to the caller.
-pub(crate) enum Received<'a> {
+pub enum Received<'a> {
+    /// A text payload.
     Text(&'a str),
     /// Binary, or a text payload that was not UTF-8.
     Other,
@@ -57,7 +58,7 @@ pub(crate) enum Received<'a> {
 impl LeanWs {
     /// Connects from the next loopback source address (see [`super::net`]) and upgrades
     /// `path` (with its query) on `addr`, waiting at most 30 s.
-    pub(crate) async fn connect(addr: SocketAddr, path: &str) -> Result<Self, String> {
+    pub async fn connect(addr: SocketAddr, path: &str) -> Result<Self, String> {
         super::net::within_connect_limit(async { Self::handshake(super::net::tcp(addr).await?, addr, path).await })
             .await
     }
@@ -110,7 +111,7 @@ impl LeanWs {
     }
 
     /// Sends `text` as one masked text frame.
-    pub(crate) async fn send_text(&mut self, text: &str) -> std::io::Result<()> {
+    pub async fn send_text(&mut self, text: &str) -> std::io::Result<()> {
         let mut frame = std::mem::take(&mut self.pending);
         self.mask_seed = self.mask_seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         encode_masked(&mut frame, 0x1, text.as_bytes(), self.mask_seed.to_be_bytes());
@@ -122,7 +123,7 @@ impl LeanWs {
 
     /// The next text or binary message; `None` once the server closed (a close frame, end of
     /// stream or an error). Cancel-safe: bytes are only taken off the socket into the buffer.
-    pub(crate) async fn next(&mut self) -> Option<Received<'_>> {
+    pub async fn next(&mut self) -> Option<Received<'_>> {
         loop {
             match self.parse() {
                 Ok(Some((start, end, complete))) => {
@@ -254,17 +255,19 @@ fn encode_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
 
 /// The fields of a chat event the generator reads.
 #[derive(Deserialize)]
-pub(crate) struct Event<'a> {
+pub struct Event<'a> {
+    /// `type`: `chat.message`, or a presence, join or leave notice.
     #[serde(rename = "type", borrow)]
-    pub(crate) kind: &'a str,
+    pub kind: &'a str,
+    /// The message's text, which carries the generator's sequence numbers.
     #[serde(borrow, default)]
-    pub(crate) text: Option<&'a str>,
+    pub text: Option<&'a str>,
 }
 
 impl<'a> Event<'a> {
     /// Reads `json`: a scan of its top-level object when it holds no escapes, serde_json
     /// otherwise. `None` when it is not such an object with a string `type`.
-    pub(crate) fn parse(json: &'a str) -> Option<Self> {
+    pub fn parse(json: &'a str) -> Option<Self> {
         match scan(json.as_bytes()) {
             Some((Some(kind), text)) => Some(Self { kind: as_str(json, kind), text: text.map(|t| as_str(json, t)) }),
             Some((None, _)) => None,

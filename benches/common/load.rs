@@ -25,27 +25,27 @@ use super::stats::si;
 
 /// What one run does.
 #[derive(Debug, Clone)]
-pub(crate) struct Scenario {
+pub struct Scenario {
     /// Clients in all rooms together.
-    pub(crate) clients: usize,
+    pub clients: usize,
     /// Rooms: client `i` joins room `i % rooms` (named `{room}{i % rooms}`; just `{room}`
     /// when there is one).
-    pub(crate) rooms: usize,
+    pub rooms: usize,
     /// Clients `0..senders` send.
-    pub(crate) senders: usize,
+    pub senders: usize,
     /// Messages each sender sends.
-    pub(crate) messages_per_sender: usize,
+    pub messages_per_sender: usize,
     /// Messages a sender may have sent and not yet seen come back.
-    pub(crate) window: usize,
+    pub window: usize,
     /// The room every client joins (the prefix of the room names when there are several).
-    pub(crate) room: &'static str,
+    pub room: &'static str,
     /// Longest send phase; the run reports what was delivered by then.
-    pub(crate) time_limit: Duration,
+    pub time_limit: Duration,
 }
 
 impl Scenario {
     /// Every client receives every message sent in its room, its own included.
-    pub(crate) fn expected(&self) -> u64 {
+    pub fn expected(&self) -> u64 {
         let rooms = self.rooms.max(1);
         let per_message: usize = (0..rooms)
             .map(|room| {
@@ -65,49 +65,57 @@ impl Scenario {
 
 /// What one run measured.
 #[derive(Debug, Clone)]
-pub(crate) struct Outcome {
-    pub(crate) expected: u64,
-    pub(crate) delivered: u64,
+pub struct Outcome {
+    /// Deliveries the scenario should make: messages sent times the members of each room.
+    pub expected: u64,
+    /// Deliveries the clients received.
+    pub delivered: u64,
     /// From the start of the send phase to the last delivery (or the time limit).
-    pub(crate) wall: Duration,
+    pub wall: Duration,
     /// Server CPU time used during the send phase.
-    pub(crate) server_cpu: Duration,
+    pub server_cpu: Duration,
     /// The part of `server_cpu` spent in the kernel (socket I/O), from `stime` (10 ms ticks).
-    pub(crate) server_system: Duration,
+    pub server_system: Duration,
     /// The part spent in user space (the server's own code), from `utime` (10 ms ticks).
-    pub(crate) server_user: Duration,
+    pub server_user: Duration,
     /// Load-generator CPU time used during the send phase.
-    pub(crate) client_cpu: Duration,
-    pub(crate) p50: Duration,
-    pub(crate) p99: Duration,
-    pub(crate) max: Duration,
+    pub client_cpu: Duration,
+    /// Median delivery latency.
+    pub p50: Duration,
+    /// 99th-percentile delivery latency.
+    pub p99: Duration,
+    /// Slowest delivery.
+    pub max: Duration,
     /// Connect plus warm-up time.
-    pub(crate) setup: Duration,
+    pub setup: Duration,
     /// Frames other than `chat.message` seen (presence, join, leave).
-    pub(crate) setup_events: u64,
-    pub(crate) timed_out: bool,
+    pub setup_events: u64,
+    /// The send phase hit its time limit.
+    pub timed_out: bool,
     /// Deliveries stopped arriving before all came ([`STALL`]); `wall` ends at the last one.
-    pub(crate) stalled: bool,
+    pub stalled: bool,
     /// The server processes' summed `VmRSS` at the end of the send phase, in KiB.
-    pub(crate) server_rss_kib: u64,
+    pub server_rss_kib: u64,
 }
 
 impl Outcome {
-    pub(crate) fn per_second(&self) -> f64 {
+    /// Deliveries per second of wall time.
+    pub fn per_second(&self) -> f64 {
         self.delivered as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
-    pub(crate) fn per_server_cpu_second(&self) -> f64 {
+    /// Deliveries per second of server CPU time.
+    pub fn per_server_cpu_second(&self) -> f64 {
         self.delivered as f64 / self.server_cpu.as_secs_f64().max(1e-9)
     }
 
     /// Deliveries that did not arrive.
-    pub(crate) fn lost(&self) -> u64 {
+    pub fn lost(&self) -> u64 {
         self.expected.saturating_sub(self.delivered)
     }
 
     /// Share of the server's CPU time spent in the kernel, in percent.
-    pub(crate) fn kernel_percent(&self) -> f64 {
+    pub fn kernel_percent(&self) -> f64 {
         100.0 * self.server_system.as_secs_f64() / (self.server_system + self.server_user).as_secs_f64().max(1e-9)
     }
 }
@@ -145,17 +153,17 @@ const WARMUP_LIMIT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_millis(300);
 /// A send phase with no delivery for this long has lost what is missing (Django's layers drop
 /// messages silently): it ends there, and its wall time runs to the last delivery.
-const STALL: Duration = Duration::from_secs(5);
+pub const STALL: Duration = Duration::from_secs(5);
 
 /// Where the clients connect and whose CPU time counts as the server's.
 #[derive(Debug, Clone)]
-pub(crate) struct Targets {
+pub struct Targets {
     /// Client `i` connects to `addrs[i % addrs.len()]` (so client 0, the first sender, to the
     /// first address).
-    pub(crate) addrs: Vec<SocketAddr>,
+    pub addrs: Vec<SocketAddr>,
     /// Every server-side process (for the Redis runs: the chat processes and redis-server);
     /// their CPU times are summed.
-    pub(crate) pids: Vec<u32>,
+    pub pids: Vec<u32>,
 }
 
 impl Targets {
@@ -177,7 +185,7 @@ impl Targets {
 
 /// Runs `scenario` against `server` and measures it.
 /// The column titles of [`print_row`], the first column being `what`.
-pub(crate) fn print_header(what: &str) {
+pub fn print_header(what: &str) {
     println!(
         "{:<9} {:>3} {:>19} {:>9} {:>12} {:>8} {:>8} {:>8} {:>9} {:>6} {:>13} {:>8} {:>8} {:>6}",
         what,
@@ -198,7 +206,7 @@ pub(crate) fn print_header(what: &str) {
 }
 
 /// One run's line of the results table.
-pub(crate) fn print_row(name: &str, round: usize, outcome: &Outcome, warns: usize) {
+pub fn print_row(name: &str, round: usize, outcome: &Outcome, warns: usize) {
     println!(
         "{:<9} {:>3} {:>19} {:>9.3} {:>12} {:>8.2} {:>8.2} {:>8.2} {:>9.3} {:>5.0}% {:>13} {:>7.0}% {:>8.1} {:>6}{}",
         name,
@@ -226,7 +234,7 @@ pub(crate) fn print_row(name: &str, round: usize, outcome: &Outcome, warns: usiz
 }
 
 /// Opens one benchmark client (4 KiB read buffer), waiting at most 30 s.
-pub(crate) async fn connect_client(
+pub async fn connect_client(
     url: &str,
 ) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String> {
     let config = WebSocketConfig::default().read_buffer_size(4096);
@@ -242,13 +250,14 @@ pub(crate) async fn connect_client(
     }
 }
 
-pub(crate) fn run(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, String> {
+/// Runs `scenario` against one server process.
+pub fn run(scenario: &Scenario, server: &ServerProcess) -> Result<Outcome, String> {
     run_on(scenario, &Targets { addrs: vec![server.addr()], pids: vec![server.pid()] })
 }
 
 /// Runs `scenario` with its clients spread over several server processes (profiling their
 /// send phase when `BENCH_PERF_DIR` is set, see [`Profiler`]).
-pub(crate) fn run_on(scenario: &Scenario, targets: &Targets) -> Result<Outcome, String> {
+pub fn run_on(scenario: &Scenario, targets: &Targets) -> Result<Outcome, String> {
     let profiler = std::cell::RefCell::new(None);
     run_on_with(
         scenario,
@@ -266,7 +275,7 @@ pub(crate) fn run_on(scenario: &Scenario, targets: &Targets) -> Result<Outcome, 
 
 /// [`run_on`], calling `before` right before the measured send phase and `after` right after
 /// its last delivery (to switch a profiler on and read it); their errors end the run.
-pub(crate) fn run_on_with(
+pub fn run_on_with(
     scenario: &Scenario,
     targets: &Targets,
     before: &mut dyn FnMut() -> Result<(), String>,

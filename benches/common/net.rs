@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// A benchmark client's WebSocket.
-pub(crate) type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Source addresses used in turn: 127.0.0.2 to 127.0.0.(1 + SOURCES).
 const SOURCES: usize = 200;
@@ -23,14 +23,14 @@ const SOURCES: usize = 200;
 static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
 
 /// The next source address of the rotation.
-pub(crate) fn next_source() -> Ipv4Addr {
+pub fn next_source() -> Ipv4Addr {
     let index = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % SOURCES;
     Ipv4Addr::new(127, 0, 0, 2 + index as u8)
 }
 
 /// Opens a benchmark client (4 KiB read buffer, `TCP_NODELAY`) to `url` on `addr`, bound to
 /// the next source address, waiting at most 30 s.
-pub(crate) async fn connect(addr: SocketAddr, url: &str) -> Result<Client, String> {
+pub async fn connect(addr: SocketAddr, url: &str) -> Result<Client, String> {
     within_connect_limit(async {
         let stream = tcp(addr).await?;
         let config = WebSocketConfig::default().read_buffer_size(4096);
@@ -43,7 +43,7 @@ pub(crate) async fn connect(addr: SocketAddr, url: &str) -> Result<Client, Strin
 }
 
 /// A TCP connection to `addr` from the next source address, with `TCP_NODELAY`.
-pub(crate) async fn tcp(addr: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+pub async fn tcp(addr: SocketAddr) -> Result<tokio::net::TcpStream, String> {
     let source = next_source();
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket.bind(SocketAddr::from((source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
@@ -53,7 +53,7 @@ pub(crate) async fn tcp(addr: SocketAddr) -> Result<tokio::net::TcpStream, Strin
 }
 
 /// `connecting`, given at most 30 s.
-pub(crate) async fn within_connect_limit<T>(connecting: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+pub async fn within_connect_limit<T>(connecting: impl Future<Output = Result<T, String>>) -> Result<T, String> {
     match tokio::time::timeout(Duration::from_secs(30), connecting).await {
         Ok(result) => result,
         Err(_) => Err("connect timed out after 30 s".into()),

@@ -7,11 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A running `perf record`, if one was asked for; dropping it stops the recording.
-pub(crate) struct Profiler(Option<Child>);
+pub struct Profiler(Option<Child>);
 
 impl Profiler {
     /// Starts recording `pids` when `BENCH_PERF_DIR` is set; otherwise does nothing.
-    pub(crate) fn start(pids: &[u32]) -> Self {
+    pub fn start(pids: &[u32]) -> Self {
         let Some(dir) = std::env::var_os("BENCH_PERF_DIR") else { return Self(None) };
         let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
         let stamp = std::time::UNIX_EPOCH.elapsed().map(|d| d.as_millis()).unwrap_or_default();

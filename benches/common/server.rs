@@ -13,7 +13,7 @@ use super::baseline;
 
 /// Which server a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// `examples/chat`, release build, in-memory layer.
     Chat,
     /// The hand-written tokio-tungstenite + `broadcast` server of [`baseline`].
@@ -29,7 +29,8 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn name(self) -> &'static str {
+    /// The short name the benchmarks print and `BENCH_SERVERS` takes.
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Chat => "chat",
             Kind::Baseline => "baseline",
@@ -40,7 +41,7 @@ impl Kind {
     }
 
     /// What the name stands for, for the legend under a results table.
-    pub(crate) fn legend(self) -> &'static str {
+    pub fn legend(self) -> &'static str {
         match self {
             Kind::Chat => "chat = examples/chat (release, in-memory layer)",
             Kind::Baseline => {
@@ -57,20 +58,20 @@ impl Kind {
     }
 
     /// Parses a name of [`Kind::name`].
-    pub(crate) fn from_name(name: &str) -> Option<Kind> {
+    pub fn from_name(name: &str) -> Option<Kind> {
         [Kind::Chat, Kind::Baseline, Kind::BaselineBatched, Kind::Framework, Kind::Django]
             .into_iter()
             .find(|kind| kind.name() == name.trim())
     }
 
     /// True for the two hand-written baselines.
-    pub(crate) fn is_bare(self) -> bool {
+    pub fn is_bare(self) -> bool {
         matches!(self, Kind::Baseline | Kind::BaselineBatched)
     }
 }
 
 /// True when `taskset` can pin processes (checked once).
-pub(crate) fn pinning() -> bool {
+pub fn pinning() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         Command::new("taskset")
@@ -84,7 +85,7 @@ pub(crate) fn pinning() -> bool {
 
 /// Pins this process (the load generator) to CPU 1. Call it before starting any runtime, so
 /// that every thread created later inherits the mask.
-pub(crate) fn pin_load_generator() {
+pub fn pin_load_generator() {
     if !pinning() {
         eprintln!("note: taskset not found; server and load generator are not pinned");
         return;
@@ -96,10 +97,9 @@ pub(crate) fn pin_load_generator() {
     }
 }
 
-/// Builds `examples/chat` in release mode and returns the path of the executable.
 /// What every benchmark does first: check the open-file limit, build the chat example and pin
 /// the load generator. `None` (after printing why) when the build fails.
-pub(crate) fn prepare(open_files: u64) -> Option<PathBuf> {
+pub fn prepare(open_files: u64) -> Option<PathBuf> {
     super::check_open_files(open_files);
     match build_chat_example() {
         Ok(path) => {
@@ -113,11 +113,12 @@ pub(crate) fn prepare(open_files: u64) -> Option<PathBuf> {
     }
 }
 
-pub(crate) fn build_chat_example() -> Result<PathBuf, String> {
+/// Builds `examples/chat` in release mode and returns the path of the executable.
+pub fn build_chat_example() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building the chat example (cargo build --release --example chat) ...");
     let output = Command::new(cargo)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(super::repository_root())
         .args(["build", "--release", "--example", "chat", "--message-format=json-render-diagnostics"])
         .stderr(Stdio::inherit())
         .output()
@@ -140,24 +141,24 @@ pub(crate) fn build_chat_example() -> Result<PathBuf, String> {
 
 /// What a server wrote on stderr (with `RUST_LOG=warn`: warnings and errors only).
 #[derive(Debug, Default)]
-pub(crate) struct Log {
+pub struct Log {
     /// Lines seen.
-    pub(crate) lines: usize,
+    pub lines: usize,
     /// The first few lines.
-    pub(crate) first: Vec<String>,
+    pub first: Vec<String>,
 }
 
 /// A running server process; killed when dropped.
 /// A child process whose stderr is drained into a [`Log`] (so the pipe never fills); killed
 /// when dropped.
-pub(crate) struct Process {
+pub struct Process {
     child: Child,
     log: Arc<Mutex<Log>>,
 }
 
 impl Process {
     /// A command for `program`, pinned to CPU 0 when `taskset` exists.
-    pub(crate) fn command(program: &Path) -> Command {
+    pub fn command(program: &Path) -> Command {
         if pinning() {
             let mut command = Command::new("taskset");
             command.args(["-c", "0"]).arg(program);
@@ -168,7 +169,7 @@ impl Process {
     }
 
     /// Starts `command` with its stderr captured.
-    pub(crate) fn spawn(mut command: Command, what: &str) -> Result<Self, String> {
+    pub fn spawn(mut command: Command, what: &str) -> Result<Self, String> {
         command.stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| format!("could not start {what}: {e}"))?;
         let log = Arc::new(Mutex::new(Log::default()));
@@ -187,22 +188,25 @@ impl Process {
         Ok(Self { child, log })
     }
 
-    pub(crate) fn child_mut(&mut self) -> &mut Child {
+    /// The child process.
+    pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Kills the process and returns what it logged.
-    pub(crate) fn stop(mut self) -> Log {
+    pub fn stop(mut self) -> Log {
         self.kill();
         std::thread::sleep(Duration::from_millis(50));
         self.take_log()
     }
 
-    pub(crate) fn take_log(&mut self) -> Log {
+    /// What it logged so far, taken: the next call returns only what came after.
+    pub fn take_log(&mut self) -> Log {
         std::mem::take(&mut *self.log.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -220,7 +224,8 @@ impl Drop for Process {
     }
 }
 
-pub(crate) struct ServerProcess {
+/// A server under test, of one [`Kind`], started on a free port; killed when dropped.
+pub struct ServerProcess {
     kind: Kind,
     process: Process,
     /// Kept open: the baseline server exits when its stdin closes.
@@ -230,25 +235,20 @@ pub(crate) struct ServerProcess {
 
 impl ServerProcess {
     /// Starts a server on `127.0.0.1:0` and waits for the address it prints first.
-    pub(crate) fn start(kind: Kind, chat: &Path) -> Result<Self, String> {
+    pub fn start(kind: Kind, chat: &Path) -> Result<Self, String> {
         Self::start_with(kind, chat, &[])
     }
 
     /// [`start`](Self::start) with extra command-line arguments (for the chat example, e.g.
     /// `--layer redis://127.0.0.1:PORT` or `--poll-timeout SECS`).
-    pub(crate) fn start_with(kind: Kind, chat: &Path, extra_args: &[String]) -> Result<Self, String> {
+    pub fn start_with(kind: Kind, chat: &Path, extra_args: &[String]) -> Result<Self, String> {
         Self::start_under(&[], kind, chat, extra_args)
     }
 
     /// [`start_with`](Self::start_with) run by another program: `wrapper` (e.g. `valgrind
     /// --tool=callgrind`) followed by the server's command line. The wrapper must keep the
     /// process id (exec the server, as valgrind does).
-    pub(crate) fn start_under(
-        wrapper: &[&str],
-        kind: Kind,
-        chat: &Path,
-        extra_args: &[String],
-    ) -> Result<Self, String> {
+    pub fn start_under(wrapper: &[&str], kind: Kind, chat: &Path, extra_args: &[String]) -> Result<Self, String> {
         let exe = || std::env::current_exe().map_err(|e| format!("current_exe: {e}"));
         let (program, args): (PathBuf, &[&str]) = match kind {
             Kind::Chat => (chat.to_path_buf(), &["--bind", "127.0.0.1:0"]),
@@ -296,30 +296,33 @@ impl ServerProcess {
         Ok(server)
     }
 
-    pub(crate) fn kind(&self) -> Kind {
+    /// Which server it is.
+    pub fn kind(&self) -> Kind {
         self.kind
     }
 
-    pub(crate) fn addr(&self) -> SocketAddr {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
         self.process.pid()
     }
 
     /// CPU time the server has used so far.
-    pub(crate) fn cpu(&self) -> Duration {
+    pub fn cpu(&self) -> Duration {
         super::cpu_time(self.pid())
     }
 
     /// The server's resident set size in KiB.
-    pub(crate) fn rss_kib(&self) -> Option<u64> {
+    pub fn rss_kib(&self) -> Option<u64> {
         super::rss_kib(self.pid())
     }
 
     /// Kills the server and returns what it logged.
-    pub(crate) fn stop(self) -> Log {
+    pub fn stop(self) -> Log {
         self.process.stop()
     }
 }

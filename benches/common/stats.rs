@@ -1,7 +1,7 @@
 //! Medians and percentiles.
 
 /// The median of `values` (the mean of the middle two for an even count); NaN when empty.
-pub(crate) fn median(values: &[f64]) -> f64 {
+pub fn median(values: &[f64]) -> f64 {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
     if sorted.is_empty() {
         return f64::NAN;
@@ -12,7 +12,7 @@ pub(crate) fn median(values: &[f64]) -> f64 {
 }
 
 /// The `p`-th percentile (nearest rank) of already sorted `values`; 0 when empty.
-pub(crate) fn percentile(sorted: &[u32], p: f64) -> u32 {
+pub fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
     }
@@ -21,7 +21,7 @@ pub(crate) fn percentile(sorted: &[u32], p: f64) -> u32 {
 }
 
 /// `1234567.0` → `"1.23 M"`, `12345.0` → `"12.3 k"`.
-pub(crate) fn si(value: f64) -> String {
+pub fn si(value: f64) -> String {
     if value.is_nan() {
         "n/a".into()
     } else if value >= 1e6 {

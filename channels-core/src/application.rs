@@ -188,6 +188,8 @@ pub(crate) enum Upgrade {
     },
     Refuse {
         status: StatusCode,
+        // Read by the testing module only.
+        #[cfg_attr(not(feature = "testing"), allow(dead_code))]
         code: u16,
         reason: String,
     },
@@ -291,6 +293,7 @@ impl Application {
     }
 
     /// Routes and answers an HTTP request whose body has been collected.
+    #[cfg(feature = "testing")]
     pub(crate) async fn http_request(&self, scope: Scope, body: Bytes) -> HttpResponse {
         Box::pin(self.clone().route_http(scope, body)).await.await
     }

@@ -17,7 +17,16 @@
 //! | [`server`] | [`Server`]: hyper + hyper-tungstenite, limits, graceful shutdown |
 //! | [`sessions`] | [`SessionMiddleware`](sessions::SessionMiddleware) and [`AuthMiddlewareStack`](sessions::AuthMiddlewareStack): signed-cookie sessions, the user in the scope |
 //! | [`worker`] | [`WorkerRouter`](worker::WorkerRouter): consumers of named channels (Django's `runworker`) |
-//! | [`testing`] | [`WebsocketCommunicator`](testing::WebsocketCommunicator) and the layer semantics suite |
+//! | `testing` | `WebsocketCommunicator`, `HttpCommunicator` and the layer semantics suite, with the `testing` feature |
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `testing` | no | the `testing` module: drive an application's consumers without sockets, and check a channel layer against the shared semantics suite (`layer_conformance_tests!`) |
+//!
+//! Enable it for tests only: `channels-core = { version = "0.1", features = ["testing"] }` under
+//! `[dev-dependencies]`.
 
 pub mod application;
 pub mod config;
@@ -40,6 +49,7 @@ pub mod scope;
 pub mod server;
 pub mod sessions;
 mod tasks;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod worker;
 

@@ -12,6 +12,9 @@
 //! let layer: Arc<dyn ChannelLayer> =
 //!     Arc::new(channels_redis::RedisChannelLayer::from_url("redis://127.0.0.1:6379/0").unwrap());
 //! ```
+//!
+//! The `testing` feature adds `testing::RedisServer`, a throwaway `redis-server` for
+//! integration tests.
 
 mod config;
 pub mod crypto;
@@ -19,6 +22,7 @@ mod layer;
 mod mailbox;
 mod pubsub;
 mod scripts;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod wire;
 

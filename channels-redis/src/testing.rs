@@ -1,5 +1,8 @@
 //! Test helpers: a throwaway `redis-server` for integration tests, yours and ours.
 //!
+//! This module needs the `testing` feature: `channels = { ..., features = ["testing"] }` (or
+//! `channels-redis = { ..., features = ["testing"] }`) under `[dev-dependencies]`.
+//!
 //! ```no_run
 //! let server = channels_redis::testing::RedisServer::start();
 //! let layer = channels_redis::RedisChannelLayer::from_url(&server.url()).unwrap();

@@ -238,7 +238,9 @@ pub fn run_browser_script(script: &str, example: &Example, timeout: Duration) ->
     use std::path::Path;
     use std::time::Instant;
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The repository's root, also from a package in a subfolder (examples/approval).
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.ancestors().find(|dir| dir.join("tests/browser").is_dir()).unwrap_or(manifest_dir);
     for needed in [Path::new("/usr/bin/chromium"), &root.join("tests/browser/node_modules/playwright-core")] {
         assert!(needed.exists(), "{} is missing: run scripts/install-test-deps first", needed.display());
     }

@@ -5,6 +5,16 @@
 //! [`WebsocketCommunicator`] is Django's `WebsocketCommunicator`: it runs the real handshake,
 //! routing, middleware and consumer loop over an in-memory pipe speaking real WebSocket frames,
 //! so what passes here behaves the same on a socket.
+//!
+//! This module needs the `testing` feature, which tests alone need: through the facade,
+//!
+//! ```toml
+//! [dev-dependencies]
+//! channels = { path = "../channels-rs", features = ["testing"] }
+//! ```
+//!
+//! or `channels-core = { ..., features = ["testing"] }` for a layer backend that depends on
+//! this crate alone.
 
 mod http;
 pub mod layer_suite;

@@ -1,14 +1,24 @@
-//! Choosing a channel layer by configuration: a URL, an environment variable, or code.
+//! Channel layers, and choosing one by configuration: a URL, an environment variable, or code.
+//!
+//! This is the one home of the layer API in this crate: the [`ChannelLayer`] trait that
+//! backends implement, [`Message`], the errors and [`LayerConfig`] (all from
+//! `channels_core::layer`), and the functions that build a layer from a URL. Each URL scheme
+//! has a factory: the built-in backends' are there from the start, and [`register`] adds one
+//! for a backend of your own.
+
+mod schemes;
 
 use std::sync::Arc;
 
 pub use channels_core::layer::*;
+pub use schemes::{RegisterError, register, registered_schemes};
 
 /// The environment variable [`from_env`] reads.
 pub const LAYER_ENV_VAR: &str = "CHANNELS_LAYER";
 
 /// Builds a layer from a URL: `memory://?capacity=100&expiry=60&group_expiry=86400`, or
-/// `redis://host:6379/0?prefix=asgi&capacity=100` (several hosts, comma-separated, for sharding).
+/// `redis://host:6379/0?prefix=asgi&capacity=100` (several hosts, comma-separated, for sharding),
+/// or a URL of a scheme added with [`register`].
 ///
 /// Swapping backends is a change of this string, not of code.
 ///
@@ -19,21 +29,20 @@ pub const LAYER_ENV_VAR: &str = "CHANNELS_LAYER";
 /// ```
 pub fn from_url(url: &str) -> Result<Arc<dyn ChannelLayer>, ConfigError> {
     let parsed = LayerUrl::parse(url)?;
-    match parsed.scheme.as_str() {
-        #[cfg(feature = "memory")]
-        "memory" => Ok(Arc::new(channels_memory::InMemoryChannelLayer::from_url(parsed)?)),
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
-            Ok(Arc::new(channels_redis::RedisChannelLayer::new(channels_redis::RedisConfig::from_layer_url(parsed)?)?))
-        }
-        #[cfg(feature = "redis")]
-        "redis+pubsub" | "rediss+pubsub" => Ok(Arc::new(channels_redis::RedisPubSubChannelLayer::new(
-            channels_redis::RedisConfig::from_layer_url(parsed)?,
-        )?)),
-        other => Err(ConfigError(format!(
-            "unknown channel layer scheme {other:?}; expected memory://, redis:// or redis+pubsub://"
-        ))),
+    match schemes::factory(&parsed.scheme) {
+        Some(factory) => factory(parsed),
+        None => Err(unknown_scheme(&parsed.scheme)),
     }
+}
+
+fn unknown_scheme(scheme: &str) -> ConfigError {
+    let known: Vec<String> = registered_schemes().iter().map(|s| format!("{s}://")).collect();
+    let known = if known.is_empty() {
+        "none (enable the `memory` or `redis` feature, or call channels::layers::register)".to_owned()
+    } else {
+        known.join(", ")
+    };
+    ConfigError(format!("unknown channel layer scheme {scheme:?}; registered schemes: {known}"))
 }
 
 /// Builds the layer named by the `CHANNELS_LAYER` environment variable, or `default_url`.
@@ -98,7 +107,7 @@ mod tests {
     #[test]
     fn unknown_schemes_and_parameters_are_clear_errors() {
         let err = from_url("kafka://x").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("unknown channel layer scheme"), "{err}");
+        assert!(err.contains("unknown channel layer scheme \"kafka\""), "{err}");
         assert!(from_url("redis://127.0.0.1:6379/0?prefix=x").is_ok(), "connections are made on first use");
         assert!(from_url("redis+pubsub://127.0.0.1:6379").is_ok());
         assert!(from_url("rediss://127.0.0.1:6379").is_err(), "TLS is refused clearly");
@@ -117,5 +126,47 @@ mod tests {
     fn the_default_url_applies_without_variables() {
         let layers = configure_from(Vec::new(), "memory://?capacity=3").expect("configure");
         assert_eq!(layers.default_layer().map(|l| l.config().capacity), Some(3));
+    }
+
+    #[test]
+    fn an_unknown_scheme_lists_the_registered_ones() {
+        register("listed-in-errors", |_| Err(ConfigError("unused".into()))).expect("register");
+        let err = from_url("kafka://x").err().map(|e| e.to_string()).unwrap_or_default();
+        for scheme in
+            ["memory://", "redis://", "rediss://", "redis+pubsub://", "rediss+pubsub://", "listed-in-errors://"]
+        {
+            assert!(err.contains(scheme), "{scheme} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn from_url_builds_a_registered_scheme_with_its_factory() {
+        register("refusing", |url| Err(ConfigError(format!("refusing factory saw {:?}", url.params))))
+            .expect("register");
+        let err = from_url("Refusing://?knob=1").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.ends_with(r#"refusing factory saw [("knob", "1")]"#), "{err}");
+    }
+
+    #[test]
+    fn a_scheme_is_registered_once() {
+        let refuse = |_| Err(ConfigError("unused".into()));
+        assert_eq!(register("once", refuse), Ok(()));
+        assert_eq!(register("ONCE", refuse), Err(RegisterError::Taken { scheme: "once".into() }));
+    }
+
+    #[test]
+    fn built_in_schemes_cannot_be_taken_over() {
+        for scheme in ["memory", "redis", "rediss", "redis+pubsub", "rediss+pubsub"] {
+            let taken = register(scheme, |_| Err(ConfigError("unused".into())));
+            assert_eq!(taken, Err(RegisterError::Taken { scheme: scheme.into() }));
+        }
+    }
+
+    #[test]
+    fn only_url_schemes_can_be_registered() {
+        for scheme in ["", "nats://", "1nats", "na ts", "nats_x"] {
+            let refused = register(scheme, |_| Err(ConfigError("unused".into())));
+            assert_eq!(refused, Err(RegisterError::InvalidScheme { scheme: scheme.into() }), "{scheme:?}");
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! WebSockets, the deployment pipeline streaming to the flowchart, hand-crafted forgeries over
 //! both protocols, and two processes sharing one Redis and one database file.
 
+// The end-to-end helpers the workspace's other example tests use.
+#[path = "../../../tests/support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

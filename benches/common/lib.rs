@@ -1,27 +1,34 @@
 //! Pieces shared by the benchmark programs in `benches/`: starting and measuring the server
 //! processes, the hand-written baseline server, the chat load generator and small statistics.
 //!
-//! Each benchmark target includes this module with `mod common;` and uses a different subset
-//! of it, hence the `dead_code` allowance.
-#![allow(dead_code)]
+//! It is the library of the unpublished `channels-benches` package, built once for all the
+//! benchmark programs.
 
-pub(crate) mod baseline;
-pub(crate) mod compare;
-pub(crate) mod django;
-pub(crate) mod framework;
-pub(crate) mod lean_ws;
-pub(crate) mod load;
-pub(crate) mod net;
-pub(crate) mod profile;
-pub(crate) mod server;
-pub(crate) mod stats;
+pub mod baseline;
+pub mod compare;
+pub mod django;
+pub mod framework;
+pub mod lean_ws;
+pub mod load;
+pub mod net;
+pub mod profile;
+pub mod server;
+pub mod stats;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The repository's root, where `cargo build --example chat` finds the example and
+/// `scripts/install-test-deps` puts `target/test-venv`.
+pub fn repository_root() -> PathBuf {
+    // This package is `benches/` in the repository.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
 
 /// True when `cargo bench` started this program (it passes `--bench`). `cargo test
 /// --all-targets` runs bench targets without it; they then skip the load test instead of
 /// spending minutes on it.
-pub(crate) fn started_by_cargo_bench() -> bool {
+pub fn started_by_cargo_bench() -> bool {
     if std::env::args().any(|arg| arg == "--bench") {
         return true;
     }
@@ -31,7 +38,7 @@ pub(crate) fn started_by_cargo_bench() -> bool {
 
 /// For a benchmark binary re-executed as a server: exits when stdin closes (the benchmark that
 /// started it is gone) or after an hour at most.
-pub(crate) fn exit_with_parent() {
+pub fn exit_with_parent() {
     std::thread::spawn(|| {
         use std::io::Read;
         let mut sink = [0u8; 64];
@@ -46,30 +53,30 @@ pub(crate) fn exit_with_parent() {
 
 /// The soft limit on open files of this process (inherited by the servers it starts), from
 /// `/proc/self/limits`; `None` when unlimited or unreadable.
-pub(crate) fn open_files_limit() -> Option<u64> {
+pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse::<u64>().ok()
 }
 
 /// `met` or `MISSED`.
-pub(crate) fn verdict(met: bool) -> &'static str {
+pub fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
 
 /// Runs-per-server, from `BENCH_RUNS` (default 3).
-pub(crate) fn runs() -> usize {
+pub fn runs() -> usize {
     env_number("BENCH_RUNS", 3)
 }
 
 /// A positive whole number from environment variable `name`, or `default`.
-pub(crate) fn env_number(name: &str, default: usize) -> usize {
+pub fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(default)
 }
 
 /// CPU time consumed so far by every live thread of `pid` (from `/proc/PID/task/*/schedstat`,
 /// nanosecond resolution), falling back to `utime + stime` from `/proc/PID/stat`.
-pub(crate) fn cpu_time(pid: u32) -> Duration {
+pub fn cpu_time(pid: u32) -> Duration {
     let mut total: u64 = 0;
     let mut found = false;
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
@@ -90,7 +97,7 @@ pub(crate) fn cpu_time(pid: u32) -> Duration {
 
 /// User and system (kernel) CPU time of `pid` so far, from `utime` and `stime` in
 /// `/proc/PID/stat` (clock-tick resolution, usually 10 ms).
-pub(crate) fn user_system_time(pid: u32) -> (Duration, Duration) {
+pub fn user_system_time(pid: u32) -> (Duration, Duration) {
     let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
         // Fields after the command name, which is in parentheses and may contain spaces.
         let rest = stat.rsplit_once(')')?.1.to_owned();
@@ -118,7 +125,7 @@ fn clock_ticks_per_second() -> u64 {
 }
 
 /// `VmRSS` of `pid` in KiB.
-pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -126,7 +133,7 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Warns when the soft limit on open files is below `needed` (it cannot be raised from here
 /// without `unsafe`; use `ulimit -n` in the shell).
-pub(crate) fn check_open_files(needed: u64) {
+pub fn check_open_files(needed: u64) {
     let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
         let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
         line.split_whitespace().nth(3)?.parse::<u64>().ok()
@@ -144,7 +151,7 @@ pub(crate) fn check_open_files(needed: u64) {
 
 /// Number of CPUs the machine has (`nproc --all`: plain `nproc` counts only the CPUs this
 /// process may run on, which is 1 once the load generator is pinned).
-pub(crate) fn cpus() -> usize {
+pub fn cpus() -> usize {
     std::process::Command::new("nproc")
         .arg("--all")
         .output()
