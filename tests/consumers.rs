@@ -937,3 +937,94 @@ async fn a_send_is_not_echoed_ahead_of_an_earlier_one_that_was_not() {
         client.disconnect().await.unwrap();
     }
 }
+
+/// Joins the group `room`; `connect` accepts.
+struct Member;
+
+impl WebsocketConsumer for Member {
+    type Event = NoEvents;
+
+    fn groups(&self) -> Vec<String> {
+        vec!["room".into()]
+    }
+}
+
+fn member_app(layer: Arc<dyn ChannelLayer>, limits: WebsocketLimits) -> Application {
+    Application::builder(Router::new().websocket("/member/", |_: &Scope| Member))
+        .layer(layer)
+        .websocket_limits(limits)
+        .build()
+}
+
+#[tokio::test]
+async fn a_group_that_cannot_be_joined_in_a_layer_outage_refuses_with_503() {
+    // A real Redis layer pointed at a port nobody listens on: the join fails for real.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let layer = channels::redis::RedisChannelLayer::from_url(&format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let app = member_app(Arc::new(layer), WebsocketLimits::default());
+    let mut client = WebsocketCommunicator::new(&app, "/member/").timeout(std::time::Duration::from_secs(10));
+    assert_eq!(client.connect().await.expect("connect"), Connected::Denied { status: 503, code: 1011 });
+}
+
+/// An in-memory layer whose `new_channel` or `group_add` takes `delay`: a slow backend.
+struct SlowLayer {
+    inner: InMemoryChannelLayer,
+    slow_new_channel: bool,
+    delay: std::time::Duration,
+}
+
+#[channels::async_trait]
+impl ChannelLayer for SlowLayer {
+    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::ReceiveError> {
+        if self.slow_new_channel {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.new_channel(prefix).await
+    }
+    async fn send(&self, channel: &str, message: Message) -> Result<(), channels::layers::SendError> {
+        self.inner.send(channel, message).await
+    }
+    async fn receive(&self, channel: &str) -> Result<Message, channels::layers::ReceiveError> {
+        self.inner.receive(channel).await
+    }
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
+        if !self.slow_new_channel {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.group_add(group, channel).await
+    }
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
+        self.inner.group_discard(group, channel).await
+    }
+    async fn group_send(
+        &self,
+        group: &str,
+        message: Message,
+    ) -> Result<channels::layers::GroupSendReport, channels::layers::GroupError> {
+        self.inner.group_send(group, message).await
+    }
+    async fn flush(&self) -> Result<(), channels::layers::GroupError> {
+        self.inner.flush().await
+    }
+    fn config(&self) -> &LayerConfig {
+        self.inner.config()
+    }
+}
+
+#[tokio::test]
+async fn a_slow_layer_cannot_hold_the_handshake_past_connect_timeout() {
+    for slow_new_channel in [true, false] {
+        let inner = InMemoryChannelLayer::new(LayerConfig::default());
+        let layer = SlowLayer { inner, slow_new_channel, delay: std::time::Duration::from_secs(30) };
+        let limits = WebsocketLimits::default().connect_timeout(std::time::Duration::from_millis(200));
+        let app = member_app(Arc::new(layer), limits);
+        let mut client = WebsocketCommunicator::new(&app, "/member/").timeout(std::time::Duration::from_secs(2));
+        let started = std::time::Instant::now();
+        let outcome = client.connect().await;
+        assert!(
+            matches!(outcome, Ok(Connected::Denied { status: 503, .. })),
+            "slow new_channel: {slow_new_channel}: {outcome:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused in {:?}", started.elapsed());
+    }
+}

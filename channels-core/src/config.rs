@@ -37,7 +37,8 @@ pub struct WebsocketLimits {
     pub ping_timeout: Duration,
     /// How long the server waits for the client's reply to its close frame. Default 5 s.
     pub close_timeout: Duration,
-    /// How long `connect` may take before the handshake is refused with 503. Default 10 s.
+    /// How long the handshake may take (the connection's channel, its consumer's groups, and
+    /// `connect`) before it is refused with 503. Default 10 s.
     pub connect_timeout: Duration,
 }
 

@@ -27,7 +27,7 @@ use crate::consumer::{Frame, HandlerResult, WebsocketConsumer, close_code};
 use crate::context::{Acceptance, ContextError, Outbox, Sent, State, WebsocketContext, close_message};
 use crate::gate::Gate;
 use crate::io::WsStream;
-use crate::layer::{ChannelLayers, ChannelReceiver, Message, ReceiveError};
+use crate::layer::{ChannelLayers, ChannelReceiver, GroupError, Message, ReceiveError};
 use crate::scope::Scope;
 
 /// The upgrade in progress: the socket, or `None` when the upgrade failed.
@@ -76,7 +76,8 @@ pub(crate) fn guarded(hook: impl Future<Output = HandlerResult>) -> impl Future<
 }
 
 /// Builds the context, joins the consumer's groups and runs `connect`, all before the HTTP
-/// response: a denial is a plain 403, as the ASGI spec asks.
+/// response and all within `connect_timeout`: a denial is a plain 403, as the ASGI spec asks;
+/// a layer that fails or is too slow is an outage, 503.
 pub(crate) async fn handshake<C: WebsocketConsumer>(
     mut consumer: C,
     scope: Scope,
@@ -84,13 +85,20 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
     limits: Arc<WebsocketLimits>,
     shutdown: CancellationToken,
 ) -> Handshake {
+    // The channel, the groups and `connect` share one limit: a slow layer is a slow handshake.
+    let deadline = Instant::now() + limits.connect_timeout;
+    let unavailable = Handshake::Deny { status: StatusCode::SERVICE_UNAVAILABLE, code: close_code::INTERNAL_ERROR };
     let layer = layers.get(C::LAYER_ALIAS).cloned();
     let channel_name = match &layer {
-        Some(layer) => match layer.new_channel("specific").await {
-            Ok(name) => Some(name),
-            Err(e) => {
+        Some(layer) => match tokio::time::timeout_at(deadline, layer.new_channel("specific")).await {
+            Ok(Ok(name)) => Some(name),
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not create a channel for a new connection");
-                return Handshake::Deny { status: StatusCode::SERVICE_UNAVAILABLE, code: close_code::INTERNAL_ERROR };
+                return unavailable;
+            }
+            Err(_) => {
+                tracing::warn!("the channel layer did not create a channel within connect_timeout; refusing");
+                return unavailable;
             }
         },
         None => None,
@@ -99,14 +107,28 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
     let mut ctx = WebsocketContext::new(scope, layer, channel_name, limits.send_timeout);
 
     for group in consumer.groups() {
-        if let Err(e) = ctx.group_add(&group).await {
-            tracing::warn!(%path, %group, error = %e, "could not join a consumer group; denying");
-            ctx.leave_groups().await;
-            return Handshake::Deny { status: StatusCode::FORBIDDEN, code: close_code::INTERNAL_ERROR };
-        }
+        let status = match tokio::time::timeout_at(deadline, ctx.group_add(&group)).await {
+            Ok(Ok(())) => continue,
+            // A name that breaks the rules is the consumer's to fix; anything else is an outage.
+            Ok(Err(ContextError::Group(GroupError::InvalidName(e)))) => {
+                tracing::warn!(%path, %group, error = %e, "could not join a consumer group; denying");
+                StatusCode::FORBIDDEN
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%path, %group, error = %e, "could not join a consumer group; refusing");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Err(_) => {
+                tracing::warn!(%path, %group, "joining a consumer group took longer than connect_timeout; refusing");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        // Left in the background: a layer that is slow to join is slow to leave too.
+        tokio::spawn(async move { ctx.leave_groups().await });
+        return Handshake::Deny { status, code: close_code::INTERNAL_ERROR };
     }
 
-    let outcome = tokio::time::timeout(limits.connect_timeout, guarded(consumer.connect(&mut ctx))).await;
+    let outcome = tokio::time::timeout_at(deadline, guarded(consumer.connect(&mut ctx))).await;
     let denial = match (&outcome, &ctx.state) {
         (Ok(Ok(())), State::Connecting(connecting)) if connecting.accepted.is_some() => {
             let acceptance = connecting.accepted.clone().unwrap_or_default();
