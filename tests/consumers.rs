@@ -1028,3 +1028,29 @@ async fn a_slow_layer_cannot_hold_the_handshake_past_connect_timeout() {
         assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused in {:?}", started.elapsed());
     }
 }
+
+/// Asks, after the handshake, to accept again, and says what happened.
+struct LateAcceptor;
+
+impl WebsocketConsumer for LateAcceptor {
+    type Event = NoEvents;
+
+    async fn receive(&mut self, ctx: &mut WebsocketContext, _frame: Frame) -> HandlerResult {
+        match ctx.accept_with(None, Vec::new()) {
+            Ok(()) => ctx.send_text("accepted").await?,
+            Err(e) => ctx.send_text(format!("refused: {e}")).await?,
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn accept_outside_connect_is_an_error() {
+    let app = Application::builder(Router::new().websocket("/late/", |_: &Scope| LateAcceptor)).build();
+    let mut client = WebsocketCommunicator::new(&app, "/late/");
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
+    client.send_text("accept again").await.expect("send");
+    let reply = client.receive_text().await.expect("reply");
+    assert!(reply.starts_with("refused: ") && reply.contains("connect"), "{reply}");
+    client.disconnect().await.expect("disconnect");
+}

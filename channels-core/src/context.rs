@@ -32,7 +32,8 @@ pub enum ContextError {
     Closed,
     /// The client did not take the frame within the send timeout (a slow or dead client).
     SendTimeout,
-    /// A subprotocol the client did not offer, or a bad header, was given to `accept`.
+    /// A subprotocol the client did not offer, or a bad header, was given to `accept`, or it was
+    /// called outside `connect`.
     InvalidAccept(String),
     /// The value is not a valid layer message.
     Message(MessageError),
@@ -354,8 +355,13 @@ impl WebsocketContext {
     }
 
     /// Accepts the connection (inside `connect`). The 101 response goes out when `connect` returns.
+    ///
+    /// Anywhere else (another hook, or after [`deny`](Self::deny)) it does nothing and logs an
+    /// error; [`accept_with`](Self::accept_with) reports that misuse as an error instead.
     pub fn accept(&mut self) {
-        self.accept_with(None, Vec::new()).unwrap_or_default();
+        if let Err(e) = self.accept_with(None, Vec::new()) {
+            tracing::error!(path = %self.scope.path(), error = %e, "accept ignored");
+        }
     }
 
     /// Accepts, selecting `subprotocol`, which must be one the client offered.
@@ -364,6 +370,11 @@ impl WebsocketContext {
     }
 
     /// Accepts with an optional subprotocol and extra response headers.
+    ///
+    /// # Errors
+    /// [`ContextError::InvalidAccept`] for a subprotocol the client did not offer, a bad header,
+    /// or a call outside `connect` (or after a denial there), where there is no handshake left
+    /// to answer.
     pub fn accept_with(
         &mut self,
         subprotocol: Option<&str>,
@@ -386,7 +397,8 @@ impl WebsocketContext {
                 connecting.accepted = Some(Acceptance { subprotocol: subprotocol.map(str::to_owned), headers });
                 Ok(())
             }
-            _ => Ok(()),
+            // The handshake's answer is decided when `connect` returns: too late, or denied.
+            _ => Err(ContextError::InvalidAccept("accept is possible only inside connect, before a denial".into())),
         }
     }
 
