@@ -1054,3 +1054,46 @@ async fn accept_outside_connect_is_an_error() {
     assert!(reply.starts_with("refused: ") && reply.contains("connect"), "{reply}");
     client.disconnect().await.expect("disconnect");
 }
+
+/// On any frame, fills the client's pipe exactly with one frame (the client does not read),
+/// then closes: the close frame cannot be sent.
+struct Stuffer {
+    disconnects: Arc<Mutex<Vec<u16>>>,
+}
+
+/// The communicator's pipe holds 64 KiB each way; a binary frame of this payload has a 4-byte
+/// header.
+const PIPE_FILLING_PAYLOAD: usize = 64 * 1024 - 4;
+
+impl WebsocketConsumer for Stuffer {
+    type Event = NoEvents;
+
+    async fn receive(&mut self, ctx: &mut WebsocketContext, _frame: Frame) -> HandlerResult {
+        ctx.send_binary(vec![b'x'; PIPE_FILLING_PAYLOAD]).await?;
+        let _ = ctx.close(4001).await;
+        Ok(())
+    }
+
+    async fn disconnect(&mut self, _ctx: &mut WebsocketContext, code: u16) -> HandlerResult {
+        self.disconnects.lock().expect("disconnects").push(code);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_close_frame_that_cannot_be_sent_ends_the_connection_at_once() {
+    let disconnects: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let d = disconnects.clone();
+    let limits = WebsocketLimits::default()
+        .send_timeout(std::time::Duration::from_millis(100))
+        .close_timeout(std::time::Duration::from_secs(30));
+    let app = Application::builder(Router::new().websocket("/stuff/", move |_: &Scope| Stuffer { disconnects: d.clone() }))
+        .websocket_limits(limits)
+        .build();
+    let mut client = WebsocketCommunicator::new(&app, "/stuff/").timeout(std::time::Duration::from_secs(2));
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
+    client.send_text("stuff").await.expect("send");
+    // The client never reads: the close frame waits behind the full pipe until the send timeout.
+    client.wait_closed().await.expect("the connection ends without waiting for close_timeout");
+    assert_eq!(*disconnects.lock().expect("disconnects"), [1006], "the close handshake did not happen");
+}

@@ -547,11 +547,15 @@ impl WebsocketContext {
                 let Some(socket) = self.socket_mut() else {
                     return Err(ContextError::Closed);
                 };
-                match tokio::time::timeout(send_timeout, socket.send(close_message(code, reason))).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(ContextError::Socket(e)),
-                    Err(_) => Err(ContextError::SendTimeout),
-                }
+                let failure = match tokio::time::timeout(send_timeout, socket.send(close_message(code, reason))).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => ContextError::Socket(e),
+                    Err(_) => ContextError::SendTimeout,
+                };
+                // No close frame went out, so no reply will come: the connection ends now
+                // instead of waiting `close_timeout` for one.
+                self.state = State::Closed;
+                Err(failure)
             }
             State::Denied { .. } | State::Closing { .. } | State::Closed => Ok(()),
         }

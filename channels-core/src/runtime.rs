@@ -186,10 +186,12 @@ fn run<C: WebsocketConsumer>(
                 }
                 ctx.batching = false;
                 if let (Some(code), State::Open) = (closing, &ctx.state) {
-                    // `connect` closed after accepting: its close frame goes out now.
-                    let _ = Box::pin(ctx.flush()).await;
+                    // `connect` closed after accepting: its close frame goes out now (a failed
+                    // flush leaves the context closed: no reply is waited for).
                     unflushed = false;
-                    ctx.state = State::Closing { code };
+                    if Box::pin(ctx.flush()).await.is_ok() {
+                        ctx.state = State::Closing { code };
+                    }
                 }
                 event_loop(&mut consumer, &mut ctx, &limits, &shutdown, unflushed).await
             }
