@@ -89,6 +89,8 @@ impl WebsocketLimits {
             .read_buffer_size(self.read_buffer_size.max(64))
             // Every frame goes straight to `LeanIo`, which gathers a burst and frees its buffer
             // after the flush; tungstenite's own buffer then only ever holds one frame.
+            // `LeanIo` also writes frames of its own after tungstenite's, which keeps their order
+            // only because of this (pinned by a test in `io`).
             .write_buffer_size(0)
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_message_size))
