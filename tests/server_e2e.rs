@@ -333,3 +333,12 @@ async fn a_client_close_gets_the_servers_close_frame_before_the_connection_ends(
     let reply = reply.expect("the server answered the close frame");
     assert_eq!(u16::from(reply.code), 4000, "RFC 6455 5.5.1: the reply echoes the code");
 }
+
+#[tokio::test]
+async fn a_bind_error_names_the_address() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let error = Server::bind(addr.as_str()).await.expect_err("the address is taken");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(error.to_string().contains(&addr), "{error}");
+}

@@ -1,5 +1,6 @@
 //! The server: accepts TCP connections and serves an [`Application`] over HTTP/1.1 and WebSocket.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -24,8 +25,15 @@ pub struct Server {
 
 impl Server {
     /// Binds a listener.
-    pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<Self> {
-        Ok(Self::from_listener(TcpListener::bind(addr).await?))
+    ///
+    /// # Errors
+    /// The bind's error (the address is taken, say), with its kind, naming the address.
+    pub async fn bind(addr: impl ToSocketAddrs + fmt::Debug) -> io::Result<Self> {
+        let named = format!("{addr:?}");
+        match TcpListener::bind(addr).await {
+            Ok(listener) => Ok(Self::from_listener(listener)),
+            Err(e) => Err(io::Error::new(e.kind(), format!("could not bind {named}: {e}"))),
+        }
     }
 
     /// Serves on a listener you bound yourself.
