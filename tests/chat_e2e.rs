@@ -207,3 +207,10 @@ async fn presence_counts_every_connection_of_a_user() {
     assert_eq!(presence["users"], serde_json::json!(["bob", "dave"]));
     assert_eq!(presence["connections"], serde_json::json!({"bob": 1, "dave": 2}));
 }
+
+#[tokio::test]
+async fn an_empty_channels_layer_variable_counts_as_unset() {
+    let example = Example::start_with_env("chat", &[], &[("CHANNELS_LAYER", "")]);
+    let mut client = connect(&example.url("/ws/chat/env/?user=ann")).await;
+    assert_eq!(next_json(&mut client).await["type"], "chat.presence");
+}
