@@ -17,6 +17,11 @@ use crate::application::Application;
 /// On SIGINT/SIGTERM (or the future given to [`serve_with_shutdown`](Self::serve_with_shutdown))
 /// it stops accepting, closes every WebSocket with 1001 ("going away"), runs every
 /// `disconnect` hook and waits for them up to [`AppLimits::shutdown_timeout`](crate::AppLimits).
+///
+/// A channel layer that cannot be reached does not stop the server from starting: Redis may
+/// be restarting, and connections work again once it answers. Instead each such layer gets one
+/// warning at start-up (from [`Application::unreachable_layers`]), and meanwhile the WebSocket
+/// handshakes that need it are refused with 503.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
@@ -65,6 +70,15 @@ impl Server {
         signal: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
         tokio::pin!(signal);
+        let checked = app.clone();
+        tokio::spawn(async move {
+            for (alias, error) in checked.unreachable_layers().await {
+                tracing::warn!(
+                    %error,
+                    "channel layer {alias:?} cannot be reached; WebSocket handshakes that need it are refused with 503 until it answers"
+                );
+            }
+        });
         loop {
             let (stream, client) = tokio::select! {
                 () = &mut signal => break,
