@@ -9,6 +9,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tracing::{Instrument, Span};
 
 use crate::application::Application;
 use crate::config::WebsocketLimits;
@@ -75,10 +77,46 @@ pub(crate) fn guarded(hook: impl Future<Output = HandlerResult>) -> impl Future<
     })
 }
 
+/// Numbers connections in the logs; unique in the process.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// The span every log line of a connection carries, from its handshake to its end, so that
+/// two connections' logs can be told apart: its number, its path, the client's address and,
+/// when a session says who it is, the user's id.
+fn connection_span(scope: &Scope) -> Span {
+    let span = tracing::info_span!(
+        "websocket",
+        conn = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        path = %scope.path(),
+        client = tracing::field::Empty,
+        user = tracing::field::Empty,
+    );
+    if let Some(client) = scope.client() {
+        span.record("client", tracing::field::display(client));
+    }
+    if let Some(user) = scope.extensions().get::<crate::sessions::Session>().and_then(|s| s.user_id()) {
+        span.record("user", tracing::field::display(user));
+    }
+    span
+}
+
+/// [`handshake_in`] within the connection's span, which its task then runs in too.
+pub(crate) fn handshake<C: WebsocketConsumer>(
+    consumer: C,
+    scope: Scope,
+    layers: &ChannelLayers,
+    limits: Arc<WebsocketLimits>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = Handshake> + Send + '_ {
+    let span = connection_span(&scope);
+    handshake_in(span.clone(), consumer, scope, layers, limits, shutdown).instrument(span)
+}
+
 /// Builds the context, joins the consumer's groups and runs `connect`, all before the HTTP
 /// response and all within `connect_timeout`: a denial is a plain 403, as the ASGI spec asks;
 /// a layer that fails or is too slow is an outage, 503.
-pub(crate) async fn handshake<C: WebsocketConsumer>(
+async fn handshake_in<C: WebsocketConsumer>(
+    span: Span,
     mut consumer: C,
     scope: Scope,
     layers: &ChannelLayers,
@@ -134,7 +172,7 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
             let acceptance = connecting.accepted.clone().unwrap_or_default();
             // The connection's future goes into its task unboxed: one allocation per connection.
             let session: Session = Box::new(move |app: &Application, socket, finished| {
-                app.spawn(run(consumer, ctx, socket, limits, shutdown, finished));
+                app.spawn(run(consumer, ctx, socket, limits, shutdown, finished).instrument(span));
             });
             return Handshake::Accept { acceptance, session };
         }
