@@ -1097,3 +1097,26 @@ async fn a_close_frame_that_cannot_be_sent_ends_the_connection_at_once() {
     client.wait_closed().await.expect("the connection ends without waiting for close_timeout");
     assert_eq!(*disconnects.lock().expect("disconnects"), [1006], "the close handshake did not happen");
 }
+
+#[tokio::test]
+async fn unreachable_layers_names_each_alias_with_a_host_that_does_not_answer() {
+    let redis = channels::redis::testing::RedisServer::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let live = redis.url();
+    let live = live.trim_start_matches("redis://");
+    let layer = |url: String| channels::layers::from_url(&url).expect("a valid layer URL");
+    let layers = channels::layers::ChannelLayers::new()
+        .with_default(layer(format!("redis://{live}/0")))
+        .with_alias("memory", layer("memory://".into()))
+        .with_alias("pubsub", layer(format!("redis+pubsub://{live}/0")))
+        .with_alias("sharded", layer(format!("redis://{live},127.0.0.1:{dead}/0")))
+        .with_alias("pubsub-down", layer(format!("redis+pubsub://127.0.0.1:{dead}/0")));
+    let app = Application::builder(Router::new()).layers(layers).build();
+    let mut unreachable = app.unreachable_layers().await;
+    unreachable.sort_by(|a, b| a.0.cmp(&b.0));
+    let aliases: Vec<&str> = unreachable.iter().map(|(alias, _)| alias.as_str()).collect();
+    assert_eq!(aliases, ["pubsub-down", "sharded"]);
+    for (alias, error) in &unreachable {
+        assert!(error.to_string().contains(&format!("127.0.0.1:{dead}")), "{alias}: {error}");
+    }
+}
