@@ -1087,9 +1087,10 @@ async fn a_close_frame_that_cannot_be_sent_ends_the_connection_at_once() {
     let limits = WebsocketLimits::default()
         .send_timeout(std::time::Duration::from_millis(100))
         .close_timeout(std::time::Duration::from_secs(30));
-    let app = Application::builder(Router::new().websocket("/stuff/", move |_: &Scope| Stuffer { disconnects: d.clone() }))
-        .websocket_limits(limits)
-        .build();
+    let app =
+        Application::builder(Router::new().websocket("/stuff/", move |_: &Scope| Stuffer { disconnects: d.clone() }))
+            .websocket_limits(limits)
+            .build();
     let mut client = WebsocketCommunicator::new(&app, "/stuff/").timeout(std::time::Duration::from_secs(2));
     assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
     client.send_text("stuff").await.expect("send");

@@ -404,7 +404,8 @@ async fn each_connection_logs_in_a_span_of_its_own() {
     let output = String::from_utf8(captured.0.lock().expect("captured").clone()).expect("UTF-8");
     let lines: Vec<&str> = output.lines().filter(|line| line.contains("the probe logs a line")).collect();
     assert_eq!(lines.len(), 2, "{output}");
-    let connection_id = |line: &str| line.split("conn=").nth(1).and_then(|rest| rest.split([' ', '}']).next()).map(str::to_owned);
+    let connection_id =
+        |line: &str| line.split("conn=").nth(1).and_then(|rest| rest.split([' ', '}']).next()).map(str::to_owned);
     assert!(connection_id(lines[0]).is_some(), "{}", lines[0]);
     assert_ne!(connection_id(lines[0]), connection_id(lines[1]), "{output}");
     for (line, (_, address)) in lines.iter().zip(&clients) {

@@ -391,7 +391,8 @@ async fn session<C: HttpConsumer>(
         }
     }
     if failed && let Reply::Pending(_) = ctx.reply {
-        let _ = ctx.send_response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "internal server error");
+        let _ =
+            ctx.send_response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "internal server error");
     }
     ctx.reply = Reply::Done;
     if let Err(e) = guarded(consumer.disconnect(&mut ctx)).await {
