@@ -1121,3 +1121,10 @@ async fn unreachable_layers_names_each_alias_with_a_host_that_does_not_answer() 
         assert!(error.to_string().contains(&format!("127.0.0.1:{dead}")), "{alias}: {error}");
     }
 }
+
+#[tokio::test]
+async fn groups_without_a_layer_deny_with_403_not_503() {
+    let app = Application::builder(Router::new().websocket("/member/", |_: &Scope| Member)).build();
+    let mut client = WebsocketCommunicator::new(&app, "/member/");
+    assert_eq!(client.connect().await.expect("connect"), Connected::Denied { status: 403, code: 1011 });
+}

@@ -147,8 +147,9 @@ async fn handshake_in<C: WebsocketConsumer>(
     for group in consumer.groups() {
         let status = match tokio::time::timeout_at(deadline, ctx.group_add(&group)).await {
             Ok(Ok(())) => continue,
-            // A name that breaks the rules is the consumer's to fix; anything else is an outage.
-            Ok(Err(ContextError::Group(GroupError::InvalidName(e)))) => {
+            // A name that breaks the rules, or no layer, is the application's to fix; anything
+            // else is an outage.
+            Ok(Err(e @ (ContextError::NoLayer | ContextError::Group(GroupError::InvalidName(_))))) => {
                 tracing::warn!(%path, %group, error = %e, "could not join a consumer group; denying");
                 StatusCode::FORBIDDEN
             }
@@ -162,7 +163,7 @@ async fn handshake_in<C: WebsocketConsumer>(
             }
         };
         // Left in the background: a layer that is slow to join is slow to leave too.
-        tokio::spawn(async move { ctx.leave_groups().await });
+        tokio::spawn(async move { ctx.leave_groups().await }.in_current_span());
         return Handshake::Deny { status, code: close_code::INTERNAL_ERROR };
     }
 
