@@ -69,7 +69,7 @@ impl HttpConsumer for NextResult {
     }
 
     async fn event(&mut self, ctx: &mut HttpContext, done: JobDone) -> HandlerResult {
-        ctx.send_json(200, &done)?;
+        ctx.send_json(StatusCode::OK, &done)?;
         Ok(())
     }
 }

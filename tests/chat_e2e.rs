@@ -207,3 +207,33 @@ async fn presence_counts_every_connection_of_a_user() {
     assert_eq!(presence["users"], serde_json::json!(["bob", "dave"]));
     assert_eq!(presence["connections"], serde_json::json!({"bob": 1, "dave": 2}));
 }
+
+#[tokio::test]
+async fn an_empty_channels_layer_variable_counts_as_unset() {
+    let example = Example::start_with_env("chat", &[], &[("CHANNELS_LAYER", "")]);
+    let mut client = connect(&example.url("/ws/chat/env/?user=ann")).await;
+    assert_eq!(next_json(&mut client).await["type"], "chat.presence");
+}
+
+#[tokio::test]
+async fn a_channel_layer_that_cannot_be_reached_is_reported_at_start_up_and_refused_with_503() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+    let layer = format!("redis://127.0.0.1:{port}/0");
+    let example = Example::start("chat", &["--layer", &layer]);
+    let mut reported = String::new();
+    for _ in 0..100 {
+        reported = example.log.lock().expect("log").clone();
+        if reported.contains("cannot be reached") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reported.contains("channel layer \"default\" cannot be reached") && reported.contains(&format!(":{port}")),
+        "one warning names the layer and the host: {reported}"
+    );
+    match tokio_tungstenite::connect_async(example.url("/ws/chat/down/?user=ann")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected a 503 refusal, got {other:?}"),
+    }
+}

@@ -937,3 +937,194 @@ async fn a_send_is_not_echoed_ahead_of_an_earlier_one_that_was_not() {
         client.disconnect().await.unwrap();
     }
 }
+
+/// Joins the group `room`; `connect` accepts.
+struct Member;
+
+impl WebsocketConsumer for Member {
+    type Event = NoEvents;
+
+    fn groups(&self) -> Vec<String> {
+        vec!["room".into()]
+    }
+}
+
+fn member_app(layer: Arc<dyn ChannelLayer>, limits: WebsocketLimits) -> Application {
+    Application::builder(Router::new().websocket("/member/", |_: &Scope| Member))
+        .layer(layer)
+        .websocket_limits(limits)
+        .build()
+}
+
+#[tokio::test]
+async fn a_group_that_cannot_be_joined_in_a_layer_outage_refuses_with_503() {
+    // A real Redis layer pointed at a port nobody listens on: the join fails for real.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let layer = channels::redis::RedisChannelLayer::from_url(&format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let app = member_app(Arc::new(layer), WebsocketLimits::default());
+    let mut client = WebsocketCommunicator::new(&app, "/member/").timeout(std::time::Duration::from_secs(10));
+    assert_eq!(client.connect().await.expect("connect"), Connected::Denied { status: 503, code: 1011 });
+}
+
+/// An in-memory layer whose `new_channel` or `group_add` takes `delay`: a slow backend.
+struct SlowLayer {
+    inner: InMemoryChannelLayer,
+    slow_new_channel: bool,
+    delay: std::time::Duration,
+}
+
+#[channels::async_trait]
+impl ChannelLayer for SlowLayer {
+    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::ReceiveError> {
+        if self.slow_new_channel {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.new_channel(prefix).await
+    }
+    async fn send(&self, channel: &str, message: Message) -> Result<(), channels::layers::SendError> {
+        self.inner.send(channel, message).await
+    }
+    async fn receive(&self, channel: &str) -> Result<Message, channels::layers::ReceiveError> {
+        self.inner.receive(channel).await
+    }
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
+        if !self.slow_new_channel {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.group_add(group, channel).await
+    }
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), channels::layers::GroupError> {
+        self.inner.group_discard(group, channel).await
+    }
+    async fn group_send(
+        &self,
+        group: &str,
+        message: Message,
+    ) -> Result<channels::layers::GroupSendReport, channels::layers::GroupError> {
+        self.inner.group_send(group, message).await
+    }
+    async fn flush(&self) -> Result<(), channels::layers::GroupError> {
+        self.inner.flush().await
+    }
+    fn config(&self) -> &LayerConfig {
+        self.inner.config()
+    }
+}
+
+#[tokio::test]
+async fn a_slow_layer_cannot_hold_the_handshake_past_connect_timeout() {
+    for slow_new_channel in [true, false] {
+        let inner = InMemoryChannelLayer::new(LayerConfig::default());
+        let layer = SlowLayer { inner, slow_new_channel, delay: std::time::Duration::from_secs(30) };
+        let limits = WebsocketLimits::default().connect_timeout(std::time::Duration::from_millis(200));
+        let app = member_app(Arc::new(layer), limits);
+        let mut client = WebsocketCommunicator::new(&app, "/member/").timeout(std::time::Duration::from_secs(2));
+        let started = std::time::Instant::now();
+        let outcome = client.connect().await;
+        assert!(
+            matches!(outcome, Ok(Connected::Denied { status: 503, .. })),
+            "slow new_channel: {slow_new_channel}: {outcome:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused in {:?}", started.elapsed());
+    }
+}
+
+/// Asks, after the handshake, to accept again, and says what happened.
+struct LateAcceptor;
+
+impl WebsocketConsumer for LateAcceptor {
+    type Event = NoEvents;
+
+    async fn receive(&mut self, ctx: &mut WebsocketContext, _frame: Frame) -> HandlerResult {
+        match ctx.accept_with(None, Vec::new()) {
+            Ok(()) => ctx.send_text("accepted").await?,
+            Err(e) => ctx.send_text(format!("refused: {e}")).await?,
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn accept_outside_connect_is_an_error() {
+    let app = Application::builder(Router::new().websocket("/late/", |_: &Scope| LateAcceptor)).build();
+    let mut client = WebsocketCommunicator::new(&app, "/late/");
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
+    client.send_text("accept again").await.expect("send");
+    let reply = client.receive_text().await.expect("reply");
+    assert!(reply.starts_with("refused: ") && reply.contains("connect"), "{reply}");
+    client.disconnect().await.expect("disconnect");
+}
+
+/// On any frame, fills the client's pipe exactly with one frame (the client does not read),
+/// then closes: the close frame cannot be sent.
+struct Stuffer {
+    disconnects: Arc<Mutex<Vec<u16>>>,
+}
+
+/// The communicator's pipe holds 64 KiB each way; a binary frame of this payload has a 4-byte
+/// header.
+const PIPE_FILLING_PAYLOAD: usize = 64 * 1024 - 4;
+
+impl WebsocketConsumer for Stuffer {
+    type Event = NoEvents;
+
+    async fn receive(&mut self, ctx: &mut WebsocketContext, _frame: Frame) -> HandlerResult {
+        ctx.send_binary(vec![b'x'; PIPE_FILLING_PAYLOAD]).await?;
+        let _ = ctx.close(4001).await;
+        Ok(())
+    }
+
+    async fn disconnect(&mut self, _ctx: &mut WebsocketContext, code: u16) -> HandlerResult {
+        self.disconnects.lock().expect("disconnects").push(code);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_close_frame_that_cannot_be_sent_ends_the_connection_at_once() {
+    let disconnects: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let d = disconnects.clone();
+    let limits = WebsocketLimits::default()
+        .send_timeout(std::time::Duration::from_millis(100))
+        .close_timeout(std::time::Duration::from_secs(30));
+    let app =
+        Application::builder(Router::new().websocket("/stuff/", move |_: &Scope| Stuffer { disconnects: d.clone() }))
+            .websocket_limits(limits)
+            .build();
+    let mut client = WebsocketCommunicator::new(&app, "/stuff/").timeout(std::time::Duration::from_secs(2));
+    assert!(matches!(client.connect().await.expect("connect"), Connected::Accepted { .. }));
+    client.send_text("stuff").await.expect("send");
+    // The client never reads: the close frame waits behind the full pipe until the send timeout.
+    client.wait_closed().await.expect("the connection ends without waiting for close_timeout");
+    assert_eq!(*disconnects.lock().expect("disconnects"), [1006], "the close handshake did not happen");
+}
+
+#[tokio::test]
+async fn unreachable_layers_names_each_alias_with_a_host_that_does_not_answer() {
+    let redis = channels::redis::testing::RedisServer::start();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let live = redis.url();
+    let live = live.trim_start_matches("redis://");
+    let layer = |url: String| channels::layers::from_url(&url).expect("a valid layer URL");
+    let layers = channels::layers::ChannelLayers::new()
+        .with_default(layer(format!("redis://{live}/0")))
+        .with_alias("memory", layer("memory://".into()))
+        .with_alias("pubsub", layer(format!("redis+pubsub://{live}/0")))
+        .with_alias("sharded", layer(format!("redis://{live},127.0.0.1:{dead}/0")))
+        .with_alias("pubsub-down", layer(format!("redis+pubsub://127.0.0.1:{dead}/0")));
+    let app = Application::builder(Router::new()).layers(layers).build();
+    let mut unreachable = app.unreachable_layers().await;
+    unreachable.sort_by(|a, b| a.0.cmp(&b.0));
+    let aliases: Vec<&str> = unreachable.iter().map(|(alias, _)| alias.as_str()).collect();
+    assert_eq!(aliases, ["pubsub-down", "sharded"]);
+    for (alias, error) in &unreachable {
+        assert!(error.to_string().contains(&format!("127.0.0.1:{dead}")), "{alias}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn groups_without_a_layer_deny_with_403_not_503() {
+    let app = Application::builder(Router::new().websocket("/member/", |_: &Scope| Member)).build();
+    let mut client = WebsocketCommunicator::new(&app, "/member/");
+    assert_eq!(client.connect().await.expect("connect"), Connected::Denied { status: 403, code: 1011 });
+}

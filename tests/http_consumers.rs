@@ -36,13 +36,13 @@ impl HttpConsumer for Newsroom {
 
     async fn handle(&mut self, ctx: &mut HttpContext) -> HandlerResult {
         match ctx.scope().query_param("mode").as_deref() {
-            Some("now") => ctx.send_response(200, "text/plain", format!("{} bytes", ctx.body().len()))?,
+            Some("now") => ctx.send_response(StatusCode::OK, "text/plain", format!("{} bytes", ctx.body().len()))?,
             Some("hold") => {
                 let wait: f64 = ctx.scope().query_param("wait").and_then(|w| w.parse().ok()).unwrap_or(25.0);
                 ctx.set_timeout(Duration::from_secs_f64(wait));
             }
             Some("stream") => {
-                ctx.send_headers(200, &[("content-type", "text/event-stream")]).await?;
+                ctx.send_headers(StatusCode::OK, &[("content-type", "text/event-stream")]).await?;
                 ctx.send_body("data: {\"type\": \"hello\"}\n\n", true).await?;
             }
             _ => return Err("no such mode".into()),
@@ -55,7 +55,7 @@ impl HttpConsumer for Newsroom {
             ctx.send_body(format!("data: {}\n\n", serde_json::json!({"type": "news", "text": news.text})), true)
                 .await?;
         } else {
-            ctx.send_response(200, "text/plain", news.text)?;
+            ctx.send_response(StatusCode::OK, "text/plain", news.text)?;
         }
         Ok(())
     }

@@ -15,7 +15,8 @@ use support::{close_code, connect, next_text, send_text};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Echoes text; "flood" makes it send 64 KiB frames until the client stops reading.
+/// Echoes text; "flood" makes it send 64 KiB frames until the client stops reading; "log"
+/// makes it log a line.
 struct Probe {
     disconnects: Arc<Mutex<Vec<u16>>>,
 }
@@ -35,7 +36,10 @@ impl WebsocketConsumer for Probe {
     }
 
     async fn receive(&mut self, ctx: &mut WebsocketContext, frame: Frame) -> HandlerResult {
-        if frame.as_text() == Some("flood") {
+        if frame.as_text() == Some("log") {
+            tracing::info!("the probe logs a line");
+            ctx.send_text("logged").await?;
+        } else if frame.as_text() == Some("flood") {
             let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
             for _ in 0..10_000 {
                 ctx.send_binary(chunk.clone()).await?;
@@ -332,4 +336,82 @@ async fn a_client_close_gets_the_servers_close_frame_before_the_connection_ends(
     }
     let reply = reply.expect("the server answered the close frame");
     assert_eq!(u16::from(reply.code), 4000, "RFC 6455 5.5.1: the reply echoes the code");
+}
+
+#[tokio::test]
+async fn a_bind_error_names_the_address() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let error = Server::bind(addr.as_str()).await.expect_err("the address is taken");
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(error.to_string().contains(&addr), "{error}");
+}
+
+/// Collects what a tracing subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("captured").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn each_connection_logs_in_a_span_of_its_own() {
+    use channels::sessions::{Session, SessionMiddleware};
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // This runtime runs the server's tasks on this thread, where the subscriber is set.
+    let _subscriber = tracing::subscriber::set_default(subscriber);
+
+    let sessions = SessionMiddleware::new(b"0123456789abcdef0123456789abcdef".to_vec()).expect("a long key");
+    let mut ann = Session::new();
+    ann.login("ann-42");
+    let cookie = format!("{}={}", sessions.name(), sessions.encode(&ann));
+    let disconnects: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let router = Router::new().websocket("/ws/", move |_: &Scope| Probe { disconnects: disconnects.clone() });
+    let app = Application::builder(router).middleware(sessions).build();
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("ws://{}/ws/", server.local_addr().expect("addr"));
+    tokio::spawn(server.serve_with_shutdown(app, std::future::pending()));
+
+    let mut clients = Vec::new();
+    for signed_in in [true, false] {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.as_str().into_client_request().expect("request");
+        if signed_in {
+            request.headers_mut().insert("cookie", cookie.parse().expect("header"));
+        }
+        let (mut client, _) = tokio_tungstenite::connect_async(request).await.expect("connect");
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = client.get_ref() else { unreachable!("plain TCP") };
+        let address = tcp.local_addr().expect("client address").to_string();
+        send_text(&mut client, "log").await;
+        assert_eq!(next_text(&mut client).await, "logged");
+        clients.push((client, address));
+    }
+
+    let output = String::from_utf8(captured.0.lock().expect("captured").clone()).expect("UTF-8");
+    let lines: Vec<&str> = output.lines().filter(|line| line.contains("the probe logs a line")).collect();
+    assert_eq!(lines.len(), 2, "{output}");
+    let connection_id =
+        |line: &str| line.split("conn=").nth(1).and_then(|rest| rest.split([' ', '}']).next()).map(str::to_owned);
+    assert!(connection_id(lines[0]).is_some(), "{}", lines[0]);
+    assert_ne!(connection_id(lines[0]), connection_id(lines[1]), "{output}");
+    for (line, (_, address)) in lines.iter().zip(&clients) {
+        assert!(line.contains("path=/ws/"), "{line}");
+        assert!(line.contains(&format!("client={address}")), "{line}");
+    }
+    assert!(lines[0].contains("user=ann-42"), "{}", lines[0]);
+    assert!(!lines[1].contains("user="), "{}", lines[1]);
 }

@@ -25,7 +25,7 @@ use crate::context::Acceptance;
 use crate::frame::close_code;
 use crate::http::{HttpRequest, HttpResponse, full, text};
 use crate::io::{LeanIo, WsStream};
-use crate::layer::{ChannelLayer, ChannelLayers};
+use crate::layer::{BackendError, ChannelLayer, ChannelLayers};
 use crate::middleware::{Middleware, Rejection};
 use crate::routing::{CompiledRouter, Endpoints, Resolved, Router};
 use crate::runtime::{Finished, Handshake, Session, Upgrading};
@@ -215,6 +215,24 @@ impl Application {
     /// The application-wide limits.
     pub fn limits(&self) -> &AppLimits {
         &self.inner.limits
+    }
+
+    /// Asks every channel layer whether its backend answers ([`ChannelLayer::ping`], at most
+    /// 5 s each) and returns, by alias, those that do not, with why. [`Server`](crate::Server)
+    /// does this at start-up and warns about each; call it yourself when you serve the
+    /// application from a hyper server of your own.
+    pub async fn unreachable_layers(&self) -> Vec<(String, BackendError)> {
+        const LIMIT: Duration = Duration::from_secs(5);
+        let mut unreachable = Vec::new();
+        for (alias, layer) in self.inner.layers.iter() {
+            let error = match tokio::time::timeout(LIMIT, layer.ping()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(_) => format!("no answer within {LIMIT:?}").into(),
+            };
+            unreachable.push((alias.to_owned(), error));
+        }
+        unreachable
     }
 
     /// Open WebSocket connections right now.

@@ -37,7 +37,8 @@ pub struct WebsocketLimits {
     pub ping_timeout: Duration,
     /// How long the server waits for the client's reply to its close frame. Default 5 s.
     pub close_timeout: Duration,
-    /// How long `connect` may take before the handshake is refused with 503. Default 10 s.
+    /// How long the handshake may take (the connection's channel, its consumer's groups, and
+    /// `connect`) before it is refused with 503. Default 10 s.
     pub connect_timeout: Duration,
 }
 
@@ -88,6 +89,8 @@ impl WebsocketLimits {
             .read_buffer_size(self.read_buffer_size.max(64))
             // Every frame goes straight to `LeanIo`, which gathers a burst and frees its buffer
             // after the flush; tungstenite's own buffer then only ever holds one frame.
+            // `LeanIo` also writes frames of its own after tungstenite's, which keeps their order
+            // only because of this (pinned by a test in `io`).
             .write_buffer_size(0)
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_message_size))

@@ -138,8 +138,13 @@ impl WebsocketContext {
     }
 
     /// Accepts the connection (inside `connect`). The 101 response goes out when `connect` returns.
+    ///
+    /// Anywhere else (another hook, or after [`deny`](Self::deny)) it does nothing and logs an
+    /// error; [`accept_with`](Self::accept_with) reports that misuse as an error instead.
     pub fn accept(&mut self) {
-        self.accept_with(None, Vec::new()).unwrap_or_default();
+        if let Err(e) = self.accept_with(None, Vec::new()) {
+            tracing::error!(path = %self.scope.path(), error = %e, "accept ignored");
+        }
     }
 
     /// Accepts, selecting `subprotocol`, which must be one the client offered.
@@ -148,6 +153,11 @@ impl WebsocketContext {
     }
 
     /// Accepts with an optional subprotocol and extra response headers.
+    ///
+    /// # Errors
+    /// [`ContextError::InvalidAccept`] for a subprotocol the client did not offer, a bad header,
+    /// or a call outside `connect` (or after a denial there), where there is no handshake left
+    /// to answer.
     pub fn accept_with(
         &mut self,
         subprotocol: Option<&str>,
@@ -170,7 +180,8 @@ impl WebsocketContext {
                 connecting.accepted = Some(Acceptance { subprotocol: subprotocol.map(str::to_owned), headers });
                 Ok(())
             }
-            _ => Ok(()),
+            // The handshake's answer is decided when `connect` returns: too late, or denied.
+            _ => Err(ContextError::InvalidAccept("accept is possible only inside connect, before a denial".into())),
         }
     }
 
@@ -220,11 +231,15 @@ impl WebsocketContext {
                 let Some(socket) = self.socket_mut() else {
                     return Err(ContextError::Closed);
                 };
-                match tokio::time::timeout(send_timeout, socket.send(close_message(code, reason))).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(ContextError::socket(e)),
-                    Err(_) => Err(ContextError::SendTimeout),
-                }
+                let failure = match tokio::time::timeout(send_timeout, socket.send(close_message(code, reason))).await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => ContextError::socket(e),
+                    Err(_) => ContextError::SendTimeout,
+                };
+                // No close frame went out, so no reply will come: the connection ends now
+                // instead of waiting `close_timeout` for one.
+                self.state = State::Closed;
+                Err(failure)
             }
             State::Denied { .. } | State::Closing { .. } | State::Closed => Ok(()),
         }

@@ -22,7 +22,8 @@ pub enum ContextError {
     Closed,
     /// The client did not take the frame within the send timeout (a slow or dead client).
     SendTimeout,
-    /// A subprotocol the client did not offer, or a bad header, was given to `accept`.
+    /// A subprotocol the client did not offer, or a bad header, was given to `accept`, or it was
+    /// called outside `connect`.
     InvalidAccept(String),
     /// The value is not a valid layer message.
     Message(MessageError),

@@ -48,7 +48,7 @@ use crate::scope::Scope;
 ///     type Event = News;
 ///     fn groups(&self) -> Vec<String> { vec!["news".into()] }
 ///     async fn handle(&mut self, ctx: &mut HttpContext) -> HandlerResult {
-///         ctx.send_headers(200, &[("content-type", "text/event-stream")]).await?;
+///         ctx.send_headers(StatusCode::OK, &[("content-type", "text/event-stream")]).await?;
 ///         Ok(())
 ///     }
 ///     async fn event(&mut self, ctx: &mut HttpContext, news: News) -> HandlerResult {
@@ -81,7 +81,9 @@ pub trait HttpConsumer: Send + 'static {
     /// The default answers `204 No Content` (an empty long poll).
     fn timeout(&mut self, ctx: &mut HttpContext) -> impl Future<Output = HandlerResult> + Send {
         let result = match ctx.reply {
-            Reply::Pending(_) => ctx.send_response(204, "text/plain; charset=utf-8", Bytes::new()).map_err(Into::into),
+            Reply::Pending(_) => {
+                ctx.send_response(StatusCode::NO_CONTENT, "text/plain; charset=utf-8", Bytes::new()).map_err(Into::into)
+            }
             _ => Ok(()),
         };
         async move { result }
@@ -157,15 +159,24 @@ impl HttpContext {
     }
 
     /// Sends a whole response.
+    ///
+    /// The status is an [`http::StatusCode`], as everywhere in this crate: a number that is no
+    /// status code is refused where it is written, not sent as something else.
+    ///
+    /// ```compile_fail
+    /// # fn demo(ctx: &mut channels_core::http_consumer::HttpContext) {
+    /// let _ = ctx.send_response(1000, "text/plain", "no such status");
+    /// # }
+    /// ```
     pub fn send_response(
         &mut self,
-        status: u16,
+        status: StatusCode,
         content_type: &'static str,
         body: impl Into<Bytes>,
     ) -> Result<(), ContextError> {
         match std::mem::replace(&mut self.reply, Reply::Done) {
             Reply::Pending(tx) => {
-                let mut reply = response(StatusCode::from_u16(status).unwrap_or(StatusCode::OK), content_type, body);
+                let mut reply = response(status, content_type, body);
                 reply.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 tx.send(reply).map_err(|_| ContextError::Closed)
             }
@@ -174,14 +185,14 @@ impl HttpContext {
     }
 
     /// Sends `value` as a whole JSON response.
-    pub fn send_json<T: Serialize + ?Sized>(&mut self, status: u16, value: &T) -> Result<(), ContextError> {
+    pub fn send_json<T: Serialize + ?Sized>(&mut self, status: StatusCode, value: &T) -> Result<(), ContextError> {
         let body = serde_json::to_vec(value).map_err(ContextError::Json)?;
         self.send_response(status, "application/json", body)
     }
 
     /// Starts a streamed response: the status and headers now, the body in
     /// [`send_body`](Self::send_body) calls.
-    pub async fn send_headers(&mut self, status: u16, headers: &[(&str, &str)]) -> Result<(), ContextError> {
+    pub async fn send_headers(&mut self, status: StatusCode, headers: &[(&str, &str)]) -> Result<(), ContextError> {
         let headers = headers_of(headers)?;
         let Reply::Pending(tx) = std::mem::replace(&mut self.reply, Reply::Done) else {
             return Err(ContextError::Closed);
@@ -191,7 +202,7 @@ impl HttpContext {
             body_rx.poll_recv(cx).map(|chunk| chunk.map(|c| Ok::<_, Infallible>(BodyFrame::data(c))))
         });
         let mut reply = http::Response::new(StreamBody::new(stream).boxed());
-        *reply.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        *reply.status_mut() = status;
         reply.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         for (name, value) in headers {
             reply.headers_mut().insert(name, value);
@@ -387,7 +398,8 @@ async fn session<C: HttpConsumer>(
         }
     }
     if failed && let Reply::Pending(_) = ctx.reply {
-        let _ = ctx.send_response(500, "text/plain; charset=utf-8", "internal server error");
+        let _ =
+            ctx.send_response(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "internal server error");
     }
     ctx.reply = Reply::Done;
     if let Err(e) = guarded(consumer.disconnect(&mut ctx)).await {

@@ -315,6 +315,26 @@ mod tests {
         }
     }
 
+    /// [`LeanIo::buffer_data_frame`] writes frames behind tungstenite's back, after whatever
+    /// tungstenite wrote: that keeps the order only while tungstenite hands each frame over at
+    /// once, which its write buffer being off (the server's config) guarantees.
+    #[tokio::test]
+    async fn a_frame_tungstenite_took_goes_out_before_one_buffered_after_it() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (far, near) = duplex(64 * 1024);
+        let config = crate::config::WebsocketLimits::default().tungstenite_config();
+        let mut server = WebSocketStream::from_raw_socket(LeanIo::new(near), Role::Server, Some(config)).await;
+        server.feed(WsMessage::text("first")).await.unwrap();
+        assert!(server.get_mut().buffer_data_frame(true, b"second"));
+        server.flush().await.unwrap();
+        let mut client = WebSocketStream::from_raw_socket(far, Role::Client, None).await;
+        for expected in ["first", "second"] {
+            let frame = client.next().await.expect("a frame").expect("a valid frame");
+            assert_eq!(frame, WsMessage::text(expected));
+        }
+    }
+
     #[tokio::test]
     async fn nothing_is_put_in_front_of_a_write_the_socket_did_not_take() {
         let (_far, near) = duplex(1024);

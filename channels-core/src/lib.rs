@@ -79,4 +79,5 @@ pub mod prelude {
     pub use crate::routing::Router;
     pub use crate::scope::Scope;
     pub use crate::server::Server;
+    pub use http::StatusCode;
 }

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tracing::{Instrument, Span};
 
 use crate::config::WebsocketLimits;
 use crate::consumer::{HandlerResult, WebsocketConsumer};
@@ -27,7 +29,7 @@ use crate::frame::{Frame, Utf8Bytes, close_code, close_message};
 use crate::gate::Gate;
 use crate::guarded::guarded;
 use crate::io::WsStream;
-use crate::layer::{ChannelLayers, ChannelReceiver, Message, ReceiveError};
+use crate::layer::{ChannelLayers, ChannelReceiver, GroupError, Message, ReceiveError};
 use crate::scope::Scope;
 use crate::tasks::Tasks;
 
@@ -58,22 +60,66 @@ pub(crate) enum Handshake {
     Deny { status: StatusCode, code: u16 },
 }
 
+/// Numbers connections in the logs; unique in the process.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// The span every log line of a connection carries, from its handshake to its end, so that
+/// two connections' logs can be told apart: its number, its path, the client's address and,
+/// when a session says who it is, the user's id.
+fn connection_span(scope: &Scope) -> Span {
+    let span = tracing::info_span!(
+        "websocket",
+        conn = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+        path = %scope.path(),
+        client = tracing::field::Empty,
+        user = tracing::field::Empty,
+    );
+    if let Some(client) = scope.client() {
+        span.record("client", tracing::field::display(client));
+    }
+    if let Some(user) = scope.extensions().get::<crate::sessions::Session>().and_then(|s| s.user_id()) {
+        span.record("user", tracing::field::display(user));
+    }
+    span
+}
+
+/// [`handshake_in`] within the connection's span, which its task then runs in too.
+pub(crate) fn handshake<C: WebsocketConsumer>(
+    consumer: C,
+    scope: Scope,
+    layers: &ChannelLayers,
+    limits: Arc<WebsocketLimits>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = Handshake> + Send + '_ {
+    let span = connection_span(&scope);
+    handshake_in(span.clone(), consumer, scope, layers, limits, shutdown).instrument(span)
+}
+
 /// Builds the context, joins the consumer's groups and runs `connect`, all before the HTTP
-/// response: a denial is a plain 403, as the ASGI spec asks.
-pub(crate) async fn handshake<C: WebsocketConsumer>(
+/// response and all within `connect_timeout`: a denial is a plain 403, as the ASGI spec asks;
+/// a layer that fails or is too slow is an outage, 503.
+async fn handshake_in<C: WebsocketConsumer>(
+    span: Span,
     mut consumer: C,
     scope: Scope,
     layers: &ChannelLayers,
     limits: Arc<WebsocketLimits>,
     shutdown: CancellationToken,
 ) -> Handshake {
+    // The channel, the groups and `connect` share one limit: a slow layer is a slow handshake.
+    let deadline = Instant::now() + limits.connect_timeout;
+    let unavailable = Handshake::Deny { status: StatusCode::SERVICE_UNAVAILABLE, code: close_code::INTERNAL_ERROR };
     let layer = layers.get(C::LAYER_ALIAS).cloned();
     let channel_name = match &layer {
-        Some(layer) => match layer.new_channel("specific").await {
-            Ok(name) => Some(name),
-            Err(e) => {
+        Some(layer) => match tokio::time::timeout_at(deadline, layer.new_channel("specific")).await {
+            Ok(Ok(name)) => Some(name),
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not create a channel for a new connection");
-                return Handshake::Deny { status: StatusCode::SERVICE_UNAVAILABLE, code: close_code::INTERNAL_ERROR };
+                return unavailable;
+            }
+            Err(_) => {
+                tracing::warn!("the channel layer did not create a channel within connect_timeout; refusing");
+                return unavailable;
             }
         },
         None => None,
@@ -82,20 +128,35 @@ pub(crate) async fn handshake<C: WebsocketConsumer>(
     let mut ctx = WebsocketContext::new(scope, layer, channel_name, limits.send_timeout);
 
     for group in consumer.groups() {
-        if let Err(e) = ctx.group_add(&group).await {
-            tracing::warn!(%path, %group, error = %e, "could not join a consumer group; denying");
-            ctx.leave_groups().await;
-            return Handshake::Deny { status: StatusCode::FORBIDDEN, code: close_code::INTERNAL_ERROR };
-        }
+        let status = match tokio::time::timeout_at(deadline, ctx.group_add(&group)).await {
+            Ok(Ok(())) => continue,
+            // A name that breaks the rules, or no layer, is the application's to fix; anything
+            // else is an outage.
+            Ok(Err(e @ (ContextError::NoLayer | ContextError::Group(GroupError::InvalidName(_))))) => {
+                tracing::warn!(%path, %group, error = %e, "could not join a consumer group; denying");
+                StatusCode::FORBIDDEN
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%path, %group, error = %e, "could not join a consumer group; refusing");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Err(_) => {
+                tracing::warn!(%path, %group, "joining a consumer group took longer than connect_timeout; refusing");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        // Left in the background: a layer that is slow to join is slow to leave too.
+        tokio::spawn(async move { ctx.leave_groups().await }.in_current_span());
+        return Handshake::Deny { status, code: close_code::INTERNAL_ERROR };
     }
 
-    let outcome = tokio::time::timeout(limits.connect_timeout, guarded(consumer.connect(&mut ctx))).await;
+    let outcome = tokio::time::timeout_at(deadline, guarded(consumer.connect(&mut ctx))).await;
     let denial = match (&outcome, &ctx.state) {
         (Ok(Ok(())), State::Connecting(connecting)) if connecting.accepted.is_some() => {
             let acceptance = connecting.accepted.clone().unwrap_or_default();
             // The connection's future goes into its task unboxed: one allocation per connection.
             let session: Session = Box::new(move |tasks: &Tasks, socket, finished| {
-                tasks.spawn(run(consumer, ctx, socket, limits, shutdown, finished));
+                tasks.spawn(run(consumer, ctx, socket, limits, shutdown, finished).instrument(span));
             });
             return Handshake::Accept { acceptance, session };
         }
@@ -147,10 +208,12 @@ fn run<C: WebsocketConsumer>(
                 }
                 ctx.batching = false;
                 if let (Some(code), State::Open) = (closing, &ctx.state) {
-                    // `connect` closed after accepting: its close frame goes out now.
-                    let _ = Box::pin(ctx.flush()).await;
+                    // `connect` closed after accepting: its close frame goes out now (a failed
+                    // flush leaves the context closed: no reply is waited for).
                     unflushed = false;
-                    ctx.state = State::Closing { code };
+                    if Box::pin(ctx.flush()).await.is_ok() {
+                        ctx.state = State::Closing { code };
+                    }
                 }
                 event_loop(&mut consumer, &mut ctx, &limits, &shutdown, unflushed).await
             }

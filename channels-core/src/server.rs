@@ -1,5 +1,6 @@
 //! The server: accepts TCP connections and serves an [`Application`] over HTTP/1.1 and WebSocket.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -16,6 +17,11 @@ use crate::application::Application;
 /// On SIGINT/SIGTERM (or the future given to [`serve_with_shutdown`](Self::serve_with_shutdown))
 /// it stops accepting, closes every WebSocket with 1001 ("going away"), runs every
 /// `disconnect` hook and waits for them up to [`AppLimits::shutdown_timeout`](crate::AppLimits).
+///
+/// A channel layer that cannot be reached does not stop the server from starting: Redis may
+/// be restarting, and connections work again once it answers. Instead each such layer gets one
+/// warning at start-up (from [`Application::unreachable_layers`]), and meanwhile the WebSocket
+/// handshakes that need it are refused with 503.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
@@ -24,8 +30,15 @@ pub struct Server {
 
 impl Server {
     /// Binds a listener.
-    pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<Self> {
-        Ok(Self::from_listener(TcpListener::bind(addr).await?))
+    ///
+    /// # Errors
+    /// The bind's error (the address is taken, say), with its kind, naming the address.
+    pub async fn bind(addr: impl ToSocketAddrs + fmt::Debug) -> io::Result<Self> {
+        let named = format!("{addr:?}");
+        match TcpListener::bind(addr).await {
+            Ok(listener) => Ok(Self::from_listener(listener)),
+            Err(e) => Err(io::Error::new(e.kind(), format!("could not bind {named}: {e}"))),
+        }
     }
 
     /// Serves on a listener you bound yourself.
@@ -57,6 +70,15 @@ impl Server {
         signal: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
         tokio::pin!(signal);
+        let checked = app.clone();
+        tokio::spawn(async move {
+            for (alias, error) in checked.unreachable_layers().await {
+                tracing::warn!(
+                    %error,
+                    "channel layer {alias:?} cannot be reached; WebSocket handshakes that need it are refused with 503 until it answers"
+                );
+            }
+        });
         loop {
             let (stream, client) = tokio::select! {
                 () = &mut signal => break,

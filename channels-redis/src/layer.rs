@@ -759,6 +759,18 @@ impl ChannelLayer for RedisChannelLayer {
         Ok(())
     }
 
+    /// A `PING` to every shard; an error names the host that did not answer.
+    async fn ping(&self) -> Result<(), BackendError> {
+        for (index, shard) in self.inner.shards.iter().enumerate() {
+            let answered = match self.inner.conn(index).await {
+                Ok(mut conn) => redis::cmd("PING").query_async::<()>(&mut conn).await,
+                Err(e) => Err(e),
+            };
+            answered.map_err(|e| format!("Redis at {}: {e}", shard.client.get_connection_info().addr()))?;
+        }
+        Ok(())
+    }
+
     async fn forget_channel(&self, channel: &str) {
         let mut local = self.inner.lock();
         local.channels.remove(channel);

@@ -395,6 +395,18 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         Ok(())
     }
 
+    /// A `PING` to every shard's publishing connection; an error names the host.
+    async fn ping(&self) -> Result<(), BackendError> {
+        for (index, shard) in self.inner.shards.iter().enumerate() {
+            let answered = match self.inner.publisher(index).await {
+                Ok(mut conn) => redis::cmd("PING").query_async::<()>(&mut conn).await,
+                Err(e) => Err(e),
+            };
+            answered.map_err(|e| format!("Redis at {}: {e}", shard.client.get_connection_info().addr()))?;
+        }
+        Ok(())
+    }
+
     async fn forget_channel(&self, channel: &str) {
         let emptied: Vec<String> = {
             let mut local = self.inner.lock();

@@ -262,7 +262,7 @@ fn usage() -> ! {
 fn options() -> Options {
     let mut options = Options {
         bind: std::env::var("CHANNELS_BIND").unwrap_or_else(|_| "127.0.0.1:8000".into()),
-        layer: std::env::var(channels::layers::LAYER_ENV_VAR).unwrap_or_else(|_| "memory://".into()),
+        layer: channels::layers::url_from_env("memory://"),
         allowed_origins: Vec::new(),
         poll_timeout: Duration::from_secs(60),
     };

@@ -289,10 +289,10 @@ impl HttpConsumer for ChatStream {
 
     async fn handle(&mut self, ctx: &mut HttpContext) -> HandlerResult {
         if !valid_room(&self.room) {
-            ctx.send_json(400, &serde_json::json!({ "error": "invalid room name" }))?;
+            ctx.send_json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": "invalid room name" }))?;
             return Ok(());
         }
-        ctx.send_headers(200, &[("content-type", "text/event-stream"), ("x-accel-buffering", "no")]).await?;
+        ctx.send_headers(StatusCode::OK, &[("content-type", "text/event-stream"), ("x-accel-buffering", "no")]).await?;
         let presence = self.presence.join(&format!("chat_{}", self.room).into(), &self.user.as_str().into());
         self.joined = true;
         ctx.send_body(format!("data: {presence}\n\n"), true).await?;

@@ -220,8 +220,8 @@ impl HttpConsumer for JsonEcho {
 
     async fn handle(&mut self, ctx: &mut HttpContext) -> HandlerResult {
         match serde_json::from_slice::<serde_json::Value>(ctx.body()) {
-            Ok(value) => ctx.send_json(200, &value)?,
-            Err(e) => ctx.send_json(400, &serde_json::json!({ "error": e.to_string() }))?,
+            Ok(value) => ctx.send_json(StatusCode::OK, &value)?,
+            Err(e) => ctx.send_json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": e.to_string() }))?,
         }
         Ok(())
     }

@@ -47,9 +47,15 @@ fn unknown_scheme(scheme: &str) -> ConfigError {
 
 /// Builds the layer named by the `CHANNELS_LAYER` environment variable, or `default_url`.
 pub fn from_env(default_url: &str) -> Result<Arc<dyn ChannelLayer>, ConfigError> {
+    from_url(&url_from_env(default_url))
+}
+
+/// The URL [`from_env`] builds its layer from: `CHANNELS_LAYER` (trimmed), or `default_url`
+/// when it is unset or blank. For a program that also shows which layer it runs on.
+pub fn url_from_env(default_url: &str) -> String {
     match std::env::var(LAYER_ENV_VAR) {
-        Ok(url) if !url.trim().is_empty() => from_url(url.trim()),
-        _ => from_url(default_url),
+        Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
+        _ => default_url.to_owned(),
     }
 }
 

@@ -39,12 +39,18 @@ pub struct Example {
 impl Example {
     /// Starts `name` on a free port and waits for it to print its address.
     pub fn start(name: &str, args: &[&str]) -> Example {
+        Self::start_with_env(name, args, &[])
+    }
+
+    /// [`Example::start`] with these environment variables set.
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Example {
         let role_worker = args.windows(2).any(|w| w == ["--role", "worker"]);
         let bind: &[&str] = if role_worker { &[] } else { &["--bind", "127.0.0.1:0"] };
         let mut child = Command::new(example_binary(name))
             .args(bind)
             .args(args)
             .env("RUST_LOG", std::env::var("EXAMPLE_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -324,6 +324,14 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// Drops every message and group.
     async fn flush(&self) -> Result<(), GroupError>;
 
+    /// Checks that the backend answers: the server asks every layer once at start-up and warns
+    /// about each that does not (see [`crate::Server::serve`]). A backend with something to
+    /// reach overrides it (the Redis layers send a `PING` to every host); the default, for one
+    /// with nothing to reach (in memory), answers at once.
+    async fn ping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Releases whatever the layer holds for `channel` once its consumer is gone. Optional;
     /// memberships still expire on their own.
     async fn forget_channel(&self, _channel: &str) {}

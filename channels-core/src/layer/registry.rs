@@ -50,6 +50,11 @@ impl ChannelLayers {
     pub fn default_layer(&self) -> Option<&Arc<dyn ChannelLayer>> {
         self.get(DEFAULT_ALIAS)
     }
+
+    /// Every configured layer with its alias, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn ChannelLayer>)> {
+        self.layers.iter().map(|(alias, layer)| (alias.as_str(), layer))
+    }
 }
 
 impl fmt::Debug for ChannelLayers {
