@@ -15,6 +15,7 @@ pub fn daphne_path() -> PathBuf {
 }
 
 /// A daphne process serving `benches/django/`, pinned to CPU 0; killed when dropped.
+#[derive(Debug)]
 pub struct Daphne {
     process: Process,
     /// Where it listens.

@@ -29,6 +29,7 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const READ_BUFFER: usize = 4096;
 
 /// One WebSocket connection.
+#[derive(Debug)]
 pub struct LeanWs {
     stream: TcpStream,
     /// Bytes read: `buf[start..end]` is not parsed yet.
@@ -48,6 +49,7 @@ pub struct LeanWs {
 }
 
 /// A frame's payload handed to the caller.
+#[derive(Debug)]
 pub enum Received<'a> {
     /// A text payload.
     Text(&'a str),
@@ -254,7 +256,7 @@ fn encode_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
 }
 
 /// The fields of a chat event the generator reads.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct Event<'a> {
     /// `type`: `chat.message`, or a presence, join or leave notice.
     #[serde(rename = "type", borrow)]

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A running `perf record`, if one was asked for; dropping it stops the recording.
+#[derive(Debug)]
 pub struct Profiler(Option<Child>);
 
 impl Profiler {

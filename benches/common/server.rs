@@ -151,6 +151,7 @@ pub struct Log {
 /// A running server process; killed when dropped.
 /// A child process whose stderr is drained into a [`Log`] (so the pipe never fills); killed
 /// when dropped.
+#[derive(Debug)]
 pub struct Process {
     child: Child,
     log: Arc<Mutex<Log>>,
@@ -225,6 +226,7 @@ impl Drop for Process {
 }
 
 /// A server under test, of one [`Kind`], started on a free port; killed when dropped.
+#[derive(Debug)]
 pub struct ServerProcess {
     kind: Kind,
     process: Process,
