@@ -79,8 +79,8 @@ impl Router {
     /// Mounts an endpoint on `path`. A path may have one WebSocket and one HTTP endpoint.
     ///
     /// # Panics
-    /// If the path already has an endpoint of the same kind (a programming error, reported
-    /// when the router is built, as axum does).
+    /// If the path already has an endpoint of the same kind: a programming error, so `route`
+    /// panics where it is called rather than when the application is built.
     pub fn route(mut self, path: &str, endpoint: impl Into<Endpoint>) -> Self {
         let slot = self.routes.entry(path.to_owned()).or_default();
         let taken = match endpoint.into() {

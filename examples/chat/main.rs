@@ -287,7 +287,7 @@ fn options() -> Options {
     options
 }
 
-/// The chat application, on any layer: shared by `main` and the end-to-end tests.
+/// The chat application, on any layer.
 fn app(layer: Arc<dyn channels::layers::ChannelLayer>, bind: Option<SocketAddr>, options: &Options) -> Application {
     let extra_origins = &options.allowed_origins;
     let presence = Presence::default();
