@@ -737,7 +737,7 @@ impl HeldSends {
 
 #[channels::async_trait]
 impl ChannelLayer for HeldSends {
-    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::ReceiveError> {
+    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::NewChannelError> {
         self.inner.new_channel(prefix).await
     }
     async fn send(&self, channel: &str, message: Message) -> Result<(), channels::layers::SendError> {
@@ -788,7 +788,7 @@ impl ChannelLayer for HeldSends {
         }
         reports
     }
-    async fn flush(&self) -> Result<(), channels::layers::GroupError> {
+    async fn flush(&self) -> Result<(), channels::layers::FlushError> {
         self.inner.flush().await
     }
     fn batch_linger(&self) -> std::time::Duration {

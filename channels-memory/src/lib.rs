@@ -44,8 +44,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, LayerUrl, Members, Message,
-    ReceiveError, SendError, validate_channel_name, validate_group_name,
+    ChannelLayer, ChannelReceiver, ConfigError, FlushError, GroupError, GroupSendReport, LayerConfig, LayerUrl,
+    Members, Message, NewChannelError, ReceiveError, SendError, validate_channel_name, validate_group_name,
 };
 use futures_util::future::BoxFuture;
 use rand::Rng;
@@ -543,7 +543,7 @@ impl std::fmt::Debug for InMemoryChannelLayer {
 
 #[async_trait]
 impl ChannelLayer for InMemoryChannelLayer {
-    async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
+    async fn new_channel(&self, prefix: &str) -> Result<String, NewChannelError> {
         let suffix: String = rand::rng().sample_iter(&Alphanumeric).take(12).map(char::from).collect();
         let name = format!("{prefix}.inmemory!{suffix}");
         validate_channel_name(&name)?;
@@ -646,7 +646,7 @@ impl ChannelLayer for InMemoryChannelLayer {
         reports
     }
 
-    async fn flush(&self) -> Result<(), GroupError> {
+    async fn flush(&self) -> Result<(), FlushError> {
         let mut state = self.lock();
         state.groups.clear();
         state.channels.retain(|_, queue| {

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    BackendError, ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, Members,
-    Message, ReceiveError, SendError, non_local_name, validate_channel_name, validate_group_name,
+    BackendError, ChannelLayer, ChannelReceiver, ConfigError, FlushError, GroupError, GroupSendReport, LayerConfig,
+    Members, Message, NewChannelError, ReceiveError, SendError, non_local_name, validate_channel_name,
+    validate_group_name,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{OnceCell, oneshot};
@@ -571,7 +572,7 @@ impl std::fmt::Debug for RedisChannelLayer {
 
 #[async_trait]
 impl ChannelLayer for RedisChannelLayer {
-    async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
+    async fn new_channel(&self, prefix: &str) -> Result<String, NewChannelError> {
         let n = self.inner.channels_made.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}.{}!{}", self.inner.client_prefix, wire::local_id(n));
         validate_channel_name(&name)?;
@@ -723,10 +724,10 @@ impl ChannelLayer for RedisChannelLayer {
         self.inner.config.send_linger
     }
 
-    async fn flush(&self) -> Result<(), GroupError> {
+    async fn flush(&self) -> Result<(), FlushError> {
         let pattern = escape_glob(&self.inner.config.prefix) + "*";
         for shard in 0..self.inner.shards.len() {
-            let mut conn = self.inner.conn(shard).await.map_err(|e| GroupError::Backend(backend(e)))?;
+            let mut conn = self.inner.conn(shard).await.map_err(|e| FlushError::Backend(backend(e)))?;
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
@@ -737,13 +738,13 @@ impl ChannelLayer for RedisChannelLayer {
                     .arg(1000)
                     .query_async(&mut conn)
                     .await
-                    .map_err(|e| GroupError::Backend(backend(e)))?;
+                    .map_err(|e| FlushError::Backend(backend(e)))?;
                 if !keys.is_empty() {
                     redis::cmd("UNLINK")
                         .arg(keys)
                         .query_async::<()>(&mut conn)
                         .await
-                        .map_err(|e| GroupError::Backend(backend(e)))?;
+                        .map_err(|e| FlushError::Backend(backend(e)))?;
                 }
                 if next == 0 {
                     break;
