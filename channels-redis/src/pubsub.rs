@@ -270,7 +270,7 @@ impl RedisPubSubChannelLayer {
 
 impl std::fmt::Debug for RedisPubSubChannelLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisPubSubChannelLayer").field("hosts", &self.inner.config.hosts).finish()
+        f.debug_struct("RedisPubSubChannelLayer").field("hosts", &self.inner.config.hosts_without_passwords()).finish()
     }
 }
 
@@ -417,5 +417,20 @@ impl ChannelLayer for RedisPubSubChannelLayer {
 
     fn config(&self) -> &LayerConfig {
         &self.inner.config.layer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{SECRETS, config_with_secrets};
+
+    #[test]
+    fn debug_output_shows_no_password_or_encryption_key() {
+        let layer = super::RedisPubSubChannelLayer::new(config_with_secrets()).expect("layer");
+        let shown = format!("{layer:?}");
+        for secret in SECRETS {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("a:6379/2"), "{shown}");
     }
 }

@@ -168,7 +168,7 @@ impl Inner {
 impl std::fmt::Debug for RedisChannelLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisChannelLayer")
-            .field("hosts", &self.inner.config.hosts)
+            .field("hosts", &self.inner.config.hosts_without_passwords())
             .field("prefix", &self.inner.config.prefix)
             .finish()
     }
@@ -289,5 +289,20 @@ impl mailbox::LocalMailboxes for RedisChannelLayer {
         channel: &'a str,
     ) -> futures_util::future::BoxFuture<'a, Result<Message, ReceiveError>> {
         Box::pin(mailbox::receive_or_create(&self.inner.local, |local| &mut local.channels, channel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{SECRETS, config_with_secrets};
+
+    #[test]
+    fn debug_output_shows_no_password_or_encryption_key() {
+        let layer = super::RedisChannelLayer::new(config_with_secrets()).expect("layer");
+        let shown = format!("{layer:?}");
+        for secret in SECRETS {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("a:6379/2"), "{shown}");
     }
 }
