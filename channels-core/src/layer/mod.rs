@@ -298,7 +298,8 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// `channel` joined `group` in this process, the membership has not expired or been found
     /// missing from Redis since, and the last group send did not fail). The default returns
     /// false: the in-memory layer's group sends do not wait. A backend that returns true must
-    /// implement [`group_send_many_echoed`](Self::group_send_many_echoed).
+    /// implement [`group_send_many_echoed`](Self::group_send_many_echoed); the semantics suite
+    /// checks it ([`an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch`](crate::testing::layer_suite::an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch)).
     ///
     /// What a connection does with its queued sends, in short:
     ///
