@@ -1,9 +1,9 @@
 //! The in-memory channel layer: every channel and group lives in this process.
 //!
 //! Use it for one-process deployments, development and tests. It implements the full
-//! [`ChannelLayer`] semantics (capacity, `ChannelFull`, counted drops on `group_send`, message
-//! and group expiry), passes the shared semantics suite, and never holds a lock across an await.
-//! For several processes, use the Redis layer.
+//! [`ChannelLayer`](channels_core::layer::ChannelLayer) semantics (capacity, `ChannelFull`,
+//! counted drops on `group_send`, message and group expiry), passes the shared semantics suite,
+//! and never holds a lock across an await. For several processes, use the Redis layer.
 //!
 //! ```
 //! use channels_core::layer::{ChannelLayer, LayerConfig, Message};
