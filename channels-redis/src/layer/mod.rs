@@ -1,5 +1,14 @@
 //! `RedisChannelLayer`: the sorted-set layer of channels_redis 4.x, in Rust.
 //!
+//! A send, or a batch of group sends, is one pipeline of plain commands per shard:
+//! `ZREMRANGEBYSCORE`, `ZADD`, `EXPIRE` and `ZCARD` for each receiving queue. A Lua script runs
+//! only for a queue the `ZCARD` finds past its capacity, to take the message out again if it is
+//! still full. A group send first reads its groups, one pipeline per shard holding them
+//! (`ZREMRANGEBYSCORE`, `ZRANGE`), and puts the share of members in this process straight into
+//! their mailboxes, as a send to a channel of this process does. Receiving is a task per shard
+//! that pops this process's queue (`BZPOPMIN`, then `ZPOPMIN` for what else waits); a worker
+//! channel is popped by its receiver, with channels_redis's in-flight backup.
+//!
 //! | file | what it holds |
 //! |---|---|
 //! | `mod.rs` | the layer's handle and shared state, and its `ChannelLayer` implementation |
