@@ -737,7 +737,7 @@ impl HeldSends {
 
 #[channels::async_trait]
 impl ChannelLayer for HeldSends {
-    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::ReceiveError> {
+    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::NewChannelError> {
         self.inner.new_channel(prefix).await
     }
     async fn send(&self, channel: &str, message: Message) -> Result<(), channels::layers::SendError> {
@@ -788,7 +788,7 @@ impl ChannelLayer for HeldSends {
         }
         reports
     }
-    async fn flush(&self) -> Result<(), channels::layers::GroupError> {
+    async fn flush(&self) -> Result<(), channels::layers::FlushError> {
         self.inner.flush().await
     }
     fn batch_linger(&self) -> std::time::Duration {
@@ -975,7 +975,7 @@ struct SlowLayer {
 
 #[channels::async_trait]
 impl ChannelLayer for SlowLayer {
-    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::ReceiveError> {
+    async fn new_channel(&self, prefix: &str) -> Result<String, channels::layers::NewChannelError> {
         if self.slow_new_channel {
             tokio::time::sleep(self.delay).await;
         }
@@ -1003,7 +1003,7 @@ impl ChannelLayer for SlowLayer {
     ) -> Result<channels::layers::GroupSendReport, channels::layers::GroupError> {
         self.inner.group_send(group, message).await
     }
-    async fn flush(&self) -> Result<(), channels::layers::GroupError> {
+    async fn flush(&self) -> Result<(), channels::layers::FlushError> {
         self.inner.flush().await
     }
     fn config(&self) -> &LayerConfig {

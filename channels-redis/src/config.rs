@@ -1,5 +1,7 @@
 //! Settings of the Redis layer, read from `redis://host:port/db?prefix=asgi&capacity=...` URLs.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::time::Duration;
 
 use channels_core::layer::{ConfigError, LayerConfig, LayerUrl};
@@ -20,7 +22,9 @@ use crate::crypto::Encryption;
 /// assert_eq!(config.prefix, "chat");
 /// assert_eq!(config.layer.capacity, 500);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its `Debug` output hides passwords and encryption keys.
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RedisConfig {
     /// One Redis URL per shard, in order (the order decides which shard holds which key).
@@ -130,9 +134,15 @@ impl RedisConfig {
         self.hosts
             .iter()
             .map(|url| {
-                redis::Client::open(url.as_str()).map_err(|e| ConfigError(format!("bad Redis URL {url:?}: {e}")))
+                redis::Client::open(url.as_str())
+                    .map_err(|e| ConfigError(format!("bad Redis URL {:?}: {e}", without_password(url))))
             })
             .collect()
+    }
+
+    /// [`Self::hosts`] with their passwords hidden, for logs and `Debug` output.
+    pub(crate) fn hosts_without_passwords(&self) -> Vec<Cow<'_, str>> {
+        self.hosts.iter().map(|url| without_password(url)).collect()
     }
 
     /// The payload encryption, when keys are configured.
@@ -142,6 +152,35 @@ impl RedisConfig {
             keys => Encryption::new(keys).map(Some),
         }
     }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("hosts", &self.hosts_without_passwords())
+            .field("prefix", &self.prefix)
+            .field("layer", &self.layer)
+            .field("blocking_timeout", &self.blocking_timeout)
+            .field("symmetric_encryption_keys", &vec![HIDDEN; self.symmetric_encryption_keys.len()])
+            .field("send_linger", &self.send_linger)
+            .finish()
+    }
+}
+
+/// What a secret shows as.
+const HIDDEN: &str = "***";
+
+/// `url` with the password of its `user:password@` part hidden (`redis://user:***@host`); a
+/// `secret@` with no colon, a password to some clients, is hidden whole.
+fn without_password(url: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else { return Cow::Borrowed(url) };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let Some((user_info, _)) = authority.rsplit_once('@') else { return Cow::Borrowed(url) };
+    let host_and_path = &rest[user_info.len() + 1..];
+    Cow::Owned(match user_info.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{HIDDEN}@{host_and_path}"),
+        None => format!("{scheme}://{HIDDEN}@{host_and_path}"),
+    })
 }
 
 /// The shard's shared connection for ordinary commands, made on first use (and again on the
@@ -158,7 +197,7 @@ pub(crate) async fn command_connection(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -186,6 +225,52 @@ mod tests {
         let config = RedisConfig::from_url("redis://:pw@h1:1,h2:2/3?expiry=5").unwrap();
         assert_eq!(config.hosts, ["redis://:pw@h1:1/3", "redis://h2:2/3"]);
         assert_eq!(config.layer.expiry, Duration::from_secs(5));
+    }
+
+    /// Everything secret a configuration can hold: passwords in host URLs, encryption keys.
+    pub(crate) const SECRETS: [&str; 3] = ["hunter2", "pw-of-b", "the-encryption-key"];
+
+    /// A configuration holding every one of [`SECRETS`].
+    pub(crate) fn config_with_secrets() -> RedisConfig {
+        RedisConfig::from_url(
+            "redis://alice:hunter2@a:6379,pw-of-b@b:6380/2?symmetric_encryption_key=the-encryption-key",
+        )
+        .expect("valid URL")
+    }
+
+    #[test]
+    fn debug_output_shows_no_password_or_encryption_key() {
+        let shown = format!("{:?}", config_with_secrets());
+        for secret in SECRETS {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        for kept in ["alice", "a:6379/2", "b:6380/2", "prefix"] {
+            assert!(shown.contains(kept), "{kept} missing from {shown}");
+        }
+    }
+
+    #[test]
+    fn a_password_is_hidden_wherever_the_url_has_one() {
+        for (url, shown) in [
+            ("redis://u:p@h:1/0", "redis://u:***@h:1/0"),
+            ("redis://:p@h", "redis://:***@h"),
+            ("redis://p@h/0", "redis://***@h/0"),
+            ("redis://u:p%40x@h", "redis://u:***@h"),
+            ("redis://h:1/0", "redis://h:1/0"),
+            ("redis://h/0?next=a@b", "redis://h/0?next=a@b"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(without_password(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_bad_host_url_error_shows_no_password() {
+        let mut config = RedisConfig::new("redis://alice:hunter2@a:notaport");
+        config.hosts.push("redis://ok:6379".into());
+        let err = config.open_clients().expect_err("a port must be a number").to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("alice"), "{err}");
     }
 
     #[test]

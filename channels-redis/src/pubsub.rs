@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    BackendError, ChannelLayer, ChannelReceiver, ConfigError, GroupError, GroupSendReport, LayerConfig, Message,
-    ReceiveError, SendError, validate_channel_name, validate_group_name,
+    BackendError, ChannelLayer, ChannelReceiver, ConfigError, FlushError, GroupError, GroupSendReport, LayerConfig,
+    Message, NewChannelError, ReceiveError, SendError, validate_channel_name, validate_group_name,
 };
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubSink};
@@ -270,7 +270,7 @@ impl RedisPubSubChannelLayer {
 
 impl std::fmt::Debug for RedisPubSubChannelLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisPubSubChannelLayer").field("hosts", &self.inner.config.hosts).finish()
+        f.debug_struct("RedisPubSubChannelLayer").field("hosts", &self.inner.config.hosts_without_passwords()).finish()
     }
 }
 
@@ -291,11 +291,11 @@ impl mailbox::LocalMailboxes for RedisPubSubChannelLayer {
 
 #[async_trait]
 impl ChannelLayer for RedisPubSubChannelLayer {
-    async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
+    async fn new_channel(&self, prefix: &str) -> Result<String, NewChannelError> {
         let name = format!("{}{prefix}.{}", self.inner.config.prefix, wire::random_hex());
         validate_channel_name(&name)?;
         self.inner.lock().channels.entry(Arc::from(name.as_str())).or_default();
-        self.subscribe(&name).await.map_err(ReceiveError::Backend)?;
+        self.subscribe(&name).await.map_err(NewChannelError::Backend)?;
         Ok(name)
     }
 
@@ -381,7 +381,7 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         Ok(GroupSendReport::new(1, 0))
     }
 
-    async fn flush(&self) -> Result<(), GroupError> {
+    async fn flush(&self) -> Result<(), FlushError> {
         let groups: Vec<String> = {
             let mut local = self.inner.lock();
             for mailbox in local.channels.values_mut() {
@@ -429,5 +429,20 @@ impl ChannelLayer for RedisPubSubChannelLayer {
 
     fn config(&self) -> &LayerConfig {
         &self.inner.config.layer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{SECRETS, config_with_secrets};
+
+    #[test]
+    fn debug_output_shows_no_password_or_encryption_key() {
+        let layer = super::RedisPubSubChannelLayer::new(config_with_secrets()).expect("layer");
+        let shown = format!("{layer:?}");
+        for secret in SECRETS {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("a:6379/2"), "{shown}");
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 /// A `redis-server` on a free port, stopped when dropped (or, for a static one, by a watchdog
 /// when the test process exits).
+#[derive(Debug)]
 pub struct RedisServer {
     /// The port it listens on (127.0.0.1).
     pub port: u16,

@@ -11,7 +11,8 @@ mod across_processes {
 
     use async_trait::async_trait;
     use channels_core::layer::{
-        ChannelLayer, GroupError, GroupSendReport, LayerConfig, Message, ReceiveError, SendError,
+        ChannelLayer, FlushError, GroupError, GroupSendReport, LayerConfig, Message, NewChannelError, ReceiveError,
+        SendError,
     };
     use channels_redis::RedisChannelLayer;
 
@@ -26,7 +27,7 @@ mod across_processes {
 
     #[async_trait]
     impl ChannelLayer for Across {
-        async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
+        async fn new_channel(&self, prefix: &str) -> Result<String, NewChannelError> {
             self.receiver.new_channel(prefix).await
         }
         async fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
@@ -61,7 +62,7 @@ mod across_processes {
         ) -> Vec<Result<GroupSendReport, GroupError>> {
             self.sender.group_send_many_echoed(sends, channel, echoed).await
         }
-        async fn flush(&self) -> Result<(), GroupError> {
+        async fn flush(&self) -> Result<(), FlushError> {
             self.sender.flush().await?;
             self.receiver.flush().await
         }

@@ -62,6 +62,24 @@ pub enum GroupError {
     Backend(BackendError),
 }
 
+/// Why [`ChannelLayer::new_channel`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NewChannelError {
+    /// The prefix makes a channel name that breaks the naming rules.
+    InvalidName(InvalidName),
+    /// The backend failed; no channel was made.
+    Backend(BackendError),
+}
+
+/// Why [`ChannelLayer::flush`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// The backend failed; some messages and groups may be left.
+    Backend(BackendError),
+}
+
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -90,36 +108,35 @@ impl fmt::Display for GroupError {
     }
 }
 
-impl std::error::Error for SendError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl fmt::Display for NewChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidName(e) => e.source(),
-            Self::ChannelFull { .. } => None,
-            Self::Backend(e) => Some(&**e),
+            Self::InvalidName(e) => e.fmt(f),
+            Self::Backend(e) => write!(f, "channel layer backend error: {e}"),
         }
     }
 }
 
-impl std::error::Error for ReceiveError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidName(e) => e.source(),
-            Self::Backend(e) => Some(&**e),
+            Self::Backend(e) => write!(f, "channel layer backend error: {e}"),
         }
     }
 }
 
-impl std::error::Error for GroupError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::InvalidName(e) => e.source(),
-            Self::Backend(e) => Some(&**e),
-        }
-    }
-}
-
-macro_rules! from_invalid_name {
+/// `source()` of a layer error is the error it wraps (the bad name, or the backend's error),
+/// so a caller can walk down to the cause and downcast it.
+macro_rules! name_or_backend_error {
     ($($ty:ident),*) => {$(
+        impl std::error::Error for $ty {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                match self {
+                    Self::InvalidName(e) => Some(e),
+                    Self::Backend(e) => Some(&**e),
+                }
+            }
+        }
         impl From<InvalidName> for $ty {
             fn from(e: InvalidName) -> Self {
                 Self::InvalidName(e)
@@ -127,7 +144,31 @@ macro_rules! from_invalid_name {
         }
     )*};
 }
-from_invalid_name!(SendError, ReceiveError, GroupError);
+name_or_backend_error!(ReceiveError, GroupError, NewChannelError);
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::InvalidName(e) => Some(e),
+            Self::ChannelFull { .. } => None,
+            Self::Backend(e) => Some(&**e),
+        }
+    }
+}
+
+impl From<InvalidName> for SendError {
+    fn from(e: InvalidName) -> Self {
+        Self::InvalidName(e)
+    }
+}
+
+impl std::error::Error for FlushError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Backend(e) => Some(&**e),
+        }
+    }
+}
 
 /// What a [`ChannelLayer::group_send`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -194,7 +235,7 @@ impl<L: ChannelLayer + ?Sized> ChannelReceiver for ByName<L> {
 pub trait ChannelLayer: Send + Sync + 'static {
     /// Returns a new, unique, process-specific channel name starting with `prefix` (Django's
     /// default prefix is `"specific"`).
-    async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError>;
+    async fn new_channel(&self, prefix: &str) -> Result<String, NewChannelError>;
 
     /// Puts `message` on `channel`.
     async fn send(&self, channel: &str, message: Message) -> Result<(), SendError>;
@@ -259,7 +300,8 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// `channel` joined `group` in this process, the membership has not expired or been found
     /// missing from Redis since, and the last group send did not fail). The default returns
     /// false: the in-memory layer's group sends do not wait. A backend that returns true must
-    /// implement [`group_send_many_echoed`](Self::group_send_many_echoed).
+    /// implement [`group_send_many_echoed`](Self::group_send_many_echoed); the semantics suite
+    /// checks it ([`an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch`](crate::testing::layer_suite::an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch)).
     ///
     /// What a connection does with its queued sends, in short:
     ///
@@ -322,7 +364,7 @@ pub trait ChannelLayer: Send + Sync + 'static {
     }
 
     /// Drops every message and group.
-    async fn flush(&self) -> Result<(), GroupError>;
+    async fn flush(&self) -> Result<(), FlushError>;
 
     /// Checks that the backend answers: the server asks every layer once at start-up and warns
     /// about each that does not (see [`crate::Server::serve`]). A backend with something to
@@ -338,4 +380,61 @@ pub trait ChannelLayer: Send + Sync + 'static {
 
     /// The layer's settings.
     fn config(&self) -> &LayerConfig;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn invalid_name() -> InvalidName {
+        validate_channel_name("has space").expect_err("a space is not allowed")
+    }
+
+    fn backend_error() -> BackendError {
+        Box::new(std::io::Error::other("connection refused"))
+    }
+
+    /// The cause at the bottom of `error`'s chain, found by walking `source()`.
+    fn root_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> &'a (dyn std::error::Error + 'static) {
+        let mut cause = error;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        cause
+    }
+
+    #[test]
+    fn a_layer_error_from_the_backend_has_the_backend_error_as_its_source() {
+        let errors: [Box<dyn std::error::Error>; 5] = [
+            Box::new(SendError::Backend(backend_error())),
+            Box::new(ReceiveError::Backend(backend_error())),
+            Box::new(GroupError::Backend(backend_error())),
+            Box::new(NewChannelError::Backend(backend_error())),
+            Box::new(FlushError::Backend(backend_error())),
+        ];
+        for error in &errors {
+            let cause = root_cause(&**error).downcast_ref::<std::io::Error>();
+            assert_eq!(cause.map(ToString::to_string).as_deref(), Some("connection refused"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_layer_error_for_a_bad_name_has_the_name_error_as_its_source() {
+        let errors: [Box<dyn std::error::Error>; 4] = [
+            Box::new(SendError::from(invalid_name())),
+            Box::new(ReceiveError::from(invalid_name())),
+            Box::new(GroupError::from(invalid_name())),
+            Box::new(NewChannelError::from(invalid_name())),
+        ];
+        for error in &errors {
+            assert_eq!(error.source().and_then(|e| e.downcast_ref::<InvalidName>()), Some(&invalid_name()), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_full_channel_wraps_no_other_error() {
+        assert!(SendError::ChannelFull { channel: "c".into() }.source().is_none());
+    }
 }

@@ -416,6 +416,40 @@ pub async fn echoed_group_sends_reach_the_sender_once(factory: &impl LayerFactor
     assert!(receives_nothing(&*layer, &other).await);
 }
 
+/// The rule of [`ChannelLayer::group_send_echo`]: a layer that returns true (it put the
+/// sender's copy on the sender's channel) must implement
+/// [`ChannelLayer::group_send_many_echoed`] so that the batch leaves that copy out, for the
+/// first `echoed` sends and no others; the trait's default, `group_send_many`, would deliver it
+/// a second time. A layer that does not echo has nothing to check here.
+pub async fn an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let (me, other) =
+        (layer.new_channel("specific").await.expect("me"), layer.new_channel("specific").await.expect("other"));
+    layer.group_add("room", &me).await.expect("group_add");
+    layer.group_add("room", &other).await.expect("group_add");
+    let sends: Vec<(String, Message)> = (1..=2).map(|n| ("room".to_owned(), msg(n))).collect();
+    if !layer.group_send_echo("room", &me, &sends[0].1) {
+        return;
+    }
+    // The first send was echoed, the second was not: the batch brings `me` the second only.
+    for report in layer.group_send_many_echoed(&sends, &me, 1).await {
+        report.expect("sent");
+    }
+    let mut at_me = Vec::new();
+    while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(200), layer.receive(&me)).await {
+        at_me.push(n_of(&message));
+    }
+    assert_eq!(
+        at_me,
+        [1, 2],
+        "group_send_echo returned true, so group_send_many_echoed must leave out the sender's copy of the \
+         first `echoed` sends, and only theirs (does the layer implement group_send_many_echoed?)"
+    );
+    for n in 1..=2 {
+        assert_eq!(n_of(&receive(&*layer, &other).await), n);
+    }
+}
+
 /// Consecutive sends to one group in a `group_send_many` fill a member up to its capacity one
 /// message at a time, and a member of two groups gets every message in the order given, as
 /// from one `group_send` after another.
@@ -495,6 +529,32 @@ pub async fn every_waiting_receiver_is_served(factory: &impl LayerFactory) {
         })
         .await;
     got.sort_unstable();
+    assert_eq!(got, [1, 2]);
+}
+
+/// A [`ChannelReceiver`]'s `receive` is cancel-safe, as the trait says: one dropped before it
+/// returns loses no message, whether it was still waiting or had the message in hand (a
+/// backend that overrides [`ChannelLayer::receiver`] must keep that).
+pub async fn a_receivers_receive_is_cancel_safe(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let ch = layer.new_channel("specific").await.expect("new_channel");
+    let receiver = layer.clone().receiver(ch.as_str().into());
+    assert!(tokio::time::timeout(Duration::from_millis(50), receiver.receive()).await.is_err(), "nothing waits");
+    for n in 1..=2 {
+        layer.send(&ch, msg(n)).await.expect("send");
+    }
+    // Dropped after a moment: by then it may have the first message in hand.
+    let taken = match tokio::time::timeout(Duration::from_millis(5), receiver.receive()).await {
+        Ok(first) => vec![n_of(&first.expect("receive"))],
+        Err(_) => Vec::new(),
+    };
+    let mut got = taken;
+    while got.len() < 2 {
+        match tokio::time::timeout(WAIT, receiver.receive()).await {
+            Ok(message) => got.push(n_of(&message.expect("receive"))),
+            Err(_) => panic!("a message was lost to a receive that was dropped: got only {got:?}"),
+        }
+    }
     assert_eq!(got, [1, 2]);
 }
 
@@ -624,9 +684,11 @@ macro_rules! layer_conformance_tests {
             group_send_many_keeps_order_and_reports_each,
             group_send_many_fills_members_message_by_message,
             echoed_group_sends_reach_the_sender_once,
+            an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch,
             try_receive_takes_only_what_is_waiting,
             every_waiting_receiver_is_served,
             a_receiver_receives_like_the_layer,
+            a_receivers_receive_is_cancel_safe,
             a_receiver_takes_a_burst_at_once,
             a_burst_leaves_out_what_expired,
         );
@@ -637,4 +699,257 @@ macro_rules! layer_conformance_tests {
             $crate::testing::layer_suite::$name(&$factory).await;
         }
     )*};
+}
+
+#[cfg(test)]
+mod tests {
+    //! The checks of the trait's rules, against small layers that keep them and that break them.
+
+    use std::collections::{HashMap, VecDeque};
+    use std::panic::AssertUnwindSafe;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::layer::{FlushError, GroupSendReport, NewChannelError};
+
+    /// A layer of plain maps, for checking the checks: it echoes a member's group sends and
+    /// leaves the echoed copies out of `group_send_many_echoed`, as the rule asks (unless
+    /// `ignores_the_echoed_count`: then it leaves the sender out of every send of a batch that
+    /// had any echoed).
+    ///
+    /// Its receivers receive by name, and if `receivers_lose_on_cancel`, hold a message they
+    /// took for a moment before they return it: one dropped then loses it.
+    #[derive(Default)]
+    struct Maps {
+        ignores_the_echoed_count: bool,
+        receivers_lose_on_cancel: bool,
+        config: LayerConfig,
+        queues: Mutex<HashMap<String, VecDeque<Message>>>,
+        groups: Mutex<HashMap<String, Vec<String>>>,
+        made: AtomicUsize,
+    }
+
+    impl Maps {
+        fn push(&self, channel: &str, message: Message) {
+            self.queues.lock().expect("queues").entry(channel.to_owned()).or_default().push_back(message);
+        }
+
+        fn members(&self, group: &str) -> Vec<String> {
+            self.groups.lock().expect("groups").get(group).cloned().unwrap_or_default()
+        }
+    }
+
+    #[async_trait]
+    impl ChannelLayer for Maps {
+        async fn new_channel(&self, prefix: &str) -> Result<String, NewChannelError> {
+            Ok(format!("{prefix}.maps!{}", self.made.fetch_add(1, Ordering::Relaxed)))
+        }
+
+        async fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
+            self.push(channel, message);
+            Ok(())
+        }
+
+        async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
+            loop {
+                if let Some(message) = self.try_receive(channel) {
+                    return Ok(message);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
+        fn try_receive(&self, channel: &str) -> Option<Message> {
+            self.queues.lock().expect("queues").get_mut(channel)?.pop_front()
+        }
+
+        fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
+            Box::new(MapsReceiver { layer: self, channel })
+        }
+
+        async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+            let mut groups = self.groups.lock().expect("groups");
+            let members = groups.entry(group.to_owned()).or_default();
+            if !members.iter().any(|member| member == channel) {
+                members.push(channel.to_owned());
+            }
+            Ok(())
+        }
+
+        async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+            self.groups.lock().expect("groups").entry(group.to_owned()).or_default().retain(|member| member != channel);
+            Ok(())
+        }
+
+        async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
+            let members = self.members(group);
+            for member in &members {
+                self.push(member, message.clone());
+            }
+            Ok(GroupSendReport::new(members.len(), 0))
+        }
+
+        fn group_send_echo(&self, group: &str, channel: &str, message: &Message) -> bool {
+            let member = self.members(group).iter().any(|member| member == channel);
+            if member {
+                self.push(channel, message.clone());
+            }
+            member
+        }
+
+        async fn group_send_many_echoed(
+            &self,
+            sends: &[(String, Message)],
+            channel: &str,
+            echoed: usize,
+        ) -> Vec<Result<GroupSendReport, GroupError>> {
+            let mut reports = Vec::new();
+            for (i, (group, message)) in sends.iter().enumerate() {
+                let members = self.members(group);
+                let left_out = if self.ignores_the_echoed_count { echoed > 0 } else { i < echoed };
+                for member in members.iter().filter(|&member| !left_out || member != channel) {
+                    self.push(member, message.clone());
+                }
+                reports.push(Ok(GroupSendReport::new(members.len(), 0)));
+            }
+            reports
+        }
+
+        async fn flush(&self) -> Result<(), FlushError> {
+            self.queues.lock().expect("queues").clear();
+            self.groups.lock().expect("groups").clear();
+            Ok(())
+        }
+
+        fn config(&self) -> &LayerConfig {
+            &self.config
+        }
+    }
+
+    /// A receiver of [`Maps`].
+    struct MapsReceiver {
+        layer: Arc<Maps>,
+        channel: Arc<str>,
+    }
+
+    impl ChannelReceiver for MapsReceiver {
+        fn receive(&self) -> futures_util::future::BoxFuture<'_, Result<Message, ReceiveError>> {
+            Box::pin(async move {
+                let message = self.layer.receive(&self.channel).await?;
+                if self.layer.receivers_lose_on_cancel {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(message)
+            })
+        }
+
+        fn try_receive(&self) -> Option<Message> {
+            self.layer.try_receive(&self.channel)
+        }
+    }
+
+    /// [`Maps`] against the rule: it echoes, but leaves `group_send_many_echoed` to the trait's
+    /// default.
+    #[derive(Default)]
+    struct EchoesWithoutLeavingOut(Maps);
+
+    #[async_trait]
+    impl ChannelLayer for EchoesWithoutLeavingOut {
+        async fn new_channel(&self, prefix: &str) -> Result<String, NewChannelError> {
+            self.0.new_channel(prefix).await
+        }
+
+        async fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
+            self.0.send(channel, message).await
+        }
+
+        async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
+            self.0.receive(channel).await
+        }
+
+        fn try_receive(&self, channel: &str) -> Option<Message> {
+            self.0.try_receive(channel)
+        }
+
+        async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+            self.0.group_add(group, channel).await
+        }
+
+        async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+            self.0.group_discard(group, channel).await
+        }
+
+        async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
+            self.0.group_send(group, message).await
+        }
+
+        fn group_send_echo(&self, group: &str, channel: &str, message: &Message) -> bool {
+            self.0.group_send_echo(group, channel, message)
+        }
+
+        async fn flush(&self) -> Result<(), FlushError> {
+            self.0.flush().await
+        }
+
+        fn config(&self) -> &LayerConfig {
+            self.0.config()
+        }
+    }
+
+    /// Whether `check` panics.
+    async fn fails<F: Future<Output = ()>>(check: F) -> bool {
+        AssertUnwindSafe(check).catch_unwind().await.is_err()
+    }
+
+    async fn maps(_: LayerConfig) -> Arc<dyn ChannelLayer> {
+        Arc::new(Maps::default())
+    }
+
+    async fn echoes_without_leaving_out(_: LayerConfig) -> Arc<dyn ChannelLayer> {
+        Arc::new(EchoesWithoutLeavingOut::default())
+    }
+
+    async fn ignores_the_echoed_count(_: LayerConfig) -> Arc<dyn ChannelLayer> {
+        Arc::new(Maps { ignores_the_echoed_count: true, ..Maps::default() })
+    }
+
+    #[tokio::test]
+    async fn the_echo_checks_pass_for_a_layer_that_leaves_echoed_copies_out() {
+        assert!(!fails(an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch(&maps)).await);
+        assert!(!fails(echoed_group_sends_reach_the_sender_once(&maps)).await);
+    }
+
+    #[tokio::test]
+    async fn the_echo_checks_fail_for_a_layer_that_echoes_without_group_send_many_echoed() {
+        let factory = echoes_without_leaving_out;
+        assert!(fails(an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch(&factory)).await);
+        assert!(fails(echoed_group_sends_reach_the_sender_once(&factory)).await);
+    }
+
+    #[tokio::test]
+    async fn the_batch_check_fails_for_a_layer_that_leaves_the_sender_out_of_sends_it_did_not_echo() {
+        let factory = ignores_the_echoed_count;
+        assert!(fails(an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch(&factory)).await);
+        assert!(
+            !fails(echoed_group_sends_reach_the_sender_once(&factory)).await,
+            "a batch echoed whole does not tell the two apart"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_receiver_check_passes_for_a_receiver_that_keeps_what_it_took_when_dropped() {
+        assert!(!fails(a_receivers_receive_is_cancel_safe(&maps)).await);
+    }
+
+    #[tokio::test]
+    async fn the_receiver_check_fails_for_a_receiver_that_loses_what_it_took_when_dropped() {
+        let factory = |_: LayerConfig| async {
+            Arc::new(Maps { receivers_lose_on_cancel: true, ..Maps::default() }) as Arc<dyn ChannelLayer>
+        };
+        assert!(fails(a_receivers_receive_is_cancel_safe(&factory)).await);
+    }
 }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use channels_core::async_trait;
 use channels_core::layer::{
-    ChannelLayer, ConfigError, GroupError, GroupSendReport, LayerConfig, LayerUrl, Message, ReceiveError, SendError,
-    validate_channel_name, validate_group_name,
+    ChannelLayer, ConfigError, FlushError, GroupError, GroupSendReport, LayerConfig, LayerUrl, Message,
+    NewChannelError, ReceiveError, SendError, validate_channel_name, validate_group_name,
 };
 use tokio::sync::Notify;
 
@@ -81,7 +81,7 @@ impl PlainLayer {
 
 #[async_trait]
 impl ChannelLayer for PlainLayer {
-    async fn new_channel(&self, prefix: &str) -> Result<String, ReceiveError> {
+    async fn new_channel(&self, prefix: &str) -> Result<String, NewChannelError> {
         let n = self.next_channel.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}{CHANNEL_MARK}{n}");
         validate_channel_name(&name)?;
@@ -148,7 +148,7 @@ impl ChannelLayer for PlainLayer {
         Ok(GroupSendReport::new(queued, dropped_full))
     }
 
-    async fn flush(&self) -> Result<(), GroupError> {
+    async fn flush(&self) -> Result<(), FlushError> {
         *self.lock() = State::default();
         Ok(())
     }

@@ -1,0 +1,138 @@
+//! Groups: memberships in Redis, and this process's record of the ones its channels made, which
+//! re-adds them after Redis loses them and decides when a sender's own group send may be echoed.
+
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use channels_core::layer::{GroupError, Message, validate_channel_name, validate_group_name};
+
+use super::local::Local;
+use super::{Inner, backend};
+use crate::wire;
+
+/// A local channel's membership of a group, as this process made it (24 bytes: most groups of
+/// an idle server hold one connection, and this is most of what it keeps for one).
+pub(super) struct Joined {
+    /// When this process last added it to the group in Redis.
+    at: std::time::Instant,
+    /// The layer's operation count then ([`Inner::ops`]), while the channel's own group sends
+    /// may be echoed (see [`ChannelLayer::group_send_echo`]); `None` once a read of the group,
+    /// made after that count, found it missing from Redis (another process discarded it, or
+    /// Redis lost it), until this process adds it again.
+    echo_since: Option<NonZeroU64>,
+}
+
+impl Joined {
+    pub(super) fn new(ops: &AtomicU64) -> Self {
+        // The count is taken after the membership is in Redis: a read of the group that took a
+        // later count was sent after that, and would have seen it.
+        Self { at: std::time::Instant::now(), echo_since: NonZeroU64::new(ops.fetch_add(1, Ordering::SeqCst) + 1) }
+    }
+}
+
+impl Inner {
+    /// [`ChannelLayer::group_add`](channels_core::layer::ChannelLayer::group_add): in Redis,
+    /// then in this process's record when the channel is one of its own.
+    pub(super) async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        validate_group_name(group)?;
+        validate_channel_name(channel)?;
+        self.raw_group_add(group, channel).await.map_err(|e| GroupError::Backend(backend(e)))?;
+        if self.is_ours(channel) {
+            let mut local = self.lock();
+            if let Some((name, _)) = local.channels.get_key_value(channel) {
+                let name = name.clone();
+                local.memberships.entry(group.to_owned()).or_default().insert(name, Joined::new(&self.ops));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`ChannelLayer::group_discard`](channels_core::layer::ChannelLayer::group_discard).
+    pub(super) async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        validate_group_name(group)?;
+        validate_channel_name(channel)?;
+        {
+            let mut local = self.lock();
+            if let Some(members) = local.memberships.get_mut(group) {
+                members.remove(channel);
+                if members.is_empty() {
+                    local.memberships.remove(group);
+                }
+            }
+        }
+        let mut conn = self.conn(self.shard_for(group)).await.map_err(|e| GroupError::Backend(backend(e)))?;
+        redis::cmd("ZREM")
+            .arg(self.group_key(group))
+            .arg(channel)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| GroupError::Backend(backend(e)))
+    }
+
+    /// Re-adds every local membership after Redis lost its data (a restart without persistence).
+    pub(super) async fn rejoin_groups(&self) {
+        let memberships: Vec<(String, String)> = self
+            .lock()
+            .memberships
+            .iter()
+            .flat_map(|(group, channels)| channels.iter().map(move |(c, _)| (group.clone(), c.to_string())))
+            .collect();
+        for (group, channel) in memberships {
+            if let Err(e) = self.raw_group_add(&group, &channel).await {
+                tracing::warn!(%group, error = %e, "could not re-join a group");
+                return;
+            }
+            if let Some(joined) = self.lock().memberships.get_mut(&group).and_then(|m| m.get_mut(&channel)) {
+                *joined = Joined::new(&self.ops);
+            }
+        }
+    }
+
+    pub(super) async fn raw_group_add(&self, group: &str, channel: &str) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn(self.shard_for(group)).await?;
+        redis::pipe()
+            .atomic()
+            .cmd("ZADD")
+            .arg(self.group_key(group))
+            .arg(wire::now_seconds())
+            .arg(channel)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(self.group_key(group))
+            .arg(self.group_expiry_secs())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+    }
+
+    /// [`ChannelLayer::group_send_echo`](channels_core::layer::ChannelLayer::group_send_echo):
+    /// the sender's copy goes into its mailbox at once when the sender joined `group` in this
+    /// process, the membership has not expired, and no read of the group since found it gone.
+    pub(super) fn echo(&self, group: &str, channel: &str, message: &Message) -> bool {
+        let expires = self.local_expiry();
+        let group_expiry = self.config.layer.group_expiry;
+        let mut local = self.lock();
+        let Local { channels, memberships, .. } = &mut *local;
+        let trusted = !self.echo_paused.load(Ordering::Relaxed)
+            && memberships
+                .get(group)
+                .and_then(|members| members.get(channel))
+                .is_some_and(|joined| joined.echo_since.is_some() && joined.at.elapsed() < group_expiry);
+        let Some(mailbox) = channels.get_mut(channel).filter(|_| trusted) else { return false };
+        self.push_into(mailbox, channel, message, expires);
+        true
+    }
+
+    /// Stops echoing `channel`'s sends to `group` (see [`Joined::echo_since`]) unless this
+    /// process added the membership after `op`, when the read that missed it began: the read
+    /// may have come before it.
+    pub(super) fn stop_echoing(&self, group: &str, channel: &str, op: u64) {
+        let mut local = self.lock();
+        if let Some(joined) = local.memberships.get_mut(group).and_then(|members| members.get_mut(channel))
+            && joined.echo_since.is_some_and(|since| since.get() < op)
+        {
+            joined.echo_since = None;
+            tracing::debug!(%group, %channel, "membership gone from Redis; its sends are no longer echoed");
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Where things live in Redis: the shards and their command connections, the key names of
+//! queues and groups, which shard holds a key, and which channels and queues are this
+//! process's own.
+
+use channels_core::layer::non_local_name;
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+use super::Inner;
+use crate::config::command_connection;
+use crate::wire::consistent_hash;
+
+/// One Redis host of the layer.
+pub(super) struct Shard {
+    pub(super) client: redis::Client,
+    /// The shared connection for ordinary commands, made on first use.
+    pub(super) commands: OnceCell<ConnectionManager>,
+}
+
+impl Inner {
+    pub(super) fn queue_key(&self, channel: &str) -> String {
+        format!("{}{}", self.config.prefix, non_local_name(channel))
+    }
+
+    pub(super) fn group_key(&self, group: &str) -> String {
+        format!("{}:group:{}", self.config.prefix, group)
+    }
+
+    pub(super) fn shard_for(&self, value: &str) -> usize {
+        consistent_hash(value, self.shards.len())
+    }
+
+    pub(super) fn is_ours(&self, channel: &str) -> bool {
+        // `<prefix>.<client_prefix>!<local>`: our id between the last '.' and the first '!'.
+        channel.split_once('!').is_some_and(|(non_local, _)| self.is_our_id(non_local))
+    }
+
+    /// Whether `non_local` (up to its `!`) ends in `.` and this process's id.
+    pub(super) fn is_our_id(&self, non_local: &str) -> bool {
+        non_local.strip_suffix(self.client_prefix.as_str()).is_some_and(|rest| rest.ends_with('.'))
+    }
+
+    /// Whether a process queue's name (`<prefix>.<client_prefix>!`) is one this layer reads.
+    pub(super) fn is_our_queue(&self, non_local: &str) -> bool {
+        non_local.strip_suffix('!').is_some_and(|id| self.is_our_id(id))
+    }
+
+    pub(super) async fn conn(&self, shard: usize) -> Result<ConnectionManager, redis::RedisError> {
+        let shard = &self.shards[shard];
+        command_connection(&shard.client, &shard.commands).await
+    }
+}
+
+/// Runs `pipe` on `shard`'s command connection.
+pub(super) async fn query<T: redis::FromRedisValue>(
+    inner: &Inner,
+    shard: usize,
+    pipe: &redis::Pipeline,
+) -> Result<T, redis::RedisError> {
+    let mut conn = inner.conn(shard).await?;
+    pipe.query_async(&mut conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_channel_is_ours_only_with_our_whole_id_before_its_bang() {
+        let layer = crate::RedisChannelLayer::from_url("redis://127.0.0.1:1/0").expect("layer");
+        let id = layer.inner.client_prefix.clone();
+        assert!(layer.inner.is_ours(&format!("specific.{id}!abc")));
+        assert!(layer.inner.is_ours(&format!("chat.{id}!abc")), "any new_channel prefix");
+        assert!(layer.inner.is_our_queue(&format!("specific.{id}!")));
+        for other in [
+            format!("specific.0{id}!abc"),
+            format!("specific.{}!abc", &id[1..]),
+            format!("{id}!abc"),
+            format!("specific.{id}"),
+            "specific.0123456789abcdef0123456789abcdef!abc".to_owned(),
+        ] {
+            assert!(!layer.inner.is_ours(&other), "{other}");
+        }
+        assert!(!layer.inner.is_our_queue(&format!("specific.0{id}!")));
+    }
+}
