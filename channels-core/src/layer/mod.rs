@@ -268,7 +268,9 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// Removes `channel` from `group` (a no-op when it is not a member).
     async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError>;
 
-    /// Sends `message` to every member of `group`, encoded once.
+    /// Sends `message` to every member of `group`. The message is encoded once by the caller;
+    /// a backend shares it between members (the Redis layer writes one payload per receiving
+    /// process).
     async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError>;
 
     /// Does a `group_send` for each `(group, message)`, in order, and reports on each.
