@@ -156,7 +156,7 @@ fn app(db: Db, layer: Arc<dyn ChannelLayer>, sessions: SessionMiddleware, origin
         .http("/login/", page(HTML, include_str!("static/login.html")))
         .http("/tickets/new/", page(HTML, include_str!("static/new.html")))
         .http("/tickets/{id}/", page(HTML, include_str!("static/ticket.html")))
-        .http("/static/{*path}", static_files(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/approval/static")))
+        .http("/static/{*path}", static_files(concat!(env!("CARGO_MANIFEST_DIR"), "/static")))
         .http("/api/me", api!(me))
         .http("/api/login", move |request| {
             auth::login(request, login_db.clone(), login_sessions.clone(), login_origins.clone())
