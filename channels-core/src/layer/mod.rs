@@ -303,7 +303,7 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// missing from Redis since, and the last group send did not fail). The default returns
     /// false: the in-memory layer's group sends do not wait. A backend that returns true must
     /// implement [`group_send_many_echoed`](Self::group_send_many_echoed); the semantics suite
-    /// checks it ([`an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch`](crate::testing::layer_suite::an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch)).
+    /// checks it (`testing::layer_suite::an_echoing_layer_leaves_the_echoed_copies_out_of_the_batch`, with the `testing` feature).
     ///
     /// What a connection does with its queued sends, in short:
     ///
