@@ -108,7 +108,9 @@ async fn sigterm_with_thousands_in_one_room_exits_within_the_grace_period_and_le
 
     let started = Instant::now();
     let mut readers = Vec::with_capacity(clients);
-    for batch in (0..clients).collect::<Vec<_>>().chunks(JOIN_BATCH) {
+    let join_batch: usize =
+        std::env::var("SHUTDOWN_JOIN_BATCH").ok().and_then(|n| n.parse().ok()).unwrap_or(JOIN_BATCH);
+    for batch in (0..clients).collect::<Vec<_>>().chunks(join_batch) {
         let connecting = batch.iter().map(|i| LeanClient::connect(chat.addr, format!("/ws/chat/room0/?user=u{i}")));
         for client in futures_util::future::join_all(connecting).await {
             readers.push(tokio::spawn(client.expect("connect").read_until_closed()));

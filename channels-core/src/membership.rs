@@ -125,6 +125,9 @@ struct ShutdownState {
     failed_on_closed: AtomicUsize,
 }
 
+/// `(group, channel)` pairs, as [`ChannelLayer::group_discard_many`] takes them.
+type Memberships = Vec<(String, String)>;
+
 /// Memberships handed over and not yet being removed.
 #[derive(Default)]
 struct Leaving {
@@ -187,7 +190,7 @@ impl Shutdown {
                 leaving.batch += 1;
                 (leaving.batch, std::mem::take(&mut leaving.pending))
             };
-            let mut by_layer: Vec<(Arc<dyn ChannelLayer>, Vec<(String, String)>)> = Vec::new();
+            let mut by_layer: Vec<(Arc<dyn ChannelLayer>, Memberships)> = Vec::new();
             for (layer, group, channel) in pending {
                 match by_layer.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &layer)) {
                     Some((_, memberships)) => memberships.push((group, channel)),

@@ -6,6 +6,7 @@
 //! changes.
 
 mod config;
+mod drops;
 mod json;
 mod members;
 mod message;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
 pub use config::{ConfigError, LayerConfig, LayerUrl};
+pub use drops::DroppedMessages;
 pub use members::Members;
 pub use message::{MAX_NESTING_DEPTH, Message, MessageError, RESERVED_CHANNEL_KEY};
 pub use names::{InvalidName, MAX_NAME_LENGTH, non_local_name, validate_channel_name, validate_group_name};
