@@ -1,5 +1,10 @@
 //! Graceful shutdown at scale: a chat process on Redis with thousands of connections in one
 //! room exits within its grace period on SIGTERM and leaves no membership behind.
+//!
+//! To measure other sizes: `SHUTDOWN_CLIENTS=5000 SHUTDOWN_JOIN_BATCH=10 cargo test --test
+//! shutdown_redis_e2e -- --nocapture` (the join and shutdown times are printed). Filling the
+//! room is most of the test's time (about 12 s for 2,000 on 2 cores, debug build): the chat
+//! example announces every join to the whole room.
 
 mod support;
 
@@ -132,10 +137,12 @@ async fn sigterm_with_thousands_in_one_room_exits_within_the_grace_period_and_le
     let took = signalled.elapsed();
     let log = chat.log.lock().map(|log| log.clone()).unwrap_or_default();
     eprintln!("shutdown took {took:?}; {} members left", members(&redis, group_key));
-    eprintln!("log tail: {}", log.lines().rev().take(5).collect::<Vec<_>>().join("\n"));
-    assert!(exited, "the chat process exited cleanly");
-    assert!(took <= GRACE, "shutdown took {took:?}");
-    assert_eq!(members(&redis, group_key), 0, "memberships left in Redis");
+    assert!(exited, "the chat process exited cleanly within 30 s\n{log}");
+    assert!(took <= GRACE, "shutdown took {took:?}\n{log}");
+    assert_eq!(members(&redis, group_key), 0, "memberships left in Redis\n{log}");
+    for failure in ["disconnect handler failed", "could not leave", "connections still open"] {
+        assert!(!log.contains(failure), "{failure:?} in the log\n{log}");
+    }
     let closed = futures_util::future::join_all(readers).await.into_iter().filter(|r| matches!(r, Ok(true))).count();
     assert_eq!(closed, clients, "every client got a close frame");
 }
