@@ -94,6 +94,76 @@ impl WebsocketConsumer for Member {
 
 const CONNECTIONS: usize = 50;
 
+/// Says goodbye in `disconnect`, which fails: the connection is closed by then.
+struct Polite;
+
+impl WebsocketConsumer for Polite {
+    type Event = NoEvents;
+
+    async fn connect(&mut self, ctx: &mut WebsocketContext) -> HandlerResult {
+        ctx.accept();
+        ctx.send_text("in").await?;
+        Ok(())
+    }
+
+    async fn disconnect(&mut self, ctx: &mut WebsocketContext, _code: u16) -> HandlerResult {
+        ctx.send_text("bye").await?;
+        Ok(())
+    }
+}
+
+/// What this test process logs, from the first call on.
+fn captured_log() -> Arc<Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        #[derive(Clone)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Captured(Arc::default());
+        let writer = log.clone();
+        tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).init();
+        log.0
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_hooks_failing_on_closed_connections_at_shutdown_are_one_warning() {
+    let log = captured_log();
+    let app = Application::builder(Router::new().websocket("/ws/", |_: &Scope| Polite)).build();
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_shutdown(app, async move {
+        let _ = stopped.await;
+    }));
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut client = connect(&format!("ws://{addr}/ws/")).await;
+        assert_eq!(next_text(&mut client).await, "in");
+        clients.push(client);
+    }
+
+    let _ = stop.send(());
+    futures_util::future::join_all(clients.iter_mut().map(close_code)).await;
+    tokio::time::timeout(Duration::from_secs(5), serving).await.expect("shutdown ends").expect("task").expect("serve");
+
+    let log = String::from_utf8_lossy(&log.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    assert!(!log.contains("disconnect handler failed"), "{log}");
+    let summaries: Vec<&str> =
+        log.lines().filter(|line| line.contains("disconnect handlers failed at shutdown")).collect();
+    assert_eq!(summaries.len(), 1, "{log}");
+    assert!(summaries[0].contains(&format!("failed={CONNECTIONS}")), "{}", summaries[0]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_shutdown_connections_leave_their_groups_together_and_every_disconnect_runs() {
     let layer = Arc::new(CountingLayer {
