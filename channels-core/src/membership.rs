@@ -180,6 +180,9 @@ impl Shutdown {
 
     /// Removes the pending memberships, batch after batch, until none are left.
     async fn remove_batches(&self) {
+        // Should this task end mid-way (a layer that panics), the next connection to hand over
+        // takes over, and those waiting for the batch in hand stop waiting.
+        let mut in_hand = InHand { state: &self.0, batch: None };
         loop {
             let (batch, pending) = {
                 let mut leaving = self.0.leaving.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,6 +193,7 @@ impl Shutdown {
                 leaving.batch += 1;
                 (leaving.batch, std::mem::take(&mut leaving.pending))
             };
+            in_hand.batch = Some(batch);
             let mut by_layer: Vec<(Arc<dyn ChannelLayer>, Memberships)> = Vec::new();
             for (layer, group, channel) in pending {
                 match by_layer.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &layer)) {
@@ -203,6 +207,22 @@ impl Shutdown {
                 }
             }
             self.0.removed.send_replace(batch);
+            in_hand.batch = None;
+        }
+    }
+}
+
+/// The batch a connection's task is removing, released if the task ends before it is done.
+struct InHand<'a> {
+    state: &'a ShutdownState,
+    batch: Option<u64>,
+}
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch {
+            self.state.leaving.lock().unwrap_or_else(|p| p.into_inner()).removing = false;
+            self.state.removed.send_replace(batch);
         }
     }
 }
