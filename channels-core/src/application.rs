@@ -26,6 +26,7 @@ use crate::frame::close_code;
 use crate::http::{HttpRequest, HttpResponse, full, text};
 use crate::io::{LeanIo, WsStream};
 use crate::layer::{BackendError, ChannelLayer, ChannelLayers};
+use crate::membership::Shutdown;
 use crate::middleware::{Middleware, Rejection};
 use crate::routing::{CompiledRouter, Endpoints, Resolved, Router};
 use crate::runtime::{Finished, Handshake, Session, Upgrading};
@@ -70,6 +71,8 @@ struct Inner {
     limits: AppLimits,
     connections: Arc<Semaphore>,
     tasks: Tasks,
+    /// The shutdown as connections see it (over `tasks`' signal).
+    shutdown: Shutdown,
 }
 
 /// A routed application with its channel layers: what Django's `asgi.py` `application` is.
@@ -164,6 +167,7 @@ impl ApplicationBuilder {
     /// # Panics
     /// On a route matchit rejects (see [`Router::route`]).
     pub fn build(self) -> Application {
+        let tasks = Tasks::new();
         Application {
             inner: Arc::new(Inner {
                 router: self.router.compile(),
@@ -172,7 +176,8 @@ impl ApplicationBuilder {
                 websocket_limits: Arc::new(self.websocket_limits),
                 connections: Arc::new(Semaphore::new(self.limits.max_connections)),
                 limits: self.limits,
-                tasks: Tasks::new(),
+                shutdown: Shutdown::new(tasks.shutdown_token().clone()),
+                tasks,
             }),
         }
     }
@@ -247,8 +252,18 @@ impl Application {
 
     /// Closes every WebSocket with 1001 and waits, up to the shutdown timeout, for their
     /// `disconnect` hooks. Returns how many connections were still open when it gave up.
+    ///
+    /// The connections closing leave their groups together, in bulk
+    /// ([`ChannelLayer::group_discard_many`]), before their `disconnect` hooks run, and the
+    /// layers stay in use until the last of them is done. `disconnect` hooks that fail only
+    /// because their connection is closed are summed up in one warning.
     pub async fn shutdown(&self) -> usize {
-        self.inner.tasks.shut_down(self.inner.limits.shutdown_timeout).await
+        let left = self.inner.tasks.shut_down(self.inner.limits.shutdown_timeout).await;
+        let failed = self.inner.shutdown.take_failed_on_closed();
+        if failed > 0 {
+            tracing::warn!(failed, "disconnect handlers failed at shutdown because their connections were closed");
+        }
+        left
     }
 
     /// Where connections' tasks run, and the shutdown signal they watch.
@@ -302,7 +317,7 @@ impl Application {
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections".into());
         };
         let limits = endpoint.limits().unwrap_or(&self.inner.websocket_limits).clone();
-        match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.tasks.shutdown_token().clone()).await {
+        match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.shutdown.clone()).await {
             Handshake::Accept { acceptance, session } => Upgrade::Accept { acceptance, session, limits, permit },
             Handshake::Deny { status, code } => {
                 Upgrade::Refuse { status, code, reason: "websocket connection denied".into() }

@@ -6,12 +6,12 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::WebsocketLimits;
 use crate::consumer::WebsocketConsumer;
 use crate::http::HttpHandler;
 use crate::layer::ChannelLayers;
+use crate::membership::Shutdown;
 use crate::runtime::{self, Handshake};
 use crate::scope::Scope;
 
@@ -22,7 +22,7 @@ pub(crate) trait WebsocketEndpoint: Send + Sync + 'static {
         scope: Scope,
         layers: &'a ChannelLayers,
         limits: &'a Arc<WebsocketLimits>,
-        shutdown: CancellationToken,
+        shutdown: Shutdown,
     ) -> BoxFuture<'a, Handshake>;
 
     fn limits(&self) -> Option<&Arc<WebsocketLimits>>;
@@ -86,7 +86,7 @@ where
         scope: Scope,
         layers: &'a ChannelLayers,
         limits: &'a Arc<WebsocketLimits>,
-        shutdown: CancellationToken,
+        shutdown: Shutdown,
     ) -> BoxFuture<'a, Handshake> {
         let consumer = (self.factory)(&scope);
         Box::pin(runtime::handshake(consumer, scope, layers, limits.clone(), shutdown))

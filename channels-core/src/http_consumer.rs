@@ -405,5 +405,5 @@ async fn session<C: HttpConsumer>(
     if let Err(e) = guarded(consumer.disconnect(&mut ctx)).await {
         tracing::error!(%path, error = %e, "HTTP consumer disconnect failed");
     }
-    ctx.membership.leave_all().await;
+    ctx.membership.leave_all(&[], None).await;
 }

@@ -30,6 +30,7 @@ use crate::gate::Gate;
 use crate::guarded::guarded;
 use crate::io::WsStream;
 use crate::layer::{ChannelLayers, ChannelReceiver, GroupError, Message, ReceiveError};
+use crate::membership::Shutdown;
 use crate::scope::Scope;
 use crate::tasks::Tasks;
 
@@ -89,7 +90,7 @@ pub(crate) fn handshake<C: WebsocketConsumer>(
     scope: Scope,
     layers: &ChannelLayers,
     limits: Arc<WebsocketLimits>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> impl Future<Output = Handshake> + Send + '_ {
     let span = connection_span(&scope);
     handshake_in(span.clone(), consumer, scope, layers, limits, shutdown).instrument(span)
@@ -104,7 +105,7 @@ async fn handshake_in<C: WebsocketConsumer>(
     scope: Scope,
     layers: &ChannelLayers,
     limits: Arc<WebsocketLimits>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> Handshake {
     // The channel, the groups and `connect` share one limit: a slow layer is a slow handshake.
     let deadline = Instant::now() + limits.connect_timeout;
@@ -146,7 +147,7 @@ async fn handshake_in<C: WebsocketConsumer>(
             }
         };
         // Left in the background: a layer that is slow to join is slow to leave too.
-        tokio::spawn(async move { ctx.leave_groups().await }.in_current_span());
+        tokio::spawn(async move { ctx.leave_groups(&[], None).await }.in_current_span());
         return Handshake::Deny { status, code: close_code::INTERNAL_ERROR };
     }
 
@@ -179,7 +180,7 @@ async fn handshake_in<C: WebsocketConsumer>(
         }
     };
     ctx.state = State::Closed;
-    teardown(&mut consumer, &mut ctx, denial.1).await;
+    teardown(&mut consumer, &mut ctx, denial.1, None).await;
     Handshake::Deny { status: denial.0, code: denial.1 }
 }
 
@@ -192,7 +193,7 @@ fn run<C: WebsocketConsumer>(
     mut ctx: WebsocketContext,
     socket: Upgrading,
     limits: Arc<WebsocketLimits>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     finished: Finished,
 ) -> impl Future<Output = ()> + Send {
     async move {
@@ -222,13 +223,13 @@ fn run<C: WebsocketConsumer>(
                         ctx.state = State::Closing { code };
                     }
                 }
-                event_loop(&mut consumer, &mut ctx, &limits, &shutdown, unflushed).await
+                event_loop(&mut consumer, &mut ctx, &limits, shutdown.signal(), unflushed).await
             }
             None => close_code::ABNORMAL,
         };
         ctx.state = State::Closed;
         // Boxed: the rarely used parts should not make every connection's future larger.
-        Box::pin(teardown(&mut consumer, &mut ctx, code)).await;
+        Box::pin(teardown(&mut consumer, &mut ctx, code, Some(&shutdown))).await;
         ctx.detach();
         drop(finished);
     }
@@ -236,13 +237,42 @@ fn run<C: WebsocketConsumer>(
 
 /// Sends what is still queued, then `disconnect` (and what it queued), then leave every group,
 /// then let the layer drop the channel.
-async fn teardown<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketContext, code: u16) {
+///
+/// Once the server's shutdown has begun, the groups are left before `disconnect`, together
+/// with every other connection closing then (see [`Shutdown`]): its group sends then reach
+/// the members that stay (in other processes), not the thousands closing with it.
+async fn teardown<C: WebsocketConsumer>(
+    consumer: &mut C,
+    ctx: &mut WebsocketContext,
+    code: u16,
+    shutdown: Option<&Shutdown>,
+) {
     finish_sends(consumer, ctx).await;
+    let left = match shutdown {
+        Some(shutdown) => ctx.leave_groups_at_shutdown(shutdown).await,
+        None => Vec::new(),
+    };
     if let Err(e) = guarded(consumer.disconnect(ctx, code)).await {
-        tracing::error!(path = %ctx.scope().path(), error = %e, "disconnect handler failed");
+        if !on_closed_connection(&*e) {
+            tracing::error!(path = %ctx.scope().path(), error = %e, "disconnect handler failed");
+        } else if let Some(shutdown) = shutdown.filter(|s| s.has_begun()) {
+            // Summed up once when shutdown is done: thousands of lines would say nothing more.
+            shutdown.count_failed_on_closed();
+        } else {
+            tracing::debug!(path = %ctx.scope().path(), error = %e, "disconnect handler could not reach its closed connection");
+        }
     }
     finish_sends(consumer, ctx).await;
-    ctx.leave_groups().await;
+    ctx.leave_groups(&left, shutdown).await;
+}
+
+/// Whether a handler failed because its connection is closed (or its client gone): not a bug
+/// in the handler.
+fn on_closed_connection(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<ContextError>(),
+        Some(ContextError::Closed | ContextError::Socket(_) | ContextError::SendTimeout)
+    )
 }
 
 /// Sends every queued group send and reports the failures to the consumer.

@@ -97,6 +97,8 @@ impl InMemoryChannelLayer {
         let now = Instant::now();
         let expires = now + config.expiry;
         let mut wake = Vec::new();
+        // A channel that was full, for the log's summary line.
+        let mut full_sample: Option<String> = None;
         {
             let mut state = self.lock();
             let mut at = 0;
@@ -127,6 +129,9 @@ impl InMemoryChannelLayer {
                         let Ok(report) = report else { continue };
                         if queue.items.len() >= capacity {
                             report.dropped_full += 1;
+                            if full_sample.is_none() {
+                                full_sample = Some(channel.to_string());
+                            }
                         } else {
                             wake.extend(queue.push(expires, message.borrow().clone()));
                             report.queued += 1;
@@ -144,19 +149,10 @@ impl InMemoryChannelLayer {
         for notify in wake {
             notify.notify_one();
         }
-        for ((group, _), report) in sends.iter().zip(reports.iter()) {
-            let group = group.as_ref();
-            if let Ok(report) = report
-                && report.dropped_full > 0
-            {
-                self.inner.dropped_full.fetch_add(report.dropped_full as u64, Ordering::Relaxed);
-                tracing::info!(
-                    group,
-                    dropped = report.dropped_full,
-                    of = report.queued + report.dropped_full,
-                    "group_send dropped messages for full channels"
-                );
-            }
+        let dropped: u64 = reports.iter().flatten().map(|report| report.dropped_full as u64).sum();
+        if let Some(channel) = full_sample {
+            self.inner.dropped_full.fetch_add(dropped, Ordering::Relaxed);
+            self.inner.drops.record(&channel, dropped);
         }
     }
 }
@@ -172,6 +168,30 @@ mod tests {
     use crate::layer::InMemoryChannelLayer;
     use crate::state::same_name;
     use crate::test_support::{channels_behind_an_idle_queue, msg, n_of};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_drops_for_full_channels_is_one_log_line_with_the_count() {
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || crate::test_support::Captured(writer.clone()))
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let layer = InMemoryChannelLayer::new(LayerConfig::default().capacity(1));
+        let full = layer.new_channel("specific").await.unwrap();
+        layer.group_add("room", &full).await.unwrap();
+        layer.group_send("room", msg(0)).await.unwrap();
+        for n in 1..=500 {
+            assert_eq!(layer.group_send("room", msg(n)).await.unwrap().dropped_full, 1);
+        }
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let logged = String::from_utf8_lossy(&lines.lock().unwrap()).into_owned();
+        assert_eq!(logged.lines().count(), 1, "{logged}");
+        assert!(logged.contains("dropped=500"), "{logged}");
+        assert!(logged.contains(&format!("sample_channel={full}")), "{logged}");
+        assert_eq!(layer.stats().dropped_full, 500);
+    }
 
     #[tokio::test]
     async fn groups_keep_their_members_when_they_outgrow_the_short_list() {

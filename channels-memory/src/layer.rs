@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    ChannelLayer, ChannelReceiver, ConfigError, FlushError, GroupError, GroupSendReport, LayerConfig, LayerUrl,
-    Message, NewChannelError, ReceiveError, SendError, validate_channel_name, validate_group_name,
+    ChannelLayer, ChannelReceiver, ConfigError, DroppedMessages, FlushError, GroupError, GroupSendReport, LayerConfig,
+    LayerUrl, Message, NewChannelError, ReceiveError, SendError, validate_channel_name, validate_group_name,
 };
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     /// Messages `group_send` dropped for full members, since creation.
     pub(crate) dropped_full: AtomicU64,
+    /// The drops counted in `dropped_full`, for the log: a summary line per interval.
+    pub(crate) drops: DroppedMessages,
     /// Whether the sweeper task was started (see `ensure_sweeper`).
     pub(crate) sweeper_started: AtomicBool,
 }
@@ -54,6 +56,7 @@ impl InMemoryChannelLayer {
                 config,
                 state: Mutex::new(State::default()),
                 dropped_full: AtomicU64::new(0),
+                drops: DroppedMessages::new("memory", DroppedMessages::DEFAULT_INTERVAL),
                 sweeper_started: AtomicBool::new(false),
             }),
         }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use channels_core::layer::{
-    BackendError, ChannelLayer, ChannelReceiver, ConfigError, FlushError, GroupError, GroupSendReport, LayerConfig,
-    Message, NewChannelError, ReceiveError, SendError, validate_channel_name, validate_group_name,
+    BackendError, ChannelLayer, ChannelReceiver, ConfigError, DroppedMessages, FlushError, GroupError, GroupSendReport,
+    LayerConfig, Message, NewChannelError, ReceiveError, SendError, validate_channel_name, validate_group_name,
 };
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubSink};
@@ -65,6 +65,8 @@ struct Inner {
     shards: Vec<Shard>,
     local: Mutex<Local>,
     dropped_full: AtomicU64,
+    /// The drops counted in `dropped_full`, for the log: a summary line per interval.
+    drops: DroppedMessages,
     stop: CancellationToken,
 }
 
@@ -125,7 +127,7 @@ impl Inner {
                 && !mailbox.push(message.clone(), capacity, None)
             {
                 self.dropped_full.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%channel, "local buffer full; dropping a message");
+                self.drops.record(&channel, 1);
             }
         }
     }
@@ -211,6 +213,7 @@ impl RedisPubSubChannelLayer {
                 shards,
                 local: Mutex::new(Local::default()),
                 dropped_full: AtomicU64::new(0),
+                drops: DroppedMessages::new("redis+pubsub", DroppedMessages::DEFAULT_INTERVAL),
                 stop: CancellationToken::new(),
             }),
         })

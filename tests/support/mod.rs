@@ -87,12 +87,19 @@ impl Example {
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
     pub fn terminate(&mut self) -> bool {
+        self.terminate_within(Duration::from_secs(10))
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit; returns whether it
+    /// exited successfully within it.
+    pub fn terminate_within(&mut self, limit: Duration) -> bool {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        for _ in 0..200 {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.success();
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
         false
     }

@@ -8,6 +8,7 @@ use super::{WebsocketContext, unlocked};
 use crate::error::ContextError;
 use crate::io::WsStream;
 use crate::layer::{GroupError, GroupSendReport, Message, validate_group_name};
+use crate::membership::Shutdown;
 
 impl WebsocketContext {
     fn outbox_mut(&mut self) -> Option<&mut Outbox> {
@@ -185,7 +186,15 @@ impl WebsocketContext {
         self.membership.send_to(channel, event).await
     }
 
-    pub(crate) async fn leave_groups(&mut self) {
-        self.membership.leave_all().await;
+    /// Once shutdown has begun, leaves every group together with the other connections
+    /// closing, and returns the groups left (still listed in [`Self::groups`] until
+    /// [`Self::leave_groups`]).
+    pub(crate) async fn leave_groups_at_shutdown(&self, shutdown: &Shutdown) -> Vec<String> {
+        self.membership.leave_at_shutdown(shutdown).await
+    }
+
+    /// Leaves every group not in `left`, then lets the layer release the channel.
+    pub(crate) async fn leave_groups(&mut self, left: &[String], shutdown: Option<&Shutdown>) {
+        self.membership.leave_all(left, shutdown).await;
     }
 }

@@ -6,6 +6,7 @@
 //! changes.
 
 mod config;
+mod drops;
 mod json;
 mod members;
 mod message;
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
 pub use config::{ConfigError, LayerConfig, LayerUrl};
+pub use drops::DroppedMessages;
 pub use members::Members;
 pub use message::{MAX_NESTING_DEPTH, Message, MessageError, RESERVED_CHANNEL_KEY};
 pub use names::{InvalidName, MAX_NAME_LENGTH, non_local_name, validate_channel_name, validate_group_name};
@@ -267,6 +269,34 @@ pub trait ChannelLayer: Send + Sync + 'static {
 
     /// Removes `channel` from `group` (a no-op when it is not a member).
     async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError>;
+
+    /// Removes each `(group, channel)` membership (a no-op for those that do not exist).
+    ///
+    /// The server calls it when it shuts down, for the groups of every connection closing then:
+    /// thousands of connections leave their groups together instead of with one exchange each.
+    /// A backend removes them in bulk where it can (the Redis layer: one pipeline per shard
+    /// holding the groups); the default discards them one by one.
+    ///
+    /// # Errors
+    /// The first failure; the memberships after it are still tried, and may be gone.
+    ///
+    /// ```
+    /// use channels_core::layer::ChannelLayer;
+    ///
+    /// # async fn demo(layer: &dyn ChannelLayer) -> Result<(), channels_core::layer::GroupError> {
+    /// let leaving = vec![("chat_lobby".to_owned(), "specific.a!1".to_owned())];
+    /// layer.group_discard_many(&leaving).await?;
+    /// # Ok(()) }
+    /// ```
+    async fn group_discard_many(&self, memberships: &[(String, String)]) -> Result<(), GroupError> {
+        let mut first_error = None;
+        for (group, channel) in memberships {
+            if let Err(e) = self.group_discard(group, channel).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
 
     /// Sends `message` to every member of `group`. The message is encoded once by the caller;
     /// a backend shares it between members (the Redis layer writes one payload per receiving

@@ -176,6 +176,24 @@ pub async fn group_add_is_idempotent_and_discard_stops_delivery(factory: &impl L
     assert!(receives_nothing(&*layer, &a).await);
 }
 
+/// `group_discard_many` removes exactly the memberships it names, in several groups at once;
+/// naming a membership that does not exist is fine.
+pub async fn group_discard_many_removes_just_the_memberships_named(factory: &impl LayerFactory) {
+    let layer = factory.make(LayerConfig::default()).await;
+    let (a, b) = (layer.new_channel("specific").await.expect("a"), layer.new_channel("specific").await.expect("b"));
+    for (group, channel) in [("room", &a), ("room", &b), ("hall", &a)] {
+        layer.group_add(group, channel).await.expect("group_add");
+    }
+    let leaving = [("room", &a), ("hall", &a), ("never-joined", &b)];
+    let leaving: Vec<(String, String)> = leaving.iter().map(|(g, c)| ((*g).to_owned(), (*c).clone())).collect();
+    layer.group_discard_many(&leaving).await.expect("group_discard_many");
+    layer.group_send("room", msg(1)).await.expect("group_send");
+    layer.group_send("hall", msg(2)).await.expect("group_send");
+    assert!(receives_nothing(&*layer, &a).await, "a left both groups");
+    assert_eq!(n_of(&receive(&*layer, &b).await), 1, "b stays in room");
+    assert!(receives_nothing(&*layer, &b).await);
+}
+
 /// `group_send` to a group nobody joined succeeds and delivers nothing.
 pub async fn group_send_to_an_empty_group_is_fine(factory: &impl LayerFactory) {
     let layer = factory.make(LayerConfig::default()).await;
@@ -671,6 +689,7 @@ macro_rules! layer_conformance_tests {
             new_channel_names_are_unique_and_valid,
             group_send_reaches_every_member,
             group_add_is_idempotent_and_discard_stops_delivery,
+            group_discard_many_removes_just_the_memberships_named,
             group_send_to_an_empty_group_is_fine,
             send_to_a_full_channel_is_channel_full,
             group_send_drops_for_full_members_and_counts,

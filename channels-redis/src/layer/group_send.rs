@@ -107,7 +107,6 @@ impl Inner {
         let dropped_total = self.write_queues(&mut batch.reports, writes).await;
         if dropped_total > 0 {
             self.dropped_full.fetch_add(dropped_total as u64, Ordering::Relaxed);
-            tracing::info!(dropped = dropped_total, "group_send dropped messages for full channels");
         }
         let failed = batch.reports.iter().any(|report| matches!(report, Err(GroupError::Backend(_))));
         self.echo_paused.store(failed, Ordering::Relaxed);
@@ -268,6 +267,7 @@ impl Inner {
                         } else {
                             report.dropped_full += p.members;
                             dropped_total += p.members;
+                            self.drops.record(&p.queue, p.members as u64);
                         }
                     }
                 }

@@ -1,12 +1,14 @@
 //! Groups: memberships in Redis, and this process's record of the ones its channels made, which
 //! re-adds them after Redis loses them and decides when a sender's own group send may be echoed.
 
+use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use channels_core::layer::{GroupError, Message, validate_channel_name, validate_group_name};
 
 use super::local::Local;
+use super::shards::query;
 use super::{Inner, backend};
 use crate::wire;
 
@@ -67,6 +69,42 @@ impl Inner {
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| GroupError::Backend(backend(e)))
+    }
+
+    /// [`ChannelLayer::group_discard_many`](channels_core::layer::ChannelLayer::group_discard_many):
+    /// one `ZREM` per group naming all its leaving channels, in one pipeline per shard.
+    pub(super) async fn group_discard_many(&self, memberships: &[(String, String)]) -> Result<(), GroupError> {
+        let mut by_group: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (group, channel) in memberships {
+            validate_group_name(group)?;
+            validate_channel_name(channel)?;
+            by_group.entry(group).or_default().push(channel);
+        }
+        {
+            let mut local = self.lock();
+            for (group, channels) in &by_group {
+                if let Some(members) = local.memberships.get_mut(*group) {
+                    for channel in channels {
+                        members.remove(channel);
+                    }
+                    if members.is_empty() {
+                        local.memberships.remove(*group);
+                    }
+                }
+            }
+        }
+        let mut by_shard: HashMap<usize, redis::Pipeline> = HashMap::new();
+        for (group, channels) in &by_group {
+            let pipe = by_shard.entry(self.shard_for(group)).or_insert_with(redis::pipe);
+            pipe.cmd("ZREM").arg(self.group_key(group)).arg(channels).ignore();
+        }
+        let mut first_error = None;
+        for (shard, pipe) in by_shard {
+            if let Err(e) = query::<()>(self, shard, &pipe).await {
+                first_error.get_or_insert(GroupError::Backend(backend(e)));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Re-adds every local membership after Redis lost its data (a restart without persistence).

@@ -70,7 +70,8 @@ impl Inner {
         Some(tokio::time::Instant::now() + self.config.layer.expiry)
     }
 
-    /// Queues `message` in `channel`'s `mailbox`; false (counted and logged) when it is full.
+    /// Queues `message` in `channel`'s `mailbox`; false (counted, and summed up in the log)
+    /// when it is full.
     pub(super) fn push_into(
         &self,
         mailbox: &mut Mailbox,
@@ -82,7 +83,7 @@ impl Inner {
             return true;
         }
         self.dropped_full.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%channel, "local buffer full; dropping a message");
+        self.drops.record(channel, 1);
         false
     }
 }
