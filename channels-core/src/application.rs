@@ -266,7 +266,9 @@ impl Application {
         left
     }
 
-    /// Where connections' tasks run, and the shutdown signal they watch.
+    /// Where connections' tasks run, and the shutdown signal they watch (the test communicator
+    /// runs its sessions there).
+    #[cfg(feature = "testing")]
     pub(crate) fn tasks(&self) -> &Tasks {
         &self.inner.tasks
     }
