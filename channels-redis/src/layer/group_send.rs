@@ -96,8 +96,9 @@ impl Inner {
         // Taken before the groups are read: memberships this process made after it may be
         // missing from what the read finds without having been removed.
         let op = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
-        let members = self.read_members(&mut batch, now).await;
+        let mut members = self.read_members(&mut batch, now).await;
         self.notice_removed_echoes(&batch, &members, op);
+        self.leave_out_dead(&batch.groups, &mut members);
         // Each group's members by receiving process queue: this process's own queues, and the
         // others by shard.
         let buckets: Vec<Buckets<'_>> = members.iter().map(|names| by_process(names)).collect();
