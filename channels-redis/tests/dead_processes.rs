@@ -175,3 +175,56 @@ async fn members_of_a_live_process_of_ours_are_left_alone() {
     assert_eq!(room_members(&redis), std::slice::from_ref(&member));
     assert!(alive.try_receive(&member).is_some(), "the live member got the messages");
 }
+
+/// A group of one member of another process, whose queue holds `capacity` messages already.
+fn room_with_a_full_queue(redis: &RedisServer, capacity: usize) -> (RedisChannelLayer, String) {
+    // Heartbeats only at the start, so that they do not count among the commands.
+    let url = format!("{}/0?prefix=dead&process_ttl=3600&capacity={capacity}", redis.url());
+    let layer = RedisChannelLayer::from_url(&url).expect("layer");
+    let queue = "deadspecific.00000000feedbeef!";
+    for n in 0..capacity {
+        redis.cli(&["ZADD", queue, "9999999999", &format!("old{n}")]);
+    }
+    redis.cli(&["ZADD", "dead:group:room0", "9999999999", "specific.00000000feedbeef!a"]);
+    (layer, queue.to_owned())
+}
+
+/// How many times redis-server ran `command` (from `INFO commandstats`).
+fn calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let Some(line) = stats.lines().find(|line| line.starts_with(&format!("cmdstat_{command}:"))) else { return 0 };
+    line.split(['=', ',']).nth(1).and_then(|calls| calls.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_found_full_is_not_written_again_while_it_stays_full() {
+    let redis = RedisServer::start();
+    let (layer, queue) = room_with_a_full_queue(&redis, 5);
+    let writes = || ["zadd", "evalsha", "eval"].iter().map(|command| calls(&redis, command)).sum::<u64>();
+    let mut writes_after_the_first = 0;
+    for n in 0..10 {
+        let writes_before = writes();
+        let message = Message::new(&serde_json::json!({"type": "chat.message"})).expect("message");
+        let report = layer.group_send(ROOM, message).await.expect("group_send");
+        assert_eq!((report.queued, report.dropped_full), (0, 1));
+        if n > 0 {
+            writes_after_the_first += writes() - writes_before;
+        }
+    }
+    assert_eq!(writes_after_the_first, 0, "no payload written once the queue was found full");
+    assert_eq!(redis.cli(&["ZCARD", &queue]).trim(), "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_found_full_gets_messages_again_once_it_has_room() {
+    let redis = RedisServer::start();
+    let (layer, queue) = room_with_a_full_queue(&redis, 5);
+    let send = || async {
+        let message = Message::new(&serde_json::json!({"type": "chat.message"})).expect("message");
+        layer.group_send(ROOM, message).await.expect("group_send")
+    };
+    assert_eq!(send().await.dropped_full, 1);
+    redis.cli(&["ZPOPMIN", &queue]);
+    assert_eq!(send().await.queued, 1, "the popped message made room");
+    assert_eq!(send().await.dropped_full, 1, "full again");
+}

@@ -158,6 +158,7 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
                     .filter(|(id, expiry)| *expiry < beat.redis_now && *id != inner.client_prefix)
                     .map(|(id, _)| id)
                     .collect();
+                inner.forget_full_queues(|queue| Inner::process_of(queue).is_some_and(|id| dead.contains(id)));
                 inner.liveness().dead = dead;
                 if beat.own_expiry.is_some_and(|expiry| expiry < beat.redis_now) {
                     tracing::warn!(

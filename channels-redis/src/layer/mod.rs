@@ -20,9 +20,11 @@
 //! | `local.rs` | this process's channels' mailboxes, and delivery into them |
 //! | `pump.rs` | the task per shard that pops this process's queue |
 //! | `worker.rs` | worker channels: channels_redis's in-flight backup protocol |
+//! | `full_queues.rs` | process queues found full, checked before a group send writes to them again |
 //! | `flush.rs` | `flush` |
 
 mod flush;
+mod full_queues;
 mod group_send;
 mod groups;
 mod liveness;
@@ -108,6 +110,8 @@ struct Inner {
     echo_paused: AtomicBool,
     /// The dead processes of ours, as the last heartbeat saw them (see [`liveness`]).
     liveness: Arc<Mutex<liveness::Liveness>>,
+    /// Process queues the last write found full (see [`full_queues`]).
+    full_queues: Mutex<std::collections::HashSet<String>>,
     /// The heartbeat task was started.
     heartbeating: AtomicBool,
     stop: CancellationToken,
@@ -147,6 +151,7 @@ impl RedisChannelLayer {
                 channels_made: AtomicU64::new(0),
                 echo_paused: AtomicBool::new(false),
                 liveness: Arc::default(),
+                full_queues: Mutex::default(),
                 heartbeating: AtomicBool::new(false),
                 stop: CancellationToken::new(),
                 normal_receivers: tokio::sync::Mutex::new(HashMap::new()),
