@@ -72,7 +72,7 @@ fn run(chat: &std::path::Path, scenario: &Scenario, dead_members: usize, settle:
     let layer = vec!["--layer".to_owned(), format!("{}{params}", redis.url())];
     if dead_members > 0 {
         let doomed = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
-        join_and_kill(doomed, scenario.room, dead_members)?;
+        join_and_kill(doomed, &redis, scenario.room, dead_members)?;
         println!(
             "        the room holds {} members",
             redis.cli(&["ZCARD", &format!("asgi:group:chat_{}", scenario.room)])
@@ -85,25 +85,36 @@ fn run(chat: &std::path::Path, scenario: &Scenario, dead_members: usize, settle:
     outcome
 }
 
-/// Connects `members` clients to `room` on `doomed`, waits until the last one is in, and
-/// SIGKILLs the process.
-fn join_and_kill(doomed: ServerProcess, room: &str, members: usize) -> Result<(), String> {
+/// Connects `members` clients to `room` on `doomed`, waits until all of them are in the group
+/// in Redis, and SIGKILLs the process.
+fn join_and_kill(doomed: ServerProcess, redis: &RedisServer, room: &str, members: usize) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let addr = doomed.addr();
     let clients = runtime.block_on(async {
+        // Each client reads what it is sent (the joins of the others), as a browser would: the
+        // chat example closes connections that stop reading.
         let mut clients = Vec::with_capacity(members);
         for i in 0..members {
-            clients.push(load::connect_client(&format!("ws://{addr}/ws/chat/{room}/?user=dead{i}")).await?);
+            let mut client = load::connect_client(&format!("ws://{addr}/ws/chat/{room}/?user=dead{i}")).await?;
+            clients.push(tokio::spawn(async move {
+                use futures_util::StreamExt;
+                while let Some(Ok(_)) = client.next().await {}
+            }));
         }
-        // The last client's join is done when its presence event arrives.
-        use futures_util::StreamExt;
-        if let Some(last) = clients.last_mut() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), last.next()).await;
+        let group = format!("asgi:group:chat_{room}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while redis.cli(&["ZCARD", &group]).trim() != members.to_string() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("{room} holds {} of {members} members after 60 s", redis.cli(&["ZCARD", &group])));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok::<_, String>(clients)
     })?;
     // What `stop` sends is a SIGKILL.
     doomed.stop();
-    drop(clients);
+    for client in clients {
+        client.abort();
+    }
     Ok(())
 }
