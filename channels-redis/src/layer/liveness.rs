@@ -180,7 +180,8 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
 impl RedisChannelLayer {
     /// Starts the heartbeats, once.
     pub(super) fn ensure_heartbeats(&self) {
-        if self.inner.heartbeating.swap(true, Ordering::SeqCst) {
+        // A load first: this runs on every group send, and a swap would write a shared line.
+        if self.inner.heartbeating.load(Ordering::Relaxed) || self.inner.heartbeating.swap(true, Ordering::SeqCst) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
