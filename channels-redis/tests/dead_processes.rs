@@ -228,3 +228,32 @@ async fn a_queue_found_full_gets_messages_again_once_it_has_room() {
     assert_eq!(send().await.queued, 1, "the popped message made room");
     assert_eq!(send().await.dropped_full, 1, "full again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_process_taken_for_dead_joins_its_groups_again() {
+    let redis = RedisServer::start();
+    // The process taken for dead heartbeats every second, the sender every third of one: the
+    // sender sees it dead before it notices.
+    let alive_url = format!("{}/0?prefix=dead&process_ttl=3", redis.url());
+    let (alive, sender) = (
+        RedisChannelLayer::from_url(&alive_url).expect("layer"),
+        RedisChannelLayer::from_url(&layer_url(&redis)).expect("layer"),
+    );
+    let member = alive.new_channel("specific").await.expect("channel");
+    alive.group_add(ROOM, &member).await.expect("group_add");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let id = member.trim_start_matches("specific.").split('!').next().expect("process id").to_owned();
+    // As if its heartbeats had stalled for longer than the TTL.
+    let redis_now: u64 = redis.cli(&["TIME"]).lines().next().and_then(|s| s.trim().parse().ok()).expect("TIME");
+    redis.cli(&["ZADD", "dead:processes", &(redis_now - 10).to_string(), &id]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut pruned = false;
+    while Instant::now() < deadline {
+        let message = Message::new(&serde_json::json!({"type": "chat.message"})).expect("message");
+        sender.group_send(ROOM, message).await.expect("group_send");
+        pruned |= room_members(&redis).is_empty();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pruned, "the sender took it for dead");
+    assert_eq!(room_members(&redis), std::slice::from_ref(&member), "back in the room");
+}

@@ -140,6 +140,7 @@ impl Inner {
 async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
     let mut clock_offset = 0.0;
     let mut first = true;
+    let mut rejoins_due = 0u8;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let interval = inner.config.process_ttl / 3;
@@ -164,6 +165,12 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
                     tracing::warn!(
                         "this process missed its heartbeats for longer than process_ttl; re-adding its memberships"
                     );
+                    // Now, and once more a beat later: until the others' next heartbeat, their
+                    // sends may still prune what this one re-adds.
+                    rejoins_due = 2;
+                }
+                if rejoins_due > 0 {
+                    rejoins_due -= 1;
                     inner.rejoin_groups().await;
                 }
             }
