@@ -141,16 +141,29 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
     let mut clock_offset = 0.0;
     let mut first = true;
     let mut rejoins_due = 0u8;
+    let mut interval = match weak.upgrade() {
+        Some(inner) => inner.config.process_ttl / 3,
+        None => return,
+    };
     loop {
+        // The first beat waits one interval too: it must not open the connection at the same
+        // moment as the operation that started it (when Redis is down, attempts to connect run
+        // one after the other, and that operation's error would wait for this one's). Until
+        // then this process is not listed, and nobody prunes what is not listed.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval.max(Duration::from_millis(100))) => {}
+        }
         let Some(inner) = weak.upgrade() else { return };
-        let interval = inner.config.process_ttl / 3;
+        interval = inner.config.process_ttl / 3;
         match inner.heartbeat(clock_offset).await {
             Ok(beat) => {
                 clock_offset = beat.redis_now - wire::now_seconds();
                 if first {
-                    // The first score was written on this host's clock: write it again on Redis's.
+                    // The first score was written on this host's clock: write it again on Redis's,
+                    // at once.
                     first = false;
-                    drop(inner);
+                    interval = Duration::ZERO;
                     continue;
                 }
                 let dead: HashSet<String> = beat
@@ -175,11 +188,6 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
                 }
             }
             Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying"),
-        }
-        drop(inner);
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval.max(Duration::from_millis(100))) => {}
         }
     }
 }
