@@ -135,8 +135,8 @@
 //! `CHANNELS_LAYER` environment variable with a default, so changing the backend changes no
 //! code. Every scheme takes `capacity` (default 1,000), `expiry` (60 s), `group_expiry`
 //! (86,400 s) and `channel_capacity=GLOB:N`; the Redis ones also take `prefix`,
-//! `symmetric_encryption_key` and `send_linger_ms`. An unknown scheme or parameter is an
-//! error, not ignored.
+//! `symmetric_encryption_key`, `send_linger_ms` and `process_ttl`. An unknown scheme or
+//! parameter is an error, not ignored.
 //!
 //! ```
 //! let layer = channels::layers::from_url("memory://?capacity=500&expiry=30")?;

@@ -48,6 +48,14 @@ pub struct RedisConfig {
     /// redis-server, for at most this much more latency. A batch after a pause, an awaited
     /// `group_send` and the sends of a closing connection go out at once.
     pub send_linger: Duration,
+    /// How long after its last heartbeat a process of this layer counts as dead (default
+    /// 20 s; URL parameter `process_ttl`, in seconds, 1 to 86400). Each process renews its
+    /// entry in `<prefix>:processes` every third of this; once a process's entry has expired,
+    /// the next group send of any other process to a group holding its members leaves them
+    /// out and removes them from the group: within `process_ttl` and a third of it after a
+    /// process was killed. Members of processes that never heartbeat (Python ones) are never
+    /// removed this way. See the layers guide in `docs/`.
+    pub process_ttl: Duration,
 }
 
 impl RedisConfig {
@@ -60,10 +68,11 @@ impl RedisConfig {
             blocking_timeout: Duration::from_secs(5),
             symmetric_encryption_keys: Vec::new(),
             send_linger: DEFAULT_SEND_LINGER,
+            process_ttl: DEFAULT_PROCESS_TTL,
         }
     }
 
-    /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N&symmetric_encryption_key=K&send_linger_ms=`.
+    /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N&symmetric_encryption_key=K&send_linger_ms=&process_ttl=`.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         Self::from_layer_url(LayerUrl::parse(url)?)
     }
@@ -91,6 +100,7 @@ impl RedisConfig {
         let mut prefix = "asgi".to_owned();
         let mut symmetric_encryption_keys = Vec::new();
         let mut send_linger = DEFAULT_SEND_LINGER;
+        let mut process_ttl = DEFAULT_PROCESS_TTL;
         let mut rest = Vec::new();
         for (key, value) in url.params.drain(..) {
             match key.as_str() {
@@ -101,6 +111,17 @@ impl RedisConfig {
                         ConfigError(format!("send_linger_ms must be 0 to {MAX_SEND_LINGER_MS}, got {value:?}"))
                     })?;
                     send_linger = Duration::from_millis(ms);
+                }
+                "process_ttl" => {
+                    let secs: u64 =
+                        value.parse().ok().filter(|secs| (1..=MAX_PROCESS_TTL_SECS).contains(secs)).ok_or_else(
+                            || {
+                                ConfigError(format!(
+                                    "process_ttl must be 1 to {MAX_PROCESS_TTL_SECS} seconds, got {value:?}"
+                                ))
+                            },
+                        )?;
+                    process_ttl = Duration::from_secs(secs);
                 }
                 _ => rest.push((key, value)),
             }
@@ -114,12 +135,21 @@ impl RedisConfig {
             blocking_timeout: Duration::from_secs(5),
             symmetric_encryption_keys,
             send_linger,
+            process_ttl,
         })
     }
 }
 
 /// [`RedisConfig::send_linger`] unless set.
 const DEFAULT_SEND_LINGER: Duration = Duration::from_millis(1);
+
+/// [`RedisConfig::process_ttl`] unless set: dead processes' members are pruned within about
+/// this long.
+const DEFAULT_PROCESS_TTL: Duration = Duration::from_secs(20);
+
+/// The longest `process_ttl` a URL may ask for, a day (`group_expiry`'s default): beyond
+/// that, memberships expire before their process counts as dead.
+const MAX_PROCESS_TTL_SECS: u64 = 86_400;
 
 /// The longest `send_linger_ms` a URL may ask for: a wait meant to gather a burst, not to
 /// hold messages back.
@@ -163,6 +193,7 @@ impl fmt::Debug for RedisConfig {
             .field("blocking_timeout", &self.blocking_timeout)
             .field("symmetric_encryption_keys", &vec![HIDDEN; self.symmetric_encryption_keys.len()])
             .field("send_linger", &self.send_linger)
+            .field("process_ttl", &self.process_ttl)
             .finish()
     }
 }
@@ -217,6 +248,16 @@ pub(crate) mod tests {
         for bad in ["-1", "1.5", "", "1001", "99999999999999999999"] {
             let err = RedisConfig::from_url(&format!("redis://h?send_linger_ms={bad}")).unwrap_err();
             assert!(err.to_string().contains("send_linger_ms"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn process_ttl_is_read_in_seconds_and_bounded() {
+        assert_eq!(RedisConfig::from_url("redis://h").unwrap().process_ttl, Duration::from_secs(20));
+        assert_eq!(RedisConfig::from_url("redis://h?process_ttl=2").unwrap().process_ttl, Duration::from_secs(2));
+        for bad in ["0", "-1", "1.5", "", "86401"] {
+            let err = RedisConfig::from_url(&format!("redis://h?process_ttl={bad}")).unwrap_err();
+            assert!(err.to_string().contains("process_ttl"), "{bad}: {err}");
         }
     }
 

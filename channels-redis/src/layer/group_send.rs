@@ -6,13 +6,15 @@
 //! in this process; and adds one payload per other receiving process queue and message, naming
 //! every member that queue holds, one pipeline per shard holding queues (see
 //! [`Inner::push_commands`]). Only a queue found past its capacity costs a further command,
-//! the Lua script of [`stays`].
+//! the Lua script of [`stays`]; the next batch checks it is still full before writing to it
+//! (see [`super::full_queues`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use channels_core::layer::{GroupError, GroupSendReport, Message, non_local_name, validate_group_name};
 
+use super::full_queues::Suspect;
 use super::send::stays;
 use super::shards::query;
 use super::{Inner, backend};
@@ -96,15 +98,24 @@ impl Inner {
         // Taken before the groups are read: memberships this process made after it may be
         // missing from what the read finds without having been removed.
         let op = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
-        let members = self.read_members(&mut batch, now).await;
+        let mut members = self.read_members(&mut batch, now).await;
         self.notice_removed_echoes(&batch, &members, op);
+        self.leave_out_dead(&batch.groups, &mut members);
         // Each group's members by receiving process queue: this process's own queues, and the
         // others by shard.
         let buckets: Vec<Buckets<'_>> = members.iter().map(|names| by_process(names)).collect();
         let (own, per_shard) = self.split_own_queues(&buckets);
         self.push_to_own_members(&mut batch, &buckets, &own);
-        let writes = self.queue_writes(&batch, &buckets, &per_shard, now);
-        let dropped_total = self.write_queues(&mut batch.reports, writes).await;
+        let suspects = self.suspects(&buckets, &per_shard);
+        let still_full = if suspects.is_empty() { HashSet::new() } else { self.still_full(&suspects, now).await };
+        let (writes, skipped) = self.queue_writes(&batch, &buckets, &per_shard, &still_full, now);
+        let mut dropped_total = self.write_queues(&mut batch.reports, writes).await;
+        for (send, members) in skipped {
+            if let Ok(report) = &mut batch.reports[send] {
+                report.dropped_full += members;
+                dropped_total += members;
+            }
+        }
         if dropped_total > 0 {
             self.dropped_full.fetch_add(dropped_total as u64, Ordering::Relaxed);
         }
@@ -209,18 +220,40 @@ impl Inner {
         }
     }
 
+    /// The receiving process queues that the last write found full (see [`super::full_queues`]).
+    fn suspects(&self, buckets: &[Buckets<'_>], per_shard: &[BucketsByShard]) -> Vec<Suspect> {
+        let mut suspects = Vec::new();
+        for (buckets, per_shard) in buckets.iter().zip(per_shard) {
+            for (&shard, bucket_indices) in per_shard {
+                for &b in bucket_indices {
+                    let (non_local, members) = &buckets[b];
+                    let queue = format!("{}{non_local}", self.config.prefix);
+                    if self.was_full(&queue) && !suspects.iter().any(|s: &Suspect| s.queue == queue) {
+                        let capacity = self.config.layer.capacity_for(members[0]);
+                        suspects.push(Suspect { queue, shard, capacity });
+                    }
+                }
+            }
+        }
+        suspects
+    }
+
     /// One payload per receiving process queue and message, naming every member it holds; the
     /// commands of one shard go in one pipeline, in the order of the sends, each message with a
-    /// later score than the one before (a queue is ordered by score).
+    /// later score than the one before (a queue is ordered by score). A queue in `still_full`
+    /// gets nothing: the second value lists, per such queue and send, the send and how many
+    /// members missed it.
     fn queue_writes(
         &self,
         batch: &Batch<'_>,
         buckets: &[Buckets<'_>],
         per_shard: &[BucketsByShard],
+        still_full: &HashSet<String>,
         now: f64,
-    ) -> HashMap<usize, ShardWrites> {
+    ) -> (HashMap<usize, ShardWrites>, Vec<(usize, usize)>) {
         let scores: Vec<f64> = batch.sends.iter().map(|_| self.next_score(now)).collect();
         let mut by_queue_shard: HashMap<usize, ShardWrites> = HashMap::new();
+        let mut skipped = Vec::new();
         for (i, (_, message)) in batch.sends.iter().enumerate() {
             let (Ok(_), Some(g)) = (&batch.reports[i], batch.group_of[i]) else { continue };
             let buckets = &buckets[g];
@@ -229,6 +262,10 @@ impl Inner {
                 for &b in bucket_indices {
                     let (non_local, members) = &buckets[b];
                     let queue = format!("{}{non_local}", self.config.prefix);
+                    if still_full.contains(&queue) {
+                        skipped.push((i, members.len()));
+                        continue;
+                    }
                     let payload = self.seal(wire::body_with_routing(message, &Routing::Many(members.clone())));
                     self.push_commands(pipe, &queue, now, scores[i], &payload);
                     let capacity = self.config.layer.capacity_for(members[0]);
@@ -236,7 +273,7 @@ impl Inner {
                 }
             }
         }
-        by_queue_shard
+        (by_queue_shard, skipped)
     }
 
     /// Runs each shard's queue writes and counts, per send, the members whose queue kept the
@@ -261,6 +298,7 @@ impl Inner {
             match settled.await {
                 Ok(kept) => {
                     for (p, kept) in pushed.iter().zip(kept) {
+                        self.note_full(&p.queue, !kept);
                         let Ok(report) = &mut reports[p.send] else { continue };
                         if kept {
                             report.queued += p.members;

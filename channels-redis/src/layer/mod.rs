@@ -16,14 +16,18 @@
 //! | `send.rs` | the send path: payloads, scores, the pipelined commands that add to a queue, `send` |
 //! | `group_send.rs` | group sends in batches: read the groups, deliver locally, write the queues |
 //! | `groups.rs` | memberships in Redis and this process's record of them (rejoin, echo) |
+//! | `liveness.rs` | heartbeats of this process, and pruning dead processes' members from groups |
 //! | `local.rs` | this process's channels' mailboxes, and delivery into them |
 //! | `pump.rs` | the task per shard that pops this process's queue |
 //! | `worker.rs` | worker channels: channels_redis's in-flight backup protocol |
+//! | `full_queues.rs` | process queues found full, checked before a group send writes to them again |
 //! | `flush.rs` | `flush` |
 
 mod flush;
+mod full_queues;
 mod group_send;
 mod groups;
+mod liveness;
 mod local;
 mod pump;
 mod send;
@@ -62,7 +66,9 @@ use worker::BlockingConnections;
 /// Beyond channels_redis: the process queue is read on every shard (so Python's misrouted
 /// multi-host direct sends still arrive), memberships of local channels are re-added after a
 /// Redis restart, local buffers are bounded and honour `expiry`, messages for consumers that
-/// are gone are dropped instead of piling up, and an undecodable payload is logged and skipped.
+/// are gone are dropped instead of piling up, an undecodable payload is logged and skipped,
+/// and the members that a process of ours left behind when it died without leaving its groups
+/// are pruned ([`RedisConfig::process_ttl`]).
 /// Messages from this process to its own channels (a `send`, or the local members' share of a
 /// `group_send`) go straight into their buffers instead of through Redis, and a sender's own
 /// copy of a group message it queues goes there before the group is read
@@ -104,6 +110,12 @@ struct Inner {
     /// [`ChannelLayer::group_send_echo`]) until one succeeds, so that a sender does not see
     /// its messages come back while they cannot reach anyone else.
     echo_paused: AtomicBool,
+    /// The dead processes of ours, as the last heartbeat saw them (see [`liveness`]).
+    liveness: Arc<Mutex<liveness::Liveness>>,
+    /// Process queues the last write found full (see [`full_queues`]).
+    full_queues: Mutex<std::collections::HashSet<String>>,
+    /// The heartbeat task was started.
+    heartbeating: AtomicBool,
     stop: CancellationToken,
     /// Per worker channel: one blocking connection per shard, and a lock so that this
     /// process pops a channel once at a time (as channels_redis does).
@@ -141,6 +153,9 @@ impl RedisChannelLayer {
                 ops: AtomicU64::new(0),
                 channels_made: AtomicU64::new(0),
                 echo_paused: AtomicBool::new(false),
+                liveness: Arc::default(),
+                full_queues: Mutex::default(),
+                heartbeating: AtomicBool::new(false),
                 stop: CancellationToken::new(),
                 normal_receivers: tokio::sync::Mutex::new(HashMap::new()),
             }),
@@ -194,6 +209,7 @@ impl ChannelLayer for RedisChannelLayer {
         validate_channel_name(&name)?;
         self.inner.lock().channels.entry(Arc::from(name.as_str())).or_default();
         self.ensure_pumps(&self.inner.queue_key(&name));
+        self.ensure_heartbeats();
         Ok(name)
     }
 
@@ -243,6 +259,7 @@ impl ChannelLayer for RedisChannelLayer {
     }
 
     async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
+        self.ensure_heartbeats();
         let mut reports = self.inner.send_batch(&[(group.to_owned(), message)], None).await;
         reports.pop().unwrap_or_else(|| unreachable!("one report per send"))
     }
@@ -253,6 +270,7 @@ impl ChannelLayer for RedisChannelLayer {
     /// found past its capacity costs one more. Members in this process get theirs without a
     /// round trip.
     async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
+        self.ensure_heartbeats();
         self.inner.send_batch(sends, None).await
     }
 
@@ -268,6 +286,7 @@ impl ChannelLayer for RedisChannelLayer {
         channel: &str,
         echoed: usize,
     ) -> Vec<Result<GroupSendReport, GroupError>> {
+        self.ensure_heartbeats();
         self.inner.send_batch(sends, Some((channel, echoed))).await
     }
 
