@@ -159,6 +159,14 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
         match inner.heartbeat(clock_offset).await {
             Ok(beat) => {
                 clock_offset = beat.redis_now - wire::now_seconds();
+                if beat.own_expiry.is_some_and(|expiry| expiry < beat.redis_now) {
+                    tracing::warn!(
+                        "this process missed its heartbeats for longer than process_ttl; re-adding its memberships"
+                    );
+                    // At the next beat, and once more a beat later: until the others' next
+                    // heartbeat, their sends may still prune what this one re-adds.
+                    rejoins_due = 2;
+                }
                 if first {
                     // The first score was written on this host's clock: write it again on Redis's,
                     // at once.
@@ -174,14 +182,6 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
                     .collect();
                 inner.forget_full_queues(|queue| Inner::process_of(queue).is_some_and(|id| dead.contains(id)));
                 inner.liveness().dead = dead;
-                if beat.own_expiry.is_some_and(|expiry| expiry < beat.redis_now) {
-                    tracing::warn!(
-                        "this process missed its heartbeats for longer than process_ttl; re-adding its memberships"
-                    );
-                    // Now, and once more a beat later: until the others' next heartbeat, their
-                    // sends may still prune what this one re-adds.
-                    rejoins_due = 2;
-                }
                 if rejoins_due > 0 {
                     rejoins_due -= 1;
                     inner.rejoin_groups().await;
