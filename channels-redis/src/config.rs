@@ -214,6 +214,11 @@ fn without_password(url: &str) -> Cow<'_, str> {
     })
 }
 
+/// A Redis failure as the layer trait reports it.
+pub(crate) fn backend(e: impl std::error::Error + Send + Sync + 'static) -> channels_core::layer::BackendError {
+    Box::new(e)
+}
+
 /// The shard's shared connection for ordinary commands, made on first use (and again on the
 /// next use if that failed); it reconnects by itself after a Redis restart.
 pub(crate) async fn command_connection(

@@ -25,7 +25,7 @@ use redis::aio::{ConnectionManager, PubSubSink};
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RedisConfig, command_connection};
+use crate::config::{RedisConfig, backend, command_connection};
 use crate::crypto::Encryption;
 use crate::mailbox::{self, Mailboxes};
 use crate::wire::{self, consistent_hash};
@@ -74,10 +74,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-fn backend(e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
-    Box::new(e)
 }
 
 impl Inner {

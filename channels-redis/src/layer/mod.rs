@@ -47,7 +47,7 @@ use channels_core::layer::{
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, backend};
 use crate::crypto::Encryption;
 use crate::mailbox;
 use crate::wire;
@@ -127,10 +127,6 @@ impl Drop for Inner {
         // Ends the background pumps.
         self.stop.cancel();
     }
-}
-
-fn backend(e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
-    Box::new(e)
 }
 
 impl RedisChannelLayer {
