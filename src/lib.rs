@@ -246,3 +246,4 @@ pub use channels_memory as memory;
 pub use channels_redis as redis;
 
 pub mod layers;
+pub mod presence;

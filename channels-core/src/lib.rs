@@ -43,6 +43,7 @@ mod io;
 pub mod layer;
 mod membership;
 pub mod middleware;
+pub mod presence;
 pub mod routing;
 mod runtime;
 pub mod scope;

@@ -205,6 +205,15 @@ mod tests {
     channels_core::layer_conformance_tests!(|config: LayerConfig| async move {
         Arc::new(InMemoryChannelLayer::new(config)) as Arc<dyn ChannelLayer>
     });
+
+    mod presence {
+        use super::*;
+
+        channels_core::presence_conformance_tests!(|| async {
+            let layer = Arc::new(InMemoryChannelLayer::new(LayerConfig::default())) as Arc<dyn ChannelLayer>;
+            (layer.clone(), layer)
+        });
+    }
     #[tokio::test]
     async fn drained_and_forgotten_channels_leave_nothing_behind() {
         let layer = InMemoryChannelLayer::new(LayerConfig::default());

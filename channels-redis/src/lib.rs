@@ -20,6 +20,7 @@ mod config;
 pub mod crypto;
 mod layer;
 mod mailbox;
+mod presence;
 mod pubsub;
 mod scripts;
 #[cfg(feature = "testing")]

@@ -18,7 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use channels_core::layer::{
     BackendError, ChannelLayer, ChannelReceiver, ConfigError, DroppedMessages, FlushError, GroupError, GroupSendReport,
-    LayerConfig, Message, NewChannelError, ReceiveError, SendError, validate_channel_name, validate_group_name,
+    LayerConfig, Message, NewChannelError, PresenceStore, ReceiveError, SendError, validate_channel_name,
+    validate_group_name,
 };
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubSink};
@@ -423,6 +424,17 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         self.unsubscribe(channel).await;
         for group in emptied {
             self.unsubscribe(&group).await;
+        }
+    }
+
+    /// Presence entries in Redis, beside the layer's keys (see `channels::presence`).
+    fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
+        match crate::presence::RedisPresenceStore::new(&self.inner.config) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence stays in this process: no Redis client");
+                None
+            }
         }
     }
 

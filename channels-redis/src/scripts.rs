@@ -37,3 +37,21 @@ redis.call('DEL', KEYS[2])
 ",
     )
 });
+
+/// Reads a group's presence: removes the entries whose expiry (their score in the expiry set)
+/// has passed, then returns the hash of entries and the members left in the expiry set.
+/// KEYS[1] = entries (hash), KEYS[2] = expiries (sorted set); ARGV[1] = now, in milliseconds.
+pub(crate) static PRESENCE_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for i = 1, #expired, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(expired, i, math.min(i + 999, #expired)))
+end
+if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+end
+return {redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1)}
+",
+    )
+});

@@ -11,6 +11,7 @@ mod json;
 mod members;
 mod message;
 mod names;
+mod presence;
 mod registry;
 
 use std::fmt;
@@ -24,6 +25,7 @@ pub use drops::DroppedMessages;
 pub use members::Members;
 pub use message::{MAX_NESTING_DEPTH, Message, MessageError, RESERVED_CHANNEL_KEY};
 pub use names::{InvalidName, MAX_NAME_LENGTH, non_local_name, validate_channel_name, validate_group_name};
+pub use presence::PresenceStore;
 pub use registry::{ChannelLayers, DEFAULT_ALIAS};
 
 /// A boxed error from a layer's backend (a lost Redis connection, say).
@@ -409,6 +411,13 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// Releases whatever the layer holds for `channel` once its consumer is gone. Optional;
     /// memberships still expire on their own.
     async fn forget_channel(&self, _channel: &str) {}
+
+    /// Where presence (`channels::presence`) shares its entries between processes on this backend; `None`
+    /// (the default) for a backend that serves one process, where presence stays in the
+    /// process.
+    fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
+        None
+    }
 
     /// The layer's settings.
     fn config(&self) -> &LayerConfig;

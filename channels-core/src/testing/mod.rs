@@ -18,6 +18,7 @@
 
 mod http;
 pub mod layer_suite;
+pub mod presence_suite;
 mod websocket;
 
 pub use http::{HttpCommunicator, TestResponse, TestStream};

@@ -42,7 +42,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use channels_core::layer::{
     BackendError, ChannelLayer, ChannelReceiver, ConfigError, DroppedMessages, FlushError, GroupError, GroupSendReport,
-    LayerConfig, Message, NewChannelError, ReceiveError, SendError, validate_channel_name,
+    LayerConfig, Message, NewChannelError, PresenceStore, ReceiveError, SendError, validate_channel_name,
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -314,6 +314,17 @@ impl ChannelLayer for RedisChannelLayer {
             members.remove(channel);
             !members.is_empty()
         });
+    }
+
+    /// Presence entries in Redis, beside the layer's keys (see `channels::presence`).
+    fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
+        match crate::presence::RedisPresenceStore::new(&self.inner.config) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(e) => {
+                tracing::warn!(error = %e, "presence stays in this process: no Redis client");
+                None
+            }
+        }
     }
 
     fn config(&self) -> &LayerConfig {
