@@ -3,8 +3,11 @@
 //! Run it with `cargo run --example chat` and open <http://127.0.0.1:8000/>.
 //!
 //! What it shows:
-//! - a [`WebsocketConsumer`] with typed channel-layer events (`chat.message`, `chat.join`,
-//!   `chat.leave`), joined to the group `chat_<room>` taken from the URL capture `{room}`;
+//! - a [`WebsocketConsumer`] with typed channel-layer events (`chat.message`), joined to the
+//!   group `chat_<room>` taken from the URL capture `{room}`;
+//! - who is online through `channels::presence`: across every process on the same Redis, with
+//!   joins and leaves coalesced into one diff per room and interval, so a room of thousands
+//!   filling up costs each member a message per interval rather than one per join;
 //! - the layer chosen by configuration: `--layer memory://` (default) or the `CHANNELS_LAYER`
 //!   environment variable; no code changes between backends;
 //! - the close word (`关闭` or `/close`) that makes the server close the connection cleanly;
@@ -13,20 +16,32 @@
 //! Protocol (stable; other clients rely on it):
 //! - `GET /` and `GET /home/`: the chat page. WebSocket: `/ws/chat/{room}/?user=NAME`.
 //! - Client → server: a text frame, plain text or `{"message": "..."}`.
-//! - Server → client: JSON text frames `{"type": "chat.message", "user", "text", "ts"}`,
-//!   `{"type": "chat.join", "user", "ts"}`, `{"type": "chat.leave", "user", "ts"}`, and, to a
-//!   newcomer only, `{"type": "chat.presence", "users": [...], "connections": {"user": n}}`
-//!   (who is online in this process, and with how many connections).
+//! - Server → client: JSON text frames
+//!   - `{"type": "chat.message", "user", "text", "ts"}`;
+//!   - to a newcomer, once, `{"type": "chat.presence", "users": [...], "connections": {"user": n}}`:
+//!     who is online in the room (in every process on the layer), with how many connections
+//!     each, the newcomer included; it replaces whatever view the client had (a client that
+//!     missed a diff gets a new one);
+//!   - then `{"type": "chat.presence_diff", "joins": {"user": n}, "leaves": {"user": n}}`: the
+//!     connections that joined and left since the previous diff, at most one per room every
+//!     `--presence-interval` milliseconds (default 100). A client keeps `connections[user] +=
+//!     joins[user] - leaves[user]` and shows the users above zero; a user in `joins` that was
+//!     not online has joined, one in `leaves` that drops to zero has left.
+//!   - `{"type": "chat.error", "error"}` for a message that was refused.
 //! - The same rooms over plain HTTP (see `transports.rs`): `POST /chat/{room}/messages`,
 //!   `GET /chat/{room}/events?client=ID&wait=25` (long polling; `wait=0` polls) and
 //!   `GET /chat/{room}/stream` (server-sent events), all carrying the same JSON events.
 //! - On the channel layer, room `R` is group `chat_R` and a message is the event
 //!   `{"type": "chat.message", "user": str, "text": str, "ts": float}`, as in the Django
-//!   Channels tutorial, so a Django consumer on the same layer can join the conversation.
+//!   Channels tutorial, so a Django consumer on the same layer can join the conversation
+//!   (its `chat.join` and `chat.leave` notices, if it sends any, are passed on as they are).
+//!   Presence lives in keys of its own under the layer's prefix (see `docs/presence.md`); the
+//!   entries of a process that died without cleaning up leave the views within
+//!   `--presence-ttl` seconds (default 30) and a third.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod transports;
@@ -35,6 +50,7 @@ use channels::http::page;
 use channels::http_consumer::http_consumer;
 use channels::middleware::OriginValidator;
 use channels::prelude::*;
+use channels::presence::{Presence, PresenceConfig, PresenceDiff, PresenceEvents, Presences};
 use serde::{Deserialize, Serialize};
 
 /// Longest chat message, in characters.
@@ -65,6 +81,12 @@ pub(crate) enum ChatEvent {
         #[serde(default)]
         ts: f64,
     },
+    /// Who is online, for a newcomer.
+    #[serde(rename = "chat.presence")]
+    Presence { users: Vec<String>, connections: BTreeMap<String, usize> },
+    /// Connections that joined and left since the previous diff, by user.
+    #[serde(rename = "chat.presence_diff")]
+    PresenceDiff { joins: BTreeMap<String, usize>, leaves: BTreeMap<String, usize> },
 }
 
 /// What a client may send: `{"message": "..."}` (anything else is taken as plain text).
@@ -73,47 +95,24 @@ pub(crate) struct Inbound {
     pub(crate) message: String,
 }
 
-/// Who is in each room of this process, with a connection count per user, keyed by the room's
-/// group name. A room's users are a short list rather than a map: most rooms hold few users,
-/// and the snapshot a newcomer gets walks them all anyway. Names are shared with the consumers
-/// that hold them, so an idle connection costs one list entry here.
-#[derive(Clone, Default)]
-pub(crate) struct Presence(Arc<Mutex<HashMap<Arc<str>, RoomUsers>>>);
+/// The chat's presence messages: users with their connection counts, in the shapes the page
+/// reads. Each is made once per room and interval and shared by every member.
+struct ChatPresenceEvents;
 
-/// A room's users with their connection counts.
-type RoomUsers = Vec<(Arc<str>, usize)>;
+/// Each key's number of metas: a user's connections.
+fn connection_counts(presences: &Presences) -> BTreeMap<String, usize> {
+    presences.iter().map(|(user, metas)| (user.to_owned(), metas.len())).collect()
+}
 
-impl Presence {
-    /// Counts one more connection of `user` in `group`; returns the `chat.presence` event the
-    /// newcomer gets: everyone in the room, by name, with their connection counts.
-    pub(crate) fn join(&self, group: &Arc<str>, user: &Arc<str>) -> serde_json::Value {
-        let connections: std::collections::BTreeMap<String, usize> = {
-            let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            // Room for one: `push` on an empty Vec would make room for four.
-            let users = rooms.entry(group.clone()).or_insert_with(|| Vec::with_capacity(1));
-            match users.iter_mut().find(|(name, _)| name == user) {
-                Some((_, count)) => *count += 1,
-                None => users.push((user.clone(), 1)),
-            }
-            users.iter().map(|(name, count)| (name.to_string(), *count)).collect()
-        };
-        let users: Vec<&String> = connections.keys().collect();
-        serde_json::json!({ "type": "chat.presence", "users": users, "connections": connections })
+impl PresenceEvents for ChatPresenceEvents {
+    fn state(&self, _group: &str, state: &Presences) -> Option<Message> {
+        let users = state.keys().map(str::to_owned).collect();
+        Message::new(&ChatEvent::Presence { users, connections: connection_counts(state) }).ok()
     }
 
-    pub(crate) fn leave(&self, group: &str, user: &str) {
-        let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(users) = rooms.get_mut(group) {
-            if let Some(i) = users.iter().position(|(name, _)| &**name == user) {
-                users[i].1 -= 1;
-                if users[i].1 == 0 {
-                    users.swap_remove(i);
-                }
-            }
-            if users.is_empty() {
-                rooms.remove(group);
-            }
-        }
+    fn diff(&self, _group: &str, diff: &PresenceDiff) -> Option<Message> {
+        let (joins, leaves) = (connection_counts(&diff.joins), connection_counts(&diff.leaves));
+        Message::new(&ChatEvent::PresenceDiff { joins, leaves }).ok()
     }
 }
 
@@ -122,7 +121,6 @@ struct ChatConsumer {
     group: Arc<str>,
     user: Arc<str>,
     presence: Presence,
-    joined: bool,
 }
 
 pub(crate) fn now() -> f64 {
@@ -136,7 +134,7 @@ pub(crate) fn valid_room(room: &str) -> bool {
 impl ChatConsumer {
     fn new(scope: &Scope, presence: Presence) -> Self {
         let group = format!("chat_{}", scope.param("room").unwrap_or_default());
-        Self { group: group.into(), user: user_name(scope).into(), presence, joined: false }
+        Self { group: group.into(), user: user_name(scope).into(), presence }
     }
 
     fn room(&self) -> &str {
@@ -172,10 +170,9 @@ impl WebsocketConsumer for ChatConsumer {
             return Ok(());
         }
         ctx.accept();
-        let presence = self.presence.join(&self.group, &self.user);
-        self.joined = true;
-        ctx.send_json(&presence).await?;
-        ctx.group_send(&self.group, &ChatEvent::Join { user: self.user.to_string(), ts: now() }).await?;
+        // The room's presence arrives on this connection's channel: who is online, then diffs.
+        let channel = ctx.channel_name().ok_or("the chat needs a channel layer")?;
+        self.presence.track(&self.group, channel, &self.user, serde_json::Value::Null)?;
         Ok(())
     }
 
@@ -226,16 +223,17 @@ impl WebsocketConsumer for ChatConsumer {
     /// take the default path (decoded into `ChatEvent`, unknown ones dropped).
     async fn message(&mut self, ctx: &mut WebsocketContext, message: Message) -> HandlerResult {
         match message.message_type() {
-            "chat.message" | "chat.join" | "chat.leave" => ctx.send_message_json(&message).await?,
+            "chat.message" | "chat.presence" | "chat.presence_diff" | "chat.join" | "chat.leave" => {
+                ctx.send_message_json(&message).await?
+            }
             _ => decode_and_dispatch(self, ctx, message).await?,
         }
         Ok(())
     }
 
     async fn disconnect(&mut self, ctx: &mut WebsocketContext, _code: u16) -> HandlerResult {
-        if self.joined {
-            self.presence.leave(&self.group, &self.user);
-            ctx.group_send(&self.group, &ChatEvent::Leave { user: self.user.to_string(), ts: now() }).await?;
+        if let Some(channel) = ctx.channel_name() {
+            self.presence.untrack_all(channel);
         }
         Ok(())
     }
@@ -246,15 +244,20 @@ struct Options {
     layer: String,
     allowed_origins: Vec<String>,
     poll_timeout: Duration,
+    presence_interval: Duration,
+    presence_ttl: Duration,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: chat [--bind ADDR] [--layer URL] [--allowed-origin HOST]... [--poll-timeout SECS]\n\
-         \n  --bind ADDR            listen address (default 127.0.0.1:8000, env CHANNELS_BIND)\
-         \n  --layer URL            channel layer (default memory://, env CHANNELS_LAYER)\
-         \n  --allowed-origin HOST  also accept browser pages from HOST (repeatable)\
-         \n  --poll-timeout SECS    drop polling clients silent this long (default 60)"
+         \x20           [--presence-interval MS] [--presence-ttl SECS]\n\
+         \n  --bind ADDR              listen address (default 127.0.0.1:8000, env CHANNELS_BIND)\
+         \n  --layer URL              channel layer (default memory://, env CHANNELS_LAYER)\
+         \n  --allowed-origin HOST    also accept browser pages from HOST (repeatable)\
+         \n  --poll-timeout SECS      drop polling clients silent this long (default 60)\
+         \n  --presence-interval MS   collect presence changes this long per diff (default 100)\
+         \n  --presence-ttl SECS      presence of a dead process outlives it this long (default 30)"
     );
     std::process::exit(2)
 }
@@ -265,6 +268,8 @@ fn options() -> Options {
         layer: channels::layers::url_from_env("memory://"),
         allowed_origins: Vec::new(),
         poll_timeout: Duration::from_secs(60),
+        presence_interval: PresenceConfig::default().get_interval(),
+        presence_ttl: PresenceConfig::default().get_ttl(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -281,16 +286,37 @@ fn options() -> Options {
                 Ok(secs) if secs > 0.0 && secs.is_finite() => options.poll_timeout = Duration::from_secs_f64(secs),
                 _ => usage(),
             },
+            "--presence-interval" => match value().parse::<u64>() {
+                Ok(ms) if ms <= 60_000 => options.presence_interval = Duration::from_millis(ms),
+                _ => usage(),
+            },
+            "--presence-ttl" => match value().parse::<u64>() {
+                Ok(secs) if (1..=3600).contains(&secs) => options.presence_ttl = Duration::from_secs(secs),
+                _ => usage(),
+            },
             _ => usage(),
         }
     }
     options
 }
 
+/// The chat's presence service on `layer`.
+fn presence(layer: Arc<dyn channels::layers::ChannelLayer>, options: &Options) -> Presence {
+    let config = PresenceConfig::default()
+        .interval(options.presence_interval)
+        .ttl(options.presence_ttl)
+        .events(ChatPresenceEvents);
+    Presence::with_config(layer, config)
+}
+
 /// The chat application, on any layer.
-fn app(layer: Arc<dyn channels::layers::ChannelLayer>, bind: Option<SocketAddr>, options: &Options) -> Application {
+fn app(
+    layer: Arc<dyn channels::layers::ChannelLayer>,
+    presence: Presence,
+    bind: Option<SocketAddr>,
+    options: &Options,
+) -> Application {
     let extra_origins = &options.allowed_origins;
-    let presence = Presence::default();
     let polls = transports::PollClients::new(presence.clone(), options.poll_timeout);
     tokio::spawn(polls.clone().sweep_forever(layer.clone()));
     let html = include_str!("index.html");
@@ -326,9 +352,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layer = channels::layers::from_url(&options.layer)?;
     let server = Server::bind(&options.bind).await?;
     let addr = server.local_addr()?;
-    let app = app(layer, Some(addr), &options);
+    let presence = presence(layer.clone(), &options);
+    let app = app(layer, presence.clone(), Some(addr), &options);
     tracing::info!(layer = %options.layer, "chat is running: open http://{addr}/ in a few browser tabs");
     println!("chat: open http://{addr}/ (layer {})", options.layer);
     server.serve(app).await?;
+    // The connections' entries leave the shared store now rather than by expiring.
+    presence.flush().await;
     Ok(())
 }

@@ -5,9 +5,9 @@
 //! - `GET /chat/{room}/events?client=ID&user=NAME&wait=25`: a JSON array of the events the
 //!   WebSocket sends. `wait=0` answers at once (polling); otherwise the request is held until an
 //!   event arrives or `wait` seconds pass (long polling). Each client ID has its own layer
-//!   channel in the room's group: the seed's "one queue per user". A client that stops polling
-//!   is dropped after the poll timeout and announced with `chat.leave`; `DELETE` on the same
-//!   URL leaves at once.
+//!   channel in the room's group: the seed's "one queue per user". Its first answer holds the
+//!   `chat.presence` snapshot. A client that stops polling is dropped after the poll timeout
+//!   and leaves the room's presence; `DELETE` on the same URL leaves at once.
 //! - `GET /chat/{room}/stream?user=NAME`: server-sent events, one `data:` line per event.
 
 use std::collections::HashMap;
@@ -21,12 +21,16 @@ use channels::middleware::StatusCode;
 use channels::prelude::*;
 use tokio::time::Instant;
 
-use crate::{ChatEvent, Inbound, MAX_TEXT_CHARS, Presence, now, user_name, valid_room};
+use channels::presence::Presence;
+
+use crate::{ChatEvent, Inbound, MAX_TEXT_CHARS, now, user_name, valid_room};
 
 /// Longest wait a long poll may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Most events one poll answer carries.
 const MAX_BATCH: usize = 200;
+/// How long a new client's first poll waits for its presence snapshot, whatever its `wait`.
+const FIRST_WAIT: Duration = Duration::from_secs(2);
 
 fn error(status: StatusCode, message: &str) -> HttpResponse {
     json(status, &serde_json::json!({ "error": message }))
@@ -84,7 +88,6 @@ pub(crate) async fn post_message(request: HttpRequest) -> HttpResponse {
 struct PollClient {
     channel: String,
     room: String,
-    user: String,
     last_seen: Instant,
     polling: usize,
 }
@@ -149,12 +152,17 @@ impl PollClients {
                 c.channel.clone()
             })
         };
-        let channel = match existing {
-            Some(channel) => channel,
+        let (channel, wait) = match existing {
+            Some(channel) => (channel, wait),
             // Boxed, as is `drop_client` above: both are rare, and a held poll's future would
             // otherwise keep room for them while it waits.
             None => match Box::pin(self.register(&layer, &key, user_name(&request.scope))).await {
-                Ok(events) => return json(StatusCode::OK, &events),
+                Ok(channel) => {
+                    if let Some(c) = self.lock().get_mut(&key) {
+                        c.polling += 1;
+                    }
+                    (channel, wait.max(FIRST_WAIT))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not register a polling client");
                     return error(StatusCode::SERVICE_UNAVAILABLE, "the server cannot reach its channel layer");
@@ -168,28 +176,26 @@ impl PollClients {
         json(StatusCode::OK, &events)
     }
 
-    /// A new client: its channel joins the room, it is announced, and its first answer is the
-    /// presence snapshot (as the WebSocket's first frame).
+    /// A new client: its channel joins the room and tracks the user in the room's presence,
+    /// which sends the channel the presence snapshot first.
     async fn register(
         &self,
         layer: &Arc<dyn ChannelLayer>,
         key: &(String, String),
         user: String,
-    ) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
         let (room, _) = key;
+        let group = format!("chat_{room}");
         let channel = layer.new_channel("specific").await?;
-        layer.group_add(&format!("chat_{room}"), &channel).await?;
-        let presence = self.presence.join(&format!("chat_{room}").into(), &user.as_str().into());
-        self.lock().insert(
-            key.clone(),
-            PollClient { channel, room: room.clone(), user: user.clone(), last_seen: Instant::now(), polling: 0 },
-        );
-        layer.group_send(&format!("chat_{room}"), Message::new(&ChatEvent::Join { user, ts: now() })?).await?;
-        Ok(vec![presence])
+        layer.group_add(&group, &channel).await?;
+        self.presence.track(&group, &channel, &user, serde_json::Value::Null)?;
+        let client = PollClient { channel: channel.clone(), room: room.clone(), last_seen: Instant::now(), polling: 0 };
+        self.lock().insert(key.clone(), client);
+        Ok(channel)
     }
 
-    /// Drops clients that stopped polling, announcing each with `chat.leave`. Runs until the
-    /// process ends.
+    /// Drops clients that stopped polling, taking each out of its room's presence. Runs until
+    /// the process ends.
     pub(crate) async fn sweep_forever(self, layer: Arc<dyn ChannelLayer>) {
         let mut tick = tokio::time::interval((self.timeout / 4).max(Duration::from_millis(100)));
         loop {
@@ -209,15 +215,12 @@ impl PollClients {
         }
     }
 
-    /// Takes a client's channel out of its room and announces that it left.
+    /// Takes a client's channel out of its room and its presence.
     async fn drop_client(&self, layer: &dyn ChannelLayer, client: PollClient) {
         let group = format!("chat_{}", client.room);
+        self.presence.untrack_all(&client.channel);
         let _ = layer.group_discard(&group, &client.channel).await;
         layer.forget_channel(&client.channel).await;
-        self.presence.leave(&group, &client.user);
-        if let Ok(message) = Message::new(&ChatEvent::Leave { user: client.user, ts: now() }) {
-            let _ = layer.group_send(&group, message).await;
-        }
     }
 }
 
@@ -264,17 +267,11 @@ pub(crate) struct ChatStream {
     room: String,
     user: String,
     presence: Presence,
-    joined: bool,
 }
 
 impl ChatStream {
     pub(crate) fn new(scope: &Scope, presence: Presence) -> Self {
-        Self {
-            room: scope.param("room").unwrap_or_default().to_owned(),
-            user: user_name(scope),
-            presence,
-            joined: false,
-        }
+        Self { room: scope.param("room").unwrap_or_default().to_owned(), user: user_name(scope), presence }
     }
 }
 
@@ -293,10 +290,9 @@ impl HttpConsumer for ChatStream {
             return Ok(());
         }
         ctx.send_headers(StatusCode::OK, &[("content-type", "text/event-stream"), ("x-accel-buffering", "no")]).await?;
-        let presence = self.presence.join(&format!("chat_{}", self.room).into(), &self.user.as_str().into());
-        self.joined = true;
-        ctx.send_body(format!("data: {presence}\n\n"), true).await?;
-        ctx.group_send(&format!("chat_{}", self.room), &ChatEvent::Join { user: self.user.clone(), ts: now() }).await?;
+        // The presence snapshot, then diffs, arrive as events on this stream's channel.
+        let channel = ctx.channel_name().ok_or("the chat needs a channel layer")?;
+        self.presence.track(&format!("chat_{}", self.room), channel, &self.user, serde_json::Value::Null)?;
         ctx.set_timeout(KEEPALIVE);
         Ok(())
     }
@@ -315,10 +311,8 @@ impl HttpConsumer for ChatStream {
     }
 
     async fn disconnect(&mut self, ctx: &mut HttpContext) -> HandlerResult {
-        if self.joined {
-            self.presence.leave(&format!("chat_{}", self.room), &self.user);
-            ctx.group_send(&format!("chat_{}", self.room), &ChatEvent::Leave { user: self.user.clone(), ts: now() })
-                .await?;
+        if let Some(channel) = ctx.channel_name() {
+            self.presence.untrack_all(channel);
         }
         Ok(())
     }
