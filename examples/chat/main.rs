@@ -37,7 +37,7 @@
 //!   (its `chat.join` and `chat.leave` notices, if it sends any, are passed on as they are).
 //!   Presence lives in keys of its own under the layer's prefix (see `docs/presence.md`); the
 //!   entries of a process that died without cleaning up leave the views within
-//!   `--presence-ttl` seconds (default 30) and a third.
+//!   `--presence-ttl` seconds (default 30).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -257,7 +257,7 @@ fn usage() -> ! {
          \n  --allowed-origin HOST    also accept browser pages from HOST (repeatable)\
          \n  --poll-timeout SECS      drop polling clients silent this long (default 60)\
          \n  --presence-interval MS   collect presence changes this long per diff (default 100)\
-         \n  --presence-ttl SECS      presence of a dead process outlives it this long (default 30)"
+         \n  --presence-ttl SECS      a dead process leaves the views within this (default 30)"
     );
     std::process::exit(2)
 }

@@ -76,7 +76,7 @@ pub(super) struct Group {
     joins: HashMap<Ref, Arc<Entry>>,
     leaves: HashMap<Ref, Arc<Entry>>,
     /// Channels that get diffs, and channels that get the state at the next round first.
-    watchers: Vec<Arc<str>>,
+    watchers: HashSet<Arc<str>>,
     newcomers: Vec<Arc<str>>,
     /// This process's entries, by channel.
     local: HashMap<Arc<str>, Ref>,
@@ -133,9 +133,9 @@ impl Group {
     }
 
     /// `channel` of this process tracks `entry` under `reference` (replacing what it tracked).
-    pub(super) fn track_local(&mut self, channel: &str, reference: Ref, entry: Arc<Entry>) {
+    pub(super) fn track_local(&mut self, channel: &Arc<str>, reference: Ref, entry: Arc<Entry>) {
         self.untrack_local(channel);
-        self.local.insert(channel.into(), reference.clone());
+        self.local.insert(channel.clone(), reference.clone());
         self.to_write.insert(reference.clone(), entry.clone());
         self.join(reference, entry);
     }
@@ -150,27 +150,26 @@ impl Group {
     }
 
     /// Makes `channel` a watcher; whether it was not one already.
-    pub(super) fn watch(&mut self, channel: &str) -> bool {
-        if self.watchers.iter().chain(&self.newcomers).any(|c| &**c == channel) {
+    pub(super) fn watch(&mut self, channel: &Arc<str>) -> bool {
+        if self.watchers.contains(channel) || self.newcomers.contains(channel) {
             return false;
         }
-        self.newcomers.push(channel.into());
+        self.newcomers.push(channel.clone());
         true
     }
 
     pub(super) fn unwatch(&mut self, channel: &str) {
-        if let Some(i) = self.watchers.iter().position(|c| &**c == channel) {
-            self.watchers.swap_remove(i);
-        } else if let Some(i) = self.newcomers.iter().position(|c| &**c == channel) {
+        if !self.watchers.remove(channel)
+            && let Some(i) = self.newcomers.iter().position(|c| &**c == channel)
+        {
             self.newcomers.swap_remove(i);
         }
     }
 
     /// A watcher missed a message (its queue was full): it gets the whole state again.
     pub(super) fn resend_state(&mut self, channel: &str) -> bool {
-        match self.watchers.iter().position(|c| &**c == channel) {
-            Some(i) => {
-                let channel = self.watchers.swap_remove(i);
+        match self.watchers.take(channel) {
+            Some(channel) => {
                 self.newcomers.push(channel);
                 true
             }
@@ -211,7 +210,7 @@ impl Group {
                 if let Some(message) = &message {
                     taken.sends.push((channel.clone(), message.clone()));
                 }
-                self.watchers.push(channel);
+                self.watchers.insert(channel);
             }
         }
         if !shared {

@@ -17,11 +17,11 @@
 //!
 //! Over a layer shared by several processes (the Redis layers), presence is shared too: each
 //! process writes its entries to the layer's [`PresenceStore`] and tells the others its diffs
-//! through the layer; every process keeps a copy of the groups its connections watch. Entries
-//! expire [`PresenceConfig::ttl`] (30 s by default) after their process last wrote them, and a
-//! process writes its own again every third of that, so the entries of a process that died
-//! without cleaning up (SIGKILL) leave everyone's view within `ttl` plus a third of it (40 s by
-//! default). In memory, the same API serves one process.
+//! through the layer; every process keeps a copy of the groups its connections watch. The
+//! entries of a process that died without cleaning up (SIGKILL) leave everyone's view within
+//! [`PresenceConfig::ttl`] (30 s by default): an entry expires two thirds of it after its
+//! process last wrote it, a live process writes its entries again every third of it, and every
+//! process reads the store that often. In memory, the same API serves one process.
 //!
 //! Presence never holds up the message path: [`Presence::track`] and [`Presence::untrack`]
 //! only note the change; a background task talks to the store and the layer. When the store
@@ -81,8 +81,9 @@ impl PresenceConfig {
         self
     }
 
-    /// How long an entry outlives the last write of its process (default 30 s, at least 1 s).
-    /// Processes write their entries again every third of it.
+    /// How long the entries of a process that died without untracking them can stay in the
+    /// others' views (default 30 s, at least 1 s). Each process writes its entries again, and
+    /// reads the store, every third of it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl.max(Duration::from_secs(1));
         self
@@ -102,6 +103,12 @@ impl PresenceConfig {
     /// The entries' time to live.
     pub fn get_ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// How long an entry lives in the store after a write: two thirds of the time to live, so
+    /// that with a read every third of it, a dead process's entries are gone within it.
+    fn entry_ttl(&self) -> Duration {
+        self.ttl * 2 / 3
     }
 }
 
@@ -281,11 +288,13 @@ impl State {
         (name, group)
     }
 
-    fn remember(&mut self, channel: &str, group: &Arc<str>) {
-        let groups = match self.channels.get_mut(channel) {
-            Some(groups) => groups,
-            None => self.channels.entry(channel.into()).or_insert_with(|| Vec::with_capacity(1)),
-        };
+    /// The channel's name, shared by every record of it.
+    fn channel(&self, channel: &str) -> Arc<str> {
+        self.channels.get_key_value(channel).map_or_else(|| channel.into(), |(name, _)| name.clone())
+    }
+
+    fn remember(&mut self, channel: &Arc<str>, group: &Arc<str>) {
+        let groups = self.channels.entry(channel.clone()).or_insert_with(|| Vec::with_capacity(1));
         if !groups.iter().any(|g| g == group) {
             groups.push(group.clone());
         }
@@ -346,10 +355,11 @@ impl Presence {
         let mut state = self.shared.lock();
         let reference = format!("{}.{}", self.shared.process, state.next_ref);
         state.next_ref += 1;
+        let channel = state.channel(channel);
         let (name, g) = state.group(group);
-        g.track_local(channel, reference.into(), Arc::new(entry));
-        g.watch(channel);
-        state.remember(channel, &name);
+        g.track_local(&channel, reference.into(), Arc::new(entry));
+        g.watch(&channel);
+        state.remember(&channel, &name);
         state.mark(&name);
         drop(state);
         self.shared.wake.notify_one();
@@ -362,9 +372,10 @@ impl Presence {
         validate_group_name(group)?;
         self.start();
         let mut state = self.shared.lock();
+        let channel = state.channel(channel);
         let (name, g) = state.group(group);
-        if g.watch(channel) {
-            state.remember(channel, &name);
+        if g.watch(&channel) {
+            state.remember(&channel, &name);
             state.mark(&name);
             drop(state);
             self.shared.wake.notify_one();

@@ -38,7 +38,9 @@ pub(super) fn sync_group(group: &str) -> String {
 }
 
 /// The background task: a round when something changed (after the interval, so changes
-/// coalesce), and over a shared store a refresh every third of the time to live.
+/// coalesce), and over a shared store a refresh every third of the time to live: this
+/// process's entries written again (they expire two thirds of it after a write) and the
+/// store read, so that the entries of a process that died leave the views within it.
 pub(super) async fn run(shared: Weak<Shared>) {
     let Some((wake, cancel, interval, ttl, refreshes)) = shared
         .upgrade()
@@ -102,7 +104,7 @@ impl Shared {
             let tracked: Vec<(&str, String)> = write.tracked.iter().map(|(r, e)| (&**r, e.encode())).collect();
             let pairs: Vec<(&str, &str)> = tracked.iter().map(|(r, v)| (*r, v.as_str())).collect();
             let untracked: Vec<&str> = write.untracked.iter().map(|r| &**r).collect();
-            match store.write(&group, &pairs, &untracked, self.config.ttl).await {
+            match store.write(&group, &pairs, &untracked, self.config.entry_ttl()).await {
                 Ok(()) if !write.refresh => self.tell_others(&group, &tracked, &untracked).await,
                 Ok(()) => {}
                 Err(e) => {
