@@ -12,6 +12,8 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
+
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
@@ -27,10 +29,11 @@ pub(crate) trait Transport:
     fn io(&mut self) -> &mut dyn Io;
 
     /// Puts a whole data frame (text or binary, final, unmasked as a server's frames are) into
-    /// the write buffer, sent by the next flush. Returns false, having done nothing, when the
+    /// the write buffer, sent by the next flush: a small one copied, a large one kept as the
+    /// share of its buffer that `share` returns. Returns false, having done nothing, when the
     /// frame must take the `Sink` path instead: when bytes tungstenite wrote are still waiting
-    /// for the socket (order), or when the buffer has no room (backpressure).
-    fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool;
+    /// for the socket (order), or when the buffer is full (backpressure).
+    fn buffer_data_frame(&mut self, text: bool, payload: &[u8], share: &dyn Fn() -> Bytes) -> bool;
 }
 
 impl<S: Io> Transport for WebSocketStream<LeanIo<S>> {
@@ -38,8 +41,8 @@ impl<S: Io> Transport for WebSocketStream<LeanIo<S>> {
         self.get_mut()
     }
 
-    fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool {
-        self.get_mut().buffer_data_frame(text, payload)
+    fn buffer_data_frame(&mut self, text: bool, payload: &[u8], share: &dyn Fn() -> Bytes) -> bool {
+        self.get_mut().buffer_data_frame(text, payload, share)
     }
 }
 
@@ -56,6 +59,9 @@ const WRITE_START: usize = 2 * 1024;
 
 /// Flushed write buffers each thread keeps for the next connection that writes.
 const SPARE_BUFFERS: usize = 16;
+
+/// Most pieces a write buffer holds after its first shared payload.
+const MAX_SHARED: usize = 64;
 
 thread_local! {
     /// Write buffers of finished flushes (empty, at most [`MAX_PENDING_WRITE`] bytes of room,
@@ -92,13 +98,18 @@ fn recycle(mut buffer: Vec<u8>) {
 /// tungstenite reads in small steps (its read buffer is kept small because every connection
 /// holds one); this type turns them into one system call per [`SCRATCH`] bytes. tungstenite
 /// writes every frame at once (its write buffer is off); this type gathers the frames of a
-/// burst and sends them in one call when flushed.
+/// burst and sends them in one call when flushed. A large frame's payload is not copied: the
+/// connection keeps a share of the buffer every connection sending it shares, so a frame sent
+/// to thousands costs each of them a header (tungstenite would copy it into a buffer of each
+/// connection's that keeps its size for the connection's life).
 pub(crate) struct LeanIo<S> {
     inner: S,
     /// Read from the socket but not yet taken by the reader; empty (unallocated) when idle.
     unread: Vec<u8>,
     /// Written but not yet sent; empty (unallocated) after a flush.
     unsent: Vec<u8>,
+    /// What follows `unsent` once a large payload was buffered, sent after it in order.
+    later: Option<Box<Later>>,
     /// How much of `unread` was taken.
     taken: u32,
     /// How much of `unsent` was sent.
@@ -108,9 +119,41 @@ pub(crate) struct LeanIo<S> {
     blocked: bool,
 }
 
+/// Pieces to send after a write buffer: shared payloads, and the frames buffered after them.
+#[derive(Default)]
+struct Later {
+    pieces: std::collections::VecDeque<Bytes>,
+    /// How much of the first piece was sent.
+    sent: usize,
+}
+
+/// A server's data frame header (FIN, opcode 1 for text or 2 for binary, unmasked length) for
+/// a payload of `len` bytes.
+fn frame_header(text: bool, len: usize) -> ([u8; 10], usize) {
+    let mut header = [0u8; 10];
+    header[0] = 0x80 | if text { 0x1 } else { 0x2 };
+    let size = match len {
+        0..=125 => {
+            header[1] = len as u8;
+            2
+        }
+        126..=0xffff => {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    };
+    (header, size)
+}
+
 impl<S> LeanIo<S> {
     pub(crate) fn new(inner: S) -> Self {
-        Self { inner, unread: Vec::new(), unsent: Vec::new(), taken: 0, sent: 0, blocked: false }
+        Self { inner, unread: Vec::new(), unsent: Vec::new(), later: None, taken: 0, sent: 0, blocked: false }
     }
 
     /// Makes room for `more` bytes, starting an empty buffer at [`WRITE_START`].
@@ -121,30 +164,46 @@ impl<S> LeanIo<S> {
     }
 
     /// See [`Transport::buffer_data_frame`]: the frame is encoded here, straight into the
-    /// write buffer (tungstenite would encode it into its own buffer and copy it over).
-    fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool {
-        let len = payload.len();
-        // At most a 4-byte header: what fits in the buffer has a 16-bit length at most.
-        if self.blocked || self.unsent.len() + 4 + len > MAX_PENDING_WRITE {
+    /// write buffer (tungstenite would encode it into its own buffer and copy it over); a
+    /// payload that does not fit is kept as a share of its buffer, sent after the header.
+    fn buffer_data_frame(&mut self, text: bool, payload: &[u8], share: &dyn Fn() -> Bytes) -> bool {
+        if self.blocked {
             return false;
         }
-        self.reserve_for(4 + len);
-        // FIN and the opcode (1 text, 2 binary), then the length in 7 bits or in 16.
-        self.unsent.push(0x80 | if text { 0x1 } else { 0x2 });
-        match u8::try_from(len) {
-            Ok(short) if short < 126 => self.unsent.push(short),
-            _ => {
-                self.unsent.push(126);
-                self.unsent.extend_from_slice(&(len as u16).to_be_bytes());
+        let (header, size) = frame_header(text, payload.len());
+        match &mut self.later {
+            None if self.unsent.len() + size + payload.len() <= MAX_PENDING_WRITE => {
+                self.reserve_for(size + payload.len());
+                self.unsent.extend_from_slice(&header[..size]);
+                self.unsent.extend_from_slice(payload);
             }
+            None => {
+                self.reserve_for(size);
+                self.unsent.extend_from_slice(&header[..size]);
+                let mut later = Box::<Later>::default();
+                later.pieces.push_back(share());
+                self.later = Some(later);
+            }
+            Some(later) if later.pieces.len() + 2 <= MAX_SHARED => {
+                if payload.len() <= WRITE_START {
+                    let mut frame = Vec::with_capacity(size + payload.len());
+                    frame.extend_from_slice(&header[..size]);
+                    frame.extend_from_slice(payload);
+                    later.pieces.push_back(frame.into());
+                } else {
+                    later.pieces.push_back(Bytes::copy_from_slice(&header[..size]));
+                    later.pieces.push_back(share());
+                }
+            }
+            Some(_) => return false,
         }
-        self.unsent.extend_from_slice(payload);
         true
     }
 }
 
 impl<S: AsyncWrite + Unpin> LeanIo<S> {
-    /// Sends `unsent` until it is empty, then gives it back (to this thread's spares).
+    /// Sends `unsent` until it is empty, then gives it back (to this thread's spares), then
+    /// what follows it.
     fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while (self.sent as usize) < self.unsent.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.unsent[self.sent as usize..]))?;
@@ -156,6 +215,21 @@ impl<S: AsyncWrite + Unpin> LeanIo<S> {
         }
         recycle(std::mem::take(&mut self.unsent));
         self.sent = 0;
+        while let Some(later) = &mut self.later {
+            let Some(piece) = later.pieces.front() else {
+                self.later = None;
+                break;
+            };
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &piece[later.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            later.sent += n;
+            if later.sent == piece.len() {
+                later.pieces.pop_front();
+                later.sent = 0;
+            }
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -199,7 +273,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LeanIo<S> {
         let this = &mut *self;
         // Until this write is taken whole, the writer holds bytes that must go first.
         this.blocked = true;
-        if this.unsent.len() + data.len() > MAX_PENDING_WRITE {
+        if this.later.is_some() || this.unsent.len() + data.len() > MAX_PENDING_WRITE {
             ready!(this.poll_send_unsent(cx))?;
             if data.len() >= MAX_PENDING_WRITE {
                 let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
@@ -251,6 +325,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_large_frame_goes_out_from_its_shared_buffer_in_order() {
+        let (mut far, near) = duplex(1024 * 1024);
+        let mut lean = LeanIo::new(near);
+        let big = Bytes::from(vec![b'x'; 100_000]);
+        let not_shared = || -> Bytes { panic!("a small frame is copied") };
+        assert!(lean.buffer_data_frame(true, b"hi", &not_shared));
+        assert!(lean.buffer_data_frame(true, &big, &|| big.clone()));
+        assert!(lean.unsent.capacity() <= MAX_PENDING_WRITE, "the large payload is not copied");
+        assert!(lean.buffer_data_frame(false, b"after", &not_shared));
+        lean.flush().await.unwrap();
+        assert!(lean.later.is_none() && lean.unsent.capacity() == 0, "nothing is kept after the flush");
+        drop(lean);
+        let mut wire = Vec::new();
+        far.read_to_end(&mut wire).await.unwrap();
+        let mut expected = vec![0x81, 2, b'h', b'i', 0x81, 127];
+        expected.extend_from_slice(&100_000u64.to_be_bytes());
+        expected.extend_from_slice(&big);
+        expected.extend_from_slice(&[0x82, 5, b'a', b'f', b't', b'e', b'r']);
+        assert_eq!(wire.len(), expected.len());
+        assert!(wire == expected, "frames in order, headers right");
+    }
+
+    #[tokio::test]
     async fn writes_are_sent_on_flush_and_the_buffer_freed() {
         let (far, near) = duplex(1024 * 1024);
         let mut lean = LeanIo::new(near);
@@ -275,12 +372,12 @@ mod tests {
         let (_far_a, near_a) = duplex(64 * 1024);
         let (_far_b, near_b) = duplex(64 * 1024);
         let (mut a, mut b) = (LeanIo::new(near_a), LeanIo::new(near_b));
-        assert!(a.buffer_data_frame(true, b"hello"));
+        assert!(a.buffer_data_frame(true, b"hello", &|| Bytes::from_static(b"hello")));
         let buffer = a.unsent.as_ptr();
         a.flush().await.unwrap();
         assert_eq!(a.unsent.capacity(), 0, "the connection holds no buffer after its flush");
         assert_eq!(SPARE.with(|spare| spare.borrow().len()), 1, "the thread keeps it");
-        assert!(b.buffer_data_frame(false, b"next"));
+        assert!(b.buffer_data_frame(false, b"next", &|| Bytes::from_static(b"next")));
         assert_eq!(b.unsent.as_ptr(), buffer, "the next writer takes it instead of allocating");
         assert_eq!(b.unsent, [0x82, 4, b'n', b'e', b'x', b't'], "and starts it empty");
         assert_eq!(SPARE.with(|spare| spare.borrow().len()), 0);
@@ -302,15 +399,16 @@ mod tests {
             for text in [true, false] {
                 let payload = vec![b'x'; len];
                 let mut lean = LeanIo::new(tokio::io::empty());
-                if len > MAX_PENDING_WRITE - 4 {
-                    assert!(!lean.buffer_data_frame(text, &payload), "too large for the buffer: {len}");
-                    continue;
+                assert!(lean.buffer_data_frame(text, &payload, &|| Bytes::from(payload.clone())), "{len}");
+                let mut buffered = lean.unsent.clone();
+                for piece in lean.later.iter().flat_map(|later| &later.pieces) {
+                    buffered.extend_from_slice(piece);
                 }
-                assert!(lean.buffer_data_frame(text, &payload), "{len}");
+                assert_eq!(lean.later.is_some(), len > MAX_PENDING_WRITE - 4, "shared only when too large to copy");
                 let opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
                 let mut expected = Vec::new();
                 Frame::message(payload, opcode, true).format(&mut expected).unwrap();
-                assert_eq!(lean.unsent, expected, "{len} bytes, text {text}");
+                assert_eq!(buffered, expected, "{len} bytes, text {text}");
             }
         }
     }
@@ -326,7 +424,7 @@ mod tests {
         let config = crate::config::WebsocketLimits::default().tungstenite_config();
         let mut server = WebSocketStream::from_raw_socket(LeanIo::new(near), Role::Server, Some(config)).await;
         server.feed(WsMessage::text("first")).await.unwrap();
-        assert!(server.get_mut().buffer_data_frame(true, b"second"));
+        assert!(server.get_mut().buffer_data_frame(true, b"second", &|| Bytes::from_static(b"second")));
         server.flush().await.unwrap();
         let mut client = WebSocketStream::from_raw_socket(far, Role::Client, None).await;
         for expected in ["first", "second"] {
@@ -349,7 +447,7 @@ mod tests {
             }
         };
         assert!(refused);
-        assert!(!lean.buffer_data_frame(true, b"hi"), "the refused bytes must go first");
+        assert!(!lean.buffer_data_frame(true, b"hi", &|| Bytes::from_static(b"hi")), "the refused bytes must go first");
     }
 
     #[tokio::test]

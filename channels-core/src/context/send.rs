@@ -31,7 +31,7 @@ impl WebsocketContext {
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), ContextError> {
         let text = text.into();
-        if self.buffered(true, text.as_bytes()) {
+        if self.buffered(true, text.as_bytes(), &|| Bytes::from(text.clone())) {
             return Ok(());
         }
         self.send_frame(WsMessage::Text(text.into_tungstenite())).await
@@ -40,7 +40,7 @@ impl WebsocketContext {
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, data: impl Into<Bytes>) -> Result<(), ContextError> {
         let data = data.into();
-        if self.buffered(false, &data) {
+        if self.buffered(false, &data, &|| data.clone()) {
             return Ok(());
         }
         self.send_frame(WsMessage::Binary(data)).await
@@ -49,10 +49,10 @@ impl WebsocketContext {
     /// During a burst of layer messages, puts a data frame straight into the socket's write
     /// buffer when it has room, without the futures of the general path: most frames a
     /// server sends go this way.
-    fn buffered(&mut self, text: bool, payload: &[u8]) -> bool {
+    fn buffered(&mut self, text: bool, payload: &[u8], share: &dyn Fn() -> Bytes) -> bool {
         self.batching
             && matches!(self.state, State::Open)
-            && self.socket_mut().is_some_and(|socket| socket.buffer_data_frame(text, payload))
+            && self.socket_mut().is_some_and(|socket| socket.buffer_data_frame(text, payload, share))
     }
 
     /// Sends `value` as a JSON text frame.
@@ -67,7 +67,7 @@ impl WebsocketContext {
     /// not N times. Use it from [`WebsocketConsumer::message`](crate::consumer::WebsocketConsumer::message).
     pub async fn send_message_json(&mut self, message: &Message) -> Result<(), ContextError> {
         let text = message.json().map_err(ContextError::Message)?;
-        if self.buffered(true, text.as_bytes()) {
+        if self.buffered(true, text.as_bytes(), &|| Bytes::from(text.clone())) {
             return Ok(());
         }
         self.send_frame(WsMessage::Text(text.clone().into_tungstenite())).await
