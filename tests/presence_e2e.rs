@@ -57,14 +57,14 @@ impl View {
 
 /// Reads `client` until told to stop, keeping its view in `views[index]` and counting the
 /// presence frames it got in `frames`; `complete` counts views that reached `expected` users.
-fn watch_room(
+async fn watch_room(
     mut client: Client,
     index: usize,
     views: Arc<Vec<std::sync::Mutex<View>>>,
     frames: Arc<AtomicUsize>,
     mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) {
+    {
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
@@ -81,7 +81,7 @@ fn watch_room(
                 },
             }
         }
-    })
+    }
 }
 
 /// Waits until every view in `range` has `users` users; panics with the laggards after `limit`.
@@ -115,22 +115,25 @@ async fn a_join_storm_is_coalesced_and_every_view_completes() {
     let frames = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop) = watch::channel(false);
     let started = Instant::now();
-    let mut connecting = Vec::new();
+    let mut readers = Vec::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(200));
+    let connected = Arc::new(AtomicUsize::new(0));
     for i in 0..STORM {
         let url = chat.url(&format!("/ws/chat/storm/?user=u{i}"));
-        let (views, frames, stop, permits) = (views.clone(), frames.clone(), stop.clone(), permits.clone());
-        connecting.push(tokio::spawn(async move {
+        let (views, frames, stop, permits, connected) =
+            (views.clone(), frames.clone(), stop.clone(), permits.clone(), connected.clone());
+        readers.push(tokio::spawn(async move {
             let client = {
                 let _permit = permits.acquire().await;
                 connect(&url).await
             };
-            watch_room(client, i, views, frames, stop)
+            connected.fetch_add(1, Ordering::SeqCst);
+            watch_room(client, i, views, frames, stop).await;
         }));
     }
-    let mut readers = Vec::new();
-    for task in connecting {
-        readers.push(task.await.expect("connected"));
+    while connected.load(Ordering::SeqCst) < STORM {
+        assert!(started.elapsed() < Duration::from_secs(120), "clients could not connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let joined = started.elapsed();
     until_views(&views, 0..STORM, STORM, Duration::from_secs(60)).await;
@@ -174,7 +177,7 @@ async fn two_processes_see_each_other_and_a_killed_ones_users_leave() {
     for i in 0..2 * PER_PROCESS {
         let (example, name) = if i < PER_PROCESS { (&east, format!("east{i}")) } else { (&west, format!("west{i}")) };
         let client = connect(&example.url(&format!("/ws/chat/lobby/?user={name}"))).await;
-        readers.push(watch_room(client, i, views.clone(), frames.clone(), stop.clone()));
+        readers.push(tokio::spawn(watch_room(client, i, views.clone(), frames.clone(), stop.clone())));
     }
     until_views(&views, 0..2 * PER_PROCESS, 2 * PER_PROCESS, Duration::from_secs(10)).await;
     let kill = std::process::Command::new("kill").args(["-KILL", &west.child.id().to_string()]).status();
