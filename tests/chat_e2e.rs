@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::{Example, close_code, connect, next_json, next_of_type, send_text};
+use serde_json::json;
+use support::{Example, Online, close_code, connect, next_json, next_of_type, online_until, send_text};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -34,7 +35,6 @@ async fn twenty_clients_in_a_room_get_all_200_messages_in_order_and_other_rooms_
     }
     let mut outsider = connect(&example.url("/ws/chat/elsewhere/?user=x")).await;
     assert_eq!(next_json(&mut outsider).await["type"], "chat.presence");
-    assert_eq!(next_json(&mut outsider).await["type"], "chat.join", "its own join notice");
 
     for (i, client) in clients.iter_mut().enumerate() {
         for k in 0..10 {
@@ -66,20 +66,55 @@ async fn twenty_clients_in_a_room_get_all_200_messages_in_order_and_other_rooms_
 }
 
 #[tokio::test]
-async fn plain_text_and_join_leave_notices_reach_the_room() {
+async fn plain_text_and_presence_diffs_reach_the_room() {
     let example = Example::start("chat", &[]);
     let mut ann = connect(&example.url("/ws/chat/lobby/?user=ann")).await;
-    assert_eq!(next_json(&mut ann).await["users"], serde_json::json!(["ann"]));
+    let presence = next_json(&mut ann).await;
+    assert_eq!(presence, json!({"type": "chat.presence", "users": ["ann"], "connections": {"ann": 1}}));
     let mut bob = connect(&example.url("/ws/chat/lobby/?user=bob")).await;
-    assert_eq!(next_json(&mut bob).await["users"], serde_json::json!(["ann", "bob"]));
-    assert_eq!(next_of_type(&mut ann, "chat.join").await["user"], "ann", "a newcomer hears its own join first");
-    assert_eq!(next_of_type(&mut ann, "chat.join").await["user"], "bob");
+    assert_eq!(next_json(&mut bob).await["users"], json!(["ann", "bob"]));
+    // The first diff ann gets is bob's arrival: her own is in her presence, never in a diff.
+    let joined = next_json(&mut ann).await;
+    assert_eq!(joined, json!({"type": "chat.presence_diff", "joins": {"bob": 1}, "leaves": {}}));
     send_text(&mut bob, "<b>hello</b>").await;
     let event = next_of_type(&mut ann, "chat.message").await;
     assert_eq!((event["user"].as_str(), event["text"].as_str()), (Some("bob"), Some("<b>hello</b>")));
-    assert_eq!(next_of_type(&mut bob, "chat.message").await["text"], "<b>hello</b>", "the sender gets its own message");
+    assert_eq!(
+        next_json(&mut bob).await["text"],
+        "<b>hello</b>",
+        "the sender gets its own message, and no diff of its own arrival"
+    );
     bob.close(None).await.expect("close");
-    assert_eq!(next_of_type(&mut ann, "chat.leave").await["user"], "bob");
+    let left = next_of_type(&mut ann, "chat.presence_diff").await;
+    assert_eq!(left, json!({"type": "chat.presence_diff", "joins": {}, "leaves": {"bob": 1}}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_storm_reaches_a_member_in_a_few_coalesced_diffs() {
+    let example = Example::start("chat", &["--presence-interval", "200"]);
+    let mut watcher = connect(&example.url("/ws/chat/storm/?user=watcher")).await;
+    let mut online = Online::default();
+    online.apply(&next_json(&mut watcher).await);
+    let started = std::time::Instant::now();
+    let mut crowd = Vec::new();
+    for i in 0..30 {
+        crowd.push(connect(&example.url(&format!("/ws/chat/storm/?user=u{}", i % 10))).await);
+    }
+    let mut diffs = 0u128;
+    while online.0.values().sum::<u64>() < 31 {
+        let event = next_json(&mut watcher).await;
+        assert_eq!(event["type"], "chat.presence_diff", "only diffs follow the presence");
+        online.apply(&event);
+        diffs += 1;
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("u{i}")).chain(["watcher".into()]).collect();
+    assert_eq!(online.users(), expected.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(online.0.iter().all(|(user, n)| *n == if user == "watcher" { 1 } else { 3 }), "{online:?}");
+    // At most one diff per 200 ms interval, however many joined in it.
+    let intervals = started.elapsed().as_millis() / 200;
+    assert!(diffs <= intervals + 2, "30 connections joined in {diffs} diffs over {intervals} intervals");
+    drop(crowd);
+    online_until(&mut watcher, &mut online, |o| o.users() == ["watcher"]).await;
 }
 
 #[tokio::test]
@@ -204,8 +239,8 @@ async fn presence_counts_every_connection_of_a_user() {
     next_json(&mut second).await;
     let mut bob = connect(&example.url("/ws/chat/tabs/?user=bob")).await;
     let presence = next_json(&mut bob).await;
-    assert_eq!(presence["users"], serde_json::json!(["bob", "dave"]));
-    assert_eq!(presence["connections"], serde_json::json!({"bob": 1, "dave": 2}));
+    assert_eq!(presence["users"], json!(["bob", "dave"]));
+    assert_eq!(presence["connections"], json!({"bob": 1, "dave": 2}));
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use channels::redis::testing::RedisServer;
-use support::{Example, connect, next_json, next_of_type, send_text};
+use support::{Example, Online, connect, next_json, next_of_type, online_until, send_text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chat_processes_on_one_redis_share_a_room() {
@@ -31,13 +31,15 @@ async fn two_chat_processes_on_one_redis_share_a_room() {
             heard.insert(event["text"].as_str().unwrap_or_default().to_owned());
         }
     }
-    // Joins cross processes too: a newcomer on west is announced on east.
+    // Presence crosses processes too: a newcomer on west is announced on east, and sees
+    // everyone, in both processes.
     let mut late = connect(&west.url("/ws/chat/shared/?user=late")).await;
-    next_json(&mut late).await;
+    let mut online = Online::default();
+    online_until(&mut late, &mut online, |o| o.users() == ["c0", "c1", "c2", "c3", "c4", "c5", "late"]).await;
     let announced = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            let event = next_of_type(&mut clients[0], "chat.join").await;
-            if event["user"] == "late" {
+            let event = next_of_type(&mut clients[0], "chat.presence_diff").await;
+            if event["joins"]["late"] == 1 {
                 break;
             }
         }
@@ -95,4 +97,22 @@ async fn chat_survives_a_redis_restart() {
     })
     .await;
     assert!(recovered.is_ok(), "bob (connected through the outage) hears carol within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_join_and_leave_notices_on_the_layer_reach_the_room_as_they_are() {
+    use channels::layers::{ChannelLayer, Message as LayerMessage};
+    use channels::redis::RedisChannelLayer;
+
+    let redis = RedisServer::start();
+    let chat = Example::start("chat", &["--layer", &redis.url()]);
+    let mut ann = connect(&chat.url("/ws/chat/peers/?user=ann")).await;
+    assert_eq!(next_json(&mut ann).await["type"], "chat.presence");
+    // What a Django consumer on the same layer might announce; the chat never sends these.
+    let peer = RedisChannelLayer::from_url(&redis.url()).expect("layer");
+    for kind in ["chat.join", "chat.leave"] {
+        let event = serde_json::json!({ "type": kind, "user": "django", "ts": 1.5e9 });
+        peer.group_send("chat_peers", LayerMessage::new(&event).expect("message")).await.expect("group_send");
+        assert_eq!(next_json(&mut ann).await, event);
+    }
 }

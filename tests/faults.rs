@@ -5,11 +5,13 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use channels::layers::ChannelLayer;
+use channels::presence::Presence;
 use channels::redis::RedisChannelLayer;
 use channels::redis::testing::RedisServer;
 use futures_util::{SinkExt, StreamExt};
@@ -168,35 +170,34 @@ async fn graceful_shutdown_under_load_closes_all_with_1001_runs_every_disconnect
     const ROOMS: usize = 4;
     const PER_ROOM: usize = 25;
     let redis = RedisServer::start();
-    let mut chat = chat_on(&redis);
+    // Entries that no disconnect hook removed would expire only 120 s after they were written,
+    // long after the observer below gives up (60 s): every leave it hears comes from a hook.
+    let mut chat = Example::start("chat", &["--layer", &redis.url(), "--presence-ttl", "120"]);
 
-    // An observer on the same Redis, in every room: it hears each disconnect hook's chat.leave.
+    // An observer on the same Redis watches every room's presence: a disconnect hook takes its
+    // connection out of the presence, which reaches the observer as a leave in a diff.
     let observer = RedisChannelLayer::from_url(&redis.url()).expect("observer layer");
     let me = observer.new_channel("specific").await.expect("observer channel");
+    let presence = Presence::new(Arc::new(observer.clone()));
     for room in 0..ROOMS {
-        observer.group_add(&format!("chat_r{room}"), &me).await.expect("observer joins");
+        presence.subscribe(&format!("chat_r{room}"), &me).expect("observer watches the room");
     }
 
-    // The observer reads all along (its buffer holds only `capacity` messages), keeping the
-    // names of those who left.
+    // The observer reads all along, counting the connections that left, by user.
     let collector = {
         let (observer, me) = (observer.clone(), me.clone());
         tokio::spawn(async move {
-            let mut left = HashSet::new();
+            let mut left: HashMap<String, usize> = HashMap::new();
             let deadline = Instant::now() + Duration::from_secs(60);
-            while left.len() < ROOMS * (PER_ROOM + 1) && Instant::now() < deadline {
+            while left.values().sum::<usize>() < ROOMS * (PER_ROOM + 1) && Instant::now() < deadline {
                 let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), observer.receive(&me)).await else {
                     continue;
                 };
-                let event = message.to_value().expect("event");
-                let field = |name: &str| {
-                    event
-                        .as_map()
-                        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some(name)))
-                        .and_then(|(_, v)| v.as_str())
-                };
-                if field("type") == Some("chat.leave") {
-                    left.insert(field("user").unwrap_or_default().to_owned());
+                if message.message_type() == "presence.diff" {
+                    let diff: serde_json::Value = message.decode().expect("a presence diff");
+                    for (user, entry) in diff["leaves"].as_object().into_iter().flatten() {
+                        *left.entry(user.clone()).or_default() += entry["metas"].as_array().map_or(0, Vec::len);
+                    }
                 }
             }
             left
@@ -233,6 +234,10 @@ async fn graceful_shutdown_under_load_closes_all_with_1001_runs_every_disconnect
         .map(|mut client| tokio::spawn(async move { close_code_while_reading(&mut client).await }))
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    for room in 0..ROOMS {
+        let members: usize = redis.cli(&["ZCARD", &format!("asgi:group:chat_r{room}")]).trim().parse().expect("ZCARD");
+        assert!(members >= PER_ROOM, "room r{room} has {members} members before the shutdown");
+    }
 
     assert!(chat.terminate(), "the server exits cleanly on SIGTERM");
     for reader in readers {
@@ -243,21 +248,26 @@ async fn graceful_shutdown_under_load_closes_all_with_1001_runs_every_disconnect
         assert!(sent > 10, "the load was on during the shutdown ({sent} messages)");
     }
 
-    // Every disconnect hook ran: each member's chat.leave reached the observer.
+    // Every disconnect hook ran: each member's connection left the presence, once.
     let left = collector.await.expect("collector");
     assert_eq!(
         left.len(),
         ROOMS * (PER_ROOM + 1),
-        "every disconnect hook ran (heard {} leaves; the observer dropped {} for a full buffer)",
+        "every disconnect hook ran (heard {} users leave; the observer dropped {} for a full buffer)",
         left.len(),
         observer.dropped_full()
     );
+    assert!(left.values().all(|n| *n == 1), "each connection left once: {left:?}");
+    for room in 0..ROOMS {
+        let online = presence.list(&format!("chat_r{room}")).await.expect("presence");
+        assert!(online.is_empty(), "the observer still sees {online:?} in room r{room}");
+    }
 
     // And no membership of the stopped server is left in Redis.
     for room in 0..ROOMS {
         let members = redis.cli(&["ZRANGE", &format!("asgi:group:chat_r{room}"), "0", "-1"]);
         let members: Vec<&str> = members.lines().filter(|l| !l.is_empty()).collect();
-        assert_eq!(members, [me.as_str()], "room r{room} still lists the stopped server's channels");
+        assert!(members.is_empty(), "room r{room} still lists the stopped server's channels: {members:?}");
     }
 }
 

@@ -5,7 +5,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use support::{EventStream, Example, connect, http, next_json, next_of_type, send_text};
+use serde_json::json;
+use support::{EventStream, Example, Online, connect, http, next_json, next_of_type, online_until, send_text};
 
 /// Long-polls until `count` chat messages arrived; returns their texts in order.
 async fn poll_messages(example: &Example, room: &str, client: &str, wait: u32, count: usize) -> Vec<String> {
@@ -81,14 +82,41 @@ async fn websocket_long_poll_poll_and_sse_users_share_one_room() {
 async fn an_abandoned_polling_client_is_dropped_and_announced() {
     let example = Example::start("chat", &["--poll-timeout", "1"]);
     let mut watcher = connect(&example.url("/ws/chat/quiet/?user=watcher")).await;
-    next_json(&mut watcher).await;
+    assert_eq!(next_json(&mut watcher).await["users"], json!(["watcher"]));
     let (status, _) = http(example.addr, "GET", "/chat/quiet/events?client=ghost&user=ghost&wait=0", "").await;
     assert_eq!(status, 200);
-    assert_eq!(next_of_type(&mut watcher, "chat.join").await["user"], "watcher");
-    assert_eq!(next_of_type(&mut watcher, "chat.join").await["user"], "ghost");
+    let joined = next_json(&mut watcher).await;
+    assert_eq!(joined, json!({"type": "chat.presence_diff", "joins": {"ghost": 1}, "leaves": {}}));
     // The ghost never polls again.
-    let leave = tokio::time::timeout(Duration::from_secs(5), next_of_type(&mut watcher, "chat.leave")).await;
-    assert_eq!(leave.expect("announced within 5 s")["user"], "ghost");
+    let left = tokio::time::timeout(Duration::from_secs(5), next_json(&mut watcher)).await;
+    let left = left.expect("announced within 5 s");
+    assert_eq!(left, json!({"type": "chat.presence_diff", "joins": {}, "leaves": {"ghost": 1}}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pollers_first_answer_holds_its_presence_even_in_a_busy_room() {
+    let example = Example::start("chat", &[]);
+    let mut talker = connect(&example.url("/ws/chat/busy/?user=talker")).await;
+    next_json(&mut talker).await;
+    let chatter = tokio::spawn(async move {
+        for n in 0..2000 {
+            send_text(&mut talker, &format!("busy {n}")).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        talker
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for client in 0..5 {
+        let (status, body) =
+            http(example.addr, "GET", &format!("/chat/busy/events?client=newcomer{client}&user=n{client}&wait=0"), "")
+                .await;
+        assert_eq!(status, 200, "{body}");
+        let events: Vec<serde_json::Value> = serde_json::from_str(&body).expect("a JSON array");
+        let presence = events.iter().find(|e| e["type"] == "chat.presence");
+        let presence = presence.unwrap_or_else(|| panic!("the first answer holds the presence snapshot: {body:.300}"));
+        assert!(presence["users"].as_array().expect("users").contains(&json!(format!("n{client}"))), "{presence}");
+    }
+    chatter.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +124,6 @@ async fn malformed_posts_get_clear_errors_and_nothing_is_broadcast() {
     let example = Example::start("chat", &[]);
     let mut listener = connect(&example.url("/ws/chat/strict/?user=listener")).await;
     next_json(&mut listener).await;
-    next_of_type(&mut listener, "chat.join").await;
     let big_text = "x".repeat(5000);
     let huge_body = "y".repeat((1 << 20) + 1);
     let cases: [(&str, &str, u16, &str); 6] = [
@@ -126,14 +153,15 @@ async fn malformed_posts_get_clear_errors_and_nothing_is_broadcast() {
 async fn a_poller_that_hangs_up_mid_wait_still_times_out_and_delete_leaves_at_once() {
     let example = Example::start("chat", &["--poll-timeout", "1"]);
     let mut watcher = connect(&example.url("/ws/chat/cut/?user=watcher")).await;
-    next_json(&mut watcher).await;
-    next_of_type(&mut watcher, "chat.join").await;
+    let mut online = Online::default();
+    online.apply(&next_json(&mut watcher).await);
     for (client, user) in [("cutoff", "cutoff"), ("leaver", "leaver")] {
         let (status, _) = http(example.addr, "GET", &format!("/chat/cut/events?client={client}&user={user}"), "").await;
         assert_eq!(status, 200);
-        assert_eq!(next_of_type(&mut watcher, "chat.join").await["user"], user);
+        online_until(&mut watcher, &mut online, |o| o.0.contains_key(user)).await;
     }
-    // Drain the join notices, then start a long poll and hang up in the middle of it.
+    // Drain what the cut-off poller was sent since, then start a long poll and hang up in the
+    // middle of it.
     http(example.addr, "GET", "/chat/cut/events?client=cutoff&wait=0", "").await;
     let addr = example.addr;
     let held = tokio::spawn(async move { http(addr, "GET", "/chat/cut/events?client=cutoff&wait=25", "").await });
@@ -142,9 +170,12 @@ async fn a_poller_that_hangs_up_mid_wait_still_times_out_and_delete_leaves_at_on
     // The leaver says goodbye explicitly.
     let (status, _) = http(example.addr, "DELETE", "/chat/cut/events?client=leaver", "").await;
     assert_eq!(status, 200);
-    assert_eq!(next_of_type(&mut watcher, "chat.leave").await["user"], "leaver");
+    online_until(&mut watcher, &mut online, |o| !o.0.contains_key("leaver")).await;
     let (status, _) = http(example.addr, "DELETE", "/chat/cut/events?client=leaver", "").await;
     assert_eq!(status, 404, "gone already");
-    let leave = tokio::time::timeout(Duration::from_secs(5), next_of_type(&mut watcher, "chat.leave")).await;
-    assert_eq!(leave.expect("the cut-off poller times out")["user"], "cutoff");
+    let timed_out = tokio::time::timeout(
+        Duration::from_secs(5),
+        online_until(&mut watcher, &mut online, |o| o.users() == ["watcher"]),
+    );
+    assert!(timed_out.await.is_ok(), "the cut-off poller times out within 5 s");
 }

@@ -152,8 +152,8 @@ impl PollClients {
                 c.channel.clone()
             })
         };
-        let (channel, wait) = match existing {
-            Some(channel) => (channel, wait),
+        let (channel, wait, new_client) = match existing {
+            Some(channel) => (channel, wait, false),
             // Boxed, as is `drop_client` above: both are rare, and a held poll's future would
             // otherwise keep room for them while it waits.
             None => match Box::pin(self.register(&layer, &key, user_name(&request.scope))).await {
@@ -161,7 +161,7 @@ impl PollClients {
                     if let Some(c) = self.lock().get_mut(&key) {
                         c.polling += 1;
                     }
-                    (channel, wait.max(FIRST_WAIT))
+                    (channel, wait.max(FIRST_WAIT), true)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not register a polling client");
@@ -172,7 +172,7 @@ impl PollClients {
         // Counts the poll as finished even when the client hangs up mid-wait and this future
         // is dropped, so the sweep can still time the client out.
         let _polling = PollGuard { clients: &self, key: &key };
-        let events = collect(&*layer, &channel, wait).await;
+        let events = collect(&*layer, &channel, wait, new_client).await;
         json(StatusCode::OK, &events)
     }
 
@@ -239,18 +239,22 @@ impl Drop for PollGuard<'_> {
     }
 }
 
-/// The first event (waiting up to `wait`), then whatever else is already there.
-async fn collect(layer: &dyn ChannelLayer, channel: &str, wait: Duration) -> Vec<serde_json::Value> {
+/// The first event (waiting up to `wait`), then whatever else is already there. For a new
+/// client (`snapshot`), every event up to its presence snapshot: room messages may reach its
+/// channel before the snapshot does, and its first answer must hold the snapshot.
+async fn collect(layer: &dyn ChannelLayer, channel: &str, wait: Duration, snapshot: bool) -> Vec<serde_json::Value> {
     let mut events = Vec::new();
-    let mut deadline = wait;
+    let deadline = Instant::now() + wait;
+    let mut awaiting_snapshot = snapshot;
     while events.len() < MAX_BATCH {
         // Receives are cancel-safe: a timeout here loses nothing.
-        match tokio::time::timeout(deadline, layer.receive(channel)).await {
+        let until = if events.is_empty() || awaiting_snapshot { deadline } else { Instant::now() };
+        match tokio::time::timeout_at(until, layer.receive(channel)).await {
             Ok(Ok(message)) => {
+                awaiting_snapshot &= message.message_type() != "chat.presence";
                 if let Ok(event) = message.decode::<ChatEvent>() {
                     events.push(serde_json::to_value(event).unwrap_or_default());
                 }
-                deadline = Duration::ZERO;
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "poll receive failed");

@@ -1,5 +1,7 @@
 // Drives the chat example's page in headless Chromium against the real server:
-//   1. two users chat over WebSocket in room "browser" (markup stays text, the close word);
+//   1. two users chat over WebSocket in room "browser": the online list and its "joined"/"left"
+//      notices (a second tab of a user counts, but is no new arrival), markup stays text, the
+//      close word;
 //   2. four users in room "mixed", one per transport (WebSocket, long polling, polling,
 //      server-sent events), all see each other and each other's messages, errors from the
 //      server show in the log, and the close word ends every HTTP transport on the client side;
@@ -100,6 +102,30 @@ async function waitForOnline(page, users) {
   }
 }
 
+/** How many notices in #log say `text` (e.g. "bob joined"). */
+async function notices(page, text) {
+  return page.locator('#log .notice', { hasText: text }).count();
+}
+
+/** Waits until exactly `n` notices in #log say `text`. */
+async function waitForNotices(page, text, n) {
+  try {
+    await page.waitForFunction(
+      ([text, n]) => Array.from(document.querySelectorAll('#log .notice')).filter((li) => li.textContent.includes(text)).length === n,
+      [text, n],
+      { timeout: WAIT_MS },
+    );
+  } catch (err) {
+    throw new Error(`#log never held ${n} notice(s) "${text}"; it has ${await notices(page, text)}\n${err.message}`);
+  }
+}
+
+/** The tag after `user` in #online ("×2" for two connections), or null. */
+async function tagOf(page, user) {
+  const tag = page.locator(`#online li[data-user="${user}"] .tag`);
+  return (await tag.count()) ? tag.textContent() : null;
+}
+
 async function waitForGone(page, user) {
   await page.waitForFunction(
     (name) => !Array.from(document.querySelectorAll('#online li')).some((li) => li.dataset.user === name),
@@ -129,19 +155,46 @@ async function closeWith(client, word) {
 }
 
 async function websocketScenario(browser) {
-  step = 'alice and bob join room "browser" over WebSocket';
+  step = 'alice joins room "browser" over WebSocket and sees herself online';
   const alice = await openAs(browser, 'alice');
-  const bob = await openAs(browser, 'bob');
+  let bob = null;
+  let bobAgain = null;
   try {
-    step = 'both pages show [connected]';
+    await waitForOnline(alice.page, ['alice']);
+    check((await tagOf(alice.page, 'alice')) === '(you)', 'alice is not marked as "(you)" in her own list');
+
+    step = 'bob joins; both pages show [connected]';
+    bob = await openAs(browser, 'bob');
     await waitForLogText(alice.page, '[connected]');
     await waitForLogText(bob.page, '[connected]');
     const status = await statusOf(alice.page);
     check(status.includes('WebSocket'), `the status line does not name the transport: ${JSON.stringify(status)}`);
 
-    step = 'both #online lists contain alice and bob';
+    step = 'both #online lists contain alice and bob; alice is told "bob joined", bob not "alice joined"';
     await waitForOnline(alice.page, ['alice', 'bob']);
     await waitForOnline(bob.page, ['alice', 'bob']);
+    await waitForNotices(alice.page, 'bob joined', 1);
+    check((await notices(bob.page, 'alice joined')) === 0, 'bob was told alice joined, but she was there before him');
+
+    step = 'bob opens a second tab: alice lists him once with ×2, and is not told he joined again';
+    bobAgain = await openAs(browser, 'bob');
+    await alice.page.waitForFunction(
+      () => document.querySelector('#online li[data-user="bob"] .tag')?.textContent === '×2',
+      null,
+      { timeout: WAIT_MS },
+    );
+    await waitForOnline(alice.page, ['alice', 'bob']);
+    check((await notices(alice.page, 'bob joined')) === 1, 'alice was told again that bob joined');
+
+    step = "bob closes his second tab: he stays online at alice's, with one connection";
+    await bobAgain.context.close();
+    bobAgain = null;
+    await alice.page.waitForFunction(
+      () => document.querySelector('#online li[data-user="bob"]') && !document.querySelector('#online li[data-user="bob"] .tag'),
+      null,
+      { timeout: WAIT_MS },
+    );
+    check((await notices(alice.page, 'bob left')) === 0, 'alice was told bob left while he still had a tab open');
 
     step = 'alice sends "hello from alice"; it reaches both pages with her name';
     await send(alice.page, 'hello from alice');
@@ -168,11 +221,10 @@ async function websocketScenario(browser) {
     await closeWith(bob, '关闭');
 
     step = 'alice sees bob leave';
-    await waitForLogText(alice.page, 'bob left');
+    await waitForNotices(alice.page, 'bob left', 1);
     await waitForGone(alice.page, 'bob');
   } finally {
-    await alice.context.close().catch(() => {});
-    await bob.context.close().catch(() => {});
+    for (const c of [alice, bob, bobAgain]) if (c) await c.context.close().catch(() => {});
   }
 }
 
@@ -270,10 +322,12 @@ async function mixedScenario(browser) {
     check(closeSent === 0, 'the close word was posted to the room as a message');
 
     step = 'p reconnects as a new polling client and is announced again';
+    const pJoined = await notices(w.page, 'p joined');
     await p.page.click('#reconnect');
     await p.page.locator('#log .notice.state', { hasText: '[connected]' }).nth(1).waitFor({ timeout: WAIT_MS });
     await waitForOnline(p.page, ['w', 'l', 'p']);
     await waitForOnline(w.page, ['w', 'l', 'p']);
+    await waitForNotices(w.page, 'p joined', pJoined + 1);
 
     step = 'l (long polling) sends 关闭: its page disconnects and stops polling';
     await closeWith(l, '关闭');
@@ -286,6 +340,7 @@ async function mixedScenario(browser) {
 async function urlScenario(browser) {
   step = '?transport=sse in the URL joins over server-sent events';
   const a = await openUrl(browser, 'ua', 'room=urlroom&user=ua&transport=sse');
+  await waitForOnline(a.page, ['ua']); // so that ua is told when ub joins
   const b = await openUrl(browser, 'ub', 'room=urlroom&user=ub&transport=longpoll');
   const c = await openUrl(browser, 'uc', 'room=urlroom&user=uc&transport=nonsense');
   try {

@@ -141,7 +141,8 @@ async def chat_presence_is_the_first_frame(base: str) -> None:
         event = await recv_json(ws, "the presence frame")
         expect(event.get("type") == "chat.presence", f"the first frame must be chat.presence, got {event}")
         expect(event.get("users") == ["first"], f"presence must list exactly ['first'], got {event}")
-    print("ok  chat: chat.presence is the first frame a newcomer gets")
+        expect(event.get("connections") == {"first": 1}, f"presence counts first's one connection, got {event}")
+    print("ok  chat: chat.presence is the first frame a newcomer gets, the newcomer included")
 
 
 async def chat_two_clients_talk_and_other_rooms_hear_nothing(base: str) -> None:
@@ -149,24 +150,18 @@ async def chat_two_clients_talk_and_other_rooms_hear_nothing(base: str) -> None:
     async with open_ws(f"{base}/ws/chat/py-elsewhere/?user=outsider") as outsider:
         event = await recv_event(outsider, "chat.presence", "the outsider's presence")
         expect(event.get("users") == ["outsider"], f"the other room's presence lists only its member, got {event}")
-        event = await recv_event(outsider, "chat.join", "the outsider's own join notice")
-        expect(event.get("user") == "outsider", f"join notice names the outsider, got {event}")
 
         async with open_ws(f"{room}/?user=ann") as ann:
             event = await recv_event(ann, "chat.presence", "ann's presence")
             expect(event.get("users") == ["ann"], f"ann is alone in the room at first, got {event}")
-            event = await recv_event(ann, "chat.join", "ann's own join notice")
-            expect(event.get("user") == "ann", f"ann's join notice names ann, got {event}")
-            expect(isinstance(event.get("ts"), (int, float)) and event["ts"] > 1e9, f"join has a Unix ts, got {event}")
 
             async with open_ws(f"{room}/?user=bob") as bob:
                 event = await recv_event(bob, "chat.presence", "bob's presence")
                 expect(event.get("users") == ["ann", "bob"], f"bob's presence lists ann and bob, got {event}")
-                event = await recv_event(bob, "chat.join", "bob's own join notice")
-                expect(event.get("user") == "bob", f"bob's join notice names bob, got {event}")
-                event = await recv_event(ann, "chat.join", "bob's join notice, at ann")
-                expect(event.get("user") == "bob", f"ann hears bob join, got {event}")
-                print("ok  chat: presence lists the room's members; join notices reach the room")
+                expect(event.get("connections") == {"ann": 1, "bob": 1}, f"one connection each, got {event}")
+                event = await recv_event(ann, "chat.presence_diff", "bob's arrival, at ann")
+                expect(event.get("joins") == {"bob": 1} and event.get("leaves") == {}, f"ann hears bob join, got {event}")
+                print("ok  chat: presence lists the room's members; a presence diff tells the room who joined")
 
                 plain = "hello from bob, <b>plain</b> text, héllo 世界 👋"
                 await bob.send(plain)
@@ -185,9 +180,9 @@ async def chat_two_clients_talk_and_other_rooms_hear_nothing(base: str) -> None:
                     expect(event.get("text") == structured, f"{name}: text {structured!r} expected, got {event}")
                 print('ok  chat: a {"message": ...} JSON message reaches the other client and the sender')
 
-            event = await recv_event(ann, "chat.leave", "bob's leave notice, at ann")
-            expect(event.get("user") == "bob", f"ann hears bob leave, got {event}")
-            print("ok  chat: a leave notice reaches the room when a client disconnects")
+            event = await recv_event(ann, "chat.presence_diff", "bob's departure, at ann")
+            expect(event.get("joins") == {} and event.get("leaves") == {"bob": 1}, f"ann hears bob leave, got {event}")
+            print("ok  chat: a presence diff tells the room who left when a client disconnects")
 
         await expect_silence(outsider, "a client in another room")
         print("ok  chat: a client in another room hears nothing")

@@ -146,6 +146,61 @@ pub async fn next_of_type(client: &mut Client, kind: &str) -> serde_json::Value 
     }
 }
 
+/// Who is online in a chat room as one client sees it: connections by user, from its last
+/// `chat.presence` and every `chat.presence_diff` since (a user at zero is gone).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Online(pub std::collections::BTreeMap<String, u64>);
+
+impl Online {
+    /// Applies `event` if it is a `chat.presence` or a `chat.presence_diff`; panics on one that
+    /// is not consistent with the view (a user listed without a count, more leaves than joins).
+    pub fn apply(&mut self, event: &serde_json::Value) {
+        let counts = |v: &serde_json::Value| -> Vec<(String, u64)> {
+            let map = v.as_object().unwrap_or_else(|| panic!("connection counts by user: {event}"));
+            map.iter().map(|(user, n)| (user.clone(), n.as_u64().filter(|n| *n > 0).expect("a count"))).collect()
+        };
+        match event["type"].as_str() {
+            Some("chat.presence") => {
+                self.0 = counts(&event["connections"]).into_iter().collect();
+                let users: Vec<&str> =
+                    event["users"].as_array().expect("users").iter().flat_map(|u| u.as_str()).collect();
+                assert_eq!(users, self.users(), "users and connections name the same people: {event}");
+            }
+            Some("chat.presence_diff") => {
+                for (user, n) in counts(&event["joins"]) {
+                    *self.0.entry(user).or_default() += n;
+                }
+                for (user, n) in counts(&event["leaves"]) {
+                    let had = self.0.get(&user).copied().unwrap_or_default();
+                    assert!(had >= n, "{user} leaves with {n} connections but had {had}: {event}");
+                    if had == n {
+                        self.0.remove(&user);
+                    } else {
+                        self.0.insert(user, had - n);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The users online, sorted.
+    pub fn users(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// Reads `client`'s events into `online` until `done` holds; panics after 10 s.
+pub async fn online_until(client: &mut Client, online: &mut Online, done: impl Fn(&Online) -> bool) {
+    let reached = tokio::time::timeout(Duration::from_secs(10), async {
+        while !done(online) {
+            online.apply(&next_json(client).await);
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the presence view never got there; it is {online:?}");
+}
+
 /// Waits for the server's close frame and returns its code. Like a browser, it then answers
 /// the close (tungstenite sends the reply on the next read) and waits for the server to hang up.
 pub async fn close_code(client: &mut Client) -> u16 {
