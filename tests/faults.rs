@@ -180,7 +180,7 @@ async fn graceful_shutdown_under_load_closes_all_with_1001_runs_every_disconnect
     let me = observer.new_channel("specific").await.expect("observer channel");
     let presence = Presence::new(Arc::new(observer.clone()));
     for room in 0..ROOMS {
-        presence.subscribe(&format!("chat_r{room}"), &me).expect("observer watches the room");
+        presence.subscribe(format!("chat_r{room}"), &me).expect("observer watches the room");
     }
 
     // The observer reads all along, counting the connections that left, by user.

@@ -128,7 +128,10 @@ impl WebsocketContext {
         self.membership.channel_name.as_deref()
     }
 
-    pub(crate) fn shared_channel_name(&self) -> Option<Arc<str>> {
+    /// [`channel_name`](Self::channel_name) as the shared string the connection keeps, for
+    /// whatever keeps the name as long as the connection lives (such as
+    /// `Presence::track`): a clone of it costs no copy.
+    pub fn shared_channel_name(&self) -> Option<Arc<str>> {
         self.membership.channel_name.clone()
     }
 

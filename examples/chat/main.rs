@@ -171,7 +171,7 @@ impl WebsocketConsumer for ChatConsumer {
         }
         ctx.accept();
         // The room's presence arrives on this connection's channel: who is online, then diffs.
-        let channel = ctx.channel_name().ok_or("the chat needs a channel layer")?;
+        let channel = ctx.shared_channel_name().ok_or("the chat needs a channel layer")?;
         self.presence.track(&self.group, channel, &self.user, serde_json::Value::Null)?;
         Ok(())
     }
@@ -233,7 +233,7 @@ impl WebsocketConsumer for ChatConsumer {
 
     async fn disconnect(&mut self, ctx: &mut WebsocketContext, _code: u16) -> HandlerResult {
         if let Some(channel) = ctx.channel_name() {
-            self.presence.untrack_all(channel);
+            self.presence.untrack(&self.group, channel);
         }
         Ok(())
     }

@@ -188,7 +188,7 @@ impl PollClients {
         let group = format!("chat_{room}");
         let channel = layer.new_channel("specific").await?;
         layer.group_add(&group, &channel).await?;
-        self.presence.track(&group, &channel, &user, serde_json::Value::Null)?;
+        self.presence.track(&group, &channel, user, serde_json::Value::Null)?;
         let client = PollClient { channel: channel.clone(), room: room.clone(), last_seen: Instant::now(), polling: 0 };
         self.lock().insert(key.clone(), client);
         Ok(channel)
@@ -218,7 +218,7 @@ impl PollClients {
     /// Takes a client's channel out of its room and its presence.
     async fn drop_client(&self, layer: &dyn ChannelLayer, client: PollClient) {
         let group = format!("chat_{}", client.room);
-        self.presence.untrack_all(&client.channel);
+        self.presence.untrack(&group, &client.channel);
         let _ = layer.group_discard(&group, &client.channel).await;
         layer.forget_channel(&client.channel).await;
     }
@@ -296,7 +296,7 @@ impl HttpConsumer for ChatStream {
         ctx.send_headers(StatusCode::OK, &[("content-type", "text/event-stream"), ("x-accel-buffering", "no")]).await?;
         // The presence snapshot, then diffs, arrive as events on this stream's channel.
         let channel = ctx.channel_name().ok_or("the chat needs a channel layer")?;
-        self.presence.track(&format!("chat_{}", self.room), channel, &self.user, serde_json::Value::Null)?;
+        self.presence.track(format!("chat_{}", self.room), channel, self.user.as_str(), serde_json::Value::Null)?;
         ctx.set_timeout(KEEPALIVE);
         Ok(())
     }
@@ -316,7 +316,7 @@ impl HttpConsumer for ChatStream {
 
     async fn disconnect(&mut self, ctx: &mut HttpContext) -> HandlerResult {
         if let Some(channel) = ctx.channel_name() {
-            self.presence.untrack_all(channel);
+            self.presence.untrack(&format!("chat_{}", self.room), channel);
         }
         Ok(())
     }

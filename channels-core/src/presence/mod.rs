@@ -33,7 +33,6 @@ mod group;
 mod sync;
 mod types;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -49,6 +48,43 @@ pub use types::{PresenceDiff, PresenceMeta, Presences};
 pub const MAX_KEY_BYTES: usize = 256;
 /// Longest meta, in bytes of JSON.
 pub const MAX_META_BYTES: usize = 4096;
+
+/// A name or key [`Presence`] keeps: an `Arc<str>` is shared as it is; `&str`, `String` and
+/// `&String` are copied into one.
+pub trait IntoArcStr {
+    /// The shared string.
+    fn into_arc_str(self) -> Arc<str>;
+}
+
+impl IntoArcStr for Arc<str> {
+    fn into_arc_str(self) -> Arc<str> {
+        self
+    }
+}
+
+impl IntoArcStr for &Arc<str> {
+    fn into_arc_str(self) -> Arc<str> {
+        self.clone()
+    }
+}
+
+impl IntoArcStr for &str {
+    fn into_arc_str(self) -> Arc<str> {
+        self.into()
+    }
+}
+
+impl IntoArcStr for String {
+    fn into_arc_str(self) -> Arc<str> {
+        self.into()
+    }
+}
+
+impl IntoArcStr for &String {
+    fn into_arc_str(self) -> Arc<str> {
+        self.as_str().into()
+    }
+}
 
 /// How a presence service behaves: see [`Presence::with_config`].
 #[derive(Clone)]
@@ -257,12 +293,9 @@ struct Shared {
 /// The groups this process watches, behind the service's lock.
 #[derive(Default)]
 struct State {
-    next_ref: u64,
-    groups: HashMap<Arc<str>, Group>,
+    groups: foldhash::HashMap<Arc<str>, Group>,
     /// Groups with something to send or write.
     dirty: Vec<Arc<str>>,
-    /// For each channel, the groups it tracks or watches: what [`Presence::untrack_all`] leaves.
-    channels: HashMap<Arc<str>, Vec<Arc<str>>>,
 }
 
 impl State {
@@ -274,39 +307,17 @@ impl State {
         }
     }
 
-    /// The group, made if new.
-    fn group(&mut self, name: &str) -> (Arc<str>, &mut Group) {
-        let name: Arc<str> = match self.groups.get_key_value(name) {
-            Some((name, _)) => name.clone(),
+    /// The group, made if new (with `name`, shared).
+    fn group(&mut self, name: Arc<str>) -> (Arc<str>, &mut Group) {
+        let name: Arc<str> = match self.groups.get_key_value(&*name) {
+            Some((known, _)) => known.clone(),
             None => {
-                let name: Arc<str> = name.into();
                 self.groups.insert(name.clone(), Group::default());
                 name
             }
         };
         let group = self.groups.get_mut(&name).expect("just found or made");
         (name, group)
-    }
-
-    /// The channel's name, shared by every record of it.
-    fn channel(&self, channel: &str) -> Arc<str> {
-        self.channels.get_key_value(channel).map_or_else(|| channel.into(), |(name, _)| name.clone())
-    }
-
-    fn remember(&mut self, channel: &Arc<str>, group: &Arc<str>) {
-        let groups = self.channels.entry(channel.clone()).or_insert_with(|| Vec::with_capacity(1));
-        if !groups.iter().any(|g| g == group) {
-            groups.push(group.clone());
-        }
-    }
-
-    fn forget(&mut self, channel: &str, group: &str) {
-        if let Some(groups) = self.channels.get_mut(channel) {
-            groups.retain(|g| &**g != group);
-            if groups.is_empty() {
-                self.channels.remove(channel);
-            }
-        }
     }
 }
 
@@ -344,22 +355,32 @@ impl Presence {
     /// Tracks `channel` in `group` under `key` with `meta`, and makes it a watcher of the
     /// group (it gets the state, then diffs). Tracking the same channel in the same group
     /// again replaces its key and meta. Returns at once: the change reaches watchers with the
-    /// next diff. Must be called within a Tokio runtime.
-    pub fn track(&self, group: &str, channel: &str, key: &str, meta: serde_json::Value) -> Result<(), PresenceError> {
-        validate_group_name(group)?;
+    /// next diff. Call [`untrack`](Self::untrack) when the connection ends (in `disconnect`).
+    /// Must be called within a Tokio runtime.
+    ///
+    /// The entry's reference is the channel's name, which layers make unique across
+    /// processes. `group`, `channel` and `key` may be `Arc<str>`s the consumer keeps anyway
+    /// (`WebsocketContext::shared_channel_name`, say): they are shared, not copied (a `&str`
+    /// or a `String` is copied).
+    pub fn track(
+        &self,
+        group: impl IntoArcStr,
+        channel: impl IntoArcStr,
+        key: impl IntoArcStr,
+        meta: serde_json::Value,
+    ) -> Result<(), PresenceError> {
+        let group = group.into_arc_str();
+        validate_group_name(&group)?;
+        let key = key.into_arc_str();
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(PresenceError::InvalidKey);
         }
         let entry = Entry::new(key, meta)?;
         self.start();
+        let channel = channel.into_arc_str();
         let mut state = self.shared.lock();
-        let reference = format!("{}.{}", self.shared.process, state.next_ref);
-        state.next_ref += 1;
-        let channel = state.channel(channel);
         let (name, g) = state.group(group);
-        g.track_local(&channel, reference.into(), Arc::new(entry));
-        g.watch(&channel);
-        state.remember(&channel, &name);
+        g.track_local(&channel, Arc::new(entry));
         state.mark(&name);
         drop(state);
         self.shared.wake.notify_one();
@@ -367,15 +388,15 @@ impl Presence {
     }
 
     /// Makes `channel` a watcher of `group` without tracking it: it gets the state, then
-    /// diffs. Must be called within a Tokio runtime.
-    pub fn subscribe(&self, group: &str, channel: &str) -> Result<(), PresenceError> {
-        validate_group_name(group)?;
+    /// diffs, until [`untrack`](Self::untrack). Must be called within a Tokio runtime.
+    pub fn subscribe(&self, group: impl IntoArcStr, channel: &str) -> Result<(), PresenceError> {
+        let group = group.into_arc_str();
+        validate_group_name(&group)?;
         self.start();
+        let channel: Arc<str> = channel.into();
         let mut state = self.shared.lock();
-        let channel = state.channel(channel);
         let (name, g) = state.group(group);
         if g.watch(&channel) {
-            state.remember(&channel, &name);
             state.mark(&name);
             drop(state);
             self.shared.wake.notify_one();
@@ -389,25 +410,8 @@ impl Presence {
         let mut state = self.shared.lock();
         let Some(name) = state.groups.get_key_value(group).map(|(name, _)| name.clone()) else { return };
         let g = state.groups.get_mut(&name).expect("just found");
-        g.untrack_local(channel);
-        g.unwatch(channel);
-        state.forget(channel, group);
+        g.untrack_local(&Arc::from(channel));
         state.mark(&name);
-        drop(state);
-        self.shared.wake.notify_one();
-    }
-
-    /// Ends every entry and watch of `channel`: what a consumer's `disconnect` calls.
-    pub fn untrack_all(&self, channel: &str) {
-        let mut state = self.shared.lock();
-        let Some(groups) = state.channels.remove(channel) else { return };
-        for name in groups {
-            if let Some(g) = state.groups.get_mut(&name) {
-                g.untrack_local(channel);
-                g.unwatch(channel);
-                state.mark(&name);
-            }
-        }
         drop(state);
         self.shared.wake.notify_one();
     }

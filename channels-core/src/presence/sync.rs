@@ -136,20 +136,20 @@ impl Shared {
         }
         for group in reads {
             if let Some(g) = self.lock().groups.get_mut(&group) {
-                g.touched = Some(Default::default());
+                g.reading();
             }
             let read = store.read(&group).await;
             let mut state = self.lock();
             let Some(g) = state.groups.get_mut(&group) else { continue };
             match read {
                 Ok(live) => {
-                    if g.reconcile(live, &format!("{}.", self.process)) {
+                    if g.reconcile(live) {
                         state.mark(&group);
                         self.wake.notify_one();
                     }
                 }
                 Err(e) => {
-                    g.touched = None;
+                    g.read_failed();
                     drop(state);
                     self.warn(&format!("could not read presence of group {group}: {e}"));
                 }

@@ -12,7 +12,7 @@ use super::group::Entry;
 /// order). Serializes as `{KEY: {"metas": [META, ...]}}`, Phoenix's shape.
 #[derive(Debug, Clone, Default)]
 pub struct Presences {
-    keys: BTreeMap<Box<str>, Vec<PresenceMeta>>,
+    keys: BTreeMap<Arc<str>, Vec<PresenceMeta>>,
 }
 
 /// One connection's entry: the meta it tracked and the entry's reference.
@@ -34,7 +34,7 @@ pub struct PresenceDiff {
 
 impl Presences {
     pub(super) fn from_refs<'a>(entries: impl IntoIterator<Item = (&'a Arc<str>, &'a Arc<Entry>)>) -> Self {
-        let mut keys: BTreeMap<Box<str>, Vec<PresenceMeta>> = BTreeMap::new();
+        let mut keys: BTreeMap<Arc<str>, Vec<PresenceMeta>> = BTreeMap::new();
         for (reference, entry) in entries {
             let meta = PresenceMeta { reference: reference.clone(), entry: entry.clone() };
             match keys.get_mut(&*entry.key) {
@@ -92,7 +92,7 @@ impl PresenceMeta {
 
     /// The meta, as tracked.
     pub fn meta(&self) -> &serde_json::Value {
-        &self.entry.meta
+        self.entry.meta()
     }
 
     /// The entry's reference, unique across processes and tracks: a connection tracked again
@@ -110,7 +110,7 @@ impl Serialize for Presences {
         }
         let mut map = serializer.serialize_map(Some(self.keys.len()))?;
         for (key, metas) in &self.keys {
-            map.serialize_entry(key, &Metas { metas })?;
+            map.serialize_entry(&**key, &Metas { metas })?;
         }
         map.end()
     }
@@ -120,7 +120,7 @@ impl Serialize for Presences {
 /// under `"meta"`.
 impl Serialize for PresenceMeta {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.entry.meta {
+        match self.entry.meta() {
             serde_json::Value::Object(fields) => {
                 let mut map = serializer.serialize_map(Some(fields.len() + 1))?;
                 for (name, value) in fields.iter().filter(|(name, _)| *name != "presence_ref") {

@@ -171,7 +171,7 @@ pub async fn diffs_are_coalesced_within_an_interval<F: PresenceFactory>(factory:
     let mut expected = BTreeMap::new();
     for i in 0..50 {
         let channel = layer.new_channel("specific").await.expect("a channel");
-        presence.track("room", &channel, &format!("user{i}"), serde_json::json!({})).expect("track");
+        presence.track("room", &channel, format!("user{i}"), serde_json::json!({})).expect("track");
         expected.insert(format!("user{i}"), 1);
     }
     view.until(&*layer, &watcher, &expected).await;
@@ -187,12 +187,12 @@ pub async fn every_watchers_view_is_the_group<F: PresenceFactory>(factory: &F) {
     for round in 0..30 {
         let channel = layer.new_channel("specific").await.expect("a channel");
         presence
-            .track("room", &channel, &format!("user{}", round % 7), serde_json::json!({"round": round}))
+            .track("room", &channel, format!("user{}", round % 7), serde_json::json!({"round": round}))
             .expect("track");
         members.push(channel);
         if round % 3 == 2 {
             let leaving = members.remove(round % members.len());
-            presence.untrack_all(&leaving);
+            presence.untrack("room", &leaving);
         }
         if round % 4 == 0 {
             tokio::time::sleep(Duration::from_millis(15)).await;
@@ -207,8 +207,8 @@ pub async fn every_watchers_view_is_the_group<F: PresenceFactory>(factory: &F) {
     }
 }
 
-/// `untrack_all` ends a channel's entries in every group; a watcher of the others sees it go.
-pub async fn untrack_all_leaves_every_group<F: PresenceFactory>(factory: &F) {
+/// `untrack` ends a channel's entry in one group, not in the others; a watcher there sees it go.
+pub async fn untrack_leaves_one_group_only<F: PresenceFactory>(factory: &F) {
     let (layer, _) = factory.make().await;
     let presence = Presence::with_config(layer.clone(), config(10));
     let leaving = layer.new_channel("specific").await.expect("a channel");
@@ -217,12 +217,16 @@ pub async fn untrack_all_leaves_every_group<F: PresenceFactory>(factory: &F) {
         presence.track(group, &leaving, "leaver", serde_json::json!({})).expect("track");
     }
     presence.track("one", &staying, "stayer", serde_json::json!({})).expect("track");
-    presence.untrack_all(&leaving);
+    let mut view = View::default();
+    view.until(&*layer, &staying, &counts(&[("leaver", 1), ("stayer", 1)])).await;
+    presence.untrack("one", &leaving);
+    view.until(&*layer, &staying, &counts(&[("stayer", 1)])).await;
     presence.flush().await;
     assert_eq!(list_counts(&presence.list("one").await.expect("list")), counts(&[("stayer", 1)]));
+    assert_eq!(list_counts(&presence.list("two").await.expect("list")), counts(&[("leaver", 1)]));
+    presence.untrack("two", &leaving);
+    presence.flush().await;
     assert!(presence.list("two").await.expect("list").is_empty());
-    let mut view = View::default();
-    view.until(&*layer, &staying, &counts(&[("stayer", 1)])).await;
 }
 
 /// With a zero interval every change goes out as soon as the background task runs.
@@ -249,7 +253,10 @@ pub async fn bad_input_is_refused<F: PresenceFactory>(factory: &F) {
     assert!(matches!(bad_group, Err(PresenceError::InvalidName(_))), "{bad_group:?}");
     assert!(matches!(presence.track("room", &a, "", serde_json::json!({})), Err(PresenceError::InvalidKey)));
     let long_key = "k".repeat(crate::presence::MAX_KEY_BYTES + 1);
-    assert!(matches!(presence.track("room", &a, &long_key, serde_json::json!({})), Err(PresenceError::InvalidKey)));
+    assert!(matches!(
+        presence.track("room", &a, long_key.as_str(), serde_json::json!({})),
+        Err(PresenceError::InvalidKey)
+    ));
     let big = serde_json::json!({ "blob": "x".repeat(crate::presence::MAX_META_BYTES) });
     let too_big = presence.track("room", &a, "alice", big);
     assert!(matches!(too_big, Err(PresenceError::MetaTooLarge { .. })), "{too_big:?}");
@@ -277,7 +284,7 @@ pub async fn processes_see_each_other<F: PresenceFactory>(factory: &F) {
     p2.track("room", &third, "alice", serde_json::json!({"on": 2})).expect("track");
     let more = counts(&[("alice", 2), ("bob", 1)]);
     view_a.until(&*one, &a, &more).await;
-    p2.untrack_all(&b);
+    p2.untrack("room", &b);
     view_a.until(&*one, &a, &counts(&[("alice", 2)])).await;
 }
 
@@ -316,7 +323,7 @@ macro_rules! presence_conformance_tests {
             a_watcher_gets_the_state_then_diffs,
             diffs_are_coalesced_within_an_interval,
             every_watchers_view_is_the_group,
-            untrack_all_leaves_every_group,
+            untrack_leaves_one_group_only,
             a_zero_interval_sends_at_once,
             bad_input_is_refused,
             processes_see_each_other,
