@@ -29,11 +29,16 @@ pub(crate) trait Transport:
     fn io(&mut self) -> &mut dyn Io;
 
     /// Puts a whole data frame (text or binary, final, unmasked as a server's frames are) into
-    /// the write buffer, sent by the next flush: a small one copied, a large one kept as the
-    /// share of its buffer that `share` returns. Returns false, having done nothing, when the
-    /// frame must take the `Sink` path instead: when bytes tungstenite wrote are still waiting
-    /// for the socket (order), or when the buffer is full (backpressure).
-    fn buffer_data_frame(&mut self, text: bool, payload: &[u8], share: &dyn Fn() -> Bytes) -> bool;
+    /// the write buffer, sent by the next flush. Returns false, having done nothing, when the
+    /// frame must take another path: [`buffer_shared_frame`](Self::buffer_shared_frame) when
+    /// the buffer has no room, or the `Sink` when bytes tungstenite wrote are still waiting for
+    /// the socket (order).
+    fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool;
+
+    /// [`buffer_data_frame`](Self::buffer_data_frame) for a frame that does not fit: its
+    /// payload is kept as a share of its buffer rather than copied. Returns false when the
+    /// frame must take the `Sink` path (order, or too much is waiting already).
+    fn buffer_shared_frame(&mut self, text: bool, payload: Bytes) -> bool;
 }
 
 impl<S: Io> Transport for WebSocketStream<LeanIo<S>> {
@@ -41,8 +46,12 @@ impl<S: Io> Transport for WebSocketStream<LeanIo<S>> {
         self.get_mut()
     }
 
-    fn buffer_data_frame(&mut self, text: bool, payload: &[u8], share: &dyn Fn() -> Bytes) -> bool {
-        self.get_mut().buffer_data_frame(text, payload, share)
+    fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool {
+        self.get_mut().buffer_data_frame(text, payload)
+    }
+
+    fn buffer_shared_frame(&mut self, text: bool, payload: Bytes) -> bool {
+        self.get_mut().buffer_shared_frame(text, payload)
     }
 }
 
@@ -164,35 +173,52 @@ impl<S> LeanIo<S> {
     }
 
     /// See [`Transport::buffer_data_frame`]: the frame is encoded here, straight into the
-    /// write buffer (tungstenite would encode it into its own buffer and copy it over); a
-    /// payload that does not fit is kept as a share of its buffer, sent after the header.
-    fn buffer_data_frame(&mut self, text: bool, payload: &[u8], share: &dyn Fn() -> Bytes) -> bool {
+    /// write buffer (tungstenite would encode it into its own buffer and copy it over).
+    fn buffer_data_frame(&mut self, text: bool, payload: &[u8]) -> bool {
+        let len = payload.len();
+        // At most a 4-byte header: what fits in the buffer has a 16-bit length at most.
+        if self.blocked || self.later.is_some() || self.unsent.len() + 4 + len > MAX_PENDING_WRITE {
+            return false;
+        }
+        self.reserve_for(4 + len);
+        // FIN and the opcode (1 text, 2 binary), then the length in 7 bits or in 16.
+        self.unsent.push(0x80 | if text { 0x1 } else { 0x2 });
+        match u8::try_from(len) {
+            Ok(short) if short < 126 => self.unsent.push(short),
+            _ => {
+                self.unsent.push(126);
+                self.unsent.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+        }
+        self.unsent.extend_from_slice(payload);
+        true
+    }
+
+    /// See [`Transport::buffer_shared_frame`]: the header goes into the write buffer, the
+    /// payload is kept as a share of its buffer; once there is one, later frames queue behind
+    /// it (a small one copied).
+    fn buffer_shared_frame(&mut self, text: bool, payload: Bytes) -> bool {
         if self.blocked {
             return false;
         }
         let (header, size) = frame_header(text, payload.len());
         match &mut self.later {
-            None if self.unsent.len() + size + payload.len() <= MAX_PENDING_WRITE => {
-                self.reserve_for(size + payload.len());
-                self.unsent.extend_from_slice(&header[..size]);
-                self.unsent.extend_from_slice(payload);
-            }
             None => {
                 self.reserve_for(size);
                 self.unsent.extend_from_slice(&header[..size]);
                 let mut later = Box::<Later>::default();
-                later.pieces.push_back(share());
+                later.pieces.push_back(payload);
                 self.later = Some(later);
             }
             Some(later) if later.pieces.len() + 2 <= MAX_SHARED => {
                 if payload.len() <= WRITE_START {
                     let mut frame = Vec::with_capacity(size + payload.len());
                     frame.extend_from_slice(&header[..size]);
-                    frame.extend_from_slice(payload);
+                    frame.extend_from_slice(&payload);
                     later.pieces.push_back(frame.into());
                 } else {
                     later.pieces.push_back(Bytes::copy_from_slice(&header[..size]));
-                    later.pieces.push_back(share());
+                    later.pieces.push_back(payload);
                 }
             }
             Some(_) => return false,
@@ -329,11 +355,12 @@ mod tests {
         let (mut far, near) = duplex(1024 * 1024);
         let mut lean = LeanIo::new(near);
         let big = Bytes::from(vec![b'x'; 100_000]);
-        let not_shared = || -> Bytes { panic!("a small frame is copied") };
-        assert!(lean.buffer_data_frame(true, b"hi", &not_shared));
-        assert!(lean.buffer_data_frame(true, &big, &|| big.clone()));
+        assert!(lean.buffer_data_frame(true, b"hi"));
+        assert!(!lean.buffer_data_frame(true, &big), "too large to copy");
+        assert!(lean.buffer_shared_frame(true, big.clone()));
         assert!(lean.unsent.capacity() <= MAX_PENDING_WRITE, "the large payload is not copied");
-        assert!(lean.buffer_data_frame(false, b"after", &not_shared));
+        assert!(!lean.buffer_data_frame(false, b"after"), "nothing goes in front of the shared payload");
+        assert!(lean.buffer_shared_frame(false, Bytes::from_static(b"after")));
         lean.flush().await.unwrap();
         assert!(lean.later.is_none() && lean.unsent.capacity() == 0, "nothing is kept after the flush");
         drop(lean);
@@ -372,12 +399,12 @@ mod tests {
         let (_far_a, near_a) = duplex(64 * 1024);
         let (_far_b, near_b) = duplex(64 * 1024);
         let (mut a, mut b) = (LeanIo::new(near_a), LeanIo::new(near_b));
-        assert!(a.buffer_data_frame(true, b"hello", &|| Bytes::from_static(b"hello")));
+        assert!(a.buffer_data_frame(true, b"hello"));
         let buffer = a.unsent.as_ptr();
         a.flush().await.unwrap();
         assert_eq!(a.unsent.capacity(), 0, "the connection holds no buffer after its flush");
         assert_eq!(SPARE.with(|spare| spare.borrow().len()), 1, "the thread keeps it");
-        assert!(b.buffer_data_frame(false, b"next", &|| Bytes::from_static(b"next")));
+        assert!(b.buffer_data_frame(false, b"next"));
         assert_eq!(b.unsent.as_ptr(), buffer, "the next writer takes it instead of allocating");
         assert_eq!(b.unsent, [0x82, 4, b'n', b'e', b'x', b't'], "and starts it empty");
         assert_eq!(SPARE.with(|spare| spare.borrow().len()), 0);
@@ -399,7 +426,9 @@ mod tests {
             for text in [true, false] {
                 let payload = vec![b'x'; len];
                 let mut lean = LeanIo::new(tokio::io::empty());
-                assert!(lean.buffer_data_frame(text, &payload, &|| Bytes::from(payload.clone())), "{len}");
+                let copied = lean.buffer_data_frame(text, &payload);
+                assert_eq!(copied, len <= MAX_PENDING_WRITE - 4, "copied only when it fits: {len}");
+                assert!(copied || lean.buffer_shared_frame(text, Bytes::from(payload.clone())), "{len}");
                 let mut buffered = lean.unsent.clone();
                 for piece in lean.later.iter().flat_map(|later| &later.pieces) {
                     buffered.extend_from_slice(piece);
@@ -424,7 +453,7 @@ mod tests {
         let config = crate::config::WebsocketLimits::default().tungstenite_config();
         let mut server = WebSocketStream::from_raw_socket(LeanIo::new(near), Role::Server, Some(config)).await;
         server.feed(WsMessage::text("first")).await.unwrap();
-        assert!(server.get_mut().buffer_data_frame(true, b"second", &|| Bytes::from_static(b"second")));
+        assert!(server.get_mut().buffer_data_frame(true, b"second"));
         server.flush().await.unwrap();
         let mut client = WebSocketStream::from_raw_socket(far, Role::Client, None).await;
         for expected in ["first", "second"] {
@@ -447,7 +476,7 @@ mod tests {
             }
         };
         assert!(refused);
-        assert!(!lean.buffer_data_frame(true, b"hi", &|| Bytes::from_static(b"hi")), "the refused bytes must go first");
+        assert!(!lean.buffer_data_frame(true, b"hi"), "the refused bytes must go first");
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ impl WebsocketContext {
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), ContextError> {
         let text = text.into();
-        if self.buffered(true, text.as_bytes(), &|| Bytes::from(text.clone())) {
+        if self.buffered(true, text.as_bytes()) || self.buffered_shared(true, || Bytes::from(text.clone())) {
             return Ok(());
         }
         self.send_frame(WsMessage::Text(text.into_tungstenite())).await
@@ -40,7 +40,7 @@ impl WebsocketContext {
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, data: impl Into<Bytes>) -> Result<(), ContextError> {
         let data = data.into();
-        if self.buffered(false, &data, &|| data.clone()) {
+        if self.buffered(false, &data) || self.buffered_shared(false, || data.clone()) {
             return Ok(());
         }
         self.send_frame(WsMessage::Binary(data)).await
@@ -49,10 +49,20 @@ impl WebsocketContext {
     /// During a burst of layer messages, puts a data frame straight into the socket's write
     /// buffer when it has room, without the futures of the general path: most frames a
     /// server sends go this way.
-    fn buffered(&mut self, text: bool, payload: &[u8], share: &dyn Fn() -> Bytes) -> bool {
+    fn buffered(&mut self, text: bool, payload: &[u8]) -> bool {
         self.batching
             && matches!(self.state, State::Open)
-            && self.socket_mut().is_some_and(|socket| socket.buffer_data_frame(text, payload, share))
+            && self.socket_mut().is_some_and(|socket| socket.buffer_data_frame(text, payload))
+    }
+
+    /// [`buffered`](Self::buffered) for a frame that did not fit: its payload is kept as a
+    /// share of its buffer (from `share`), not copied, so a large frame sent to thousands of
+    /// connections costs each a header rather than a copy.
+    #[cold]
+    fn buffered_shared(&mut self, text: bool, share: impl FnOnce() -> Bytes) -> bool {
+        self.batching
+            && matches!(self.state, State::Open)
+            && self.socket_mut().is_some_and(|socket| socket.buffer_shared_frame(text, share()))
     }
 
     /// Sends `value` as a JSON text frame.
@@ -67,7 +77,7 @@ impl WebsocketContext {
     /// not N times. Use it from [`WebsocketConsumer::message`](crate::consumer::WebsocketConsumer::message).
     pub async fn send_message_json(&mut self, message: &Message) -> Result<(), ContextError> {
         let text = message.json().map_err(ContextError::Message)?;
-        if self.buffered(true, text.as_bytes(), &|| Bytes::from(text.clone())) {
+        if self.buffered(true, text.as_bytes()) || self.buffered_shared(true, || Bytes::from(text.clone())) {
             return Ok(());
         }
         self.send_frame(WsMessage::Text(text.clone().into_tungstenite())).await

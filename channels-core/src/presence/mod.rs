@@ -389,11 +389,11 @@ impl Presence {
 
     /// Makes `channel` a watcher of `group` without tracking it: it gets the state, then
     /// diffs, until [`untrack`](Self::untrack). Must be called within a Tokio runtime.
-    pub fn subscribe(&self, group: impl IntoArcStr, channel: &str) -> Result<(), PresenceError> {
+    pub fn subscribe(&self, group: impl IntoArcStr, channel: impl IntoArcStr) -> Result<(), PresenceError> {
         let group = group.into_arc_str();
         validate_group_name(&group)?;
         self.start();
-        let channel: Arc<str> = channel.into();
+        let channel = channel.into_arc_str();
         let mut state = self.shared.lock();
         let (name, g) = state.group(group);
         if g.watch(&channel) {
