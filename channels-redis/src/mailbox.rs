@@ -88,6 +88,11 @@ impl Mailbox {
         }
     }
 
+    /// The messages waiting, expired ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
     pub(crate) fn clear(&mut self) {
         self.items.clear();
     }

@@ -6,10 +6,12 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use channels_core::layer::{ChannelLayer, Message};
+use channels_core::prelude::*;
+use channels_core::testing::{Connected, WebsocketCommunicator};
 use channels_redis::RedisChannelLayer;
 use support::RedisServer;
 
@@ -52,52 +54,106 @@ fn kill_a_process_with_members(url: &str) {
     child.wait().expect("reaped");
 }
 
-/// The seed scenario on the layer: 20 members of the room, each sending 200 group messages (at
-/// most 8 awaited at once) while reading its own. Returns the deliveries.
-async fn seed_scenario(layer: &RedisChannelLayer) -> u64 {
-    let layer = Arc::new(layer.clone());
-    let mut members = Vec::new();
-    for _ in 0..SENDERS {
-        let channel = layer.new_channel("specific").await.expect("channel");
-        layer.group_add(ROOM, &channel).await.expect("group_add");
-        members.push(channel);
+/// A chat room's consumer, as the chat example's: a client's text goes to the room with
+/// `group_send_nowait` (so the sender's own copy is echoed at once), and room messages go to
+/// the client as they are.
+struct Chatter;
+
+impl WebsocketConsumer for Chatter {
+    type Event = NoEvents;
+
+    fn groups(&self) -> Vec<String> {
+        vec![ROOM.to_owned()]
     }
-    let delivered = Arc::new(AtomicU64::new(0));
-    let mut receivers = Vec::new();
-    for channel in &members {
-        let (layer, channel, delivered) = (layer.clone(), channel.clone(), delivered.clone());
-        receivers.push(tokio::spawn(async move {
-            for _ in 0..SENDERS * MESSAGES_PER_SENDER {
-                match tokio::time::timeout(Duration::from_secs(10), layer.receive(&channel)).await {
-                    Ok(Ok(_)) => delivered.fetch_add(1, Ordering::Relaxed),
-                    _ => return,
-                };
-            }
-        }));
+
+    async fn receive(&mut self, ctx: &mut WebsocketContext, frame: Frame) -> HandlerResult {
+        if let Some(text) = frame.as_text() {
+            ctx.group_send_nowait(ROOM, &serde_json::json!({"type": "chat.message", "text": text}))?;
+        }
+        Ok(())
     }
-    let mut senders = Vec::new();
-    for (s, _) in members.iter().enumerate() {
-        let layer = layer.clone();
-        senders.push(tokio::spawn(async move {
-            use futures_util::StreamExt;
-            futures_util::stream::iter(0..MESSAGES_PER_SENDER)
-                .for_each_concurrent(WINDOW, |m| {
-                    let layer = layer.clone();
-                    async move {
-                        let message = Message::new(&serde_json::json!({"type": "chat.message", "from": s, "n": m}))
-                            .expect("message");
-                        if let Err(e) = layer.group_send(ROOM, message).await {
-                            eprintln!("group_send failed: {e}");
-                        }
-                    }
-                })
-                .await;
-        }));
+
+    async fn message(&mut self, ctx: &mut WebsocketContext, message: Message) -> HandlerResult {
+        ctx.send_message_json(&message).await?;
+        Ok(())
     }
-    for task in senders.into_iter().chain(receivers) {
-        task.await.expect("task");
+}
+
+/// What the scenario's clients have seen so far, shared by them: how far the room's members
+/// are behind what the senders were shown.
+struct Seen {
+    /// Per client, its own messages that came back to it.
+    echoes: Vec<AtomicUsize>,
+    /// Per client, the other clients' messages it received.
+    others: Vec<AtomicUsize>,
+    /// The most messages a client was behind: messages their senders saw come back that it
+    /// had not received yet.
+    most_behind: AtomicUsize,
+}
+
+impl Seen {
+    fn new() -> Self {
+        let counters = || (0..SENDERS).map(|_| AtomicUsize::new(0)).collect();
+        Self { echoes: counters(), others: counters(), most_behind: AtomicUsize::new(0) }
     }
-    delivered.load(Ordering::Relaxed)
+
+    /// Client `me` saw one of its own messages come back: every other client is behind by one
+    /// more until it receives it.
+    fn echoed(&self, me: usize) {
+        self.echoes[me].fetch_add(1, Ordering::SeqCst);
+        let echoes: usize = self.echoes.iter().map(|n| n.load(Ordering::SeqCst)).sum();
+        for member in (0..SENDERS).filter(|&member| member != me) {
+            let seen = self.echoes[member].load(Ordering::SeqCst) + self.others[member].load(Ordering::SeqCst);
+            self.most_behind.fetch_max(echoes.saturating_sub(seen), Ordering::SeqCst);
+        }
+    }
+}
+
+/// One client of the seed scenario: sends `MESSAGES_PER_SENDER` messages, at most `WINDOW` of
+/// them not yet seen back, and reads until it has every client's messages or nothing came for
+/// 5 s. Returns the messages it received.
+async fn seed_client(mut client: WebsocketCommunicator, me: usize, seen: Arc<Seen>) -> usize {
+    let (mut sent, mut echoed, mut received) = (0, 0, 0);
+    while received < SENDERS * MESSAGES_PER_SENDER {
+        if sent < MESSAGES_PER_SENDER && sent - echoed < WINDOW {
+            client.send_text(format!("{me} {sent}")).await.expect("send");
+            sent += 1;
+            continue;
+        }
+        let Ok(text) = client.receive_text().await else { break };
+        let event: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let from = event["text"].as_str().and_then(|text| text.split(' ').next()).expect("sender");
+        if from == me.to_string() {
+            echoed += 1;
+            seen.echoed(me);
+        } else {
+            seen.others[me].fetch_add(1, Ordering::SeqCst);
+        }
+        received += 1;
+    }
+    received
+}
+
+/// The seed scenario through consumers on `layer`: 20 clients in the room, each sending 200
+/// messages with a window of 8 counted by its own echo, as the `dead_process` benchmark's
+/// WebSocket clients do. Returns the deliveries, and the most messages a client was behind.
+async fn seed_scenario(layer: &RedisChannelLayer) -> (usize, usize) {
+    let router = Router::new().websocket("/ws/", |_: &Scope| Chatter);
+    let app = Application::builder(router).layer(Arc::new(layer.clone())).build();
+    let mut clients = Vec::new();
+    for me in 0..SENDERS {
+        let mut client = WebsocketCommunicator::new(&app, "/ws/").timeout(Duration::from_secs(5));
+        assert!(matches!(client.connect().await, Ok(Connected::Accepted { .. })), "client {me} connected");
+        clients.push(client);
+    }
+    let seen = Arc::new(Seen::new());
+    let clients: Vec<_> =
+        clients.into_iter().enumerate().map(|(me, c)| tokio::spawn(seed_client(c, me, seen.clone()))).collect();
+    let mut delivered = 0;
+    for client in clients {
+        delivered += client.await.expect("client");
+    }
+    (delivered, seen.most_behind.load(Ordering::SeqCst))
 }
 
 /// The layer URL of a test on `redis`: a heartbeat TTL of 1 s, so that dead processes are
@@ -111,13 +167,25 @@ fn room_members(redis: &RedisServer) -> Vec<String> {
     redis.cli(&["ZRANGE", "dead:group:room0", "0", "-1"]).lines().map(str::to_owned).filter(|m| !m.is_empty()).collect()
 }
 
+/// The seed scenario in the first seconds after the kill, before the dead process is found
+/// dead: every group send still writes its 2,000 members' names into its queue, and the
+/// layer is slow. A client paced by its own messages coming back must then be held back with
+/// the layer, not shown its messages while the room is left far behind: the batches that
+/// carry them would land together, more than the members' mailboxes hold, and be dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_members_lose_nothing_after_a_process_with_members_was_killed() {
     let redis = RedisServer::start();
-    kill_a_process_with_members(&layer_url(&redis));
-    let layer = RedisChannelLayer::from_url(&layer_url(&redis)).expect("layer");
-    let delivered = seed_scenario(&layer).await;
-    assert_eq!(delivered, (SENDERS * SENDERS * MESSAGES_PER_SENDER) as u64);
+    // A TTL longer than the test: the killed process is not found dead during it.
+    let url = format!("{}/0?prefix=dead&process_ttl=60", redis.url());
+    kill_a_process_with_members(&url);
+    let layer = RedisChannelLayer::from_url(&url).expect("layer");
+    let (delivered, most_behind) = seed_scenario(&layer).await;
+    assert_eq!(delivered, SENDERS * SENDERS * MESSAGES_PER_SENDER, "every client got every message");
+    let capacity = layer.config().capacity;
+    assert!(
+        most_behind <= capacity,
+        "a client was {most_behind} messages behind its senders (mailboxes hold {capacity})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -471,6 +471,33 @@ mod echo {
     }
 
     #[tokio::test]
+    async fn echoes_stop_half_a_mailbox_ahead_of_the_members_here_and_resume_once_delivered() {
+        let here = support::layer_on(&support::shared().url(), LayerConfig::default().capacity(10));
+        let (me, other) =
+            (here.new_channel("specific").await.expect("me"), here.new_channel("specific").await.expect("other"));
+        here.group_add("room", &me).await.expect("group_add");
+        here.group_add("room", &other).await.expect("group_add");
+        // The sender reads its copies as they come; the sends wait for their batch meanwhile.
+        let sends: Vec<(String, Message)> = (0..6).map(|n| ("room".to_owned(), chat(&n.to_string()))).collect();
+        let mut echoed = 0;
+        while echoed < sends.len() && here.group_send_echo("room", &me, &sends[echoed].1) {
+            assert_eq!(texts(&here, &me), [echoed.to_string()]);
+            echoed += 1;
+        }
+        assert_eq!(echoed, 5, "5 sends ahead of the other member: half its capacity of 10");
+        let reports = here.group_send_many_echoed(&sends, &me, echoed).await;
+        assert!(reports.iter().all(Result::is_ok), "{reports:?}");
+        assert_eq!(texts(&here, &other), ["0", "1", "2", "3", "4", "5"], "the other member got them all");
+        assert_eq!(texts(&here, &me), ["5"], "the sender's copy of the send not echoed came with the batch");
+        // A sender that does not read its copies is echoed less: what waits for it counts, as the
+        // members here get what it gets.
+        assert!(here.group_send_echo("room", &me, &chat("6")), "delivered: echoed again");
+        assert!(here.group_send_echo("room", &me, &chat("7")), "1 waiting + 1 ahead, under 5");
+        assert!(here.group_send_echo("room", &me, &chat("8")), "2 + 2, under 5");
+        assert!(!here.group_send_echo("room", &me, &chat("9")), "3 + 3");
+    }
+
+    #[tokio::test]
     async fn an_expired_membership_is_not_echoed() {
         let config = LayerConfig::default().group_expiry(Duration::from_secs(1));
         let here = support::layer_on(&support::shared().url(), config);

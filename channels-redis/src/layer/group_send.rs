@@ -64,6 +64,19 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// A batch's echoed sends, counted ahead of their groups' members in this process until it is
+/// dropped (see [`Inner::echo`]).
+struct EchoedAhead<'a> {
+    inner: &'a Inner,
+    sends: &'a [(String, Message)],
+}
+
+impl Drop for EchoedAhead<'_> {
+    fn drop(&mut self) {
+        self.inner.echoes_delivered(self.sends);
+    }
+}
+
 /// What a receiving process queue is sent for one message: the send it belongs to, the members
 /// the payload names, and what [`stays`] needs to check the queue's capacity.
 struct Pushed {
@@ -94,6 +107,10 @@ impl Inner {
         sender: Option<(&str, usize)>,
     ) -> Vec<Result<GroupSendReport, GroupError>> {
         let mut batch = Batch::new(sends, sender);
+        // Until its messages are in the mailboxes of the members here, or it failed (or this
+        // future was dropped), the batch's echoed sends are ahead of those members.
+        let echoed =
+            EchoedAhead { inner: self, sends: &sends[..sender.map_or(0, |(_, echoed)| echoed.min(sends.len()))] };
         let now = wire::now_seconds();
         // Taken before the groups are read: memberships this process made after it may be
         // missing from what the read finds without having been removed.
@@ -106,6 +123,7 @@ impl Inner {
         let buckets: Vec<Buckets<'_>> = members.iter().map(|names| by_process(names)).collect();
         let (own, per_shard) = self.split_own_queues(&buckets);
         self.push_to_own_members(&mut batch, &buckets, &own);
+        drop(echoed);
         let suspects = self.suspects(&buckets, &per_shard);
         let still_full = if suspects.is_empty() { HashSet::new() } else { self.still_full(&suspects, now).await };
         let (writes, skipped) = self.queue_writes(&batch, &buckets, &per_shard, &still_full, now);

@@ -145,20 +145,61 @@ impl Inner {
 
     /// [`ChannelLayer::group_send_echo`](channels_core::layer::ChannelLayer::group_send_echo):
     /// the sender's copy goes into its mailbox at once when the sender joined `group` in this
-    /// process, the membership has not expired, and no read of the group since found it gone.
+    /// process, the membership has not expired, no read of the group since found it gone, and
+    /// the group's members here are not too far behind (below).
+    ///
+    /// An echo lets the sender's client go on before its message reached anyone else: a
+    /// client that waits for its own messages (a chat window, a sender with a window of
+    /// messages in flight) is then paced by its echoes, not by the layer. When the layer is
+    /// slow (a dead process's members still in the group, each send writing their names into
+    /// its queue), the senders of a room would queue up to the outbox's limit each, and the
+    /// members here would get all of it at once when the batches land: more than their
+    /// mailboxes hold, dropped. So the echoes not yet delivered to the group's members here,
+    /// together with what waits in the sender's own mailbox (which gets what they get), stay
+    /// under half the sender's capacity; past that a send is not echoed, its sender gets its
+    /// copy with the batch, and a client paced by its echoes waits for the layer.
     pub(super) fn echo(&self, group: &str, channel: &str, message: &Message) -> bool {
         let expires = self.local_expiry();
         let group_expiry = self.config.layer.group_expiry;
         let mut local = self.lock();
-        let Local { channels, memberships, .. } = &mut *local;
+        let Local { channels, memberships, echoed_ahead, .. } = &mut *local;
         let trusted = !self.echo_paused.load(Ordering::Relaxed)
             && memberships
                 .get(group)
                 .and_then(|members| members.get(channel))
                 .is_some_and(|joined| joined.echo_since.is_some() && joined.at.elapsed() < group_expiry);
         let Some(mailbox) = channels.get_mut(channel).filter(|_| trusted) else { return false };
-        self.push_into(mailbox, channel, message, expires);
+        let ahead = echoed_ahead.get_mut(group);
+        let behind = mailbox.len() + ahead.as_ref().map_or(0, |ahead| **ahead);
+        if behind >= self.config.layer.capacity_for(channel) / 2 || !self.push_into(mailbox, channel, message, expires)
+        {
+            return false;
+        }
+        match ahead {
+            Some(ahead) => *ahead += 1,
+            None => {
+                echoed_ahead.insert(group.to_owned(), 1);
+            }
+        }
         true
+    }
+
+    /// The echoed `sends` have reached their groups' members in this process, or failed:
+    /// they no longer count as ahead of them (see [`Inner::echo`]).
+    pub(super) fn echoes_delivered(&self, sends: &[(String, Message)]) {
+        if sends.is_empty() {
+            return;
+        }
+        let mut local = self.lock();
+        for run in sends.chunk_by(|(a, _), (b, _)| a == b) {
+            let group = &run[0].0;
+            if let Some(ahead) = local.echoed_ahead.get_mut(group) {
+                *ahead = ahead.saturating_sub(run.len());
+                if *ahead == 0 {
+                    local.echoed_ahead.remove(group);
+                }
+            }
+        }
     }
 
     /// Stops echoing `channel`'s sends to `group` (see [`Joined::echo_since`]) unless this

@@ -21,6 +21,10 @@ pub(super) struct Local {
     pub(super) memberships: HashMap<String, Members<Joined>>,
     /// Process queue keys a pump already reads.
     pub(super) pumped: HashSet<String>,
+    /// Per group, the sends echoed to their senders here that have not reached the group's
+    /// other members in this process yet (see [`Inner::echo`]); a group is listed only while
+    /// it has some.
+    pub(super) echoed_ahead: HashMap<String, usize>,
 }
 
 impl Inner {

@@ -72,7 +72,8 @@ use worker::BlockingConnections;
 /// Messages from this process to its own channels (a `send`, or the local members' share of a
 /// `group_send`) go straight into their buffers instead of through Redis, and a sender's own
 /// copy of a group message it queues goes there before the group is read
-/// ([`ChannelLayer::group_send_echo`], for groups it joined in this process).
+/// ([`ChannelLayer::group_send_echo`], for groups it joined in this process, while the group's
+/// members here are less than half a buffer behind).
 ///
 /// ```no_run
 /// use channels_core::layer::ChannelLayer;
@@ -271,7 +272,9 @@ impl ChannelLayer for RedisChannelLayer {
     }
 
     /// The sender's copy goes into its mailbox at once when the sender joined `group` in this
-    /// process, the membership has not expired, and no read of the group since found it gone.
+    /// process, the membership has not expired, no read of the group since found it gone, and
+    /// the group's members here are less than half the sender's capacity behind (the sends
+    /// echoed to them and not yet delivered here, and what waits for the sender).
     fn group_send_echo(&self, group: &str, channel: &str, message: &Message) -> bool {
         self.inner.echo(group, channel, message)
     }
