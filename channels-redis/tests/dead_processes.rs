@@ -212,6 +212,33 @@ async fn a_killed_process_members_are_pruned_within_its_ttl_and_a_third() {
     assert!(took < Duration::from_millis(2_500), "pruned after {took:?}");
 }
 
+/// A process started after another one's heartbeat ran out prunes its members from its very
+/// first group send, not from its first heartbeat a third of `process_ttl` later: the seed
+/// scenario then runs at the speed of a clean Redis from its first message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_leaves_out_members_of_processes_dead_before_it_started() {
+    let redis = RedisServer::start();
+    let dead = "00000000deadbeef";
+    redis.cli(&["ZADD", "dead:processes", "1", dead]);
+    for n in 0..50 {
+        redis.cli(&["ZADD", "dead:group:room0", "9999999999", &format!("specific.{dead}!m{n}")]);
+    }
+    // A TTL of an hour: the heartbeat task would not beat during the test.
+    let layer = RedisChannelLayer::from_url(&format!("{}/0?prefix=dead&process_ttl=3600", redis.url())).expect("layer");
+    let member = layer.new_channel("specific").await.expect("channel");
+    layer.group_add(ROOM, &member).await.expect("group_add");
+    let message = Message::new(&serde_json::json!({"type": "chat.message"})).expect("message");
+    let report = layer.group_send(ROOM, message).await.expect("group_send");
+    assert_eq!(report.queued, 1, "only the live member was sent the first message: {report:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while room_members(&redis) != [member.clone()] {
+        assert!(Instant::now() < deadline, "the dead members were not removed: {:?}", room_members(&redis).len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The setup's 51 and the group_add: no heartbeat, nothing into the dead process's queue.
+    assert_eq!(calls(&redis, "zadd"), 51 + 1, "the first send wrote nothing to Redis");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_of_processes_that_never_heartbeat_are_left_alone() {
     let redis = RedisServer::start();

@@ -106,6 +106,7 @@ impl Inner {
         sends: &[(String, Message)],
         sender: Option<(&str, usize)>,
     ) -> Vec<Result<GroupSendReport, GroupError>> {
+        self.read_liveness_once().await;
         let mut batch = Batch::new(sends, sender);
         // Until its messages are in the mailboxes of the members here, or it failed (or this
         // future was dropped), the batch's echoed sends are ahead of those members.

@@ -117,6 +117,9 @@ struct Inner {
     full_queues: Mutex<std::collections::HashSet<String>>,
     /// The heartbeat task was started.
     heartbeating: AtomicBool,
+    /// The first group send read which processes are dead (see
+    /// [`Inner::read_liveness_once`]).
+    liveness_read: AtomicBool,
     stop: CancellationToken,
     /// Per worker channel: one blocking connection per shard, and a lock so that this
     /// process pops a channel once at a time (as channels_redis does).
@@ -153,6 +156,7 @@ impl RedisChannelLayer {
                 liveness: Arc::default(),
                 full_queues: Mutex::default(),
                 heartbeating: AtomicBool::new(false),
+                liveness_read: AtomicBool::new(false),
                 stop: CancellationToken::new(),
                 normal_receivers: tokio::sync::Mutex::new(HashMap::new()),
             }),
