@@ -25,15 +25,7 @@ fn main() -> ExitCode {
     }
     let dead_members = common::env_number("BENCH_DEAD_MEMBERS", 5_000);
     let Some(chat) = server::prepare(dead_members as u64 + 1_000) else { return ExitCode::FAILURE };
-    let scenario = Scenario {
-        clients: 20,
-        rooms: 1,
-        senders: 20,
-        messages_per_sender: 200,
-        window: 8,
-        room: "room0",
-        time_limit: Duration::from_secs(60),
-    };
+    let scenario = Scenario::seed("room0");
     let settle = Duration::from_secs(common::env_number("BENCH_SETTLE_SECS", 0) as u64);
     println!("== seed scenario after a SIGKILLed process with {dead_members} members in the room");
     load::print_header("redis");

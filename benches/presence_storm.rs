@@ -227,15 +227,7 @@ fn one_process(chat: &std::path::Path, clients: usize, preload: Option<&str>) ->
     });
     let (mut storm, tasks, stop_tx) = storm?;
     // The seed scenario in another room of the same process, the big room still connected.
-    let scenario = Scenario {
-        clients: 20,
-        rooms: 1,
-        senders: 20,
-        messages_per_sender: 200,
-        window: 8,
-        room: "room0",
-        time_limit: Duration::from_secs(60),
-    };
+    let scenario = Scenario::seed("room0");
     let seed = load::run(&scenario, &server);
     let _ = stop_tx.send(true);
     runtime.block_on(async {

@@ -10,7 +10,6 @@
 //! `BENCH_SERVERS=chat,baseline,batched,framework,django` picks the servers.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use common::compare::Bars;
 use common::load::Scenario;
@@ -19,15 +18,7 @@ fn main() -> ExitCode {
     if common::baseline::run_if_requested() || !common::started_by_cargo_bench() {
         return ExitCode::SUCCESS;
     }
-    let scenario = Scenario {
-        clients: 20,
-        rooms: 1,
-        senders: 20,
-        messages_per_sender: 200,
-        window: 8,
-        room: "seed",
-        time_limit: Duration::from_secs(60),
-    };
+    let scenario = Scenario::seed("seed");
     let bars = Bars { min_ratio: 0.95, max_p99_ms: Some(5.0) };
     common::compare::run("seed: 1 room, 20 clients x 200 messages each", &scenario, bars, true)
 }

@@ -44,6 +44,20 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The seed scenario in `room`: 20 clients, each sending 200 messages with at most 8 not
+    /// yet seen back, within 60 s.
+    pub fn seed(room: &'static str) -> Self {
+        Self {
+            clients: 20,
+            rooms: 1,
+            senders: 20,
+            messages_per_sender: 200,
+            window: 8,
+            room,
+            time_limit: Duration::from_secs(60),
+        }
+    }
+
     /// Every client receives every message sent in its room, its own included.
     pub fn expected(&self) -> u64 {
         let rooms = self.rooms.max(1);

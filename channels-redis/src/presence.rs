@@ -38,6 +38,18 @@ impl std::fmt::Debug for RedisPresenceStore {
     }
 }
 
+/// The presence store of a Redis layer with `config`: what both layers'
+/// `ChannelLayer::presence_store` return.
+pub(crate) fn store_for(config: &RedisConfig) -> Option<std::sync::Arc<dyn PresenceStore>> {
+    match RedisPresenceStore::new(config) {
+        Ok(store) => Some(std::sync::Arc::new(store)),
+        Err(e) => {
+            tracing::warn!(error = %e, "presence stays in this process: no Redis client");
+            None
+        }
+    }
+}
+
 impl RedisPresenceStore {
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
         let shards = config.open_clients()?.into_iter().map(|client| (client, OnceCell::new())).collect();

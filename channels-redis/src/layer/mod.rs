@@ -325,13 +325,7 @@ impl ChannelLayer for RedisChannelLayer {
 
     /// Presence entries in Redis, beside the layer's keys (see `channels::presence`).
     fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
-        match crate::presence::RedisPresenceStore::new(&self.inner.config) {
-            Ok(store) => Some(Arc::new(store)),
-            Err(e) => {
-                tracing::warn!(error = %e, "presence stays in this process: no Redis client");
-                None
-            }
-        }
+        crate::presence::store_for(&self.inner.config)
     }
 
     fn config(&self) -> &LayerConfig {
