@@ -165,15 +165,22 @@ impl Inner {
         Ok((seconds as f64 + micros as f64 / 1e6, processes))
     }
 
-    /// Before this process's first group send, one read of the processes at once (waiting at
-    /// most [`FIRST_READ_LIMIT`]; this process's own entry is the heartbeat's to write): a
-    /// process started in a room that a dead process left members in
+    /// Before this process's first group send over a connection made already, one read of the
+    /// processes at once (waiting at most [`FIRST_READ_LIMIT`]; this process's own entry is the
+    /// heartbeat's to write): a process started in a room that a dead process left members in
     /// then leaves them out from its first message, instead of writing their names into every
     /// message until its first heartbeat, a third of `process_ttl` later (a new process on a
     /// room a SIGKILLed one left 5,000 members in ran the seed scenario at 0.04 of its speed
     /// on a clean Redis). Later sends skip it with one load.
     pub(super) async fn read_liveness_once(&self) {
-        if self.liveness_read.load(Ordering::Relaxed) || self.liveness_read.swap(true, Ordering::SeqCst) {
+        if self.liveness_read.load(Ordering::Relaxed) {
+            return;
+        }
+        // Only over a connection made already: when Redis is down, the send's own error must
+        // not wait for this read's attempt to connect (attempts run one after the other).
+        let key = self.processes_key();
+        if self.shards[self.shard_for(&key)].commands.get().is_none() || self.liveness_read.swap(true, Ordering::SeqCst)
+        {
             return;
         }
         if let Ok(Ok((redis_now, processes))) = tokio::time::timeout(FIRST_READ_LIMIT, self.processes_now()).await {
