@@ -106,7 +106,6 @@ impl Inner {
         sends: &[(String, Message)],
         sender: Option<(&str, usize)>,
     ) -> Vec<Result<GroupSendReport, GroupError>> {
-        self.read_liveness_once().await;
         let mut batch = Batch::new(sends, sender);
         // Until its messages are in the mailboxes of the members here, or it failed (or this
         // future was dropped), the batch's echoed sends are ahead of those members.
@@ -117,6 +116,10 @@ impl Inner {
         // missing from what the read finds without having been removed.
         let op = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
         let mut members = self.read_members(&mut batch, now).await;
+        // Once Redis answered (when it is down, a send's error must not wait for this read).
+        if batch.reports.iter().any(Result::is_ok) {
+            self.read_liveness_once().await;
+        }
         self.notice_removed_echoes(&batch, &members, op);
         self.leave_out_dead(&batch.groups, &mut members);
         // Each group's members by receiving process queue: this process's own queues, and the

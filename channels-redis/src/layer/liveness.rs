@@ -165,9 +165,9 @@ impl Inner {
         Ok((seconds as f64 + micros as f64 / 1e6, processes))
     }
 
-    /// Before this process's first group send over a connection made already, one read of the
-    /// processes at once (waiting at most [`FIRST_READ_LIMIT`]; this process's own entry is the
-    /// heartbeat's to write): a process started in a room that a dead process left members in
+    /// At this process's first group send that reached Redis, once its groups are read, one
+    /// read of the processes (waiting at most [`FIRST_READ_LIMIT`]; this process's own entry is
+    /// the heartbeat's to write): a process started in a room that a dead process left members in
     /// then leaves them out from its first message, instead of writing their names into every
     /// message until its first heartbeat, a third of `process_ttl` later (a new process on a
     /// room a SIGKILLed one left 5,000 members in ran the seed scenario at 0.04 of its speed
