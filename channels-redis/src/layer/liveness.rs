@@ -110,8 +110,8 @@ impl Inner {
         let estimated_now = wire::now_seconds() + clock_offset;
         let forgotten_before = estimated_now - ttl - self.config.layer.group_expiry.as_secs_f64();
         let mut conn = self.conn(self.shard_for(&key)).await?;
-        let ((seconds, micros), own_expiry, processes): HeartbeatReplies = redis::pipe()
-            .cmd("TIME")
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME")
             .cmd("ZSCORE")
             .arg(&key)
             .arg(&self.client_prefix)
@@ -124,16 +124,21 @@ impl Inner {
             .arg(&key)
             .arg("-inf")
             .arg(forgotten_before)
-            .ignore()
-            .cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut conn)
-            .await?;
-        Ok(Beat { redis_now: seconds as f64 + micros as f64 / 1e6, own_expiry, processes })
+            .ignore();
+        let (time, own_expiry, processes): HeartbeatReplies =
+            every_process(&mut pipe, &key).query_async(&mut conn).await?;
+        Ok(Beat { redis_now: seconds(time), own_expiry, processes })
     }
+}
+
+/// Appends the read of every process in `key` with its score to `pipe`.
+fn every_process<'a>(pipe: &'a mut redis::Pipeline, key: &str) -> &'a mut redis::Pipeline {
+    pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES")
+}
+
+/// `TIME`'s reply (seconds, microseconds) in seconds.
+fn seconds((seconds, micros): (u64, u64)) -> f64 {
+    seconds as f64 + micros as f64 / 1e6
 }
 
 /// Longest the first group send waits to learn which processes are dead.
@@ -153,16 +158,11 @@ impl Inner {
     async fn processes_now(&self) -> Result<(f64, Vec<(String, f64)>), redis::RedisError> {
         let key = self.processes_key();
         let mut conn = self.conn(self.shard_for(&key)).await?;
-        let ((seconds, micros), processes): ((u64, u64), Vec<(String, f64)>) = redis::pipe()
-            .cmd("TIME")
-            .cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut conn)
-            .await?;
-        Ok((seconds as f64 + micros as f64 / 1e6, processes))
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        let (time, processes): ((u64, u64), Vec<(String, f64)>) =
+            every_process(&mut pipe, &key).query_async(&mut conn).await?;
+        Ok((seconds(time), processes))
     }
 
     /// At this process's first group send that reached Redis, once its groups are read, one
