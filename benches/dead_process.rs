@@ -66,8 +66,9 @@ fn run(chat: &std::path::Path, scenario: &Scenario, dead_members: usize, settle:
         let doomed = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
         join_and_kill(doomed, &redis, scenario.room, dead_members)?;
         println!(
-            "        the room holds {} members",
-            redis.cli(&["ZCARD", &format!("asgi:group:chat_{}", scenario.room)])
+            "        the room holds {} members; processes listed: {}",
+            redis.cli(&["ZCARD", &format!("asgi:group:chat_{}", scenario.room)]).trim(),
+            redis.cli(&["ZCARD", "asgi:processes"]).trim()
         );
         std::thread::sleep(settle);
     }

@@ -116,3 +116,54 @@ async fn a_peers_join_and_leave_notices_on_the_layer_reach_the_room_as_they_are(
         assert_eq!(next_json(&mut ann).await, event);
     }
 }
+
+/// Redis loses the room's keys (`FLUSHALL`: an operator, eviction, a failover to a replica
+/// that missed them) in the middle of a chat on two processes: every client hears every other
+/// one again within a heartbeat (a third of `process_ttl`), without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_heals_after_redis_lost_its_keys() {
+    let redis = RedisServer::start();
+    // Heartbeats, and so the re-adding of memberships, every second.
+    let layer = format!("{}/0?prefix=chat&process_ttl=3", redis.url());
+    let east = Example::start("chat", &["--layer", &layer]);
+    let west = Example::start("chat", &["--layer", &layer]);
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let example = if i % 2 == 0 { &east } else { &west };
+        let mut client = connect(&example.url(&format!("/ws/chat/heal/?user=c{i}"))).await;
+        assert_eq!(next_json(&mut client).await["type"], "chat.presence");
+        clients.push(client);
+    }
+    send_text(&mut clients[0], "before").await;
+    for client in &mut clients[1..] {
+        assert_eq!(next_of_type(client, "chat.message").await["text"], "before");
+    }
+    assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
+    let flushed = tokio::time::Instant::now();
+    // Each round every client says something; the room has healed once every client hears
+    // every other one's line of the same round.
+    for round in 0.. {
+        assert!(flushed.elapsed() < Duration::from_secs(5), "the room was still silent 5 s after FLUSHALL");
+        for (i, client) in clients.iter_mut().enumerate() {
+            send_text(client, &format!("r{round}c{i}")).await;
+        }
+        let mut everyone_heard = true;
+        for client in &mut clients {
+            let mut heard = HashSet::new();
+            let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                while heard.len() < 4 {
+                    let event = next_of_type(client, "chat.message").await;
+                    if let Some(text) = event["text"].as_str().filter(|t| t.starts_with(&format!("r{round}c"))) {
+                        heard.insert(text.to_owned());
+                    }
+                }
+            })
+            .await;
+            everyone_heard &= heard.len() == 4;
+        }
+        if everyone_heard {
+            println!("healed {:?} after FLUSHALL", flushed.elapsed());
+            break;
+        }
+    }
+}

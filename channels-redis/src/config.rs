@@ -50,11 +50,14 @@ pub struct RedisConfig {
     pub send_linger: Duration,
     /// How long after its last heartbeat a process of this layer counts as dead (default
     /// 20 s; URL parameter `process_ttl`, in seconds, 1 to 86400). Each process renews its
-    /// entry in `<prefix>:processes` every third of this; once a process's entry has expired,
-    /// the next group send of any other process to a group holding its members leaves them
-    /// out and removes them from the group: within `process_ttl` and a third of it after a
-    /// process was killed. Members of processes that never heartbeat (Python ones) are never
-    /// removed this way. See the layers guide in `docs/`.
+    /// entry in `<prefix>:processes` every third of this, and stays subscribed to a liveness
+    /// channel of its own meanwhile; a process whose entry has expired, or whose liveness
+    /// channel has lost its subscriber (Redis saw its connections close: a SIGKILL, an OOM
+    /// kill), is dead, and the next group send of any other process to a group holding its
+    /// members leaves them out and removes them from the group. Members of processes that never
+    /// heartbeat (Python ones) are never removed this way. Every heartbeat also adds this
+    /// process's memberships to Redis again, so memberships Redis lost come back within a
+    /// third of this. See the layers guide in `docs/`.
     pub process_ttl: Duration,
 }
 

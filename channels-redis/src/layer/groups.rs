@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use channels_core::layer::{GroupError, Message, validate_channel_name, validate_group_name};
@@ -23,6 +24,9 @@ pub(super) struct Joined {
     /// Redis lost it), until this process adds it again.
     echo_since: Option<NonZeroU64>,
 }
+
+/// A group, and the channels of this process in it.
+type LocalMembers = (String, Vec<Arc<str>>);
 
 impl Joined {
     pub(super) fn new(ops: &AtomicU64) -> Self {
@@ -107,23 +111,70 @@ impl Inner {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Re-adds every local membership after Redis lost its data (a restart without persistence).
+    /// Adds every membership of this process's channels to Redis again, one pipeline per shard
+    /// (a `ZADD` naming all of a group's channels here, and an `EXPIRE`): Redis may have lost
+    /// them (a restart without persistence, a failover to a replica that missed them,
+    /// `FLUSHALL`, eviction) or another process may have taken this one for dead. The
+    /// heartbeat runs it every third of `process_ttl`, and the pumps after a reconnect. A
+    /// membership discarded meanwhile is removed again.
     pub(super) async fn rejoin_groups(&self) {
-        let memberships: Vec<(String, String)> = self
+        let memberships: Vec<LocalMembers> = self
             .lock()
             .memberships
             .iter()
-            .flat_map(|(group, channels)| channels.iter().map(move |(c, _)| (group.clone(), c.to_string())))
+            .map(|(group, members)| (group.clone(), members.iter().map(|(channel, _)| channel.clone()).collect()))
             .collect();
-        for (group, channel) in memberships {
-            if let Err(e) = self.raw_group_add(&group, &channel).await {
-                tracing::warn!(%group, error = %e, "could not re-join a group");
-                return;
+        let mut by_shard: HashMap<usize, Vec<&LocalMembers>> = HashMap::new();
+        for membership in &memberships {
+            by_shard.entry(self.shard_for(&membership.0)).or_default().push(membership);
+        }
+        for (shard, groups) in by_shard {
+            let now = wire::now_seconds();
+            let mut pipe = redis::pipe();
+            for (group, channels) in &groups {
+                let key = self.group_key(group);
+                let zadd = pipe.cmd("ZADD").arg(&key);
+                for channel in channels {
+                    zadd.arg(now).arg(&**channel);
+                }
+                zadd.ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(self.group_expiry_secs()).ignore();
             }
-            if let Some(joined) = self.lock().memberships.get_mut(&group).and_then(|m| m.get_mut(&channel)) {
-                *joined = Joined::new(&self.ops);
+            if let Err(e) = query::<()>(self, shard, &pipe).await {
+                tracing::warn!(error = %e, "could not re-add this process's memberships");
+                continue;
+            }
+            if let Some(discarded) = self.rejoined(&groups)
+                && let Err(e) = query::<()>(self, shard, &discarded).await
+            {
+                tracing::warn!(error = %e, "could not remove memberships discarded while they were re-added");
             }
         }
+    }
+
+    /// Records that the channels of `groups` were added to them again; returns the `ZREM`s of
+    /// those discarded meanwhile, if any.
+    fn rejoined(&self, groups: &[&LocalMembers]) -> Option<redis::Pipeline> {
+        let mut discarded: Option<redis::Pipeline> = None;
+        let mut local = self.lock();
+        for (group, channels) in groups {
+            let mut members = local.memberships.get_mut(group);
+            let gone: Vec<&str> = channels
+                .iter()
+                .filter(|channel| match members.as_mut().and_then(|members| members.get_mut(channel)) {
+                    Some(joined) => {
+                        *joined = Joined::new(&self.ops);
+                        false
+                    }
+                    None => true,
+                })
+                .map(|channel| &**channel)
+                .collect();
+            if !gone.is_empty() {
+                discarded.get_or_insert_with(redis::pipe).cmd("ZREM").arg(self.group_key(group)).arg(gone).ignore();
+            }
+        }
+        discarded
     }
 
     pub(super) async fn raw_group_add(&self, group: &str, channel: &str) -> Result<(), redis::RedisError> {

@@ -6,11 +6,20 @@
 //! heartbeats into one sorted set, `<prefix>:processes`: its id (the `client_prefix` of its
 //! channel names) scored by when that heartbeat expires, on Redis's clock (`TIME`), every
 //! third of [`RedisConfig::process_ttl`](crate::RedisConfig::process_ttl). A heartbeat also
-//! reads the set: an id whose score has passed is a dead process of ours. A group send then
-//! leaves out the members of dead processes and removes them from the group (one `ZREM` per
-//! group, in a task of its own). Ids never in the set (Python processes, or ours from before
-//! this) are never touched. An entry leaves the set `group_expiry` after it expired, when no
-//! membership it made can be left.
+//! reads the set: an id whose score has passed is a dead process of ours. So is an id whose
+//! liveness channel, `<prefix>:processes:<id>`, has no subscriber: each process subscribes to
+//! its own on a connection of its own before it first lists itself, and Redis drops that
+//! subscription as soon as the process's connections close, which a SIGKILL, an OOM kill or a
+//! crash does at once (`PUBSUB NUMSUB`, read with the set). A process whose host vanished
+//! leaves its connections half-open; its score running out finds it then. A group send leaves
+//! out the members of dead processes and removes them from the group (one `ZREM` per group, in
+//! a task of its own). Ids never in the set (Python processes) are never touched. An entry
+//! leaves the set `group_expiry` after it expired, when no membership it made can be left.
+//!
+//! Every heartbeat also adds this process's memberships to Redis again (see
+//! [`Inner::rejoin_groups`]): a live process taken for dead (its liveness connection dropped,
+//! or its heartbeats stalled for longer than `process_ttl`) is back in its groups a beat after
+//! the others see it alive again, and so is a membership Redis lost.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -18,17 +27,22 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use channels_core::layer::non_local_name;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, RedisChannelLayer};
 use crate::wire;
 
-/// The dead processes of ours last seen in `<prefix>:processes`, and the groups whose dead
-/// members are being removed.
+/// The dead processes of ours last seen in `<prefix>:processes`, the groups whose dead
+/// members are being removed, and this process's subscription to its liveness channel.
 #[derive(Default)]
 pub(super) struct Liveness {
     dead: HashSet<String>,
     pruning: HashSet<String>,
+    /// Subscribed to the liveness channel now.
+    subscribed: bool,
+    /// Subscriptions to the liveness channel made so far.
+    subscriptions: u64,
 }
 
 /// The replies to a heartbeat: `TIME` (seconds, microseconds), this process's previous score,
@@ -52,6 +66,16 @@ impl Inner {
 
     pub(super) fn processes_key(&self) -> String {
         format!("{}:processes", self.config.prefix)
+    }
+
+    /// The pub/sub channel process `id` stays subscribed to while it lives.
+    fn liveness_channel(&self, id: &str) -> String {
+        format!("{}:processes:{id}", self.config.prefix)
+    }
+
+    /// The shard holding `<prefix>:processes` and the liveness channels.
+    fn processes_shard(&self) -> usize {
+        self.shard_for(&self.processes_key())
     }
 
     /// The id of the process whose queue holds `member` (`<prefix>.<id>!<local>`), if it has one.
@@ -103,28 +127,20 @@ impl Inner {
         });
     }
 
-    /// Renews this process's entry in `<prefix>:processes` and reads the others.
-    async fn heartbeat(&self, clock_offset: f64) -> Result<Beat, redis::RedisError> {
+    /// Renews this process's entry in `<prefix>:processes` (only while it is subscribed to
+    /// its liveness channel: listed without, it would be taken for dead) and reads the others.
+    async fn heartbeat(&self, clock_offset: f64, subscribed: bool) -> Result<Beat, redis::RedisError> {
         let key = self.processes_key();
         let ttl = self.config.process_ttl.as_secs_f64();
         let estimated_now = wire::now_seconds() + clock_offset;
         let forgotten_before = estimated_now - ttl - self.config.layer.group_expiry.as_secs_f64();
-        let mut conn = self.conn(self.shard_for(&key)).await?;
+        let mut conn = self.conn(self.processes_shard()).await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("TIME")
-            .cmd("ZSCORE")
-            .arg(&key)
-            .arg(&self.client_prefix)
-            .cmd("ZADD")
-            .arg(&key)
-            .arg(estimated_now + ttl)
-            .arg(&self.client_prefix)
-            .ignore()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(forgotten_before)
-            .ignore();
+        pipe.cmd("TIME").cmd("ZSCORE").arg(&key).arg(&self.client_prefix);
+        if subscribed {
+            pipe.cmd("ZADD").arg(&key).arg(estimated_now + ttl).arg(&self.client_prefix).ignore();
+        }
+        pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(forgotten_before).ignore();
         let (time, own_expiry, processes): HeartbeatReplies =
             every_process(&mut pipe, &key).query_async(&mut conn).await?;
         Ok(Beat { redis_now: seconds(time), own_expiry, processes })
@@ -145,19 +161,54 @@ fn seconds((seconds, micros): (u64, u64)) -> f64 {
 const FIRST_READ_LIMIT: Duration = Duration::from_millis(500);
 
 impl Inner {
-    /// The processes of ours whose score is past Redis's clock `redis_now`.
-    fn dead_in(&self, redis_now: f64, processes: Vec<(String, f64)>) -> HashSet<String> {
-        processes
-            .into_iter()
-            .filter(|(id, expiry)| *expiry < redis_now && *id != self.client_prefix)
-            .map(|(id, _)| id)
-            .collect()
+    /// The other processes of ours that are dead: those whose score is past Redis's clock
+    /// `redis_now`, and those with no subscriber on their liveness channel. When the
+    /// subscribers cannot be counted, only the first.
+    async fn dead_among(&self, redis_now: f64, processes: Vec<(String, f64)>) -> HashSet<String> {
+        let (mut dead, mut listed) = (HashSet::new(), Vec::new());
+        for (id, expiry) in processes {
+            if id == self.client_prefix {
+                continue;
+            }
+            if expiry < redis_now {
+                dead.insert(id);
+            } else {
+                listed.push(id);
+            }
+        }
+        if listed.is_empty() {
+            return dead;
+        }
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB");
+        for id in &listed {
+            numsub.arg(self.liveness_channel(id));
+        }
+        let counted = async {
+            let mut conn = self.conn(self.processes_shard()).await?;
+            numsub.query_async::<Vec<(String, u64)>>(&mut conn).await
+        };
+        match counted.await {
+            Ok(counts) => {
+                dead.extend(listed.into_iter().zip(counts).filter(|(_, (_, n))| *n == 0).map(|(id, _)| id));
+            }
+            Err(e) => tracing::debug!(error = %e, "could not count the liveness channels' subscribers"),
+        }
+        dead
+    }
+
+    /// Takes the dead among `processes`, read at `redis_now`, as the dead processes of ours
+    /// from now on.
+    async fn learn_dead(&self, redis_now: f64, processes: Vec<(String, f64)>) {
+        let dead = self.dead_among(redis_now, processes).await;
+        self.forget_full_queues(|queue| Inner::process_of(queue).is_some_and(|id| dead.contains(id)));
+        self.liveness().dead = dead;
     }
 
     /// Reads the processes in `<prefix>:processes` and Redis's clock, writing nothing.
     async fn processes_now(&self) -> Result<(f64, Vec<(String, f64)>), redis::RedisError> {
         let key = self.processes_key();
-        let mut conn = self.conn(self.shard_for(&key)).await?;
+        let mut conn = self.conn(self.processes_shard()).await?;
         let mut pipe = redis::pipe();
         pipe.cmd("TIME");
         let (time, processes): ((u64, u64), Vec<(String, f64)>) =
@@ -169,76 +220,150 @@ impl Inner {
     /// read of the processes (waiting at most [`FIRST_READ_LIMIT`]; this process's own entry is
     /// the heartbeat's to write): a process started in a room that a dead process left members in
     /// then leaves them out from its first message, instead of writing their names into every
-    /// message until its first heartbeat, a third of `process_ttl` later (a new process on a
-    /// room a SIGKILLed one left 5,000 members in ran the seed scenario at 0.04 of its speed
-    /// on a clean Redis). Later sends skip it with one load.
+    /// message until its first heartbeat (a new process on a room a SIGKILLed one left 5,000
+    /// members in ran the seed scenario at 0.04 of its speed on a clean Redis). Later sends
+    /// skip it with one load.
     pub(super) async fn read_liveness_once(&self) {
         if self.liveness_read.load(Ordering::Relaxed) {
             return;
         }
         // Only over a connection made already: when Redis is down, the send's own error must
         // not wait for this read's attempt to connect (attempts run one after the other).
-        let key = self.processes_key();
-        if self.shards[self.shard_for(&key)].commands.get().is_none() || self.liveness_read.swap(true, Ordering::SeqCst)
+        if self.shards[self.processes_shard()].commands.get().is_none()
+            || self.liveness_read.swap(true, Ordering::SeqCst)
         {
             return;
         }
-        if let Ok(Ok((redis_now, processes))) = tokio::time::timeout(FIRST_READ_LIMIT, self.processes_now()).await {
-            let dead = self.dead_in(redis_now, processes);
-            self.forget_full_queues(|queue| Inner::process_of(queue).is_some_and(|id| dead.contains(id)));
-            self.liveness().dead = dead;
-        }
+        let read = async {
+            let (redis_now, processes) = self.processes_now().await?;
+            self.learn_dead(redis_now, processes).await;
+            Ok::<_, redis::RedisError>(())
+        };
+        let _ = tokio::time::timeout(FIRST_READ_LIMIT, read).await;
     }
 }
 
-/// Heartbeats every third of the TTL until the layer is dropped.
+/// How often the heartbeat task looks whether it can write its first beat.
+const READY_POLL: Duration = Duration::from_millis(50);
+
+/// Longest one attempt to subscribe to the liveness channel may take.
+const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Until the layer is dropped: keeps this process subscribed to its liveness channel, and
+/// heartbeats every third of the TTL, the first time as soon as that subscription and the
+/// command connection are made (or, at the latest, a third of the TTL after the start, then
+/// without listing this process while it is not subscribed).
 async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
+    tokio::spawn(stay_subscribed(weak.clone(), stop.clone()));
+    let started = tokio::time::Instant::now();
     let mut clock_offset = 0.0;
     let mut first = true;
-    let mut rejoins_due = 0u8;
-    let mut interval = match weak.upgrade() {
-        Some(inner) => inner.config.process_ttl / 3,
-        None => return,
-    };
+    let mut subscriptions_seen = 0;
+    let mut wait = Duration::ZERO;
     loop {
-        // The first beat waits one interval too: it must not open the connection at the same
-        // moment as the operation that started it (when Redis is down, attempts to connect run
-        // one after the other, and that operation's error would wait for this one's). Until
-        // then this process is not listed, and nobody prunes what is not listed.
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval.max(Duration::from_millis(100))) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         let Some(inner) = weak.upgrade() else { return };
-        interval = inner.config.process_ttl / 3;
-        match inner.heartbeat(clock_offset).await {
+        let interval = (inner.config.process_ttl / 3).max(Duration::from_millis(100));
+        let (subscribed, subscriptions) = {
+            let liveness = inner.liveness();
+            (liveness.subscribed, liveness.subscriptions)
+        };
+        // The first beat waits for the command connection that the operation which started
+        // this makes: it must not open one at the same moment (when Redis is down, attempts to
+        // connect run one after the other, and that operation's error would wait for this
+        // one's). Until then this process is not listed, and nobody prunes what is not listed.
+        let connected = inner.shards[inner.processes_shard()].commands.get().is_some();
+        if first && !(connected && subscribed) && started.elapsed() < interval {
+            wait = READY_POLL;
+            continue;
+        }
+        if subscriptions > subscriptions_seen {
+            if subscriptions_seen > 0 {
+                tracing::warn!(
+                    "the liveness subscription was lost meanwhile: others may have taken this process for dead"
+                );
+            }
+            subscriptions_seen = subscriptions;
+        }
+        wait = interval;
+        match inner.heartbeat(clock_offset, subscribed).await {
             Ok(beat) => {
                 clock_offset = beat.redis_now - wire::now_seconds();
                 if beat.own_expiry.is_some_and(|expiry| expiry < beat.redis_now) {
                     tracing::warn!(
-                        "this process missed its heartbeats for longer than process_ttl; re-adding its memberships"
+                        "this process missed its heartbeats for longer than process_ttl: others may have taken it for dead"
                     );
-                    // At the next beat, and once more a beat later: until the others' next
-                    // heartbeat, their sends may still prune what this one re-adds.
-                    rejoins_due = 2;
                 }
                 if first {
                     // The first score was written on this host's clock: write it again on Redis's,
                     // at once.
                     first = false;
-                    interval = Duration::ZERO;
+                    wait = Duration::ZERO;
                     continue;
                 }
-                let dead = inner.dead_in(beat.redis_now, beat.processes);
-                inner.forget_full_queues(|queue| Inner::process_of(queue).is_some_and(|id| dead.contains(id)));
-                inner.liveness().dead = dead;
-                if rejoins_due > 0 {
-                    rejoins_due -= 1;
-                    inner.rejoin_groups().await;
-                }
+                inner.learn_dead(beat.redis_now, beat.processes).await;
+                // Whatever Redis lost, or others pruned while they took this process for dead,
+                // is back within a beat of its cause.
+                inner.rejoin_groups().await;
             }
             Err(e) => tracing::debug!(error = %e, "heartbeat failed; retrying"),
         }
+    }
+}
+
+/// Keeps this process subscribed to its liveness channel, on a connection of its own, until
+/// the layer is dropped; counts the subscriptions made in [`Liveness`].
+async fn stay_subscribed(weak: Weak<Inner>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let client = inner.shards[inner.processes_shard()].client.clone();
+        let channel = inner.liveness_channel(&inner.client_prefix);
+        let liveness = inner.liveness.clone();
+        drop(inner);
+        let subscribe = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let subscribed = tokio::select! {
+            () = stop.cancelled() => return,
+            subscribed = tokio::time::timeout(SUBSCRIBE_LIMIT, subscribe) => subscribed,
+        };
+        match subscribed {
+            Ok(Ok(pubsub)) => {
+                backoff = Duration::from_millis(100);
+                set_subscribed(&liveness, true);
+                // Nobody publishes on it: the stream ends when the connection does.
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        message = messages.next() => if message.is_none() { break },
+                    }
+                }
+                set_subscribed(&liveness, false);
+                tracing::warn!("lost the liveness subscription to Redis; subscribing again");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not subscribe to the liveness channel; retrying"),
+            Err(_) => tracing::debug!("subscribing to the liveness channel timed out; retrying"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn set_subscribed(liveness: &std::sync::Mutex<Liveness>, subscribed: bool) {
+    let mut liveness = liveness.lock().unwrap_or_else(|p| p.into_inner());
+    liveness.subscribed = subscribed;
+    if subscribed {
+        liveness.subscriptions += 1;
     }
 }
 

@@ -65,7 +65,8 @@ use worker::BlockingConnections;
 ///
 /// Beyond channels_redis: the process queue is read on every shard (so Python's misrouted
 /// multi-host direct sends still arrive), memberships of local channels are re-added after a
-/// Redis restart, local buffers are bounded and honour `expiry`, messages for consumers that
+/// reconnect and every third of [`RedisConfig::process_ttl`] (a room whose keys Redis lost
+/// heals), local buffers are bounded and honour `expiry`, messages for consumers that
 /// are gone are dropped instead of piling up, an undecodable payload is logged and skipped,
 /// and the members that a process of ours left behind when it died without leaving its groups
 /// are pruned ([`RedisConfig::process_ttl`]).
