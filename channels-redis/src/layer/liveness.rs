@@ -318,6 +318,7 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
 /// the layer is dropped; counts the subscriptions made in [`Liveness`].
 async fn stay_subscribed(weak: Weak<Inner>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let client = inner.shards[inner.processes_shard()].client.clone();
@@ -347,6 +348,14 @@ async fn stay_subscribed(weak: Weak<Inner>, stop: CancellationToken) {
                 }
                 set_subscribed(&liveness, false);
                 tracing::warn!("lost the liveness subscription to Redis; subscribing again");
+            }
+            Ok(Err(e)) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    error = %e,
+                    "could not subscribe to this process's liveness channel; retrying. Until it can, this process is \
+                     not listed in <prefix>:processes, and if it dies its members stay in their groups until group_expiry"
+                );
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "could not subscribe to the liveness channel; retrying"),
             Err(_) => tracing::debug!("subscribing to the liveness channel timed out; retrying"),
