@@ -203,6 +203,8 @@ impl Inner {
         let dead = self.dead_among(redis_now, processes).await;
         self.forget_full_queues(|queue| Inner::process_of(queue).is_some_and(|id| dead.contains(id)));
         self.liveness().dead = dead;
+        // A heartbeat that got here before the first group send spares that send its own read.
+        self.liveness_read.store(true, Ordering::Relaxed);
     }
 
     /// Reads the processes in `<prefix>:processes` and Redis's clock, writing nothing.

@@ -118,7 +118,7 @@ struct Inner {
     full_queues: Mutex<std::collections::HashSet<String>>,
     /// The heartbeat task was started.
     heartbeating: AtomicBool,
-    /// The first group send read which processes are dead (see
+    /// Which processes are dead was read once, by a heartbeat or by the first group send (see
     /// [`Inner::read_liveness_once`]).
     liveness_read: AtomicBool,
     stop: CancellationToken,
