@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     let per_second = |runs: &[Outcome]| median(&runs.iter().map(Outcome::per_second).collect::<Vec<_>>());
     let ratio = per_second(&after_kill) / per_second(&clean);
     println!(
-        "killed/clean deliveries/s {ratio:.2} (bar >= {BAR}: {}); lost: {}",
+        "bar: killed/clean deliveries/s {ratio:.2} (>= {BAR}: {}); lost: {}",
         common::verdict(ratio >= BAR),
         if lost { "SOME (MISSED)" } else { "none" }
     );
