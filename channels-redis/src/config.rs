@@ -9,6 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use crate::crypto::Encryption;
+use crate::tls::{self, TlsOptions};
 
 /// Settings of a [`RedisChannelLayer`](crate::RedisChannelLayer).
 ///
@@ -56,6 +57,9 @@ pub struct RedisConfig {
     /// process was killed. Members of processes that never heartbeat (Python ones) are never
     /// removed this way. See the layers guide in `docs/`.
     pub process_ttl: Duration,
+    /// How `rediss://` hosts are reached: redis-py's `ssl_ca_certs`, `ssl_certfile`,
+    /// `ssl_keyfile` and `ssl_cert_reqs` URL parameters (see [`TlsOptions`]).
+    pub tls: TlsOptions,
 }
 
 impl RedisConfig {
@@ -69,10 +73,13 @@ impl RedisConfig {
             symmetric_encryption_keys: Vec::new(),
             send_linger: DEFAULT_SEND_LINGER,
             process_ttl: DEFAULT_PROCESS_TTL,
+            tls: TlsOptions::default(),
         }
     }
 
-    /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N&symmetric_encryption_key=K&send_linger_ms=&process_ttl=`.
+    /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N&symmetric_encryption_key=K&send_linger_ms=&process_ttl=`;
+    /// `rediss://` for TLS, with `ssl_ca_certs=`, `ssl_certfile=`, `ssl_keyfile=` and
+    /// `ssl_cert_reqs=required|none` (see [`TlsOptions`]).
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         Self::from_layer_url(LayerUrl::parse(url)?)
     }
@@ -81,9 +88,7 @@ impl RedisConfig {
     pub fn from_layer_url(mut url: LayerUrl) -> Result<Self, ConfigError> {
         let scheme = match url.scheme.as_str() {
             "redis" | "redis+pubsub" => "redis",
-            "rediss" | "rediss+pubsub" => {
-                return Err(ConfigError("TLS (rediss://) is not supported yet; use redis://".into()));
-            }
+            "rediss" | "rediss+pubsub" => "rediss",
             other => return Err(ConfigError(format!("expected a redis:// URL, got {other}://"))),
         };
         let db = url.path.trim_matches('/');
@@ -97,6 +102,12 @@ impl RedisConfig {
             url.hosts.iter().map(|host| format!("{scheme}://{host}{path}")).collect()
         };
         let layer = LayerConfig::take_from(&mut url)?;
+        let tls = TlsOptions::take_from(&mut url.params)?;
+        if scheme == "redis"
+            && let Some(option) = tls.first_set()
+        {
+            return Err(ConfigError(format!("{option} is a TLS option: it needs a rediss:// URL")));
+        }
         let mut prefix = "asgi".to_owned();
         let mut symmetric_encryption_keys = Vec::new();
         let mut send_linger = DEFAULT_SEND_LINGER;
@@ -136,6 +147,7 @@ impl RedisConfig {
             symmetric_encryption_keys,
             send_linger,
             process_ttl,
+            tls,
         })
     }
 }
@@ -161,13 +173,22 @@ impl RedisConfig {
         if self.hosts.is_empty() {
             return Err(ConfigError("at least one Redis host is needed".into()));
         }
-        self.hosts
-            .iter()
-            .map(|url| {
-                redis::Client::open(url.as_str())
-                    .map_err(|e| ConfigError(format!("bad Redis URL {:?}: {e}", without_password(url))))
-            })
-            .collect()
+        if self.tls.is_set() && !self.hosts.iter().any(|url| url.starts_with("rediss://")) {
+            return Err(ConfigError("TLS options are set but no host is a rediss:// one".into()));
+        }
+        self.hosts.iter().map(|url| tls::client(url, &self.tls)).collect()
+    }
+
+    /// Why shard `index` could not be reached, naming its host (without secrets).
+    pub(crate) fn connect_failure(&self, index: usize, error: &redis::RedisError) -> String {
+        let url = self.hosts.get(index).map(String::as_str).unwrap_or_default();
+        tls::ConnectFailure { host: without_password(url).into_owned(), tls: url.starts_with("rediss://"), error }
+            .to_string()
+    }
+
+    /// Warns, at start-up, about hosts whose certificates are not verified.
+    pub(crate) fn warn_if_unverified(&self) {
+        tls::warn_if_unverified(&self.hosts, &self.tls);
     }
 
     /// [`Self::hosts`] with their passwords hidden, for logs and `Debug` output.
@@ -194,6 +215,7 @@ impl fmt::Debug for RedisConfig {
             .field("symmetric_encryption_keys", &vec![HIDDEN; self.symmetric_encryption_keys.len()])
             .field("send_linger", &self.send_linger)
             .field("process_ttl", &self.process_ttl)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -201,17 +223,9 @@ impl fmt::Debug for RedisConfig {
 /// What a secret shows as.
 const HIDDEN: &str = "***";
 
-/// `url` with the password of its `user:password@` part hidden (`redis://user:***@host`); a
-/// `secret@` with no colon, a password to some clients, is hidden whole.
+/// `url` with the password of its `user:password@` part hidden (`redis://user:***@host`).
 fn without_password(url: &str) -> Cow<'_, str> {
-    let Some((scheme, rest)) = url.split_once("://") else { return Cow::Borrowed(url) };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let Some((user_info, _)) = authority.rsplit_once('@') else { return Cow::Borrowed(url) };
-    let host_and_path = &rest[user_info.len() + 1..];
-    Cow::Owned(match user_info.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:{HIDDEN}@{host_and_path}"),
-        None => format!("{scheme}://{HIDDEN}@{host_and_path}"),
-    })
+    channels_core::layer::redact_url(url)
 }
 
 /// A Redis failure as the layer trait reports it.
@@ -264,6 +278,16 @@ pub(crate) mod tests {
             let err = RedisConfig::from_url(&format!("redis://h?process_ttl={bad}")).unwrap_err();
             assert!(err.to_string().contains("process_ttl"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_tls_url_keeps_its_scheme_and_reads_the_ssl_options() {
+        let config = RedisConfig::from_url("rediss://:pw@h1:1,h2:2/3?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem").unwrap();
+        assert_eq!(config.hosts, ["rediss://:pw@h1:1/3", "rediss://h2:2/3"]);
+        assert_eq!(config.tls.cert_reqs, crate::CertReqs::None);
+        assert_eq!(config.tls.ca_certs.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        let pubsub = RedisConfig::from_url("rediss+pubsub://h").unwrap();
+        assert_eq!(pubsub.hosts, ["rediss://h"]);
     }
 
     #[test]
@@ -321,7 +345,13 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_urls_are_clear_errors() {
-        for bad in ["redis://h/notadb", "redis://h?bogus=1", "rediss://h", "memory://", "redis://h?capacity=0"] {
+        for bad in [
+            "redis://h/notadb",
+            "redis://h?bogus=1",
+            "memory://",
+            "redis://h?capacity=0",
+            "rediss://h?ssl_cert_reqs=maybe",
+        ] {
             assert!(RedisConfig::from_url(bad).is_err(), "{bad}");
         }
     }

@@ -25,8 +25,10 @@ mod pubsub;
 mod scripts;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 pub mod wire;
 
 pub use config::RedisConfig;
 pub use layer::RedisChannelLayer;
 pub use pubsub::RedisPubSubChannelLayer;
+pub use tls::{CertReqs, TlsOptions};

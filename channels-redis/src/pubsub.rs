@@ -187,6 +187,7 @@ impl RedisPubSubChannelLayer {
     /// A layer with the given settings (`prefix`, `hosts`, encryption keys; `capacity` bounds
     /// the local buffers).
     pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
+        config.warn_if_unverified();
         let shards = config
             .open_clients()?
             .into_iter()
@@ -397,12 +398,12 @@ impl ChannelLayer for RedisPubSubChannelLayer {
 
     /// A `PING` to every shard's publishing connection; an error names the host.
     async fn ping(&self) -> Result<(), BackendError> {
-        for (index, shard) in self.inner.shards.iter().enumerate() {
+        for index in 0..self.inner.shards.len() {
             let answered = match self.inner.publisher(index).await {
                 Ok(mut conn) => redis::cmd("PING").query_async::<()>(&mut conn).await,
                 Err(e) => Err(e),
             };
-            answered.map_err(|e| format!("Redis at {}: {e}", shard.client.get_connection_info().addr()))?;
+            answered.map_err(|e| self.inner.config.connect_failure(index, &e))?;
         }
         Ok(())
     }

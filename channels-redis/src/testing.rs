@@ -7,8 +7,20 @@
 //! let server = channels_redis::testing::RedisServer::start();
 //! let layer = channels_redis::RedisChannelLayer::from_url(&server.url()).unwrap();
 //! ```
+//!
+//! For TLS, [`TestCertificates`] makes a throwaway certificate authority and certificates, and
+//! [`RedisServer::start_tls`] a server that speaks TLS only:
+//!
+//! ```no_run
+//! use channels_redis::testing::{RedisServer, TestCertificates, TlsServer};
+//! let certs = TestCertificates::generate();
+//! let server = RedisServer::start_tls(&certs, TlsServer::default());
+//! let url = format!("{}?ssl_ca_certs={}", server.url(), certs.ca.display());
+//! let layer = channels_redis::RedisChannelLayer::from_url(&url).unwrap();
+//! ```
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -16,9 +28,122 @@ use std::time::Duration;
 /// when the test process exits).
 #[derive(Debug)]
 pub struct RedisServer {
-    /// The port it listens on (127.0.0.1).
+    /// The port it listens on (127.0.0.1): its TLS port for a server of
+    /// [`start_tls`](Self::start_tls).
     pub port: u16,
     child: Option<Child>,
+    /// `redis-server` arguments beyond the port and persistence ones (TLS, password).
+    args: Vec<String>,
+    /// What `redis-cli` needs beyond the port to reach it.
+    cli_args: Vec<String>,
+    tls: bool,
+}
+
+/// How [`RedisServer::start_tls`] sets its server up.
+#[derive(Debug, Clone, Default)]
+pub struct TlsServer {
+    /// Clients must show a certificate of the test CA (`--tls-auth-clients yes`).
+    pub require_client_certificates: bool,
+    /// Serve the expired certificate instead of the valid one.
+    pub expired_certificate: bool,
+    /// `--requirepass`.
+    pub password: Option<String>,
+}
+
+/// A throwaway certificate authority and the certificates tests need, as PEM files in a
+/// temporary directory that is removed when this is dropped.
+#[derive(Debug)]
+pub struct TestCertificates {
+    dir: PathBuf,
+    /// The CA that signs the others.
+    pub ca: PathBuf,
+    /// A CA that signed none of them (a "wrong CA" for clients).
+    pub other_ca: PathBuf,
+    /// The server's certificate (for `127.0.0.1` and `localhost`) and its key.
+    pub server_cert: PathBuf,
+    /// See `server_cert`.
+    pub server_key: PathBuf,
+    /// A server certificate that expired in 2021, and its key.
+    pub expired_cert: PathBuf,
+    /// See `expired_cert`.
+    pub expired_key: PathBuf,
+    /// A client certificate (for mutual TLS) and its key.
+    pub client_cert: PathBuf,
+    /// See `client_cert`.
+    pub client_key: PathBuf,
+}
+
+impl TestCertificates {
+    /// Generates every certificate into a fresh temporary directory.
+    ///
+    /// # Panics
+    /// If a certificate cannot be made or written.
+    pub fn generate() -> TestCertificates {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "channels-redis-tls-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("write a PEM file");
+            path
+        };
+        let ca_params = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            params
+        };
+        let ca = CertifiedIssuer::self_signed(ca_params("channels-rs test CA"), KeyPair::generate().expect("key"))
+            .expect("CA certificate");
+        let other_ca =
+            CertifiedIssuer::self_signed(ca_params("another CA"), KeyPair::generate().expect("key")).expect("CA");
+        let leaf = |names: Vec<String>, purpose: ExtendedKeyUsagePurpose, expired: bool| {
+            let mut params = CertificateParams::new(names).expect("certificate parameters");
+            params.distinguished_name.push(DnType::CommonName, "channels-rs test");
+            params.extended_key_usages = vec![purpose];
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &ca).expect("sign a certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let server_names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let (server_cert, server_key) = leaf(server_names.clone(), ExtendedKeyUsagePurpose::ServerAuth, false);
+        let (expired_cert, expired_key) = leaf(server_names, ExtendedKeyUsagePurpose::ServerAuth, true);
+        let (client_cert, client_key) = leaf(vec!["client".to_owned()], ExtendedKeyUsagePurpose::ClientAuth, false);
+        TestCertificates {
+            ca: write("ca.pem", ca.pem()),
+            other_ca: write("other-ca.pem", other_ca.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server.key", server_key),
+            expired_cert: write("expired.pem", expired_cert),
+            expired_key: write("expired.key", expired_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client.key", client_key),
+            dir,
+        }
+    }
+
+    /// The directory holding the files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for TestCertificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl RedisServer {
@@ -27,14 +152,60 @@ impl RedisServer {
     /// # Panics
     /// If `redis-server` cannot be started.
     pub fn start() -> RedisServer {
-        let mut server = RedisServer { port: free_port(), child: None };
+        let mut server =
+            RedisServer { port: free_port(), child: None, args: Vec::new(), cli_args: Vec::new(), tls: false };
         server.restart();
         server
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// Starts `redis-server` speaking TLS only, on a free port, with `certs`' server
+    /// certificate (or its expired one) and the test CA to check client certificates.
+    ///
+    /// # Panics
+    /// If `redis-server` cannot be started.
+    pub fn start_tls(certs: &TestCertificates, options: TlsServer) -> RedisServer {
+        let (cert, key) = if options.expired_certificate {
+            (&certs.expired_cert, &certs.expired_key)
+        } else {
+            (&certs.server_cert, &certs.server_key)
+        };
+        let path = |p: &Path| p.display().to_string();
+        let mut args = vec![
+            "--tls-cert-file".to_owned(),
+            path(cert),
+            "--tls-key-file".to_owned(),
+            path(key),
+            "--tls-ca-cert-file".to_owned(),
+            path(&certs.ca),
+            "--tls-auth-clients".to_owned(),
+            if options.require_client_certificates { "yes" } else { "no" }.to_owned(),
+        ];
+        let mut cli_args = vec![
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            path(&certs.ca),
+            "--cert".to_owned(),
+            path(&certs.client_cert),
+            "--key".to_owned(),
+            path(&certs.client_key),
+        ];
+        if options.expired_certificate {
+            cli_args.push("--insecure".to_owned());
+        }
+        if let Some(password) = &options.password {
+            args.extend(["--requirepass".to_owned(), password.clone()]);
+            cli_args.extend(["-a".to_owned(), password.clone(), "--no-auth-warning".to_owned()]);
+        }
+        let mut server = RedisServer { port: free_port(), child: None, args, cli_args, tls: true };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server (with no `ssl_*` options:
+    /// add `ssl_ca_certs` naming the test CA).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Starts (again) on the same port.
@@ -42,8 +213,12 @@ impl RedisServer {
     /// # Panics
     /// If `redis-server` cannot be started.
     pub fn restart(&mut self) {
+        let port = self.port.to_string();
+        let ports: [&str; 4] = if self.tls { ["--port", "0", "--tls-port", &port] } else { ["--port", &port, "", ""] };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(ports.iter().filter(|a| !a.is_empty()))
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -64,7 +239,7 @@ impl RedisServer {
             .spawn();
         self.child = Some(child);
         for _ in 0..200 {
-            if redis_cli(self.port, &["PING"]).trim() == "PONG" {
+            if self.cli(&["PING"]).trim() == "PONG" {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -80,9 +255,12 @@ impl RedisServer {
         }
     }
 
-    /// Runs a command with redis-cli and returns its output.
+    /// Runs a command with redis-cli (over TLS, with the test client certificate, for a TLS
+    /// server) and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        let mut all: Vec<&str> = self.cli_args.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        redis_cli(self.port, &all)
     }
 }
 
