@@ -5,10 +5,9 @@ use std::fmt;
 use std::time::Duration;
 
 use channels_core::layer::{ConfigError, LayerConfig, LayerUrl};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
 
 use crate::crypto::Encryption;
+use crate::endpoint::{Endpoint, SentinelOptions};
 use crate::tls::{self, TlsOptions};
 
 /// Settings of a [`RedisChannelLayer`](crate::RedisChannelLayer).
@@ -60,6 +59,8 @@ pub struct RedisConfig {
     /// How `rediss://` hosts are reached: redis-py's `ssl_ca_certs`, `ssl_certfile`,
     /// `ssl_keyfile` and `ssl_cert_reqs` URL parameters (see [`TlsOptions`]).
     pub tls: TlsOptions,
+    /// How the sentinels of `redis+sentinel://` hosts are reached (see [`SentinelOptions`]).
+    pub sentinel: SentinelOptions,
 }
 
 impl RedisConfig {
@@ -74,12 +75,18 @@ impl RedisConfig {
             send_linger: DEFAULT_SEND_LINGER,
             process_ttl: DEFAULT_PROCESS_TTL,
             tls: TlsOptions::default(),
+            sentinel: SentinelOptions::default(),
         }
     }
 
     /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N&symmetric_encryption_key=K&send_linger_ms=&process_ttl=`;
     /// `rediss://` for TLS, with `ssl_ca_certs=`, `ssl_certfile=`, `ssl_keyfile=` and
-    /// `ssl_cert_reqs=required|none` (see [`TlsOptions`]).
+    /// `ssl_cert_reqs=required|none` (see [`TlsOptions`]);
+    /// `redis+sentinel://[user:password@]s1:26379,s2:26379/db?master_name=NAME` for masters
+    /// found through Redis Sentinel, `master_name` repeated for several shards, with
+    /// `sentinel_username=`, `sentinel_password=` and `sentinel_ssl=true` (see
+    /// [`SentinelOptions`]); `ssl_*` options on such a URL (or `rediss+sentinel://`) make the
+    /// masters' connections TLS ones.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         Self::from_layer_url(LayerUrl::parse(url)?)
     }
@@ -89,6 +96,8 @@ impl RedisConfig {
         let scheme = match url.scheme.as_str() {
             "redis" | "redis+pubsub" => "redis",
             "rediss" | "rediss+pubsub" => "rediss",
+            "redis+sentinel" | "redis+sentinel+pubsub" => "redis+sentinel",
+            "rediss+sentinel" | "rediss+sentinel+pubsub" => "rediss+sentinel",
             other => return Err(ConfigError(format!("expected a redis:// URL, got {other}://"))),
         };
         let db = url.path.trim_matches('/');
@@ -96,11 +105,6 @@ impl RedisConfig {
             return Err(ConfigError(format!("the path must be a database number, got {:?}", url.path)));
         }
         let path = if db.is_empty() { String::new() } else { format!("/{db}") };
-        let hosts: Vec<String> = if url.hosts.is_empty() {
-            vec![format!("{scheme}://127.0.0.1:6379{path}")]
-        } else {
-            url.hosts.iter().map(|host| format!("{scheme}://{host}{path}")).collect()
-        };
         let layer = LayerConfig::take_from(&mut url)?;
         let tls = TlsOptions::take_from(&mut url.params)?;
         if scheme == "redis"
@@ -108,6 +112,15 @@ impl RedisConfig {
         {
             return Err(ConfigError(format!("{option} is a TLS option: it needs a rediss:// URL")));
         }
+        let (hosts, sentinel) = if scheme.ends_with("+sentinel") {
+            // ssl_* options make the masters' connections TLS ones, as in redis-py.
+            let scheme = if tls.is_set() { "rediss+sentinel" } else { scheme };
+            sentinel_hosts(&mut url, scheme, &path)?
+        } else if url.hosts.is_empty() {
+            (vec![format!("{scheme}://127.0.0.1:6379{path}")], SentinelOptions::default())
+        } else {
+            (url.hosts.iter().map(|host| format!("{scheme}://{host}{path}")).collect(), SentinelOptions::default())
+        };
         let mut prefix = "asgi".to_owned();
         let mut symmetric_encryption_keys = Vec::new();
         let mut send_linger = DEFAULT_SEND_LINGER;
@@ -148,8 +161,50 @@ impl RedisConfig {
             send_linger,
             process_ttl,
             tls,
+            sentinel,
         })
     }
+}
+
+/// The hosts of a `redis+sentinel://` URL, one per `master_name` (the shards, in order), and
+/// the sentinels' options, taken out of `url`'s parameters.
+fn sentinel_hosts(url: &mut LayerUrl, scheme: &str, path: &str) -> Result<(Vec<String>, SentinelOptions), ConfigError> {
+    let mut masters = Vec::new();
+    let mut options = SentinelOptions::default();
+    let mut rest = Vec::new();
+    for (key, value) in url.params.drain(..) {
+        match key.as_str() {
+            "master_name" => {
+                if value.is_empty() || value.contains(['&', '?', '#', '/', ' ']) {
+                    return Err(ConfigError(format!("master_name {value:?} is not a valid master name")));
+                }
+                masters.push(value);
+            }
+            "sentinel_username" => options.username = Some(value),
+            "sentinel_password" => options.password = Some(value),
+            "sentinel_ssl" => {
+                options.ssl = match value.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(ConfigError(format!("sentinel_ssl must be true or false, got {value:?}"))),
+                }
+            }
+            _ => rest.push((key, value)),
+        }
+    }
+    url.params = rest;
+    if masters.is_empty() {
+        return Err(ConfigError(format!(
+            "{}:// needs master_name=NAME (the name the sentinels monitor the master by)",
+            url.scheme
+        )));
+    }
+    if url.hosts.is_empty() {
+        return Err(ConfigError(format!("{}:// needs the sentinels' hosts (s1:26379,s2:26379)", url.scheme)));
+    }
+    let sentinels = url.hosts.join(",");
+    let hosts = masters.iter().map(|name| format!("{scheme}://{sentinels}{path}?master_name={name}")).collect();
+    Ok((hosts, options))
 }
 
 /// [`RedisConfig::send_linger`] unless set.
@@ -168,21 +223,21 @@ const MAX_PROCESS_TTL_SECS: u64 = 86_400;
 const MAX_SEND_LINGER_MS: u64 = 1_000;
 
 impl RedisConfig {
-    /// One client per shard, in order.
-    pub(crate) fn open_clients(&self) -> Result<Vec<redis::Client>, ConfigError> {
+    /// One endpoint per shard, in order. Certificate files are read here.
+    pub(crate) fn open_endpoints(&self) -> Result<Vec<std::sync::Arc<Endpoint>>, ConfigError> {
         if self.hosts.is_empty() {
             return Err(ConfigError("at least one Redis host is needed".into()));
         }
-        if self.tls.is_set() && !self.hosts.iter().any(|url| url.starts_with("rediss://")) {
+        if self.tls.is_set() && !self.sentinel.ssl && !self.hosts.iter().any(|url| url.starts_with("rediss")) {
             return Err(ConfigError("TLS options are set but no host is a rediss:// one".into()));
         }
-        self.hosts.iter().map(|url| tls::client(url, &self.tls)).collect()
+        self.hosts.iter().map(|url| Endpoint::open(url, &self.tls, &self.sentinel)).collect()
     }
 
     /// Why shard `index` could not be reached, naming its host (without secrets).
     pub(crate) fn connect_failure(&self, index: usize, error: &redis::RedisError) -> String {
         let url = self.hosts.get(index).map(String::as_str).unwrap_or_default();
-        tls::ConnectFailure { host: without_password(url).into_owned(), tls: url.starts_with("rediss://"), error }
+        tls::ConnectFailure { host: without_password(url).into_owned(), tls: url.starts_with("rediss"), error }
             .to_string()
     }
 
@@ -216,6 +271,7 @@ impl fmt::Debug for RedisConfig {
             .field("send_linger", &self.send_linger)
             .field("process_ttl", &self.process_ttl)
             .field("tls", &self.tls)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -231,19 +287,6 @@ fn without_password(url: &str) -> Cow<'_, str> {
 /// A Redis failure as the layer trait reports it.
 pub(crate) fn backend(e: impl std::error::Error + Send + Sync + 'static) -> channels_core::layer::BackendError {
     Box::new(e)
-}
-
-/// The shard's shared connection for ordinary commands, made on first use (and again on the
-/// next use if that failed); it reconnects by itself after a Redis restart.
-pub(crate) async fn command_connection(
-    client: &redis::Client,
-    cell: &OnceCell<ConnectionManager>,
-) -> Result<ConnectionManager, redis::RedisError> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2);
-    cell.get_or_try_init(|| client.get_connection_manager_with_config(config)).await.cloned()
 }
 
 #[cfg(test)]
@@ -338,7 +381,7 @@ pub(crate) mod tests {
     fn a_bad_host_url_error_shows_no_password() {
         let mut config = RedisConfig::new("redis://alice:hunter2@a:notaport");
         config.hosts.push("redis://ok:6379".into());
-        let err = config.open_clients().expect_err("a port must be a number").to_string();
+        let err = config.open_endpoints().err().expect("a port must be a number").to_string();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("alice"), "{err}");
     }

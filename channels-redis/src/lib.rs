@@ -18,6 +18,7 @@
 
 mod config;
 pub mod crypto;
+mod endpoint;
 mod layer;
 mod mailbox;
 mod presence;
@@ -29,6 +30,7 @@ mod tls;
 pub mod wire;
 
 pub use config::RedisConfig;
+pub use endpoint::SentinelOptions;
 pub use layer::RedisChannelLayer;
 pub use pubsub::RedisPubSubChannelLayer;
 pub use tls::{CertReqs, TlsOptions};

@@ -37,6 +37,8 @@ pub struct RedisServer {
     /// What `redis-cli` needs beyond the port to reach it.
     cli_args: Vec<String>,
     tls: bool,
+    /// A sentinel's configuration file (it runs `redis-server FILE --sentinel`).
+    sentinel_config: Option<PathBuf>,
 }
 
 /// How [`RedisServer::start_tls`] sets its server up.
@@ -152,8 +154,23 @@ impl RedisServer {
     /// # Panics
     /// If `redis-server` cannot be started.
     pub fn start() -> RedisServer {
-        let mut server =
-            RedisServer { port: free_port(), child: None, args: Vec::new(), cli_args: Vec::new(), tls: false };
+        Self::start_with(Vec::new())
+    }
+
+    /// Starts `redis-server` on a free port with these arguments besides the port and
+    /// persistence ones (`["--replicaof", "127.0.0.1", "6379"]`, say).
+    ///
+    /// # Panics
+    /// If `redis-server` cannot be started.
+    pub fn start_with(args: Vec<String>) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+            args,
+            cli_args: Vec::new(),
+            tls: false,
+            sentinel_config: None,
+        };
         server.restart();
         server
     }
@@ -196,7 +213,8 @@ impl RedisServer {
             args.extend(["--requirepass".to_owned(), password.clone()]);
             cli_args.extend(["-a".to_owned(), password.clone(), "--no-auth-warning".to_owned()]);
         }
-        let mut server = RedisServer { port: free_port(), child: None, args, cli_args, tls: true };
+        let mut server =
+            RedisServer { port: free_port(), child: None, args, cli_args, tls: true, sentinel_config: None };
         server.restart();
         server
     }
@@ -214,11 +232,18 @@ impl RedisServer {
     /// If `redis-server` cannot be started.
     pub fn restart(&mut self) {
         let port = self.port.to_string();
-        let ports: [&str; 4] = if self.tls { ["--port", "0", "--tls-port", &port] } else { ["--port", &port, "", ""] };
-        let child = Command::new("redis-server")
-            .args(ports.iter().filter(|a| !a.is_empty()))
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(&self.args)
+        let mut command = Command::new("redis-server");
+        if let Some(config) = &self.sentinel_config {
+            command.arg(config).arg("--sentinel");
+        } else {
+            let ports: [&str; 4] =
+                if self.tls { ["--port", "0", "--tls-port", &port] } else { ["--port", &port, "", ""] };
+            command
+                .args(ports.iter().filter(|a| !a.is_empty()))
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(&self.args);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -267,6 +292,145 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Redis Sentinel deployment on free ports: one master, one replica and three sentinels
+/// (quorum 2, a master counts as down after 1 s), all stopped when dropped.
+///
+/// ```no_run
+/// use channels_redis::testing::SentinelDeployment;
+/// let deployment = SentinelDeployment::start("mymaster");
+/// let url = deployment.url(); // redis+sentinel://127.0.0.1:P1,...?master_name=mymaster
+/// let layer = channels_redis::RedisChannelLayer::from_url(&url).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct SentinelDeployment {
+    /// The master, then the replica: which one is the master changes with failovers.
+    pub servers: Vec<RedisServer>,
+    /// The three sentinels.
+    pub sentinels: Vec<RedisServer>,
+    /// The name the sentinels monitor the master by.
+    pub master_name: String,
+    dir: PathBuf,
+}
+
+impl SentinelDeployment {
+    /// Starts the servers and the sentinels, and waits until every sentinel knows the
+    /// replica and the other sentinels (so that a failover can happen).
+    ///
+    /// # Panics
+    /// If a process cannot be started or the sentinels do not see each other within 10 s.
+    pub fn start(master_name: &str) -> SentinelDeployment {
+        let master = RedisServer::start();
+        let replica = RedisServer::start_with(vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()]);
+        let dir = std::env::temp_dir().join(format!(
+            "channels-redis-sentinel-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let sentinels = (0..3)
+            .map(|i| {
+                let port = free_port();
+                let config = dir.join(format!("sentinel-{i}.conf"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                         sentinel monitor {master_name} 127.0.0.1 {master} 2\n\
+                         sentinel down-after-milliseconds {master_name} 1000\n\
+                         sentinel failover-timeout {master_name} 4000\n\
+                         sentinel parallel-syncs {master_name} 1\n",
+                        dir = dir.display(),
+                        master = master.port
+                    ),
+                )
+                .expect("write a sentinel configuration");
+                let mut sentinel = RedisServer {
+                    port,
+                    child: None,
+                    args: Vec::new(),
+                    cli_args: Vec::new(),
+                    tls: false,
+                    sentinel_config: Some(config),
+                };
+                sentinel.restart();
+                sentinel
+            })
+            .collect();
+        let deployment =
+            SentinelDeployment { servers: vec![master, replica], sentinels, master_name: master_name.to_owned(), dir };
+        deployment.wait_until_ready();
+        deployment
+    }
+
+    fn wait_until_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = self.sentinels.iter().all(|sentinel| {
+                let info = sentinel.cli(&["SENTINEL", "MASTER", &self.master_name]);
+                let field = |name: &str| {
+                    let lines: Vec<&str> = info.lines().map(str::trim).collect();
+                    lines
+                        .iter()
+                        .position(|l| *l == name)
+                        .and_then(|i| lines.get(i + 1))
+                        .and_then(|v| v.parse::<u32>().ok())
+                };
+                field("num-slaves") == Some(1) && field("num-other-sentinels") == Some(2)
+            });
+            if ready {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the sentinels did not see each other within 10 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3?master_name=NAME`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        format!("redis+sentinel://{}?master_name={}", hosts.join(","), self.master_name)
+    }
+
+    /// The port of the master, as the first sentinel that answers names it.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|sentinel| {
+            let answer = sentinel.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &self.master_name]);
+            answer.lines().nth(1).and_then(|port| port.trim().parse().ok())
+        })
+    }
+
+    /// The server that is the master now.
+    pub fn master(&mut self) -> &mut RedisServer {
+        let port = self.master_port().expect("a sentinel names the master");
+        self.servers.iter_mut().find(|s| s.port == port).expect("the master is one of ours")
+    }
+
+    /// Waits until a sentinel names a master other than the one on `old_port` (at most
+    /// `limit`), and returns when that was seen.
+    pub fn wait_for_new_master(&self, old_port: u16, limit: Duration) -> Option<std::time::Instant> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if self.master_port().is_some_and(|port| port != old_port) {
+                return Some(std::time::Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for SentinelDeployment {
+    fn drop(&mut self) {
+        for sentinel in &mut self.sentinels {
+            sentinel.stop();
+        }
+        for server in &mut self.servers {
+            server.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

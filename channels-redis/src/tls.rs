@@ -186,7 +186,7 @@ pub(crate) fn client(url: &str, tls: &TlsOptions) -> Result<redis::Client, Confi
 /// Logs, once per layer, that `ssl_cert_reqs=none` leaves the server unverified.
 pub(crate) fn warn_if_unverified(hosts: &[impl AsRef<str>], tls: &TlsOptions) {
     if tls.cert_reqs == CertReqs::None {
-        for host in hosts.iter().filter(|h| h.as_ref().starts_with("rediss://")) {
+        for host in hosts.iter().filter(|h| h.as_ref().starts_with("rediss")) {
             tracing::warn!(
                 host = %redact_url(host.as_ref()),
                 "ssl_cert_reqs=none: the Redis server's certificate is not verified; anyone on the path can pose as it"

@@ -18,7 +18,8 @@ pub const LAYER_ENV_VAR: &str = "CHANNELS_LAYER";
 
 /// Builds a layer from a URL: `memory://?capacity=100&expiry=60&group_expiry=86400`, or
 /// `redis://host:6379/0?prefix=asgi&capacity=100` (several hosts, comma-separated, for sharding),
-/// or a URL of a scheme added with [`register`].
+/// `rediss://` for TLS, `redis+sentinel://s1:26379,s2:26379/0?master_name=NAME` for Redis
+/// Sentinel (`+pubsub` for the pub/sub layer), or a URL of a scheme added with [`register`].
 ///
 /// Swapping backends is a change of this string, not of code.
 ///
@@ -163,7 +164,9 @@ mod tests {
 
     #[test]
     fn built_in_schemes_cannot_be_taken_over() {
-        for scheme in ["memory", "redis", "rediss", "redis+pubsub", "rediss+pubsub"] {
+        for scheme in
+            ["memory", "redis", "rediss", "redis+pubsub", "rediss+pubsub", "redis+sentinel", "rediss+sentinel+pubsub"]
+        {
             let taken = register(scheme, |_| Err(ConfigError("unused".into())));
             assert_eq!(taken, Err(RegisterError::Taken { scheme: scheme.into() }));
         }

@@ -88,7 +88,7 @@ impl Inner {
 
     /// Removes `dead_members` from `group` in a task of its own, off the send's path.
     fn spawn_prune(&self, group: &str, dead_members: Vec<Vec<u8>>) {
-        let conn = self.shards[self.shard_for(group)].commands.get().cloned();
+        let conn = self.shards[self.shard_for(group)].commands.get();
         let (Ok(runtime), Some(mut conn)) = (tokio::runtime::Handle::try_current(), conn) else {
             self.liveness().pruning.remove(group);
             return;

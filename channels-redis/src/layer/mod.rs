@@ -44,7 +44,6 @@ use channels_core::layer::{
     BackendError, ChannelLayer, ChannelReceiver, ConfigError, DroppedMessages, FlushError, GroupError, GroupSendReport,
     LayerConfig, Message, NewChannelError, PresenceStore, ReceiveError, SendError, validate_channel_name,
 };
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedisConfig, backend};
@@ -137,8 +136,11 @@ impl RedisChannelLayer {
     /// A layer with the given settings. Connections are made on first use.
     pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
         config.warn_if_unverified();
-        let shards =
-            config.open_clients()?.into_iter().map(|client| Shard { client, commands: OnceCell::new() }).collect();
+        let shards = config
+            .open_endpoints()?
+            .into_iter()
+            .map(|endpoint| Shard { endpoint, commands: Default::default() })
+            .collect();
         let encryption = config.encryption()?;
         Ok(Self {
             inner: Arc::new(Inner {
