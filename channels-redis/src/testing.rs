@@ -295,8 +295,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Sentinel deployment on free ports: one master, one replica and three sentinels
-/// (quorum 2, a master counts as down after 1 s), all stopped when dropped.
+/// A Redis Sentinel deployment on free ports: per master name one master and one replica,
+/// and three sentinels monitoring them all (quorum 2, a master counts as down after 1 s),
+/// all stopped when dropped.
 ///
 /// ```no_run
 /// use channels_redis::testing::SentinelDeployment;
@@ -306,12 +307,15 @@ impl Drop for RedisServer {
 /// ```
 #[derive(Debug)]
 pub struct SentinelDeployment {
-    /// The master, then the replica: which one is the master changes with failovers.
+    /// Per master name, the master, then its replica: which one is the master changes with
+    /// failovers.
     pub servers: Vec<RedisServer>,
     /// The three sentinels.
     pub sentinels: Vec<RedisServer>,
-    /// The name the sentinels monitor the master by.
+    /// The name the sentinels monitor the (first) master by.
     pub master_name: String,
+    /// Every master name, in order (the shards of [`url`](Self::url)).
+    pub master_names: Vec<String>,
     dir: PathBuf,
 }
 
@@ -322,8 +326,29 @@ impl SentinelDeployment {
     /// # Panics
     /// If a process cannot be started or the sentinels do not see each other within 10 s.
     pub fn start(master_name: &str) -> SentinelDeployment {
-        let master = RedisServer::start();
-        let replica = RedisServer::start_with(vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()]);
+        Self::start_sharded(&[master_name])
+    }
+
+    /// [`start`](Self::start) with one master (and its replica) per name.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_sharded(master_names: &[&str]) -> SentinelDeployment {
+        let mut servers = Vec::new();
+        let mut monitors = String::new();
+        for name in master_names {
+            let master = RedisServer::start();
+            let replica =
+                RedisServer::start_with(vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()]);
+            monitors.push_str(&format!(
+                "sentinel monitor {name} 127.0.0.1 {port} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 4000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                port = master.port
+            ));
+            servers.extend([master, replica]);
+        }
         let dir = std::env::temp_dir().join(format!(
             "channels-redis-sentinel-{}-{:016x}",
             std::process::id(),
@@ -334,19 +359,8 @@ impl SentinelDeployment {
             .map(|i| {
                 let port = free_port();
                 let config = dir.join(format!("sentinel-{i}.conf"));
-                std::fs::write(
-                    &config,
-                    format!(
-                        "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                         sentinel monitor {master_name} 127.0.0.1 {master} 2\n\
-                         sentinel down-after-milliseconds {master_name} 1000\n\
-                         sentinel failover-timeout {master_name} 4000\n\
-                         sentinel parallel-syncs {master_name} 1\n",
-                        dir = dir.display(),
-                        master = master.port
-                    ),
-                )
-                .expect("write a sentinel configuration");
+                let text = format!("port {port}\nbind 127.0.0.1\ndir {}\n{monitors}", dir.display());
+                std::fs::write(&config, text).expect("write a sentinel configuration");
                 let mut sentinel = RedisServer {
                     port,
                     child: None,
@@ -359,8 +373,13 @@ impl SentinelDeployment {
                 sentinel
             })
             .collect();
-        let deployment =
-            SentinelDeployment { servers: vec![master, replica], sentinels, master_name: master_name.to_owned(), dir };
+        let deployment = SentinelDeployment {
+            servers,
+            sentinels,
+            master_name: master_names.first().map(|n| n.to_string()).unwrap_or_default(),
+            master_names: master_names.iter().map(|n| n.to_string()).collect(),
+            dir,
+        };
         deployment.wait_until_ready();
         deployment
     }
@@ -369,16 +388,15 @@ impl SentinelDeployment {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let ready = self.sentinels.iter().all(|sentinel| {
-                let info = sentinel.cli(&["SENTINEL", "MASTER", &self.master_name]);
-                let field = |name: &str| {
+                self.master_names.iter().all(|master_name| {
+                    let info = sentinel.cli(&["SENTINEL", "MASTER", master_name]);
                     let lines: Vec<&str> = info.lines().map(str::trim).collect();
-                    lines
-                        .iter()
-                        .position(|l| *l == name)
-                        .and_then(|i| lines.get(i + 1))
-                        .and_then(|v| v.parse::<u32>().ok())
-                };
-                field("num-slaves") == Some(1) && field("num-other-sentinels") == Some(2)
+                    let field = |name: &str| {
+                        let value = lines.iter().position(|l| *l == name).and_then(|i| lines.get(i + 1));
+                        value.and_then(|v| v.parse::<u32>().ok())
+                    };
+                    field("num-slaves") == Some(1) && field("num-other-sentinels") == Some(2)
+                })
             });
             if ready {
                 return;
@@ -388,28 +406,42 @@ impl SentinelDeployment {
         }
     }
 
-    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3?master_name=NAME`.
+    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3?master_name=NAME` (with
+    /// `master_name` once per master, in order).
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
-        format!("redis+sentinel://{}?master_name={}", hosts.join(","), self.master_name)
+        let masters: Vec<String> = self.master_names.iter().map(|name| format!("master_name={name}")).collect();
+        format!("redis+sentinel://{}?{}", self.sentinel_hosts().join(","), masters.join("&"))
     }
 
-    /// The port of the master, as the first sentinel that answers names it.
+    /// The sentinels' `127.0.0.1:PORT`s.
+    pub fn sentinel_hosts(&self) -> Vec<String> {
+        self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect()
+    }
+
+    /// The port of the (first) master, as the first sentinel that answers names it.
     pub fn master_port(&self) -> Option<u16> {
+        self.master_port_of(&self.master_name)
+    }
+
+    /// The port of the master named `master_name`, as the first sentinel that answers names it.
+    pub fn master_port_of(&self, master_name: &str) -> Option<u16> {
         self.sentinels.iter().find_map(|sentinel| {
-            let answer = sentinel.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &self.master_name]);
+            let answer = sentinel.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name]);
             answer.lines().nth(1).and_then(|port| port.trim().parse().ok())
         })
     }
 
-    /// The server that is the master now.
+    /// The server that is the (first) master now.
+    ///
+    /// # Panics
+    /// If no sentinel names one of ours.
     pub fn master(&mut self) -> &mut RedisServer {
         let port = self.master_port().expect("a sentinel names the master");
         self.servers.iter_mut().find(|s| s.port == port).expect("the master is one of ours")
     }
 
-    /// Waits until a sentinel names a master other than the one on `old_port` (at most
-    /// `limit`), and returns when that was seen.
+    /// Waits until a sentinel names a (first) master other than the one on `old_port` (at
+    /// most `limit`), and returns when that was seen.
     pub fn wait_for_new_master(&self, old_port: u16, limit: Duration) -> Option<std::time::Instant> {
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {

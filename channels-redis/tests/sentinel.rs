@@ -241,3 +241,40 @@ fn master_names_are_shards_in_order_and_secrets_stay_hidden() {
     let layer = RedisChannelLayer::new(config).expect("layer");
     assert!(!format!("{layer:?}").contains("pw@"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pubsub_layer_subscribes_again_on_the_new_master() {
+    let mut deployment = SentinelDeployment::start("pubsub");
+    let url = deployment.url().replacen("redis+sentinel://", "redis+sentinel+pubsub://", 1);
+    let sender = RedisPubSubChannelLayer::new(RedisConfig::from_url(&url).expect("config")).expect("layer");
+    let receiver = RedisPubSubChannelLayer::new(RedisConfig::from_url(&url).expect("config")).expect("layer");
+    let me = receiver.new_channel("specific").await.expect("channel");
+    receiver.group_add("room", &me).await.expect("group_add");
+    // Until `n` arrives, within `limit`, sending numbered messages every 50 ms.
+    let reaches = |from: u64, limit: Duration| {
+        let (sender, receiver, me) = (sender.clone(), receiver.clone(), me.clone());
+        async move {
+            let deadline = Instant::now() + limit;
+            let mut n = from;
+            while Instant::now() < deadline {
+                n += 1;
+                let _ = sender.group_send("room", numbered(n)).await;
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(50), receiver.receive(&me)).await {
+                    return Some(Instant::now());
+                }
+            }
+            None
+        }
+    };
+    reaches(0, Duration::from_secs(5)).await.expect("messages flow before the failover");
+    let old_master = deployment.master_port().expect("a master");
+    deployment.master().stop();
+    let elected = tokio::task::block_in_place(|| deployment.wait_for_new_master(old_master, Duration::from_secs(30)))
+        .expect("a new master within 30 s");
+    // Drain what arrived before the election, then measure from it.
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(10), receiver.receive(&me)).await {}
+    let flowing = reaches(10_000, Duration::from_secs(15)).await.expect("messages flow again on the new master");
+    let after = flowing.saturating_duration_since(elected);
+    println!("pub/sub, master killed: messages flow again {after:?} after the sentinels named the new master");
+    assert!(after <= Duration::from_secs(10), "{after:?}");
+}
