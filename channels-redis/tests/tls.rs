@@ -44,7 +44,9 @@ channels_core::layer_conformance_tests!(|config| async move { tls_layer(config) 
 async fn ping_error(url: &str) -> String {
     let layer = RedisChannelLayer::from_url(url).expect("a valid URL");
     let result = tokio::time::timeout(Duration::from_secs(10), layer.ping()).await.expect("an answer in time");
-    result.expect_err(&format!("{url} must not connect")).to_string()
+    let err = result.expect_err(&format!("{url} must not connect")).to_string();
+    println!("{err}");
+    err
 }
 
 fn hello() -> Message {
