@@ -334,6 +334,15 @@ impl SentinelDeployment {
     /// # Panics
     /// As [`start`](Self::start).
     pub fn start_sharded(master_names: &[&str]) -> SentinelDeployment {
+        Self::start_secured(master_names, None)
+    }
+
+    /// [`start_sharded`](Self::start_sharded) with sentinels that want `sentinel_password`
+    /// (`requirepass`, and `sentinel sentinel-pass` to reach each other).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_secured(master_names: &[&str], sentinel_password: Option<&str>) -> SentinelDeployment {
         let mut servers = Vec::new();
         let mut monitors = String::new();
         for name in master_names {
@@ -359,13 +368,18 @@ impl SentinelDeployment {
             .map(|i| {
                 let port = free_port();
                 let config = dir.join(format!("sentinel-{i}.conf"));
-                let text = format!("port {port}\nbind 127.0.0.1\ndir {}\n{monitors}", dir.display());
+                let mut text = format!("port {port}\nbind 127.0.0.1\ndir {}\n{monitors}", dir.display());
+                if let Some(password) = sentinel_password {
+                    text.push_str(&format!("requirepass {password}\nsentinel sentinel-pass {password}\n"));
+                }
                 std::fs::write(&config, text).expect("write a sentinel configuration");
                 let mut sentinel = RedisServer {
                     port,
                     child: None,
                     args: Vec::new(),
-                    cli_args: Vec::new(),
+                    cli_args: sentinel_password
+                        .map(|p| vec!["-a".to_owned(), p.to_owned(), "--no-auth-warning".to_owned()])
+                        .unwrap_or_default(),
                     tls: false,
                     sentinel_config: Some(config),
                 };

@@ -278,3 +278,18 @@ async fn the_pubsub_layer_subscribes_again_on_the_new_master() {
     println!("pub/sub, master killed: messages flow again {after:?} after the sentinels named the new master");
     assert!(after <= Duration::from_secs(10), "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_with_a_password_want_sentinel_password() {
+    let deployment = SentinelDeployment::start_secured(&["guarded"], Some("sentinel-secret"));
+    let url = deployment.url();
+    let right = RedisChannelLayer::from_url(&format!("{url}&sentinel_password=sentinel-secret")).expect("URL");
+    right.ping().await.expect("the right sentinel_password reaches the master");
+    for wrong in [url.clone(), format!("{url}&sentinel_password=wrong-secret")] {
+        let layer = RedisChannelLayer::from_url(&wrong).expect("URL");
+        let err = tokio::time::timeout(Duration::from_secs(10), layer.ping()).await.expect("in time").expect_err(&wrong);
+        let err = err.to_string();
+        assert!(err.contains("no sentinel names master"), "{err}");
+        assert!(!err.contains("wrong-secret"), "shows no password: {err}");
+    }
+}
