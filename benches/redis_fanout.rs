@@ -166,13 +166,15 @@ fn main() -> ExitCode {
     };
     let verdict = |value: f64, bar: f64| if value >= bar { "met" } else { "MISSED" };
     let cpu = ratio(Config::Redis, Config::Memory, Outcome::per_server_cpu_second);
-    println!(
-        "redis/memory: deliveries per server CPU-second {cpu:.2} (bar >= {BAR_REDIS_VS_MEMORY}: {}; median of per-run ratios {:.2}), throughput {:.2} (per-run {:.2})",
-        verdict(cpu, BAR_REDIS_VS_MEMORY),
-        per_run(Config::Redis, Config::Memory, Outcome::per_server_cpu_second),
-        ratio(Config::Redis, Config::Memory, Outcome::per_second),
-        per_run(Config::Redis, Config::Memory, Outcome::per_second),
-    );
+    if of(Config::Memory).is_some() {
+        println!(
+            "redis/memory: deliveries per server CPU-second {cpu:.2} (bar >= {BAR_REDIS_VS_MEMORY}: {}; median of per-run ratios {:.2}), throughput {:.2} (per-run {:.2})",
+            verdict(cpu, BAR_REDIS_VS_MEMORY),
+            per_run(Config::Redis, Config::Memory, Outcome::per_server_cpu_second),
+            ratio(Config::Redis, Config::Memory, Outcome::per_second),
+            per_run(Config::Redis, Config::Memory, Outcome::per_second),
+        );
+    }
     if of(Config::RedisTls).is_some() {
         let cpu = ratio(Config::RedisTls, Config::Redis, Outcome::per_server_cpu_second);
         let throughput = ratio(Config::RedisTls, Config::Redis, Outcome::per_second);
@@ -184,7 +186,7 @@ fn main() -> ExitCode {
             per_run(Config::RedisTls, Config::Redis, Outcome::per_server_cpu_second),
         );
     }
-    if django {
+    if of(Config::Django).is_some() {
         let cpu = ratio(Config::Redis, Config::Django, Outcome::per_server_cpu_second);
         println!(
             "redis/django: deliveries per server CPU-second {cpu:.1} (bar >= {BAR_REDIS_VS_DJANGO}: {}), throughput {:.1}",

@@ -287,7 +287,8 @@ async fn sentinels_with_a_password_want_sentinel_password() {
     right.ping().await.expect("the right sentinel_password reaches the master");
     for wrong in [url.clone(), format!("{url}&sentinel_password=wrong-secret")] {
         let layer = RedisChannelLayer::from_url(&wrong).expect("URL");
-        let err = tokio::time::timeout(Duration::from_secs(10), layer.ping()).await.expect("in time").expect_err(&wrong);
+        let err =
+            tokio::time::timeout(Duration::from_secs(10), layer.ping()).await.expect("in time").expect_err(&wrong);
         let err = err.to_string();
         assert!(err.contains("no sentinel names master"), "{err}");
         assert!(!err.contains("wrong-secret"), "shows no password: {err}");
