@@ -4,6 +4,8 @@
 //! - `memory`: one chat process (release, in-memory layer) with all 1,000 clients;
 //! - `redis`: a redis-server started here on a free port and TWO chat processes
 //!   (`--layer redis://127.0.0.1:PORT`) with 500 clients each, the sender on the first;
+//! - `redis-tls`: the same over TLS: a redis-server speaking TLS only, with certificates made
+//!   for the run (`--layer rediss://127.0.0.1:PORT?ssl_ca_certs=...`);
 //! - `django`: the same on two daphne processes serving the minimal Django Channels chat of
 //!   `benches/django/` (channels_redis, same Redis), when the test venv has daphne. Django is
 //!   far slower, so it sends `DJANGO_MESSAGES` messages (default 100) within 120 s.
@@ -19,13 +21,14 @@
 //! (`BENCH_PERF_ARGS` adds perf options, such as `-e syscalls:sys_enter_sendto`);
 //! `BENCH_WINDOW=N` changes the sender's window (default 8), to see how much of the result
 //! is the closed loop's pace rather than the server's cost; `BENCH_REDIS_PARAMS` is added to
-//! the chat processes' Redis URL (`send_linger_ms=0` turns off the send batches' wait).
+//! the chat processes' Redis URL (`send_linger_ms=0` turns off the send batches' wait);
+//! `BENCH_CONFIGS=redis,redis-tls` runs only the configurations named.
 
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use channels::redis::testing::RedisServer;
+use channels::redis::testing::{RedisServer, TestCertificates, TlsServer};
 use common::django::Daphne;
 use common::load::{self, Outcome, Scenario, Targets};
 use common::profile::Profiler;
@@ -36,11 +39,14 @@ use common::stats::{median, si};
 /// deliveries per server CPU-second).
 const BAR_REDIS_VS_MEMORY: f64 = 0.5;
 const BAR_REDIS_VS_DJANGO: f64 = 20.0;
+/// Bar: TLS at least this share of plain TCP (deliveries per second and per server CPU-second).
+const BAR_TLS_VS_PLAIN: f64 = 0.8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Config {
     Memory,
     Redis,
+    RedisTls,
     Django,
 }
 
@@ -49,6 +55,7 @@ impl Config {
         match self {
             Config::Memory => "memory",
             Config::Redis => "redis",
+            Config::RedisTls => "redis-tls",
             Config::Django => "django",
         }
     }
@@ -78,14 +85,17 @@ fn main() -> ExitCode {
     // Django needs about 55 s for 100 messages here; give it room to finish.
     let django_scenario =
         Scenario { messages_per_sender: django_messages, time_limit: Duration::from_secs(120), ..scenario.clone() };
-    let configs: Vec<Config> = [Config::Memory, Config::Redis, Config::Django]
+    let only = std::env::var("BENCH_CONFIGS").ok();
+    let configs: Vec<Config> = [Config::Memory, Config::Redis, Config::RedisTls, Config::Django]
         .into_iter()
         .filter(|&c| c != Config::Django || django)
+        .filter(|c| only.as_deref().is_none_or(|only| only.split(',').any(|name| name.trim() == c.name())))
         .collect();
+    let certs = TestCertificates::generate();
 
     println!("== fan-out over Redis: 1 room x 1,000 clients, 1 sender, window 8");
     println!(
-        "memory: 1 chat process x 1,000 clients; redis: 2 chat processes x 500 clients + redis-server; django: 2 daphne x 500 + redis-server ({django_messages} messages)"
+        "memory: 1 chat process x 1,000 clients; redis: 2 chat processes x 500 clients + redis-server; redis-tls: the same over TLS; django: 2 daphne x 500 + redis-server ({django_messages} messages)"
     );
     println!(
         "{runs} runs per configuration, alternating; cpus: {}; pinned: {}",
@@ -98,7 +108,7 @@ fn main() -> ExitCode {
     for round in 1..=runs {
         for (config, outcomes) in &mut results {
             let scenario = if *config == Config::Django { &django_scenario } else { &scenario };
-            let (outcome, logs) = match run_config(*config, scenario, &chat, &daphne) {
+            let (outcome, logs) = match run_config(*config, scenario, &chat, &daphne, &certs) {
                 Ok(result) => result,
                 Err(e) => {
                     println!("{:<7} {:>3} failed: {e}", config.name(), round);
@@ -156,14 +166,27 @@ fn main() -> ExitCode {
     };
     let verdict = |value: f64, bar: f64| if value >= bar { "met" } else { "MISSED" };
     let cpu = ratio(Config::Redis, Config::Memory, Outcome::per_server_cpu_second);
-    println!(
-        "redis/memory: deliveries per server CPU-second {cpu:.2} (bar >= {BAR_REDIS_VS_MEMORY}: {}; median of per-run ratios {:.2}), throughput {:.2} (per-run {:.2})",
-        verdict(cpu, BAR_REDIS_VS_MEMORY),
-        per_run(Config::Redis, Config::Memory, Outcome::per_server_cpu_second),
-        ratio(Config::Redis, Config::Memory, Outcome::per_second),
-        per_run(Config::Redis, Config::Memory, Outcome::per_second),
-    );
-    if django {
+    if of(Config::Memory).is_some() {
+        println!(
+            "redis/memory: deliveries per server CPU-second {cpu:.2} (bar >= {BAR_REDIS_VS_MEMORY}: {}; median of per-run ratios {:.2}), throughput {:.2} (per-run {:.2})",
+            verdict(cpu, BAR_REDIS_VS_MEMORY),
+            per_run(Config::Redis, Config::Memory, Outcome::per_server_cpu_second),
+            ratio(Config::Redis, Config::Memory, Outcome::per_second),
+            per_run(Config::Redis, Config::Memory, Outcome::per_second),
+        );
+    }
+    if of(Config::RedisTls).is_some() {
+        let cpu = ratio(Config::RedisTls, Config::Redis, Outcome::per_server_cpu_second);
+        let throughput = ratio(Config::RedisTls, Config::Redis, Outcome::per_second);
+        println!(
+            "redis-tls/redis: throughput {throughput:.2} (bar >= {BAR_TLS_VS_PLAIN}: {}; per-run {:.2}), deliveries per server CPU-second {cpu:.2} (bar >= {BAR_TLS_VS_PLAIN}: {}; per-run {:.2})",
+            verdict(throughput, BAR_TLS_VS_PLAIN),
+            per_run(Config::RedisTls, Config::Redis, Outcome::per_second),
+            verdict(cpu, BAR_TLS_VS_PLAIN),
+            per_run(Config::RedisTls, Config::Redis, Outcome::per_server_cpu_second),
+        );
+    }
+    if of(Config::Django).is_some() {
         let cpu = ratio(Config::Redis, Config::Django, Outcome::per_server_cpu_second);
         println!(
             "redis/django: deliveries per server CPU-second {cpu:.1} (bar >= {BAR_REDIS_VS_DJANGO}: {}), throughput {:.1}",
@@ -184,6 +207,7 @@ fn run_config(
     scenario: &Scenario,
     chat: &Path,
     daphne: &Path,
+    certs: &TestCertificates,
 ) -> Result<(Result<Outcome, String>, Vec<Log>), String> {
     match config {
         Config::Memory => {
@@ -192,11 +216,17 @@ fn run_config(
             let outcome = run_split(scenario, &targets, &["chat"], None);
             Ok((outcome, vec![server.stop()]))
         }
-        Config::Redis => {
-            let redis = RedisServer::start();
+        Config::Redis | Config::RedisTls => {
+            let (redis, mut params) = if config == Config::RedisTls {
+                let redis = RedisServer::start_tls(certs, TlsServer::default());
+                (redis, vec![format!("ssl_ca_certs={}", certs.ca.display())])
+            } else {
+                (RedisServer::start(), Vec::new())
+            };
             let redis_pid = pin_redis(&redis)?;
-            let params = std::env::var("BENCH_REDIS_PARAMS").map(|p| format!("?{p}")).unwrap_or_default();
-            let layer = vec!["--layer".to_owned(), format!("{}{params}", redis.url())];
+            params.extend(std::env::var("BENCH_REDIS_PARAMS").ok());
+            let query = if params.is_empty() { String::new() } else { format!("?{}", params.join("&")) };
+            let layer = vec!["--layer".to_owned(), format!("{}{query}", redis.url())];
             let first = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
             let second = ServerProcess::start_with(Kind::Chat, chat, &layer)?;
             let targets =

@@ -118,7 +118,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers = WorkerRouter::new().route("shouting", Shouter);
     match role.as_str() {
         "worker" => {
-            println!("worker: handling the channel \"shouting\" on {layer_url}");
+            // The URL may hold a password: it is shown redacted.
+            println!("worker: handling the channel \"shouting\" on {}", channels::layers::redact_url(&layer_url));
             workers.run(layer, channels::server::shutdown_signal()).await;
         }
         "web" | "all" => {

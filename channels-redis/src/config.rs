@@ -5,10 +5,10 @@ use std::fmt;
 use std::time::Duration;
 
 use channels_core::layer::{ConfigError, LayerConfig, LayerUrl};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
 
 use crate::crypto::Encryption;
+use crate::endpoint::{Endpoint, SentinelOptions};
+use crate::tls::{self, TlsOptions};
 
 /// Settings of a [`RedisChannelLayer`](crate::RedisChannelLayer).
 ///
@@ -59,6 +59,11 @@ pub struct RedisConfig {
     /// process's memberships to Redis again, so memberships Redis lost come back within a
     /// third of this. See the layers guide in `docs/`.
     pub process_ttl: Duration,
+    /// How `rediss://` hosts are reached: redis-py's `ssl_ca_certs`, `ssl_certfile`,
+    /// `ssl_keyfile` and `ssl_cert_reqs` URL parameters (see [`TlsOptions`]).
+    pub tls: TlsOptions,
+    /// How the sentinels of `redis+sentinel://` hosts are reached (see [`SentinelOptions`]).
+    pub sentinel: SentinelOptions,
 }
 
 impl RedisConfig {
@@ -72,10 +77,19 @@ impl RedisConfig {
             symmetric_encryption_keys: Vec::new(),
             send_linger: DEFAULT_SEND_LINGER,
             process_ttl: DEFAULT_PROCESS_TTL,
+            tls: TlsOptions::default(),
+            sentinel: SentinelOptions::default(),
         }
     }
 
-    /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N&symmetric_encryption_key=K&send_linger_ms=&process_ttl=`.
+    /// Parses a layer URL: `redis://[user:password@]host[:port][,host2...][/db]?prefix=&capacity=&expiry=&group_expiry=&channel_capacity=GLOB:N&symmetric_encryption_key=K&send_linger_ms=&process_ttl=`;
+    /// `rediss://` for TLS, with `ssl_ca_certs=`, `ssl_certfile=`, `ssl_keyfile=` and
+    /// `ssl_cert_reqs=required|none` (see [`TlsOptions`]);
+    /// `redis+sentinel://[user:password@]s1:26379,s2:26379/db?master_name=NAME` for masters
+    /// found through Redis Sentinel, `master_name` repeated for several shards, with
+    /// `sentinel_username=`, `sentinel_password=` and `sentinel_ssl=true` (see
+    /// [`SentinelOptions`]); `ssl_*` options on such a URL (or `rediss+sentinel://`) make the
+    /// masters' connections TLS ones.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         Self::from_layer_url(LayerUrl::parse(url)?)
     }
@@ -84,9 +98,9 @@ impl RedisConfig {
     pub fn from_layer_url(mut url: LayerUrl) -> Result<Self, ConfigError> {
         let scheme = match url.scheme.as_str() {
             "redis" | "redis+pubsub" => "redis",
-            "rediss" | "rediss+pubsub" => {
-                return Err(ConfigError("TLS (rediss://) is not supported yet; use redis://".into()));
-            }
+            "rediss" | "rediss+pubsub" => "rediss",
+            "redis+sentinel" | "redis+sentinel+pubsub" => "redis+sentinel",
+            "rediss+sentinel" | "rediss+sentinel+pubsub" => "rediss+sentinel",
             other => return Err(ConfigError(format!("expected a redis:// URL, got {other}://"))),
         };
         let db = url.path.trim_matches('/');
@@ -94,12 +108,22 @@ impl RedisConfig {
             return Err(ConfigError(format!("the path must be a database number, got {:?}", url.path)));
         }
         let path = if db.is_empty() { String::new() } else { format!("/{db}") };
-        let hosts: Vec<String> = if url.hosts.is_empty() {
-            vec![format!("{scheme}://127.0.0.1:6379{path}")]
-        } else {
-            url.hosts.iter().map(|host| format!("{scheme}://{host}{path}")).collect()
-        };
         let layer = LayerConfig::take_from(&mut url)?;
+        let tls = TlsOptions::take_from(&mut url.params)?;
+        if scheme == "redis"
+            && let Some(option) = tls.first_set()
+        {
+            return Err(ConfigError(format!("{option} is a TLS option: it needs a rediss:// URL")));
+        }
+        let (hosts, sentinel) = if scheme.ends_with("+sentinel") {
+            // ssl_* options make the masters' connections TLS ones, as in redis-py.
+            let scheme = if tls.is_set() { "rediss+sentinel" } else { scheme };
+            sentinel_hosts(&mut url, scheme, &path)?
+        } else if url.hosts.is_empty() {
+            (vec![format!("{scheme}://127.0.0.1:6379{path}")], SentinelOptions::default())
+        } else {
+            (url.hosts.iter().map(|host| format!("{scheme}://{host}{path}")).collect(), SentinelOptions::default())
+        };
         let mut prefix = "asgi".to_owned();
         let mut symmetric_encryption_keys = Vec::new();
         let mut send_linger = DEFAULT_SEND_LINGER;
@@ -139,8 +163,51 @@ impl RedisConfig {
             symmetric_encryption_keys,
             send_linger,
             process_ttl,
+            tls,
+            sentinel,
         })
     }
+}
+
+/// The hosts of a `redis+sentinel://` URL, one per `master_name` (the shards, in order), and
+/// the sentinels' options, taken out of `url`'s parameters.
+fn sentinel_hosts(url: &mut LayerUrl, scheme: &str, path: &str) -> Result<(Vec<String>, SentinelOptions), ConfigError> {
+    let mut masters = Vec::new();
+    let mut options = SentinelOptions::default();
+    let mut rest = Vec::new();
+    for (key, value) in url.params.drain(..) {
+        match key.as_str() {
+            "master_name" => {
+                if value.is_empty() || value.contains(['&', '?', '#', '/', ' ']) {
+                    return Err(ConfigError(format!("master_name {value:?} is not a valid master name")));
+                }
+                masters.push(value);
+            }
+            "sentinel_username" => options.username = Some(value),
+            "sentinel_password" => options.password = Some(value),
+            "sentinel_ssl" => {
+                options.ssl = match value.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(ConfigError(format!("sentinel_ssl must be true or false, got {value:?}"))),
+                }
+            }
+            _ => rest.push((key, value)),
+        }
+    }
+    url.params = rest;
+    if masters.is_empty() {
+        return Err(ConfigError(format!(
+            "{}:// needs master_name=NAME (the name the sentinels monitor the master by)",
+            url.scheme
+        )));
+    }
+    if url.hosts.is_empty() {
+        return Err(ConfigError(format!("{}:// needs the sentinels' hosts (s1:26379,s2:26379)", url.scheme)));
+    }
+    let sentinels = url.hosts.join(",");
+    let hosts = masters.iter().map(|name| format!("{scheme}://{sentinels}{path}?master_name={name}")).collect();
+    Ok((hosts, options))
 }
 
 /// [`RedisConfig::send_linger`] unless set.
@@ -159,18 +226,27 @@ const MAX_PROCESS_TTL_SECS: u64 = 86_400;
 const MAX_SEND_LINGER_MS: u64 = 1_000;
 
 impl RedisConfig {
-    /// One client per shard, in order.
-    pub(crate) fn open_clients(&self) -> Result<Vec<redis::Client>, ConfigError> {
+    /// One endpoint per shard, in order. Certificate files are read here.
+    pub(crate) fn open_endpoints(&self) -> Result<Vec<std::sync::Arc<Endpoint>>, ConfigError> {
         if self.hosts.is_empty() {
             return Err(ConfigError("at least one Redis host is needed".into()));
         }
-        self.hosts
-            .iter()
-            .map(|url| {
-                redis::Client::open(url.as_str())
-                    .map_err(|e| ConfigError(format!("bad Redis URL {:?}: {e}", without_password(url))))
-            })
-            .collect()
+        if self.tls.is_set() && !self.sentinel.ssl && !self.hosts.iter().any(|url| url.starts_with("rediss")) {
+            return Err(ConfigError("TLS options are set but no host is a rediss:// one".into()));
+        }
+        self.hosts.iter().map(|url| Endpoint::open(url, &self.tls, &self.sentinel)).collect()
+    }
+
+    /// Why shard `index` could not be reached, naming its host (without secrets).
+    pub(crate) fn connect_failure(&self, index: usize, error: &redis::RedisError) -> String {
+        let url = self.hosts.get(index).map(String::as_str).unwrap_or_default();
+        tls::ConnectFailure { host: without_password(url).into_owned(), tls: url.starts_with("rediss"), error }
+            .to_string()
+    }
+
+    /// Warns, at start-up, about hosts whose certificates are not verified.
+    pub(crate) fn warn_if_unverified(&self) {
+        tls::warn_if_unverified(&self.hosts, &self.tls);
     }
 
     /// [`Self::hosts`] with their passwords hidden, for logs and `Debug` output.
@@ -197,6 +273,8 @@ impl fmt::Debug for RedisConfig {
             .field("symmetric_encryption_keys", &vec![HIDDEN; self.symmetric_encryption_keys.len()])
             .field("send_linger", &self.send_linger)
             .field("process_ttl", &self.process_ttl)
+            .field("tls", &self.tls)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -204,35 +282,14 @@ impl fmt::Debug for RedisConfig {
 /// What a secret shows as.
 const HIDDEN: &str = "***";
 
-/// `url` with the password of its `user:password@` part hidden (`redis://user:***@host`); a
-/// `secret@` with no colon, a password to some clients, is hidden whole.
+/// `url` with the password of its `user:password@` part hidden (`redis://user:***@host`).
 fn without_password(url: &str) -> Cow<'_, str> {
-    let Some((scheme, rest)) = url.split_once("://") else { return Cow::Borrowed(url) };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let Some((user_info, _)) = authority.rsplit_once('@') else { return Cow::Borrowed(url) };
-    let host_and_path = &rest[user_info.len() + 1..];
-    Cow::Owned(match user_info.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:{HIDDEN}@{host_and_path}"),
-        None => format!("{scheme}://{HIDDEN}@{host_and_path}"),
-    })
+    channels_core::layer::redact_url(url)
 }
 
 /// A Redis failure as the layer trait reports it.
 pub(crate) fn backend(e: impl std::error::Error + Send + Sync + 'static) -> channels_core::layer::BackendError {
     Box::new(e)
-}
-
-/// The shard's shared connection for ordinary commands, made on first use (and again on the
-/// next use if that failed); it reconnects by itself after a Redis restart.
-pub(crate) async fn command_connection(
-    client: &redis::Client,
-    cell: &OnceCell<ConnectionManager>,
-) -> Result<ConnectionManager, redis::RedisError> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2);
-    cell.get_or_try_init(|| client.get_connection_manager_with_config(config)).await.cloned()
 }
 
 #[cfg(test)]
@@ -267,6 +324,16 @@ pub(crate) mod tests {
             let err = RedisConfig::from_url(&format!("redis://h?process_ttl={bad}")).unwrap_err();
             assert!(err.to_string().contains("process_ttl"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_tls_url_keeps_its_scheme_and_reads_the_ssl_options() {
+        let config = RedisConfig::from_url("rediss://:pw@h1:1,h2:2/3?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem").unwrap();
+        assert_eq!(config.hosts, ["rediss://:pw@h1:1/3", "rediss://h2:2/3"]);
+        assert_eq!(config.tls.cert_reqs, crate::CertReqs::None);
+        assert_eq!(config.tls.ca_certs.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        let pubsub = RedisConfig::from_url("rediss+pubsub://h").unwrap();
+        assert_eq!(pubsub.hosts, ["rediss://h"]);
     }
 
     #[test]
@@ -317,14 +384,20 @@ pub(crate) mod tests {
     fn a_bad_host_url_error_shows_no_password() {
         let mut config = RedisConfig::new("redis://alice:hunter2@a:notaport");
         config.hosts.push("redis://ok:6379".into());
-        let err = config.open_clients().expect_err("a port must be a number").to_string();
+        let err = config.open_endpoints().err().expect("a port must be a number").to_string();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("alice"), "{err}");
     }
 
     #[test]
     fn bad_urls_are_clear_errors() {
-        for bad in ["redis://h/notadb", "redis://h?bogus=1", "rediss://h", "memory://", "redis://h?capacity=0"] {
+        for bad in [
+            "redis://h/notadb",
+            "redis://h?bogus=1",
+            "memory://",
+            "redis://h?capacity=0",
+            "rediss://h?ssl_cert_reqs=maybe",
+        ] {
             assert!(RedisConfig::from_url(bad).is_err(), "{bad}");
         }
     }

@@ -18,6 +18,7 @@
 
 mod config;
 pub mod crypto;
+mod endpoint;
 mod layer;
 mod mailbox;
 mod presence;
@@ -25,8 +26,11 @@ mod pubsub;
 mod scripts;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 pub mod wire;
 
 pub use config::RedisConfig;
+pub use endpoint::SentinelOptions;
 pub use layer::RedisChannelLayer;
 pub use pubsub::RedisPubSubChannelLayer;
+pub use tls::{CertReqs, TlsOptions};

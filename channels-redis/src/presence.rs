@@ -16,9 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use channels_core::layer::{BackendError, ConfigError, PresenceStore};
 use redis::aio::ConnectionManager;
-use tokio::sync::OnceCell;
 
-use crate::config::{RedisConfig, backend, command_connection};
+use crate::config::{RedisConfig, backend};
+use crate::endpoint::{CommandConnection, Endpoint};
 use crate::scripts;
 use crate::wire::consistent_hash;
 
@@ -29,7 +29,7 @@ const CHUNK: usize = 1000;
 /// presence traffic never queues behind the layer's messages.
 pub(crate) struct RedisPresenceStore {
     prefix: String,
-    shards: Vec<(redis::Client, OnceCell<ConnectionManager>)>,
+    shards: Vec<(std::sync::Arc<Endpoint>, CommandConnection)>,
 }
 
 impl std::fmt::Debug for RedisPresenceStore {
@@ -52,7 +52,8 @@ pub(crate) fn store_for(config: &RedisConfig) -> Option<std::sync::Arc<dyn Prese
 
 impl RedisPresenceStore {
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
-        let shards = config.open_clients()?.into_iter().map(|client| (client, OnceCell::new())).collect();
+        let shards =
+            config.open_endpoints()?.into_iter().map(|endpoint| (endpoint, CommandConnection::default())).collect();
         Ok(Self { prefix: config.prefix.clone(), shards })
     }
 
@@ -63,8 +64,8 @@ impl RedisPresenceStore {
     }
 
     async fn conn(&self, group: &str) -> Result<ConnectionManager, BackendError> {
-        let (client, cell) = &self.shards[consistent_hash(group, self.shards.len())];
-        command_connection(client, cell).await.map_err(backend)
+        let (endpoint, cell) = &self.shards[consistent_hash(group, self.shards.len())];
+        cell.connect(endpoint).await.map_err(backend)
     }
 }
 

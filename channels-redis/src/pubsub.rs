@@ -23,11 +23,12 @@ use channels_core::layer::{
 };
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubSink};
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RedisConfig, backend, command_connection};
+use crate::config::{RedisConfig, backend};
 use crate::crypto::Encryption;
+use crate::endpoint::{CommandConnection, Endpoint};
 use crate::mailbox::{self, Mailboxes};
 use crate::wire::{self, consistent_hash};
 
@@ -43,8 +44,9 @@ pub struct RedisPubSubChannelLayer {
 }
 
 struct Shard {
-    client: redis::Client,
-    publisher: OnceCell<ConnectionManager>,
+    /// Where it is: a fixed host, or the master its sentinels name.
+    endpoint: Arc<Endpoint>,
+    publisher: CommandConnection,
     /// The live subscription connection's sink; `None` while disconnected.
     sink: watch::Receiver<Option<PubSubSink>>,
     sink_tx: watch::Sender<Option<PubSubSink>>,
@@ -131,21 +133,35 @@ impl Inner {
 
     async fn publisher(&self, shard: usize) -> Result<ConnectionManager, redis::RedisError> {
         let shard = &self.shards[shard];
-        command_connection(&shard.client, &shard.publisher).await
+        shard.publisher.connect(&shard.endpoint).await
     }
 }
 
-/// Keeps one shard's subscription connection alive, subscribing again after every reconnect.
+/// Keeps one shard's subscription connection alive, subscribing again after every reconnect
+/// (and on the new master after a failover).
 async fn subscriber(weak: Weak<Inner>, index: usize, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let shard = &inner.shards[index];
-        let connected = shard.client.get_async_pubsub().await;
+        let mut master_changed = shard.endpoint.subscribe();
+        let connected = match shard.endpoint.client().await {
+            Ok((_, client)) => client.get_async_pubsub().await,
+            Err(e) => Err(e),
+        };
+        master_changed.borrow_and_update();
         let (mut sink, mut stream) = match connected {
-            Ok(pubsub) => pubsub.split(),
+            Ok(pubsub) => {
+                failing = false;
+                pubsub.split()
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "pub/sub connection failed; retrying");
+                if !failing {
+                    tracing::warn!(error = %e, "pub/sub connection failed; retrying");
+                }
+                failing = true;
+                shard.endpoint.suspect();
                 drop(inner);
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -171,6 +187,8 @@ async fn subscriber(weak: Weak<Inner>, index: usize, stop: CancellationToken) {
             let message = tokio::select! {
                 () = stop.cancelled() => return,
                 message = stream.next() => message,
+                // A failover: subscribe on the new master.
+                Ok(()) = master_changed.changed() => None,
             };
             let Some(message) = message else { break };
             let Some(inner) = weak.upgrade() else { return };
@@ -179,6 +197,7 @@ async fn subscriber(weak: Weak<Inner>, index: usize, stop: CancellationToken) {
         tracing::warn!("pub/sub connection lost; reconnecting");
         if let Some(inner) = weak.upgrade() {
             inner.shards[index].sink_tx.send_replace(None);
+            inner.shards[index].endpoint.suspect();
         }
     }
 }
@@ -187,14 +206,15 @@ impl RedisPubSubChannelLayer {
     /// A layer with the given settings (`prefix`, `hosts`, encryption keys; `capacity` bounds
     /// the local buffers).
     pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
+        config.warn_if_unverified();
         let shards = config
-            .open_clients()?
+            .open_endpoints()?
             .into_iter()
-            .map(|client| {
+            .map(|endpoint| {
                 let (sink_tx, sink) = watch::channel(None);
                 Shard {
-                    client,
-                    publisher: OnceCell::new(),
+                    endpoint,
+                    publisher: CommandConnection::default(),
                     sink,
                     sink_tx,
                     subscriptions: Mutex::new(HashSet::new()),
@@ -397,12 +417,12 @@ impl ChannelLayer for RedisPubSubChannelLayer {
 
     /// A `PING` to every shard's publishing connection; an error names the host.
     async fn ping(&self) -> Result<(), BackendError> {
-        for (index, shard) in self.inner.shards.iter().enumerate() {
+        for index in 0..self.inner.shards.len() {
             let answered = match self.inner.publisher(index).await {
                 Ok(mut conn) => redis::cmd("PING").query_async::<()>(&mut conn).await,
                 Err(e) => Err(e),
             };
-            answered.map_err(|e| format!("Redis at {}: {e}", shard.client.get_connection_info().addr()))?;
+            answered.map_err(|e| self.inner.config.connect_failure(index, &e))?;
         }
         Ok(())
     }

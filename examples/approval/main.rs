@@ -217,8 +217,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut extra_origins = options.allowed_origins.clone();
     extra_origins.push(addr.ip().to_string());
     let app = app(db, layer, sessions, origins(&extra_origins));
-    tracing::info!(layer = %options.layer, db = %options.db.display(), "approval is running on http://{addr}/");
-    println!("approval: open http://{addr}/ (layer {}, database {})", options.layer, options.db.display());
+    // The URL may hold a password: it is shown redacted.
+    let shown_layer = channels::layers::redact_url(&options.layer);
+    tracing::info!(layer = %shown_layer, db = %options.db.display(), "approval is running on http://{addr}/");
+    println!("approval: open http://{addr}/ (layer {shown_layer}, database {})", options.db.display());
     server.serve(app).await?;
     Ok(())
 }

@@ -354,8 +354,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = server.local_addr()?;
     let presence = presence(layer.clone(), &options);
     let app = app(layer, presence.clone(), Some(addr), &options);
-    tracing::info!(layer = %options.layer, "chat is running: open http://{addr}/ in a few browser tabs");
-    println!("chat: open http://{addr}/ (layer {})", options.layer);
+    // The URL may hold a password: it is shown redacted.
+    let shown_layer = channels::layers::redact_url(&options.layer);
+    tracing::info!(layer = %shown_layer, "chat is running: open http://{addr}/ in a few browser tabs");
+    println!("chat: open http://{addr}/ (layer {shown_layer})");
     server.serve(app).await?;
     // The connections' entries leave the shared store now rather than by expiring.
     presence.flush().await;

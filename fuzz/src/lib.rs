@@ -78,7 +78,8 @@ pub fn config_url(data: &[u8]) {
     let Ok(parsed) = LayerUrl::parse(url) else { return };
     if let Ok(config) = RedisConfig::from_layer_url(parsed.clone()) {
         assert!(!config.hosts.is_empty(), "a Redis config always names a host");
-        assert!(config.hosts.iter().all(|h| h.starts_with("redis://")), "{:?}", config.hosts);
+        let schemes = ["redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://"];
+        assert!(config.hosts.iter().all(|h| schemes.iter().any(|s| h.starts_with(s))), "{:?}", config.hosts);
     }
     let _ = InMemoryChannelLayer::from_url(parsed);
     let _ = RedisConfig::from_url(url);

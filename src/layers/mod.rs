@@ -18,7 +18,8 @@ pub const LAYER_ENV_VAR: &str = "CHANNELS_LAYER";
 
 /// Builds a layer from a URL: `memory://?capacity=100&expiry=60&group_expiry=86400`, or
 /// `redis://host:6379/0?prefix=asgi&capacity=100` (several hosts, comma-separated, for sharding),
-/// or a URL of a scheme added with [`register`].
+/// `rediss://` for TLS, `redis+sentinel://s1:26379,s2:26379/0?master_name=NAME` for Redis
+/// Sentinel (`+pubsub` for the pub/sub layer), or a URL of a scheme added with [`register`].
 ///
 /// Swapping backends is a change of this string, not of code.
 ///
@@ -116,7 +117,8 @@ mod tests {
         assert!(err.contains("unknown channel layer scheme \"kafka\""), "{err}");
         assert!(from_url("redis://127.0.0.1:6379/0?prefix=x").is_ok(), "connections are made on first use");
         assert!(from_url("redis+pubsub://127.0.0.1:6379").is_ok());
-        assert!(from_url("rediss://127.0.0.1:6379").is_err(), "TLS is refused clearly");
+        assert!(from_url("rediss://127.0.0.1:6379").is_ok(), "TLS connects on first use");
+        assert!(from_url("rediss://127.0.0.1:6379?ssl_cert_reqs=maybe").is_err());
         assert!(from_url("memory://?capacity=many").is_err());
         assert!(from_url("not a url").is_err());
     }
@@ -162,7 +164,9 @@ mod tests {
 
     #[test]
     fn built_in_schemes_cannot_be_taken_over() {
-        for scheme in ["memory", "redis", "rediss", "redis+pubsub", "rediss+pubsub"] {
+        for scheme in
+            ["memory", "redis", "rediss", "redis+pubsub", "rediss+pubsub", "redis+sentinel", "rediss+sentinel+pubsub"]
+        {
             let taken = register(scheme, |_| Err(ConfigError("unused".into())));
             assert_eq!(taken, Err(RegisterError::Taken { scheme: scheme.into() }));
         }

@@ -31,7 +31,7 @@ fn built_in() -> Vec<(&'static str, Arc<Factory>)> {
         Arc::new(|url| Ok(Arc::new(channels_memory::InMemoryChannelLayer::from_url(url)?) as Arc<dyn ChannelLayer>)),
     ));
     #[cfg(feature = "redis")]
-    for scheme in ["redis", "rediss"] {
+    for scheme in ["redis", "rediss", "redis+sentinel", "rediss+sentinel"] {
         schemes.push((
             scheme,
             Arc::new(|url| {
@@ -41,7 +41,7 @@ fn built_in() -> Vec<(&'static str, Arc<Factory>)> {
         ));
     }
     #[cfg(feature = "redis")]
-    for scheme in ["redis+pubsub", "rediss+pubsub"] {
+    for scheme in ["redis+pubsub", "rediss+pubsub", "redis+sentinel+pubsub", "rediss+sentinel+pubsub"] {
         schemes.push((
             scheme,
             Arc::new(|url| {
@@ -60,7 +60,8 @@ fn built_in() -> Vec<(&'static str, Arc<Factory>)> {
 /// A backend crate exports a factory, a function from the parsed [`LayerUrl`] to the layer;
 /// the application registers it at start, before it reads its configuration. Schemes are
 /// case-insensitive, as in URLs. A scheme is registered once: registering it again, or
-/// registering a built-in one (`memory`, `redis`, `rediss`, `redis+pubsub`, `rediss+pubsub`),
+/// registering a built-in one (`memory`, `redis`, `rediss`, `redis+pubsub`, `rediss+pubsub`,
+/// `redis+sentinel`, `rediss+sentinel`, `redis+sentinel+pubsub`, `rediss+sentinel+pubsub`),
 /// is an error, so that no dependency takes over a scheme unnoticed.
 ///
 /// ```

@@ -10,7 +10,10 @@ usage: channels_redis_peer.py HOSTS PREFIX MODE ARGS...
 Messages are JSON on the command line and on stdout; bytes are {"__bytes__": "<hex>"}.
 Every wait is bounded; the script prints {"done": true} at the end.
 Environment: CHANNELS_KEYS=k1,k2 sets symmetric_encryption_keys; CHANNELS_PUBSUB=1 uses
-channels_redis's RedisPubSubChannelLayer instead of RedisChannelLayer.
+channels_redis's RedisPubSubChannelLayer instead of RedisChannelLayer; CHANNELS_HOSTS_JSON,
+when set, is the `hosts` list as JSON (dicts such as {"address": "rediss://...",
+"ssl_ca_certs": PATH} or {"sentinels": [[HOST, PORT]], "master_name": NAME}) and HOSTS is
+ignored.
 """
 
 import asyncio
@@ -54,10 +57,12 @@ async def main():
     hosts, prefix, mode, *args = sys.argv[1:]
     keys = [k for k in os.environ.get("CHANNELS_KEYS", "").split(",") if k]
     options = {"symmetric_encryption_keys": keys} if keys else {}
+    hosts_json = os.environ.get("CHANNELS_HOSTS_JSON")
+    hosts = json.loads(hosts_json) if hosts_json else hosts.split(",")
     if os.environ.get("CHANNELS_PUBSUB"):
-        layer = RedisPubSubChannelLayer(hosts=hosts.split(","), prefix=prefix, **options)
+        layer = RedisPubSubChannelLayer(hosts=hosts, prefix=prefix, **options)
     else:
-        layer = RedisChannelLayer(hosts=hosts.split(","), prefix=prefix, capacity=1000, **options)
+        layer = RedisChannelLayer(hosts=hosts, prefix=prefix, capacity=1000, **options)
     if mode == "group_send":
         await layer.group_send(args[0], from_json(json.loads(args[1])))
     elif mode == "send":

@@ -32,7 +32,8 @@ pub fn example_binary(name: &str) -> PathBuf {
 pub struct Example {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Everything the process logged so far (drained by a thread so the pipe never fills).
+    /// Everything the process printed so far, stdout and stderr (drained by threads so the
+    /// pipes never fill).
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -55,9 +56,9 @@ impl Example {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start example");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the example's first line");
+        stdout.read_line(&mut line).expect("read the example's first line");
         let addr = if role_worker {
             SocketAddr::from(([127, 0, 0, 1], 0))
         } else {
@@ -67,16 +68,20 @@ impl Example {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("the example printed no address: {line:?}"))
         };
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(line.clone()));
+        let drain = |reader: Box<dyn BufRead + Send>| {
             let log = log.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for line in reader.lines().map_while(Result::ok) {
                     let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
                     log.push_str(&line);
                     log.push('\n');
                 }
             });
+        };
+        drain(Box::new(stdout));
+        if let Some(stderr) = child.stderr.take() {
+            drain(Box::new(BufReader::new(stderr)));
         }
         Example { child, addr, log }
     }

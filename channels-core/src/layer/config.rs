@@ -147,6 +147,84 @@ fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
     }
 }
 
+/// What a secret shows as in [`redact_url`]'s output.
+const HIDDEN: &str = "***";
+
+/// `url` fit for logs, errors and `Debug` output: the password of every host's
+/// `user:password@` part shows as `***` (a `secret@` with no colon, a password to some clients,
+/// is hidden whole), and so do the values of query parameters that hold secrets (any name
+/// ending in `password`, and `symmetric_encryption_key`). Several URLs separated by `;` are
+/// each redacted. A string that is not a URL comes back as it is, less anything before an `@`.
+///
+/// ```
+/// use channels_core::layer::redact_url;
+/// assert_eq!(redact_url("redis://:hunter2@h:6379/0"), "redis://:***@h:6379/0");
+/// assert_eq!(
+///     redact_url("redis+sentinel://s1,s2/0?master_name=m&sentinel_password=pw"),
+///     "redis+sentinel://s1,s2/0?master_name=m&sentinel_password=***",
+/// );
+/// assert_eq!(redact_url("memory://"), "memory://");
+/// ```
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    if url.contains(';') {
+        let parts: Vec<_> = url.split(';').map(redact_one_url).collect();
+        if parts.iter().all(|p| matches!(p, std::borrow::Cow::Borrowed(_))) {
+            return std::borrow::Cow::Borrowed(url);
+        }
+        return std::borrow::Cow::Owned(parts.join(";"));
+    }
+    redact_one_url(url)
+}
+
+fn redact_one_url(url: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL, but perhaps one mistyped: whatever stands before an `@` may be a password.
+        return match url.rsplit_once('@') {
+            Some((_, host)) => Cow::Owned(format!("{HIDDEN}@{host}")),
+            None => Cow::Borrowed(url),
+        };
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(authority_end);
+    let (before_query, query) = match after.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (after, None),
+    };
+    let hosts: Vec<String> = authority
+        .split(',')
+        .map(|host| match host.rsplit_once('@') {
+            Some((user_info, host)) => match user_info.split_once(':') {
+                Some((user, _)) => format!("{user}:{HIDDEN}@{host}"),
+                None => format!("{HIDDEN}@{host}"),
+            },
+            None => host.to_owned(),
+        })
+        .collect();
+    let query = query.map(|query| {
+        query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret_param(&crate::scope::percent_decode(key, true)) => {
+                    format!("{key}={HIDDEN}")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    let redacted = match query {
+        Some(query) => format!("{scheme}://{}{before_query}?{query}", hosts.join(",")),
+        None => format!("{scheme}://{}{before_query}", hosts.join(",")),
+    };
+    if redacted == url { Cow::Borrowed(url) } else { Cow::Owned(redacted) }
+}
+
+/// Query parameters whose values are secrets.
+fn is_secret_param(key: &str) -> bool {
+    key.ends_with("password") || key == "symmetric_encryption_key"
+}
+
 /// A parsed layer URL: `scheme://host1,host2/path?key=value&...`.
 ///
 /// ```
@@ -157,7 +235,9 @@ fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
 /// assert_eq!(url.path, "/0");
 /// assert_eq!(url.params[0], ("prefix".to_string(), "asgi".to_string()));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` output hides passwords and secret parameters, as [`redact_url`] does.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LayerUrl {
     /// `memory`, `redis`, `redis+pubsub`, ...
@@ -173,11 +253,11 @@ pub struct LayerUrl {
 impl LayerUrl {
     /// Parses a layer URL.
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| ConfigError(format!("{url:?} is not a URL like memory:// or redis://host:6379")))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            ConfigError(format!("{:?} is not a URL like memory:// or redis://host:6379", redact_url(url)))
+        })?;
         if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
-            return Err(ConfigError(format!("{url:?} has an invalid scheme")));
+            return Err(ConfigError(format!("{:?} has an invalid scheme", redact_url(url))));
         }
         let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = match before_query.find('/') {
@@ -189,6 +269,18 @@ impl LayerUrl {
         Ok(Self { scheme: scheme.to_ascii_lowercase(), hosts, path: path.to_owned(), params })
     }
 
+    /// The URL again, in its written form, with secrets hidden as [`redact_url`] does.
+    pub fn redacted(&self) -> String {
+        let mut url = format!("{}://{}{}", self.scheme, self.hosts.join(","), self.path);
+        for (i, (key, value)) in self.params.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(key);
+            url.push('=');
+            url.push_str(if is_secret_param(key) { HIDDEN } else { value });
+        }
+        redact_one_url(&url).into_owned()
+    }
+
     /// Fails when parameters are left that no part of the layer understood.
     pub fn reject_unknown_params(&self) -> Result<(), ConfigError> {
         match self.params.first() {
@@ -198,9 +290,47 @@ impl LayerUrl {
     }
 }
 
+impl fmt::Debug for LayerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LayerUrl").field(&self.redacted()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_urls_show_no_password_or_secret_parameter() {
+        for (url, shown) in [
+            ("redis://u:p@h:1/0", "redis://u:***@h:1/0"),
+            ("redis://:p@h", "redis://:***@h"),
+            ("redis://p@h/0", "redis://***@h/0"),
+            ("rediss://u:p%40x@h?ssl_cert_reqs=none", "rediss://u:***@h?ssl_cert_reqs=none"),
+            ("redis://:a@h1,:b@h2/0", "redis://:***@h1,:***@h2/0"),
+            ("redis://h:1/0", "redis://h:1/0"),
+            ("redis://h/0?next=a@b", "redis://h/0?next=a@b"),
+            (
+                "redis+sentinel://s1/0?sentinel_password=x&master_name=m",
+                "redis+sentinel://s1/0?sentinel_password=***&master_name=m",
+            ),
+            ("redis://h?symmetric_encryption_key=k", "redis://h?symmetric_encryption_key=***"),
+            ("redis://:a@h1;redis://:b@h2", "redis://:***@h1;redis://:***@h2"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_parsed_url_debugs_without_its_secrets() {
+        let url = LayerUrl::parse("redis://alice:hunter2@h/0?sentinel_password=s3cret&prefix=x").expect("url");
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("alice") && shown.contains("prefix=x"), "{shown}");
+        let err = LayerUrl::parse(":hunter2@h").expect_err("no scheme").to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
 
     #[test]
     fn globs_match_like_fnmatch() {

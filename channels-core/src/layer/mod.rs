@@ -20,7 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
-pub use config::{ConfigError, LayerConfig, LayerUrl};
+pub use config::{ConfigError, LayerConfig, LayerUrl, redact_url};
 pub use drops::DroppedMessages;
 pub use members::Members;
 pub use message::{MAX_NESTING_DEPTH, Message, MessageError, RESERVED_CHANNEL_KEY};

@@ -112,7 +112,7 @@ impl Inner {
 
     /// Removes `dead_members` from `group` in a task of its own, off the send's path.
     fn spawn_prune(&self, group: &str, dead_members: Vec<Vec<u8>>) {
-        let conn = self.shards[self.shard_for(group)].commands.get().cloned();
+        let conn = self.shards[self.shard_for(group)].commands.get();
         let (Ok(runtime), Some(mut conn)) = (tokio::runtime::Handle::try_current(), conn) else {
             self.liveness().pruning.remove(group);
             return;
@@ -317,38 +317,46 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
 }
 
 /// Keeps this process subscribed to its liveness channel, on a connection of its own, until
-/// the layer is dropped; counts the subscriptions made in [`Liveness`].
+/// the layer is dropped; counts the subscriptions made in [`Liveness`]. After a failover the
+/// subscription moves to the new master (the old one, demoted, may still be up).
 async fn stay_subscribed(weak: Weak<Inner>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
+    let Some(inner) = weak.upgrade() else { return };
+    let endpoint = inner.shards[inner.processes_shard()].endpoint.clone();
+    let channel = inner.liveness_channel(&inner.client_prefix);
+    let liveness = inner.liveness.clone();
+    drop(inner);
+    let mut master_changed = endpoint.subscribe();
     loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let client = inner.shards[inner.processes_shard()].client.clone();
-        let channel = inner.liveness_channel(&inner.client_prefix);
-        let liveness = inner.liveness.clone();
-        drop(inner);
         let subscribe = async {
+            let (generation, client) = endpoint.client().await?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            Ok::<_, redis::RedisError>((generation, pubsub))
         };
         let subscribed = tokio::select! {
             () = stop.cancelled() => return,
             subscribed = tokio::time::timeout(SUBSCRIBE_LIMIT, subscribe) => subscribed,
         };
         match subscribed {
-            Ok(Ok(pubsub)) => {
+            Ok(Ok((generation, pubsub))) => {
                 backoff = Duration::from_millis(100);
                 set_subscribed(&liveness, true);
                 // Nobody publishes on it: the stream ends when the connection does.
                 let mut messages = pubsub.into_on_message();
-                loop {
+                let failover = loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
-                        message = messages.next() => if message.is_none() { break },
+                        message = messages.next() => if message.is_none() { break false },
+                        Ok(()) = master_changed.changed() => if endpoint.generation() != generation { break true },
                     }
-                }
+                };
                 set_subscribed(&liveness, false);
+                if failover {
+                    tracing::info!("subscribing to the liveness channel on the new master");
+                    continue;
+                }
                 tracing::warn!("lost the liveness subscription to Redis; subscribing again");
             }
             Ok(Err(e)) if !warned => {

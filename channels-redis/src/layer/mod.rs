@@ -44,7 +44,6 @@ use channels_core::layer::{
     BackendError, ChannelLayer, ChannelReceiver, ConfigError, DroppedMessages, FlushError, GroupError, GroupSendReport,
     LayerConfig, Message, NewChannelError, PresenceStore, ReceiveError, SendError, validate_channel_name,
 };
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedisConfig, backend};
@@ -137,8 +136,12 @@ impl Drop for Inner {
 impl RedisChannelLayer {
     /// A layer with the given settings. Connections are made on first use.
     pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
-        let shards =
-            config.open_clients()?.into_iter().map(|client| Shard { client, commands: OnceCell::new() }).collect();
+        config.warn_if_unverified();
+        let shards = config
+            .open_endpoints()?
+            .into_iter()
+            .map(|endpoint| Shard { endpoint, commands: Default::default() })
+            .collect();
         let encryption = config.encryption()?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -305,12 +308,12 @@ impl ChannelLayer for RedisChannelLayer {
 
     /// A `PING` to every shard; an error names the host that did not answer.
     async fn ping(&self) -> Result<(), BackendError> {
-        for (index, shard) in self.inner.shards.iter().enumerate() {
+        for index in 0..self.inner.shards.len() {
             let answered = match self.inner.conn(index).await {
                 Ok(mut conn) => redis::cmd("PING").query_async::<()>(&mut conn).await,
                 Err(e) => Err(e),
             };
-            answered.map_err(|e| format!("Redis at {}: {e}", shard.client.get_connection_info().addr()))?;
+            answered.map_err(|e| self.inner.config.connect_failure(index, &e))?;
         }
         Ok(())
     }

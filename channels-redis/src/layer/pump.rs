@@ -10,29 +10,43 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, RedisChannelLayer};
+use crate::endpoint::Endpoint;
 use crate::mailbox;
 use crate::wire::{self, Routing};
 
 /// Most queued messages a pump takes in one round trip after its blocking pop.
 const POP_BATCH: usize = 127;
 
-/// Pops one process queue on one shard, forever, until the layer is dropped.
-async fn pump(weak: Weak<Inner>, client: redis::Client, key: String, timeout: Duration, stop: CancellationToken) {
+/// Pops one process queue on one shard, forever, until the layer is dropped. When the
+/// shard's sentinels name another master, the pop moves there and the memberships of this
+/// process are added again, as after a Redis restart.
+async fn pump(weak: Weak<Inner>, endpoint: Arc<Endpoint>, key: String, timeout: Duration, stop: CancellationToken) {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(None)
         .set_number_of_retries(1);
-    let mut conn: Option<ConnectionManager> = None;
+    let mut conn: Option<(u64, ConnectionManager)> = None;
     let mut failing = false;
     let mut backoff = Duration::from_millis(100);
+    let mut master_changed = endpoint.subscribe();
     loop {
         let popped = tokio::select! {
             () = stop.cancelled() => return,
-            popped = async {
-                if conn.is_none() {
-                    conn = Some(client.get_connection_manager_with_config(config.clone()).await?);
+            // A failover: the blocking pop on the old master is abandoned (its connection
+            // closed), and the next one goes to the new master.
+            Ok(()) = master_changed.changed(), if conn.is_some() => {
+                if conn.as_ref().is_some_and(|(generation, _)| *generation == endpoint.generation()) {
+                    Ok(None) // the connection was made for the new master already
+                } else {
+                    Err(redis::RedisError::from(std::io::Error::other("the sentinels named another master")))
                 }
-                let Some(c) = conn.as_mut() else { unreachable!() };
+            }
+            popped = async {
+                if conn.as_ref().is_none_or(|(generation, _)| *generation != endpoint.generation()) {
+                    let (generation, client) = endpoint.client().await?;
+                    conn = Some((generation, client.get_connection_manager_with_config(config.clone()).await?));
+                }
+                let Some((_, c)) = conn.as_mut() else { unreachable!() };
                 if failing {
                     // Answer quickly once Redis is back, instead of after a whole blocking pop.
                     redis::cmd("PING").query_async::<()>(c).await?;
@@ -68,10 +82,20 @@ async fn pump(weak: Weak<Inner>, client: redis::Client, key: String, timeout: Du
                     tracing::warn!(%key, error = %e, "lost the Redis connection; retrying");
                 }
                 failing = true;
+                endpoint.suspect();
                 drop(inner);
+                // After a failover the next pop goes to the new master on a new connection,
+                // at once; otherwise wait a little longer each time, or until the sentinels
+                // name a new master.
+                if conn.as_ref().is_some_and(|(generation, _)| *generation != endpoint.generation()) {
+                    conn = None;
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
+                    Ok(()) = master_changed.changed() => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -135,7 +159,7 @@ impl RedisChannelLayer {
         for shard in &self.inner.shards {
             runtime.spawn(pump(
                 Arc::downgrade(&self.inner),
-                shard.client.clone(),
+                shard.endpoint.clone(),
                 queue_key.to_owned(),
                 timeout,
                 self.inner.stop.clone(),

@@ -2,19 +2,22 @@
 //! queues and groups, which shard holds a key, and which channels and queues are this
 //! process's own.
 
+use std::sync::Arc;
+
 use channels_core::layer::non_local_name;
 use redis::aio::ConnectionManager;
-use tokio::sync::OnceCell;
 
 use super::Inner;
-use crate::config::command_connection;
+use crate::endpoint::{CommandConnection, Endpoint};
 use crate::wire::consistent_hash;
 
 /// One Redis host of the layer.
 pub(super) struct Shard {
-    pub(super) client: redis::Client,
-    /// The shared connection for ordinary commands, made on first use.
-    pub(super) commands: OnceCell<ConnectionManager>,
+    /// Where it is: a fixed host, or the master its sentinels name.
+    pub(super) endpoint: Arc<Endpoint>,
+    /// The shared connection for ordinary commands, made on first use (and again after a
+    /// failover).
+    pub(super) commands: CommandConnection,
 }
 
 impl Inner {
@@ -47,7 +50,7 @@ impl Inner {
 
     pub(super) async fn conn(&self, shard: usize) -> Result<ConnectionManager, redis::RedisError> {
         let shard = &self.shards[shard];
-        command_connection(&shard.client, &shard.commands).await
+        shard.commands.connect(&shard.endpoint).await
     }
 }
 

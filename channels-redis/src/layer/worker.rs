@@ -13,8 +13,9 @@ use super::{RedisChannelLayer, backend};
 use crate::scripts;
 use crate::wire;
 
-/// Blocking connections of one worker channel, by shard, made on first use.
-pub(super) type BlockingConnections = HashMap<usize, ConnectionManager>;
+/// Blocking connections of one worker channel, by shard, made on first use, with the
+/// generation of the shard's endpoint they were made for (see [`crate::endpoint`]).
+pub(super) type BlockingConnections = HashMap<usize, (u64, ConnectionManager)>;
 
 impl RedisChannelLayer {
     /// A worker channel: channels_redis's restore → pop → back up → clean up dance, so Python
@@ -62,14 +63,13 @@ impl RedisChannelLayer {
                 scripts::RESTORE.key(&queue).key(&backup).invoke_async::<()>(&mut commands).await?;
                 // Blocking pops get connections of their own (one per shard), so they never
                 // hold up other commands; with several shards each pop goes to the next one.
-                let client = &self.inner.shards[shard].client;
-                let config = ConnectionManagerConfig::new().set_response_timeout(None).set_number_of_retries(1);
-                let blocking = match blocking.entry(shard) {
-                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(entry) => {
-                        entry.insert(client.get_connection_manager_with_config(config).await?)
-                    }
-                };
+                let endpoint = &self.inner.shards[shard].endpoint;
+                if blocking.get(&shard).is_none_or(|(generation, _)| *generation != endpoint.generation()) {
+                    let (generation, client) = endpoint.client().await?;
+                    let config = ConnectionManagerConfig::new().set_response_timeout(None).set_number_of_retries(1);
+                    blocking.insert(shard, (generation, client.get_connection_manager_with_config(config).await?));
+                }
+                let Some((_, blocking)) = blocking.get_mut(&shard) else { unreachable!("inserted above") };
                 let popped: Option<(Vec<u8>, Vec<u8>, f64)> =
                     redis::cmd("BZPOPMIN").arg(&queue).arg(timeout.as_secs_f64()).query_async(blocking).await?;
                 if let Some((_, member, score)) = &popped {
@@ -82,6 +82,7 @@ impl RedisChannelLayer {
                 Ok(Some(pair)) => pair,
                 Ok(None) => continue,
                 Err(e) => {
+                    self.inner.shards[shard].endpoint.suspect();
                     if let Some(reply) = reply.take() {
                         let _ = reply.send(Err(ReceiveError::Backend(backend(e))));
                     }

@@ -1,0 +1,108 @@
+//! Interop with real Python through Redis Sentinel: channels_redis 4.3 configured with its
+//! own `sentinels`/`master_name` dicts, one per shard, and our `redis+sentinel://` URL with
+//! `master_name` repeated, on two Sentinel-managed masters: group sends both ways, on groups
+//! that live on each shard (so both sides agree where a key lives).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use channels_core::layer::{ChannelLayer, Message};
+use channels_redis::RedisChannelLayer;
+use channels_redis::testing::SentinelDeployment;
+use channels_redis::wire::consistent_hash;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python peer (`tests/python/channels_redis_peer.py`) with `hosts` as its JSON `hosts`
+/// list.
+struct Peer {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Peer {
+    fn spawn(hosts: &Value, prefix: &str, args: &[&str]) -> Peer {
+        let python = repo_root().join("target/test-venv/bin/python");
+        assert!(python.exists(), "{} is missing: run scripts/install-test-deps first", python.display());
+        let mut child = Command::new(python)
+            .env("CHANNELS_HOSTS_JSON", hosts.to_string())
+            .arg(repo_root().join("tests/python/channels_redis_peer.py"))
+            .args(["-", prefix])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the Python peer");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Peer { child, lines }
+    }
+
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
+            .await
+            .expect("the Python peer answers within 20 s")
+            .expect("read")
+            .expect("the Python peer ended early (see its stderr above)");
+        serde_json::from_str(&line).expect("JSON from the peer")
+    }
+
+    async fn finish(mut self) {
+        assert_eq!(self.next().await, json!({"done": true}));
+        let status =
+            tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("exit").expect("wait");
+        assert!(status.success());
+    }
+}
+
+/// A group name starting with `stem` that lives on `shard` of two.
+fn group_on(shard: usize, stem: &str) -> String {
+    (0..).map(|i| format!("{stem}{i}")).find(|g| consistent_hash(g, 2) == shard).expect("a name")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_rust_share_sharded_groups_through_sentinel() {
+    let deployment = SentinelDeployment::start_sharded(&["shard_a", "shard_b"]);
+    let sentinels: Vec<Value> = deployment.sentinels.iter().map(|s| json!(["127.0.0.1", s.port])).collect();
+    // channels_redis's own form: one dict per shard, in the same order as our master_names.
+    let python = json!([
+        {"sentinels": sentinels, "master_name": "shard_a"},
+        {"sentinels": sentinels, "master_name": "shard_b"},
+    ]);
+    let prefix = "snt";
+    let rust = RedisChannelLayer::from_url(&format!("{}&prefix={prefix}", deployment.url())).expect("layer");
+    for shard in 0..2 {
+        let group = group_on(shard, "chat_rs");
+        let me = rust.new_channel("specific").await.expect("new_channel");
+        rust.group_add(&group, &me).await.expect("group_add");
+        let event = json!({"type": "chat.message", "user": "django", "text": format!("python to {group}"), "ts": 2.5});
+        Peer::spawn(&python, prefix, &["group_send", &group, &event.to_string()]).finish().await;
+        let got = tokio::time::timeout(Duration::from_secs(10), rust.receive(&me)).await.expect("arrives").expect("ok");
+        assert_eq!(got.decode::<Value>().expect("decodes")["text"], format!("python to {group}"));
+
+        let py_group = group_on(shard, "chat_py");
+        let mut listener = Peer::spawn(&python, prefix, &["listen", &py_group, "1"]);
+        listener.next().await; // {"channel": ...}: Python has joined
+        let message =
+            Message::new(&json!({"type": "chat.message", "text": format!("rust to {py_group}")})).expect("message");
+        rust.group_send(&py_group, message).await.expect("group_send");
+        assert_eq!(listener.next().await["text"], format!("rust to {py_group}"));
+        listener.finish().await;
+    }
+    // Each shard's master holds the group keys that hash to it, and only those.
+    for (shard, name) in ["shard_a", "shard_b"].iter().enumerate() {
+        let port = deployment.master_port_of(name).expect("a master");
+        let keys = channels_redis::testing::redis_cli(port, &["KEYS", &format!("{prefix}:group:*")]);
+        assert_eq!(keys.lines().filter(|k| !k.is_empty()).count(), 2, "two groups on {name}: {keys}");
+        for key in keys.lines().filter(|k| !k.is_empty()) {
+            let group = key.trim_start_matches(&format!("{prefix}:group:"));
+            assert_eq!(consistent_hash(group, 2), shard, "{key} on {name}");
+        }
+    }
+}
