@@ -77,6 +77,11 @@ fn settings() -> DjangoSettings {
     DjangoSettings::new(SECRET_KEY)
 }
 
+/// `settings()` with the site's database for the user table (the `cache` engine names none).
+fn site_settings(site: &Site, key: &str) -> DjangoSettings {
+    DjangoSettings::new(key).database_url(&site.rust_database)
+}
+
 fn tampered(cookie: &str) -> String {
     let mut bytes = cookie.as_bytes().to_vec();
     let i = bytes.len() / 2;
@@ -86,8 +91,12 @@ fn tampered(cookie: &str) -> String {
 
 /// Everything Django decides about a session, decided the same way by the Rust side.
 async fn django_logins_are_recognised(engine: &str, database: Option<&str>) {
-    let (site, url) = Site::start(engine, database);
-    let addr = rust_server(DjangoAuth::from_url(&url, settings()).expect("config")).await;
+    django_logins_are_recognised_with_cache(engine, database, None).await;
+}
+
+async fn django_logins_are_recognised_with_cache(engine: &str, database: Option<&str>, cache: Option<&str>) {
+    let (site, url) = Site::start_with_cache(engine, database, cache);
+    let addr = rust_server(DjangoAuth::from_url(&url, site_settings(&site, SECRET_KEY)).expect("config")).await;
 
     assert_eq!(who(addr, None).await, Ok(None), "no cookie: anonymous");
 
@@ -99,10 +108,11 @@ async fn django_logins_are_recognised(engine: &str, database: Option<&str>) {
 
     // Key rotation: a server whose key is new and whose fallback is the old key still knows
     // ann; a server with only another key does not.
-    let rotated = DjangoAuth::from_url(&url, DjangoSettings::new("a-brand-new-key").secret_key_fallbacks([SECRET_KEY]));
+    let rotated =
+        DjangoAuth::from_url(&url, site_settings(&site, "a-brand-new-key").secret_key_fallbacks([SECRET_KEY]));
     let rotated_addr = rust_server(rotated.expect("config")).await;
     assert_eq!(who(rotated_addr, Some(&ann_cookie)).await, Ok(Some("ann".into())), "fallback key");
-    let other = rust_server(DjangoAuth::from_url(&url, DjangoSettings::new("another-key")).expect("config")).await;
+    let other = rust_server(DjangoAuth::from_url(&url, site_settings(&site, "another-key")).expect("config")).await;
     assert_eq!(who(other, Some(&ann_cookie)).await, Ok(None), "another key");
 
     // Django's logout: the cookie the browser keeps is anonymous; with the db backend even the
@@ -110,7 +120,7 @@ async fn django_logins_are_recognised(engine: &str, database: Option<&str>) {
     site.logout(&mut ann).await;
     assert_eq!(site.whoami(&mut ann).await, "anonymous");
     assert_eq!(who(addr, ann.session()).await, Ok(None), "after logout");
-    if engine == "db" {
+    if engine != "signed_cookies" {
         assert_eq!(who(addr, Some(&ann_cookie)).await, Ok(None), "the logged-out session");
     }
 
@@ -167,6 +177,54 @@ async fn db_sessions_on_postgresql() {
 async fn signed_cookies_with_users_on_postgresql() {
     let db = PgDatabase::create();
     django_logins_are_recognised("signed_cookies", Some(&db.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_sessions_on_redis() {
+    let redis = channels::redis::testing::RedisServer::start();
+    django_logins_are_recognised_with_cache("cache", None, Some(&redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_db_sessions_on_redis_and_postgresql() {
+    let redis = channels::redis::testing::RedisServer::start();
+    let db = PgDatabase::create();
+    django_logins_are_recognised_with_cache("cached_db", Some(&db.url()), Some(&redis.url())).await;
+}
+
+/// A cached session whose pickle holds opcodes outside a session dict's subset is refused,
+/// nothing it names is run, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_pickles_are_refused_and_never_run() {
+    let redis = channels::redis::testing::RedisServer::start();
+    let (site, url) = Site::start_with_cache("cache", None, Some(&redis.url()));
+    let addr = rust_server(DjangoAuth::from_url(&url, site_settings(&site, SECRET_KEY)).expect("config")).await;
+    let ann = site.login("ann", "ann-password").await;
+    let key = ann.session().expect("cookie").to_owned();
+    assert_eq!(who(addr, Some(&key)).await, Ok(Some("ann".into())));
+    let witness = site::TempDir::new("pickle");
+    let marker = witness.0.join("ran");
+    let command = format!("touch {}", marker.display());
+    // GLOBAL posix.system + REDUCE, protocol 0 and 4 (STACK_GLOBAL), and a dict holding one.
+    let mut protocol0 = b"cposix\nsystem\n(V".to_vec();
+    protocol0.extend_from_slice(command.as_bytes());
+    protocol0.extend_from_slice(b"\ntR.");
+    let mut protocol4 = b"\x80\x04\x8c\x05posix\x8c\x06system\x93\x8c".to_vec();
+    protocol4.push(command.len() as u8);
+    protocol4.extend_from_slice(command.as_bytes());
+    protocol4.extend_from_slice(b"\x85R.");
+    let mut in_a_dict = b"\x80\x05}(\x8c\r_auth_user_id\x8c\x011\x8c\x01x".to_vec();
+    in_a_dict.extend_from_slice(&protocol4[2..protocol4.len() - 1]);
+    in_a_dict.extend_from_slice(b"u.");
+    let cache_key = format!("site:3:django.contrib.sessions.cache{key}");
+    for pickle in [protocol0, protocol4, in_a_dict, b"\x80\x05}\x94(".to_vec()] {
+        let hex: String = pickle.iter().map(|b| format!("{b:02x}")).collect();
+        site.tool(&["cache-set", &cache_key, &hex]);
+        assert_eq!(who(addr, Some(&key)).await, Ok(None), "{pickle:?}");
+    }
+    assert!(!marker.exists(), "a pickled call was run");
+    let again = site.login("ann", "ann-password").await;
+    assert_eq!(who(addr, again.session()).await, Ok(Some("ann".into())), "still serving");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,8 @@
 //!      `django.contrib.sessions.backends.signed_cookies` and at most `SESSION_COOKIE_AGE` old;
 //!    - `db`: the unexpired row of `django_session`, its `session_data` signed with salt
 //!      `django.contrib.sessions.SessionStore`, on SQLite or PostgreSQL;
+//!    - `cache` and `cached_db`: the pickled dict Django's `RedisCache` keeps (read by
+//!      [`pickle`], which refuses anything but plain data), `cached_db` falling back to `db`;
 //! 2. its `_auth_user_id`, provided `_auth_user_backend` is one of `AUTHENTICATION_BACKENDS`,
 //!    looked up in the user table (`auth_user` by default); an inactive user is anonymous;
 //! 3. its `_auth_user_hash`, which must be the HMAC of the user's password hash under
@@ -26,6 +28,11 @@
 //! | `sqlite:///ABSOLUTE/PATH/db.sqlite3` | `django.contrib.sessions.backends.db` on SQLite |
 //! | `postgresql://USER[:PW]@HOST:PORT/DB` | `django.contrib.sessions.backends.db` on PostgreSQL |
 //! | `signed-cookies:DATABASE_URL` | `django.contrib.sessions.backends.signed_cookies`, users in that database |
+//! | `redis://HOST:PORT/DB?key_prefix=P&version=N` | `django.contrib.sessions.backends.cache` on `RedisCache` |
+//! | `cached-db:REDIS_URL,DATABASE_URL` | `django.contrib.sessions.backends.cached_db` |
+//!
+//! URLs that name no database for the user table (`signed-cookies:` alone, `redis://...`) take
+//! it from [`DjangoSettings::database_url`] (`DJANGO_DATABASE_URL`).
 //!
 //! `?user_table=NAME` on the database URL names the table of a custom user model (with the
 //! columns of `AbstractUser` and an integer primary key `id`).
@@ -47,8 +54,10 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
+pub mod pickle;
 pub mod signing;
 
+mod cache;
 mod db;
 
 use std::fmt;
@@ -57,6 +66,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cache::Cache;
 use channels_core::middleware::{Middleware, Rejection, StatusCode};
 use channels_core::scope::Scope;
 use db::Database;
@@ -107,6 +117,7 @@ pub struct DjangoSettings {
     session_cookie_name: String,
     session_cookie_age: Duration,
     authentication_backends: Vec<String>,
+    database_url: Option<String>,
 }
 
 impl fmt::Debug for DjangoSettings {
@@ -130,11 +141,13 @@ impl DjangoSettings {
             session_cookie_name: "sessionid".to_owned(),
             session_cookie_age: Duration::from_secs(14 * 24 * 3600),
             authentication_backends: vec![MODEL_BACKEND.to_owned()],
+            database_url: None,
         }
     }
 
     /// From the environment: `DJANGO_SECRET_KEY` (required), `DJANGO_SECRET_KEY_FALLBACKS`
-    /// (comma-separated), `DJANGO_SESSION_COOKIE_NAME`, `DJANGO_SESSION_COOKIE_AGE` (seconds).
+    /// (comma-separated), `DJANGO_SESSION_COOKIE_NAME`, `DJANGO_SESSION_COOKIE_AGE` (seconds),
+    /// `DJANGO_DATABASE_URL` (see [`database_url`](Self::database_url)).
     pub fn from_env() -> Result<Self, ConfigError> {
         let key = std::env::var("DJANGO_SECRET_KEY").map_err(|_| ConfigError::MissingEnv("DJANGO_SECRET_KEY"))?;
         if key.is_empty() {
@@ -143,6 +156,11 @@ impl DjangoSettings {
         let mut settings = Self::new(key);
         if let Ok(fallbacks) = std::env::var("DJANGO_SECRET_KEY_FALLBACKS") {
             settings = settings.secret_key_fallbacks(fallbacks.split(',').filter(|k| !k.is_empty()));
+        }
+        if let Ok(url) = std::env::var("DJANGO_DATABASE_URL")
+            && !url.is_empty()
+        {
+            settings = settings.database_url(url);
         }
         if let Ok(name) = std::env::var("DJANGO_SESSION_COOKIE_NAME") {
             settings = settings.session_cookie_name(name);
@@ -175,6 +193,13 @@ impl DjangoSettings {
     /// `SESSION_COOKIE_AGE` (default two weeks): the oldest a `signed_cookies` session may be.
     pub fn session_cookie_age(mut self, age: Duration) -> Self {
         self.session_cookie_age = age;
+        self
+    }
+
+    /// The database of the user table (`sqlite:///PATH` or `postgresql://...`), for session
+    /// URLs that name none: `signed-cookies:` and `redis://...`.
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
         self
     }
 
@@ -246,6 +271,8 @@ impl std::error::Error for LookupError {}
 enum Engine {
     SignedCookies,
     Db,
+    Cache,
+    CachedDb,
 }
 
 /// Django's sessions and users as middleware: see the [module documentation](self).
@@ -254,6 +281,7 @@ pub struct DjangoAuth {
     settings: Arc<DjangoSettings>,
     engine: Engine,
     database: Database,
+    cache: Option<Arc<Cache>>,
     timeout: Duration,
     login_required: bool,
 }
@@ -263,6 +291,7 @@ impl fmt::Debug for DjangoAuth {
         f.debug_struct("DjangoAuth")
             .field("engine", &self.engine)
             .field("database", &self.database)
+            .field("cache", &self.cache)
             .field("timeout", &self.timeout)
             .field("login_required", &self.login_required)
             .finish_non_exhaustive()
@@ -281,17 +310,35 @@ impl DjangoAuth {
     /// ```
     pub fn from_url(url: &str, settings: DjangoSettings) -> Result<Self, ConfigError> {
         let url = url.trim();
-        let (engine, database_url) = match url.strip_prefix("signed-cookies:") {
-            Some(rest) => (Engine::SignedCookies, rest),
-            None => (Engine::Db, url),
+        let from_settings = || settings.database_url.clone().unwrap_or_default();
+        let (engine, cache, database_url) = if let Some(rest) = url.strip_prefix("signed-cookies:") {
+            let database = if rest.is_empty() { from_settings() } else { rest.to_owned() };
+            (Engine::SignedCookies, None, database)
+        } else if let Some(rest) = url.strip_prefix("cached-db:") {
+            let (cache, database) = rest.split_once(',').ok_or_else(|| {
+                ConfigError::Invalid(format!("{url:?}: write cached-db:redis://HOST:PORT/DB,DATABASE_URL"))
+            })?;
+            (Engine::CachedDb, Some(Arc::new(Cache::from_url(cache)?)), database.to_owned())
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            (Engine::Cache, Some(Arc::new(Cache::from_url(url)?)), from_settings())
+        } else {
+            (Engine::Db, None, url.to_owned())
         };
         if database_url.is_empty() {
             return Err(ConfigError::Invalid(format!(
-                "{url:?} names no user database: write signed-cookies:sqlite:///PATH or signed-cookies:postgresql://..."
+                "{url:?} names no database for the user table: set DJANGO_DATABASE_URL (DjangoSettings::database_url) \
+                 or write signed-cookies:DATABASE_URL"
             )));
         }
-        let database = parse_database(database_url)?;
-        Ok(Self { settings: Arc::new(settings), engine, database, timeout: DEFAULT_TIMEOUT, login_required: false })
+        let database = parse_database(&database_url)?;
+        Ok(Self {
+            settings: Arc::new(settings),
+            engine,
+            database,
+            cache,
+            timeout: DEFAULT_TIMEOUT,
+            login_required: false,
+        })
     }
 
     /// The longest a lookup may take before the connection is refused with 503 (default
@@ -339,9 +386,18 @@ impl DjangoAuth {
                 let signer = self.settings.signer(SIGNED_COOKIES_SALT);
                 signer.unsign_object(cookie, Some(self.settings.session_cookie_age)).ok()
             }
-            Engine::Db => {
+            Engine::Db | Engine::Cache | Engine::CachedDb => {
                 if !valid_session_key(cookie) {
                     return Ok(None);
+                }
+                if let Some(cache) = &self.cache {
+                    let prefix =
+                        if self.engine == Engine::Cache { cache::SESSION_PREFIX } else { cache::CACHED_DB_PREFIX };
+                    match cache.session(prefix, cookie).await? {
+                        Some(session) => return Ok(Some(session)),
+                        None if self.engine == Engine::Cache => return Ok(None),
+                        None => {}
+                    }
                 }
                 let Some(data) = self.database.session_data(cookie).await? else { return Ok(None) };
                 self.settings.signer(DB_SESSION_SALT).unsign_object(&data, None).ok()

@@ -16,14 +16,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const SECRET_KEY: &str = "django-insecure-test-key-for-the-rust-side-0123456789";
 
+/// The repository's root, whether this file is compiled into the tests or the benchmarks.
+fn repo_root() -> &'static Path {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if dir.ends_with("benches") { dir.parent().unwrap_or(dir) } else { dir }
+}
+
 pub fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
+    let python = repo_root().join("target/test-venv/bin/python");
     assert!(python.exists(), "{} is missing: run scripts/install-test-deps", python.display());
     python
 }
 
 fn site_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/django_site")
+    repo_root().join("tests/python/django_site")
 }
 
 /// A directory removed when dropped.
@@ -144,6 +150,8 @@ impl Drop for PgDatabase {
 /// The Django site, served on a free port.
 pub struct Site {
     pub port: u16,
+    /// The site's database as `DjangoAuth` names it (`sqlite:///...` or `postgresql://...`).
+    pub rust_database: String,
     env: Vec<(String, String)>,
     server: Child,
     _dir: TempDir,
@@ -154,6 +162,12 @@ impl Site {
     /// directory, or a PostgreSQL URL. Returns the site and the URL of its database for
     /// `DjangoAuth::from_url`.
     pub fn start(engine: &str, database: Option<&str>) -> (Site, String) {
+        Self::start_with_cache(engine, database, None)
+    }
+
+    /// [`Site::start`] with Django's `RedisCache` on `cache` (`redis://...`), key prefix `site`
+    /// and version 3; for the `cache` and `cached_db` engines.
+    pub fn start_with_cache(engine: &str, database: Option<&str>, cache: Option<&str>) -> (Site, String) {
         let dir = TempDir::new("django");
         let (django_db, rust_db) = match database {
             None => {
@@ -162,19 +176,31 @@ impl Site {
             }
             Some(url) => (url.to_owned(), url.to_owned()),
         };
-        let env = vec![
+        let mut env = vec![
             ("DJANGO_SECRET_KEY".to_owned(), SECRET_KEY.to_owned()),
             ("SITE_SESSION_ENGINE".to_owned(), engine.to_owned()),
             ("SITE_DATABASE".to_owned(), django_db),
         ];
-        let mut site = Site { port: 0, server: Command::new("true").spawn().expect("true"), env, _dir: dir };
+        if let Some(cache) = cache {
+            env.push(("SITE_CACHE".to_owned(), cache.to_owned()));
+            env.push(("SITE_CACHE_KEY_PREFIX".to_owned(), "site".to_owned()));
+            env.push(("SITE_CACHE_VERSION".to_owned(), "3".to_owned()));
+        }
+        let server = Command::new("true").spawn().expect("true");
+        let mut site = Site { port: 0, rust_database: rust_db.clone(), server, env, _dir: dir };
         site.tool(&["setup"]);
         let mut server = site.command(&["serve"]).stdout(Stdio::piped()).spawn().expect("start the Django site");
         let mut line = String::new();
         BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("the site's port");
         site.port = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok()).expect("port N");
         site.server = server;
-        let rust_url = if engine == "signed_cookies" { format!("signed-cookies:{rust_db}") } else { rust_db };
+        let cache_url = cache.map(|c| format!("{c}?key_prefix=site&version=3")).unwrap_or_default();
+        let rust_url = match engine {
+            "signed_cookies" => format!("signed-cookies:{rust_db}"),
+            "cache" => cache_url,
+            "cached_db" => format!("cached-db:{cache_url},{rust_db}"),
+            _ => rust_db,
+        };
         (site, rust_url)
     }
 

@@ -2,8 +2,9 @@
 
 Everything that varies comes from the environment:
 - DJANGO_SECRET_KEY, DJANGO_SECRET_KEY_FALLBACKS (comma-separated);
-- SITE_SESSION_ENGINE: signed_cookies or db (Django's SESSION_ENGINE backends);
-- SITE_DATABASE: sqlite:/ABSOLUTE/PATH or postgresql://USER@HOST:PORT/NAME.
+- SITE_SESSION_ENGINE: signed_cookies, db, cache or cached_db (Django's SESSION_ENGINE backends);
+- SITE_DATABASE: sqlite:/ABSOLUTE/PATH or postgresql://USER@HOST:PORT/NAME;
+- SITE_CACHE, SITE_CACHE_KEY_PREFIX, SITE_CACHE_VERSION: a Redis URL for Django's RedisCache.
 """
 
 import os
@@ -51,5 +52,15 @@ else:
             "PASSWORD": _url.password or "",
             "HOST": _url.hostname,
             "PORT": str(_url.port or 5432),
+        }
+    }
+
+if os.environ.get("SITE_CACHE"):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ["SITE_CACHE"],
+            "KEY_PREFIX": os.environ.get("SITE_CACHE_KEY_PREFIX", ""),
+            "VERSION": int(os.environ.get("SITE_CACHE_VERSION", "1")),
         }
     }

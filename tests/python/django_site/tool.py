@@ -3,6 +3,7 @@
 - setup: creates the tables and the users ann (staff), bob and carol;
 - serve: serves the site on a free port of 127.0.0.1 and prints `port N`;
 - set-password USER PASSWORD, set-active USER 0|1: changes a user as Django's admin would;
+- cache-set KEY PICKLE_HEX: stores raw bytes in the cache's Redis under KEY (hostile values);
 - sign: reads [{"salt", "value", "compress", "age"}] on stdin and prints what
   django.core.signing.dumps gives for each, signed `age` seconds ago.
 """
@@ -50,6 +51,10 @@ def main():
         user.save()
     elif command == "set-active":
         User.objects.filter(username=args[0]).update(is_active=args[1] == "1")
+    elif command == "cache-set":
+        import redis
+
+        redis.Redis.from_url(os.environ["SITE_CACHE"]).set(args[0], bytes.fromhex(args[1]))
     elif command == "sign":
         out = []
         for case in json.load(sys.stdin):
