@@ -16,7 +16,7 @@
 //! `LOOKUP_HANDSHAKES=N` (default 300) handshakes per server and run.
 
 #[path = "../tests/support/django.rs"]
-#[allow(dead_code, unreachable_pub, missing_docs)]
+#[allow(missing_docs)]
 mod site;
 
 use std::net::SocketAddr;

@@ -6,7 +6,9 @@
 //! `DJANGO_SECRET_KEY_FALLBACKS` (comma-separated), and optionally `DJANGO_SESSION_COOKIE_NAME`
 //! and `DJANGO_SESSION_COOKIE_AGE`. The URL says where sessions and users are (see
 //! `channels::django`): `sqlite:///ABSOLUTE/PATH/db.sqlite3`,
-//! `postgresql://USER[:PW]@HOST:PORT/DB`, or `signed-cookies:` followed by one of those.
+//! `postgresql://USER[:PW]@HOST:PORT/DB`, `signed-cookies:` followed by one of those,
+//! `redis://HOST:PORT/DB?key_prefix=&version=1` (Django's cache engine on `RedisCache`; the
+//! user table's database in `DJANGO_DATABASE_URL`) or `cached-db:REDIS_URL,DATABASE_URL`.
 
 use channels::django::{DjangoAuth, DjangoSettings};
 use channels::middleware::{Middleware, Rejection};

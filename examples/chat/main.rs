@@ -269,7 +269,9 @@ fn usage() -> ! {
          \n  --presence-ttl SECS      a dead process leaves the views within this (default 30)\
          \n  --django-sessions URL    share a Django site's logins (env CHANNELS_DJANGO_SESSIONS; needs\
          \n                           DJANGO_SECRET_KEY): sqlite:///ABSOLUTE/PATH/db.sqlite3,\
-         \n                           postgresql://USER[:PW]@HOST:PORT/DB, or signed-cookies:DATABASE_URL\
+         \n                           postgresql://USER[:PW]@HOST:PORT/DB, signed-cookies:DATABASE_URL,\
+         \n                           redis://HOST:PORT/DB?key_prefix=&version=1 (users from\
+         \n                           DJANGO_DATABASE_URL) or cached-db:REDIS_URL,DATABASE_URL\
          \n  --django-login-required  refuse clients not logged in to Django with 403"
     );
     std::process::exit(2)

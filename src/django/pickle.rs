@@ -244,7 +244,7 @@ fn container(stack: &mut [Item]) -> Result<(&mut Value, &mut usize), PickleError
 }
 
 fn insert(stack: &mut [Item], items: Vec<(Value, usize)>) -> Result<(), PickleError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(PickleError::Malformed("a key without a value"));
     }
     let (target, depth) = container(stack)?;
@@ -297,12 +297,8 @@ mod tests {
     #[test]
     fn deep_nesting_is_refused() {
         let mut deep = b"\x80\x05".to_vec();
-        for _ in 0..100 {
-            deep.push(b']');
-        }
-        for _ in 0..99 {
-            deep.push(b'a');
-        }
+        deep.extend(std::iter::repeat_n(b']', 100));
+        deep.extend(std::iter::repeat_n(b'a', 99));
         deep.push(b'.');
         assert_eq!(loads(&deep), Err(PickleError::Malformed("nested too deeply")));
     }
