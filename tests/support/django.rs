@@ -282,7 +282,7 @@ impl Cookies {
     }
 }
 
-fn csrf_token(html: &str) -> String {
+pub fn csrf_token(html: &str) -> String {
     let after = html.split("name=\"csrfmiddlewaretoken\" value=\"").nth(1).expect("a CSRF token in the form");
     after.split('"').next().expect("token").to_owned()
 }
