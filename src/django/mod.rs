@@ -361,7 +361,7 @@ impl DjangoAuth {
 
     /// The user a scope's session cookie belongs to, `Ok(None)` for an anonymous client.
     pub async fn user_of(&self, scope: &Scope) -> Result<Option<DjangoUser>, LookupError> {
-        let cookie = scope.cookie(&self.settings.session_cookie_name);
+        let cookie = django_cookie(scope, &self.settings.session_cookie_name);
         self.user_for_cookie(cookie.as_deref()).await
     }
 
@@ -439,6 +439,55 @@ impl DjangoAuth {
     }
 }
 
+/// The cookie `name` as Django's `parse_cookie` reads it: every `Cookie` header, split on `;`,
+/// names and values trimmed, the last occurrence winning, quoted values unquoted, and nothing
+/// percent-decoded.
+fn django_cookie(scope: &Scope, name: &str) -> Option<String> {
+    let mut found = None;
+    for header in scope.headers().get_all("cookie") {
+        let Ok(header) = header.to_str() else { continue };
+        for chunk in header.split(';') {
+            let (key, value) = chunk.split_once('=').unwrap_or(("", chunk));
+            if key.trim() == name {
+                found = Some(unquote(value.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// Python's `http.cookies._unquote`: a value in double quotes loses them, and its `\ooo`
+/// (octal) and `\c` escapes are decoded.
+fn unquote(value: &str) -> String {
+    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).filter(|_| value.len() >= 2) else {
+        return value.to_owned();
+    };
+    let bytes = inner.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 1 < bytes.len() {
+            let octal = bytes
+                .get(i + 1..i + 4)
+                .filter(|d| d.iter().all(|b| (b'0'..=b'3').contains(&d[0]) && (b'0'..=b'7').contains(b)));
+            match octal {
+                Some(d) => {
+                    out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                    i += 4;
+                }
+                None => {
+                    out.push(bytes[i + 1]);
+                    i += 2;
+                }
+            }
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Django makes session keys of 32 characters from `[a-z0-9]`; its table holds at most 40.
 /// Anything else cannot name a session, so it never reaches the database.
 fn valid_session_key(key: &str) -> bool {
@@ -497,6 +546,17 @@ impl Middleware for DjangoAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookies_are_read_as_django_reads_them() {
+        let scope = Scope::websocket("/")
+            .with_header("cookie", "sessionid=first; a=1")
+            .with_header("cookie", " sessionid = %61bc ; b");
+        assert_eq!(django_cookie(&scope, "sessionid").as_deref(), Some("%61bc"), "last wins, no percent-decoding");
+        assert_eq!(django_cookie(&scope, "missing"), None);
+        assert_eq!(unquote(r#""a\"b\073c""#), "a\"b;c");
+        assert_eq!(unquote("\""), "\"");
+    }
 
     #[test]
     fn session_keys_that_django_cannot_make_are_refused() {
