@@ -76,8 +76,17 @@ fn free_port() -> u16 {
 
 /// Runs a PostgreSQL tool as the `postgres` user when we are root (initdb refuses root).
 fn pg_tool(tool: &str) -> Command {
-    let path = format!("/usr/local/bin/{tool}");
-    // SAFETY-free check of our uid: `id -u` prints it.
+    // Debian keeps the server's tools out of PATH, in /usr/lib/postgresql/VERSION/bin.
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|version| version.path().join("bin").join(tool))
+        .find(|path| path.exists());
+    let local = PathBuf::from(format!("/usr/local/bin/{tool}"));
+    let path = if local.exists() { Some(local) } else { debian }
+        .unwrap_or_else(|| panic!("{tool} is missing: run scripts/install-test-deps"));
+    let path = path.to_string_lossy().into_owned();
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if root {
         let mut command = Command::new("runuser");
