@@ -226,6 +226,7 @@
 //! | `memory` | yes | [`InMemoryChannelLayer`](memory::InMemoryChannelLayer) and `memory://` URLs |
 //! | `redis` | yes | [`RedisChannelLayer`](redis::RedisChannelLayer), [`RedisPubSubChannelLayer`](redis::RedisPubSubChannelLayer), `redis://` and `redis+pubsub://` URLs, compatible with Python's `channels_redis` |
 //! | `testing` | no | `channels::testing`: `WebsocketCommunicator`, `HttpCommunicator` and the layer semantics suite, for your tests (`[dev-dependencies]`) |
+//! | `django` | no | `channels::django`: Django's signing, its `signed_cookies` and `db` sessions (SQLite, PostgreSQL) and its users, so a Rust consumer knows who logged in to Django |
 
 pub use channels_core::{
     AppLimits, AppService, Application, ApplicationBuilder, BoxError, ContextError, Frame, HandlerResult,
@@ -245,5 +246,7 @@ pub use channels_memory as memory;
 #[cfg(feature = "redis")]
 pub use channels_redis as redis;
 
+#[cfg(feature = "django")]
+pub mod django;
 pub mod layers;
 pub mod presence;

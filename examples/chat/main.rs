@@ -11,7 +11,9 @@
 //! - the layer chosen by configuration: `--layer memory://` (default) or the `CHANNELS_LAYER`
 //!   environment variable; no code changes between backends;
 //! - the close word (`关闭` or `/close`) that makes the server close the connection cleanly;
-//! - origin checking, limits and graceful shutdown (Ctrl-C closes every socket with 1001).
+//! - origin checking, limits and graceful shutdown (Ctrl-C closes every socket with 1001);
+//! - a Django site's logins (`--django-sessions URL`, see `django.rs`): a client logged in to
+//!   Django chats under its Django username.
 //!
 //! Protocol (stable; other clients rely on it):
 //! - `GET /` and `GET /home/`: the chat page. WebSocket: `/ws/chat/{room}/?user=NAME`.
@@ -44,6 +46,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod django;
 mod transports;
 
 use channels::http::page;
@@ -143,8 +146,11 @@ impl ChatConsumer {
 }
 
 /// The `?user=` name: trimmed, control characters dropped, at most 32 characters; a random
-/// guest name when missing.
+/// guest name when missing. With `--django-sessions`, the Django username or a guest name.
 pub(crate) fn user_name(scope: &Scope) -> String {
+    if let Some(identity) = scope.extensions().get::<django::ChatIdentity>() {
+        return identity.name();
+    }
     scope
         .query_param("user")
         .map(|u| u.trim().chars().filter(|c| !c.is_control()).take(MAX_USER_CHARS).collect::<String>())
@@ -246,18 +252,27 @@ struct Options {
     poll_timeout: Duration,
     presence_interval: Duration,
     presence_ttl: Duration,
+    /// `--django-sessions`: who a client is comes from a Django site's session.
+    django_logins: Option<django::DjangoLogins>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: chat [--bind ADDR] [--layer URL] [--allowed-origin HOST]... [--poll-timeout SECS]\n\
          \x20           [--presence-interval MS] [--presence-ttl SECS]\n\
+         \x20           [--django-sessions URL [--django-login-required]]\n\
          \n  --bind ADDR              listen address (default 127.0.0.1:8000, env CHANNELS_BIND)\
          \n  --layer URL              channel layer (default memory://, env CHANNELS_LAYER)\
          \n  --allowed-origin HOST    also accept browser pages from HOST (repeatable)\
          \n  --poll-timeout SECS      drop polling clients silent this long (default 60)\
          \n  --presence-interval MS   collect presence changes this long per diff (default 100)\
-         \n  --presence-ttl SECS      a dead process leaves the views within this (default 30)"
+         \n  --presence-ttl SECS      a dead process leaves the views within this (default 30)\
+         \n  --django-sessions URL    share a Django site's logins (env CHANNELS_DJANGO_SESSIONS; needs\
+         \n                           DJANGO_SECRET_KEY): sqlite:///ABSOLUTE/PATH/db.sqlite3,\
+         \n                           postgresql://USER[:PW]@HOST:PORT/DB, signed-cookies:DATABASE_URL,\
+         \n                           redis://HOST:PORT/DB?key_prefix=&version=1 (users from\
+         \n                           DJANGO_DATABASE_URL) or cached-db:REDIS_URL,DATABASE_URL\
+         \n  --django-login-required  refuse clients not logged in to Django with 403"
     );
     std::process::exit(2)
 }
@@ -270,7 +285,10 @@ fn options() -> Options {
         poll_timeout: Duration::from_secs(60),
         presence_interval: PresenceConfig::default().get_interval(),
         presence_ttl: PresenceConfig::default().get_ttl(),
+        django_logins: None,
     };
+    let mut django_sessions = std::env::var("CHANNELS_DJANGO_SESSIONS").ok().filter(|url| !url.is_empty());
+    let mut django_login_required = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -290,6 +308,8 @@ fn options() -> Options {
                 Ok(ms) if ms <= 60_000 => options.presence_interval = Duration::from_millis(ms),
                 _ => usage(),
             },
+            "--django-sessions" => django_sessions = Some(value()),
+            "--django-login-required" if inline.is_none() => django_login_required = true,
             "--presence-ttl" => match value().parse::<u64>() {
                 Ok(secs) if (1..=3600).contains(&secs) => options.presence_ttl = Duration::from_secs(secs),
                 _ => usage(),
@@ -297,6 +317,7 @@ fn options() -> Options {
             _ => usage(),
         }
     }
+    options.django_logins = django::from_options(django_sessions.as_deref(), django_login_required);
     options
 }
 
@@ -336,10 +357,12 @@ fn app(
         origins.push(bind.ip().to_string());
     }
     origins.extend_from_slice(extra_origins);
-    Application::builder(router)
-        .layer(layer)
-        .middleware(OriginValidator::new(origins).allow_missing_origin(true))
-        .build()
+    let builder =
+        Application::builder(router).layer(layer).middleware(OriginValidator::new(origins).allow_missing_origin(true));
+    match options.django_logins.clone() {
+        Some(logins) => builder.middleware(logins).build(),
+        None => builder.build(),
+    }
 }
 
 #[tokio::main]
