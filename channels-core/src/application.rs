@@ -7,13 +7,14 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
@@ -384,12 +385,12 @@ impl Application {
 
     /// [`Self::handle`] up to the handler: a WebSocket upgrade, or an HTTP request's body
     /// read and the request routed.
-    async fn route(
-        self,
-        mut request: Request<Incoming>,
-        client: Option<SocketAddr>,
-        server: Option<SocketAddr>,
-    ) -> Routed {
+    async fn route<B>(self, mut request: Request<B>, client: Option<SocketAddr>, server: Option<SocketAddr>) -> Routed
+    where
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         if hyper_tungstenite::is_upgrade_request(&request) {
             return answered(self.upgrade(&mut request, client, server).await);
         }
@@ -405,9 +406,9 @@ impl Application {
         self.route_http(scope, body).await
     }
 
-    async fn upgrade(
+    async fn upgrade<B>(
         &self,
-        request: &mut Request<Incoming>,
+        request: &mut Request<B>,
         client: Option<SocketAddr>,
         server: Option<SocketAddr>,
     ) -> HttpResponse {
@@ -512,6 +513,97 @@ impl hyper::service::Service<Request<Incoming>> for AppService {
         // Not `handle`: an `async fn` keeps room for its arguments, the request here, for as
         // long as it runs.
         let routing = Box::pin(self.app.clone().route(request, self.client, self.server));
+        Box::pin(async move { Ok(routing.await.await) })
+    }
+}
+
+/// The client's address of a request, for an [`Application`] served as a tower service.
+///
+/// [`Server`](crate::Server) and [`AppService`] know their connection's addresses; a
+/// request reaching the application through another server (axum, say) carries them, if at
+/// all, in its extensions: put a `ClientAddr` (and a [`ServerAddr`]) there and the scope's
+/// [`client`](Scope::client) (and [`server`](Scope::server)) is set from it. Without one it is
+/// `None`. With axum, serve the router `into_make_service_with_connect_info::<SocketAddr>()`
+/// and copy axum's `ConnectInfo` into the request:
+///
+/// ```ignore
+/// use axum::extract::{ConnectInfo, Request};
+/// use channels_core::application::ClientAddr;
+///
+/// let router = router.layer(axum::middleware::map_request(
+///     |ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>, mut request: Request| async move {
+///         request.extensions_mut().insert(ClientAddr(addr));
+///         request
+///     },
+/// ));
+/// axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+/// ```
+///
+/// A proxy's `X-Forwarded-For` is a different matter: see
+/// [`TrustedProxies`](crate::middleware::TrustedProxies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The server's address of a request (the local end of its connection), like [`ClientAddr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServerAddr(pub SocketAddr);
+
+/// The error a request body may fail with.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The application as a [tower](https://docs.rs/tower) service, for any request body: mount it
+/// in an axum `Router` (`route_service`, `nest_service`, `fallback_service`) or wrap it in
+/// tower layers. It routes the request with its own [`Router`] (the path axum passes on: with
+/// `nest_service` the prefix is stripped), upgrades WebSockets (the server must serve its
+/// connections with upgrades, as `axum::serve` does) and takes the scope's addresses from
+/// [`ClientAddr`] and [`ServerAddr`] in the request's extensions.
+///
+/// Shut the application down yourself when your server stops:
+/// [`shutdown`](Application::shutdown) closes the WebSockets with 1001 and runs their
+/// `disconnect` hooks, which no HTTP server does for upgraded connections.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use channels_core::prelude::*;
+/// use tower_service::Service;
+///
+/// # async fn demo() -> Result<(), Infallible> {
+/// use channels_core::application::ClientAddr;
+/// use channels_core::http::{HttpRequest, text};
+/// use http_body_util::BodyExt;
+///
+/// let mut app = Application::builder(Router::new().http("/hello", |request: HttpRequest| async move {
+///     text(StatusCode::OK, format!("hello {:?}", request.scope.client()))
+/// }))
+/// .build();
+/// let mut request = http::Request::get("/hello").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+/// request.extensions_mut().insert(ClientAddr("192.0.2.1:4000".parse().unwrap()));
+/// let response = app.call(request).await?;
+/// assert_eq!(response.status(), StatusCode::OK);
+/// let body = response.into_body().collect().await?.to_bytes();
+/// assert_eq!(body, "hello Some(192.0.2.1:4000)");
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+impl<B> tower_service::Service<Request<B>> for Application
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let client = request.extensions().get::<ClientAddr>().map(|a| a.0);
+        let server = request.extensions().get::<ServerAddr>().map(|a| a.0);
+        let routing = Box::pin(self.clone().route(request, client, server));
         Box::pin(async move { Ok(routing.await.await) })
     }
 }

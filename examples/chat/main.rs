@@ -239,13 +239,27 @@ impl WebsocketConsumer for ChatConsumer {
     }
 }
 
-struct Options {
-    bind: String,
-    layer: String,
-    allowed_origins: Vec<String>,
-    poll_timeout: Duration,
-    presence_interval: Duration,
-    presence_ttl: Duration,
+/// The chat's settings (the axum example sets them itself).
+pub(crate) struct Options {
+    pub(crate) bind: String,
+    pub(crate) layer: String,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) poll_timeout: Duration,
+    pub(crate) presence_interval: Duration,
+    pub(crate) presence_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bind: std::env::var("CHANNELS_BIND").unwrap_or_else(|_| "127.0.0.1:8000".into()),
+            layer: channels::layers::url_from_env("memory://"),
+            allowed_origins: Vec::new(),
+            poll_timeout: Duration::from_secs(60),
+            presence_interval: PresenceConfig::default().get_interval(),
+            presence_ttl: PresenceConfig::default().get_ttl(),
+        }
+    }
 }
 
 fn usage() -> ! {
@@ -263,14 +277,7 @@ fn usage() -> ! {
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        bind: std::env::var("CHANNELS_BIND").unwrap_or_else(|_| "127.0.0.1:8000".into()),
-        layer: channels::layers::url_from_env("memory://"),
-        allowed_origins: Vec::new(),
-        poll_timeout: Duration::from_secs(60),
-        presence_interval: PresenceConfig::default().get_interval(),
-        presence_ttl: PresenceConfig::default().get_ttl(),
-    };
+    let mut options = Options::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -301,7 +308,7 @@ fn options() -> Options {
 }
 
 /// The chat's presence service on `layer`.
-fn presence(layer: Arc<dyn channels::layers::ChannelLayer>, options: &Options) -> Presence {
+pub(crate) fn presence(layer: Arc<dyn channels::layers::ChannelLayer>, options: &Options) -> Presence {
     let config = PresenceConfig::default()
         .interval(options.presence_interval)
         .ttl(options.presence_ttl)
@@ -310,7 +317,7 @@ fn presence(layer: Arc<dyn channels::layers::ChannelLayer>, options: &Options) -
 }
 
 /// The chat application, on any layer.
-fn app(
+pub(crate) fn app(
     layer: Arc<dyn channels::layers::ChannelLayer>,
     presence: Presence,
     bind: Option<SocketAddr>,
