@@ -165,6 +165,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     let presence = chat::presence(layer.clone(), &options);
     let realtime = chat::app(layer.clone(), presence.clone(), Some(addr), &options);
+    let metrics = realtime.metrics().cloned();
     let api = Api { layer, presence: presence.clone(), rooms: Arc::default() };
 
     let chat_socket = Router::new()
@@ -173,6 +174,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = Router::new()
         .route("/api/rooms", get(list_rooms))
         .route("/api/rooms/{room}/announce", post(announce))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    match metrics {
+                        Some(metrics) => metrics.response(),
+                        None => channels::http::text(StatusCode::NOT_FOUND, "metrics are off"),
+                    }
+                }
+            }),
+        )
         .with_state(api)
         .merge(chat_socket)
         .fallback_service(realtime.clone())

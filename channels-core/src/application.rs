@@ -28,6 +28,7 @@ use crate::http::{HttpRequest, HttpResponse, full, text};
 use crate::io::{LeanIo, WsStream};
 use crate::layer::{BackendError, ChannelLayer, ChannelLayers};
 use crate::membership::Shutdown;
+use crate::metrics::{ConnectionGuard, Metrics};
 use crate::middleware::{Middleware, Rejection};
 use crate::routing::{CompiledRouter, Endpoints, Resolved, Router};
 use crate::runtime::{Finished, Handshake, Session, Upgrading};
@@ -74,6 +75,7 @@ struct Inner {
     tasks: Tasks,
     /// The shutdown as connections see it (over `tasks`' signal).
     shutdown: Shutdown,
+    metrics: Option<Metrics>,
 }
 
 /// A routed application with its channel layers: what Django's `asgi.py` `application` is.
@@ -118,6 +120,7 @@ pub struct ApplicationBuilder {
     middleware: Vec<Arc<dyn Middleware>>,
     websocket_limits: WebsocketLimits,
     limits: AppLimits,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for ApplicationBuilder {
@@ -163,6 +166,13 @@ impl ApplicationBuilder {
         self
     }
 
+    /// Counts what the application does into `metrics` (off by default); serve them with
+    /// [`Metrics::handler`]. See [`crate::metrics`] for what is counted.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Builds the application.
     ///
     /// # Panics
@@ -179,6 +189,7 @@ impl ApplicationBuilder {
                 limits: self.limits,
                 shutdown: Shutdown::new(tasks.shutdown_token().clone()),
                 tasks,
+                metrics: self.metrics,
             }),
         }
     }
@@ -191,6 +202,8 @@ pub(crate) enum Upgrade {
         session: Session,
         limits: Arc<WebsocketLimits>,
         permit: tokio::sync::OwnedSemaphorePermit,
+        /// Counts the connection open, when metrics are on.
+        guard: Option<ConnectionGuard>,
     },
     Refuse {
         status: StatusCode,
@@ -210,6 +223,18 @@ impl Application {
             middleware: Vec::new(),
             websocket_limits: WebsocketLimits::default(),
             limits: AppLimits::default(),
+            metrics: None,
+        }
+    }
+
+    /// The metrics the application counts into, if they are on.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.as_ref()
+    }
+
+    fn denied(&self, reason: &'static str) {
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.denied(reason);
         }
     }
 
@@ -303,26 +328,36 @@ impl Application {
     pub(crate) async fn websocket_handshake(&self, scope: Scope) -> Upgrade {
         let refuse = |status: StatusCode, reason: String| Upgrade::Refuse { status, code: close_code::NORMAL, reason };
         if self.is_shutting_down() {
+            self.denied("shutting_down");
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into());
         }
         let mut scope = match self.scope_through_middleware(scope).await {
             Ok(scope) => scope,
             Err(rejection) => {
                 tracing::info!(status = %rejection.status, reason = %rejection.reason, "websocket refused by middleware");
+                self.denied("middleware");
                 return refuse(rejection.status, rejection.reason);
             }
         };
-        let Some(endpoint) = self.resolve(&mut scope).and_then(|(e, _)| e.websocket) else {
+        let Some((route, endpoint)) = self.resolve(&mut scope).and_then(|(e, _)| Some((e.route.clone(), e.websocket?)))
+        else {
+            self.denied("no_route");
             return refuse(StatusCode::FORBIDDEN, format!("no websocket route for {}", scope.path()));
         };
         let Ok(permit) = self.inner.connections.clone().try_acquire_owned() else {
             tracing::warn!(max = self.inner.limits.max_connections, "connection limit reached; refusing a websocket");
+            self.denied("connection_limit");
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections".into());
         };
         let limits = endpoint.limits().unwrap_or(&self.inner.websocket_limits).clone();
-        match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.shutdown.clone()).await {
-            Handshake::Accept { acceptance, session } => Upgrade::Accept { acceptance, session, limits, permit },
+        let metrics = self.inner.metrics.as_ref().map(|m| m.hot().clone());
+        match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.shutdown.clone(), metrics).await {
+            Handshake::Accept { acceptance, session } => {
+                let guard = self.inner.metrics.as_ref().map(|m| m.websocket_opened(&route));
+                Upgrade::Accept { acceptance, session, limits, permit, guard }
+            }
             Handshake::Deny { status, code } => {
+                self.denied(if status == StatusCode::SERVICE_UNAVAILABLE { "unavailable" } else { "denied" });
                 Upgrade::Refuse { status, code, reason: "websocket connection denied".into() }
             }
         }
@@ -360,10 +395,14 @@ impl Application {
         let path = scope.path().to_owned();
         let request = HttpRequest { scope, body, layers: self.inner.layers.clone(), tasks: self.inner.tasks.clone() };
         let call = AssertUnwindSafe(handler.call(request));
+        let metrics = self.inner.metrics.clone();
         Box::pin(async move {
             match call.catch_unwind().await {
                 Ok(response) => response,
                 Err(_) => {
+                    if let Some(metrics) = &metrics {
+                        metrics.http_panic();
+                    }
                     tracing::error!(%path, "HTTP handler panicked; answering 500");
                     text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
                 }
@@ -415,6 +454,7 @@ impl Application {
         let accept = match check_handshake(request) {
             Ok(key) => derive_accept_key(key),
             Err((status, problem)) => {
+                self.denied("bad_request");
                 let mut response = text(status, format!("bad websocket handshake: {problem}"));
                 if status == StatusCode::UPGRADE_REQUIRED {
                     // RFC 6455 4.4: name the versions the server speaks.
@@ -427,7 +467,9 @@ impl Application {
         let scope =
             Scope::from_request(ScopeKind::Websocket, request.method().clone(), request.uri(), headers, client, server);
         let (acceptance, session, limits, permit) = match self.websocket_handshake(scope).await {
-            Upgrade::Accept { acceptance, session, limits, permit } => (acceptance, session, limits, permit),
+            Upgrade::Accept { acceptance, session, limits, permit, guard } => {
+                (acceptance, session, limits, (permit, guard))
+            }
             Upgrade::Refuse { status, reason, .. } => return text(status, reason),
         };
         let on_upgrade = hyper::upgrade::on(&mut *request);
@@ -445,7 +487,8 @@ impl Application {
                 }
             }
         });
-        session(&self.inner.tasks, upgrading, Finished { permit, done: None });
+        let (permit, metrics) = permit;
+        session(&self.inner.tasks, upgrading, Finished { permit, done: None, metrics });
         let mut response = HttpResponse::new(full(Bytes::new()));
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();

@@ -14,7 +14,8 @@
 //! - origin checking, limits and graceful shutdown (Ctrl-C closes every socket with 1001).
 //!
 //! Protocol (stable; other clients rely on it):
-//! - `GET /` and `GET /home/`: the chat page. WebSocket: `/ws/chat/{room}/?user=NAME`.
+//! - `GET /` and `GET /home/`: the chat page; `GET /metrics`: Prometheus metrics
+//!   (`channels::metrics`). WebSocket: `/ws/chat/{room}/?user=NAME`.
 //! - Client → server: a text frame, plain text or `{"message": "..."}`.
 //! - Server → client: JSON text frames
 //!   - `{"type": "chat.message", "user", "text", "ts"}`;
@@ -48,6 +49,7 @@ mod transports;
 
 use channels::http::page;
 use channels::http_consumer::http_consumer;
+use channels::metrics::Metrics;
 use channels::middleware::OriginValidator;
 use channels::prelude::*;
 use channels::presence::{Presence, PresenceConfig, PresenceDiff, PresenceEvents, Presences};
@@ -247,6 +249,7 @@ pub(crate) struct Options {
     pub(crate) poll_timeout: Duration,
     pub(crate) presence_interval: Duration,
     pub(crate) presence_ttl: Duration,
+    pub(crate) metrics: bool,
 }
 
 impl Default for Options {
@@ -258,6 +261,7 @@ impl Default for Options {
             poll_timeout: Duration::from_secs(60),
             presence_interval: PresenceConfig::default().get_interval(),
             presence_ttl: PresenceConfig::default().get_ttl(),
+            metrics: true,
         }
     }
 }
@@ -265,13 +269,14 @@ impl Default for Options {
 fn usage() -> ! {
     eprintln!(
         "usage: chat [--bind ADDR] [--layer URL] [--allowed-origin HOST]... [--poll-timeout SECS]\n\
-         \x20           [--presence-interval MS] [--presence-ttl SECS]\n\
+         \x20           [--presence-interval MS] [--presence-ttl SECS] [--metrics on|off]\n\
          \n  --bind ADDR              listen address (default 127.0.0.1:8000, env CHANNELS_BIND)\
          \n  --layer URL              channel layer (default memory://, env CHANNELS_LAYER)\
          \n  --allowed-origin HOST    also accept browser pages from HOST (repeatable)\
          \n  --poll-timeout SECS      drop polling clients silent this long (default 60)\
          \n  --presence-interval MS   collect presence changes this long per diff (default 100)\
-         \n  --presence-ttl SECS      a dead process leaves the views within this (default 30)"
+         \n  --presence-ttl SECS      a dead process leaves the views within this (default 30)\
+         \n  --metrics on|off         count metrics and serve them at GET /metrics (default on)"
     );
     std::process::exit(2)
 }
@@ -295,6 +300,11 @@ fn options() -> Options {
             },
             "--presence-interval" => match value().parse::<u64>() {
                 Ok(ms) if ms <= 60_000 => options.presence_interval = Duration::from_millis(ms),
+                _ => usage(),
+            },
+            "--metrics" => match value().as_str() {
+                "on" => options.metrics = true,
+                "off" => options.metrics = false,
                 _ => usage(),
             },
             "--presence-ttl" => match value().parse::<u64>() {
@@ -328,7 +338,8 @@ pub(crate) fn app(
     tokio::spawn(polls.clone().sweep_forever(layer.clone()));
     let html = include_str!("index.html");
     let (ws_presence, sse_presence) = (presence.clone(), presence);
-    let router = Router::new()
+    let metrics = options.metrics.then(Metrics::new);
+    let mut router = Router::new()
         .http("/", page("text/html; charset=utf-8", html))
         .http("/home/", page("text/html; charset=utf-8", html))
         .websocket("/ws/chat/{room}/", move |scope: &Scope| ChatConsumer::new(scope, ws_presence.clone()))
@@ -338,15 +349,19 @@ pub(crate) fn app(
             "/chat/{room}/stream",
             http_consumer(move |scope: &Scope| transports::ChatStream::new(scope, sse_presence.clone())),
         );
+    if let Some(metrics) = &metrics {
+        router = router.http("/metrics", metrics.handler());
+    }
     let mut origins: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec();
     if let Some(bind) = bind {
         origins.push(bind.ip().to_string());
     }
     origins.extend_from_slice(extra_origins);
-    Application::builder(router)
-        .layer(layer)
-        .middleware(OriginValidator::new(origins).allow_missing_origin(true))
-        .build()
+    let mut builder = Application::builder(router);
+    if let Some(metrics) = metrics {
+        builder = builder.metrics(metrics);
+    }
+    builder.layer(layer).middleware(OriginValidator::new(origins).allow_missing_origin(true)).build()
 }
 
 #[tokio::main]

@@ -1,0 +1,430 @@
+//! Prometheus metrics: opt in with [`ApplicationBuilder::metrics`](crate::ApplicationBuilder::metrics)
+//! and serve [`Metrics::handler`] where your scraper looks (`/metrics`, say).
+//!
+//! | metric | type | labels | what |
+//! |---|---|---|---|
+//! | `channels_connections_open` | gauge | `transport`, `route` | WebSocket connections open now |
+//! | `channels_connections_accepted_total` | counter | `transport`, `route` | WebSocket connections accepted |
+//! | `channels_handshakes_denied_total` | counter | `reason` | WebSocket handshakes refused: `bad_request`, `shutting_down`, `middleware`, `no_route`, `connection_limit`, `denied` (by the consumer or its `connect` failing), `unavailable` (the layer failed or was too slow) |
+//! | `channels_messages_received_total` | counter | `transport` | data frames from clients |
+//! | `channels_messages_sent_total` | counter | `transport` | data frames to clients |
+//! | `channels_received_bytes_total` | counter | `transport` | their payload bytes |
+//! | `channels_sent_bytes_total` | counter | `transport` | their payload bytes |
+//! | `channels_closes_sent_total` | counter | `code` | close frames the server started (a handler's close, 1001 at shutdown, 1009 for a message too big...) |
+//! | `channels_handler_errors_total` | counter | `kind` | consumer hooks that failed (`error`) or panicked (`panic`), HTTP handlers that panicked (`http_panic`) |
+//! | `channels_handler_duration_seconds` | histogram | `hook` | time in `receive` (per client frame) and in `message` (per burst of layer messages) |
+//! | `channels_connection_duration_seconds` | histogram | `transport` | how long WebSocket connections lasted |
+//!
+//! The counters a message touches are sharded by thread (no lock, no allocation, no cache
+//! line shared between threads); with metrics off (the default) the server does not read the
+//! clock for them either. The exposition is OpenMetrics text written by
+//! [`prometheus-client`](https://docs.rs/prometheus-client).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, StatusCode, header};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::http::{HttpHandler, HttpRequest, HttpResponse, full, text};
+
+/// Label pairs of a family.
+type Labels = Vec<(&'static str, String)>;
+
+/// Collects the application's metrics and renders them for Prometheus. Cheap to clone; every
+/// clone is the same set of metrics.
+///
+/// ```
+/// use channels_core::metrics::Metrics;
+/// use channels_core::prelude::*;
+///
+/// let metrics = Metrics::new();
+/// let app = Application::builder(Router::new().http("/metrics", metrics.handler()))
+///     .metrics(metrics.clone())
+///     .build();
+/// let text = metrics.render();
+/// assert!(text.contains("# TYPE channels_connections_open gauge"));
+/// assert!(text.ends_with("# EOF\n"));
+/// # drop(app);
+/// ```
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Inner {
+    registry: Registry,
+    hot: Arc<Hot>,
+    open: Family<Labels, Gauge>,
+    accepted: Family<Labels, Counter>,
+    denied: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+    connection_duration: Arc<AtomicHistogram>,
+}
+
+impl Metrics {
+    /// A new, empty set of metrics.
+    pub fn new() -> Self {
+        let open = Family::<Labels, Gauge>::default();
+        let accepted = Family::<Labels, Counter>::default();
+        let denied = Family::<Labels, Counter>::default();
+        let closes = Family::<Labels, Counter>::default();
+        let errors = Family::<Labels, Counter>::default();
+        let hot = Hot::new();
+        // The rare counters connections reach through the hot part they hold.
+        let _ = hot.closes.set(closes.clone());
+        let _ = hot.errors.set(errors.clone());
+        let hot = Arc::new(hot);
+        let connection_duration = Arc::new(AtomicHistogram::new(CONNECTION_BOUNDS));
+        let mut registry = Registry::default();
+        registry.register("channels_connections_open", "Connections open now", open.clone());
+        registry.register("channels_connections_accepted", "Connections accepted", accepted.clone());
+        registry.register("channels_handshakes_denied", "WebSocket handshakes refused, by reason", denied.clone());
+        for (name, help, slot) in [
+            ("channels_messages_received", "Data frames from clients", Slot::MessagesIn),
+            ("channels_messages_sent", "Data frames to clients", Slot::MessagesOut),
+            ("channels_received_bytes", "Payload bytes from clients", Slot::BytesIn),
+            ("channels_sent_bytes", "Payload bytes to clients", Slot::BytesOut),
+        ] {
+            registry.register(name, help, HotCounter { hot: hot.clone(), slot });
+        }
+        registry.register("channels_closes_sent", "Close frames the server started, by code", closes.clone());
+        registry.register("channels_handler_errors", "Handlers that failed or panicked", errors.clone());
+        registry.register(
+            "channels_handler_duration_seconds",
+            "Time in consumer hooks: receive per client frame, message per burst of layer messages",
+            HotHistogram { hot: hot.clone() },
+        );
+        registry.register(
+            "channels_connection_duration_seconds",
+            "How long connections lasted",
+            ByTransport(connection_duration.clone()),
+        );
+        Self { inner: Arc::new(Inner { registry, hot, open, accepted, denied, errors, connection_duration }) }
+    }
+
+    /// The metrics in the OpenMetrics text format (what Prometheus scrapes).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
+        out
+    }
+
+    /// [`render`](Self::render) as a 200 response with the OpenMetrics content type.
+    pub fn response(&self) -> HttpResponse {
+        let mut response = HttpResponse::new(full(self.render()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
+    }
+
+    /// An HTTP handler that serves [`response`](Self::response) to `GET` (and `HEAD`).
+    pub fn handler(&self) -> impl HttpHandler {
+        let metrics = self.clone();
+        move |request: HttpRequest| {
+            let metrics = metrics.clone();
+            async move {
+                if matches!(*request.scope.method(), http::Method::GET | http::Method::HEAD) {
+                    metrics.response()
+                } else {
+                    text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                }
+            }
+        }
+    }
+
+    pub(crate) fn hot(&self) -> &Arc<Hot> {
+        &self.inner.hot
+    }
+
+    pub(crate) fn denied(&self, reason: &'static str) {
+        self.inner.denied.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    }
+
+    pub(crate) fn http_panic(&self) {
+        self.inner.errors.get_or_create(&vec![("kind", "http_panic".to_owned())]).inc();
+    }
+
+    /// A WebSocket connection on `route` was accepted; the guard counts it open until dropped.
+    pub(crate) fn websocket_opened(&self, route: &str) -> ConnectionGuard {
+        let labels = vec![("transport", "websocket".to_owned()), ("route", route.to_owned())];
+        self.inner.accepted.get_or_create(&labels).inc();
+        let open = self.inner.open.get_or_create(&labels).clone();
+        open.inc();
+        ConnectionGuard { open, started: Instant::now(), duration: self.inner.connection_duration.clone() }
+    }
+}
+
+/// Counts a connection open while it lives, and its duration when it ends.
+pub(crate) struct ConnectionGuard {
+    open: Gauge,
+    started: Instant,
+    duration: Arc<AtomicHistogram>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+        self.duration.observe(self.started.elapsed());
+    }
+}
+
+/// Bucket bounds, in seconds.
+const HANDLER_BOUNDS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const CONNECTION_BOUNDS: &[f64] = &[1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14_400.0, 86_400.0];
+
+/// The per-message counters, one slot each in every shard.
+#[derive(Clone, Copy)]
+enum Slot {
+    MessagesIn = 0,
+    MessagesOut = 1,
+    BytesIn = 2,
+    BytesOut = 3,
+}
+
+/// Consumer hooks timed.
+#[derive(Clone, Copy)]
+pub(crate) enum Hook {
+    Receive = 0,
+    Message = 1,
+}
+
+const HOOKS: [&str; 2] = ["receive", "message"];
+const COUNTERS: usize = 4;
+/// Per hook: the buckets, then the count and the sum in nanoseconds.
+const HOOK_SLOTS: usize = HANDLER_BOUNDS.len() + 2;
+const SLOTS: usize = COUNTERS + HOOKS.len() * HOOK_SLOTS;
+const SHARDS: usize = 16;
+
+/// One thread's slots, on cache lines of their own.
+#[repr(align(128))]
+struct Shard([AtomicU64; SLOTS]);
+
+/// The metrics every message touches, sharded by thread: a thread adds to its own shard
+/// (uncontended atomics), a scrape sums them.
+pub(crate) struct Hot {
+    shards: Box<[Shard]>,
+    /// Close codes and hook failures are rare: counted in the families, by label.
+    closes: OnceLock<Family<Labels, Counter>>,
+    errors: OnceLock<Family<Labels, Counter>>,
+}
+
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+impl Hot {
+    fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Shard(std::array::from_fn(|_| AtomicU64::new(0)))).collect(),
+            closes: OnceLock::new(),
+            errors: OnceLock::new(),
+        }
+    }
+
+    fn shard(&self) -> &[AtomicU64; SLOTS] {
+        &self.shards[shard_index()].0
+    }
+
+    fn sum(&self, slot: usize) -> u64 {
+        self.shards.iter().map(|s| s.0[slot].load(Ordering::Relaxed)).sum()
+    }
+
+    /// A data frame from a client.
+    #[inline]
+    pub(crate) fn received(&self, bytes: usize) {
+        let shard = self.shard();
+        shard[Slot::MessagesIn as usize].fetch_add(1, Ordering::Relaxed);
+        shard[Slot::BytesIn as usize].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A data frame to a client.
+    #[inline]
+    pub(crate) fn sent(&self, bytes: usize) {
+        let shard = self.shard();
+        shard[Slot::MessagesOut as usize].fetch_add(1, Ordering::Relaxed);
+        shard[Slot::BytesOut as usize].fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A hook ran for `took`.
+    #[inline]
+    pub(crate) fn hook(&self, hook: Hook, took: Duration) {
+        let base = COUNTERS + hook as usize * HOOK_SLOTS;
+        let seconds = took.as_secs_f64();
+        let bucket = HANDLER_BOUNDS.iter().position(|&bound| seconds <= bound).unwrap_or(HANDLER_BOUNDS.len());
+        let shard = self.shard();
+        if bucket < HANDLER_BOUNDS.len() {
+            shard[base + bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        shard[base + HANDLER_BOUNDS.len()].fetch_add(1, Ordering::Relaxed);
+        shard[base + HANDLER_BOUNDS.len() + 1]
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The server started a close with `code`.
+    pub(crate) fn close_sent(&self, code: u16) {
+        if let Some(closes) = self.closes.get() {
+            closes.get_or_create(&vec![("code", code.to_string())]).inc();
+        }
+    }
+
+    /// A consumer hook failed (`"error"`) or panicked (`"panic"`).
+    pub(crate) fn hook_failed(&self, kind: &'static str) {
+        if let Some(errors) = self.errors.get() {
+            errors.get_or_create(&vec![("kind", kind.to_owned())]).inc();
+        }
+    }
+}
+
+/// A sharded counter, as a family by transport (only WebSockets count messages so far).
+#[derive(Clone)]
+struct HotCounter {
+    hot: Arc<Hot>,
+    slot: Slot,
+}
+
+impl fmt::Debug for HotCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HotCounter")
+    }
+}
+
+impl TypedMetric for HotCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for HotCounter {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        let labels = [("transport", "websocket")];
+        let value = self.hot.sum(self.slot as usize);
+        encoder.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&value, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// The hook histogram, as a family by hook.
+#[derive(Clone)]
+struct HotHistogram {
+    hot: Arc<Hot>,
+}
+
+impl fmt::Debug for HotHistogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HotHistogram")
+    }
+}
+
+impl TypedMetric for HotHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for HotHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        for (index, hook) in HOOKS.iter().enumerate() {
+            let base = COUNTERS + index * HOOK_SLOTS;
+            let counts: Vec<u64> = (0..HANDLER_BOUNDS.len()).map(|b| self.hot.sum(base + b)).collect();
+            let count = self.hot.sum(base + HANDLER_BOUNDS.len());
+            let sum = self.hot.sum(base + HANDLER_BOUNDS.len() + 1) as f64 / 1e9;
+            let buckets = cumulative(HANDLER_BOUNDS, &counts, count);
+            let labels = [("hook", *hook)];
+            encoder.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Buckets for the encoder: the count up to each bound (prometheus-client sums them up
+/// itself, so these are per bucket), then `+Inf`.
+fn cumulative(bounds: &[f64], counts: &[u64], count: u64) -> Vec<(f64, u64)> {
+    let below: u64 = counts.iter().sum();
+    let mut buckets: Vec<(f64, u64)> = bounds.iter().copied().zip(counts.iter().copied()).collect();
+    buckets.push((f64::MAX, count.saturating_sub(below)));
+    buckets
+}
+
+/// A histogram of plain atomics, for what is observed once per connection.
+struct AtomicHistogram {
+    bounds: &'static [f64],
+    /// Per bucket, then the count, then the sum in nanoseconds.
+    slots: Box<[AtomicU64]>,
+}
+
+impl AtomicHistogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, slots: (0..bounds.len() + 2).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        if let Some(bucket) = self.bounds.iter().position(|&bound| seconds <= bound) {
+            self.slots[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.slots[self.bounds.len()].fetch_add(1, Ordering::Relaxed);
+        self.slots[self.bounds.len() + 1]
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// The connection histogram, labelled `transport="websocket"`.
+#[derive(Clone)]
+struct ByTransport(Arc<AtomicHistogram>);
+
+impl fmt::Debug for ByTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ByTransport")
+    }
+}
+
+impl TypedMetric for ByTransport {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ByTransport {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        let h = &self.0;
+        let n = h.bounds.len();
+        let counts: Vec<u64> = h.slots[..n].iter().map(|s| s.load(Ordering::Relaxed)).collect();
+        let count = h.slots[n].load(Ordering::Relaxed);
+        let sum = h.slots[n + 1].load(Ordering::Relaxed) as f64 / 1e9;
+        let buckets = cumulative(h.bounds, &counts, count);
+        let labels = [("transport", "websocket")];
+        encoder.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
