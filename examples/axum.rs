@@ -166,6 +166,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let presence = chat::presence(layer.clone(), &options);
     let realtime = chat::app(layer.clone(), presence.clone(), Some(addr), &options);
     let metrics = realtime.metrics().cloned();
+    // The application's own layer: what the API sends is counted with the rest.
+    let layer = realtime.layers().default_layer().cloned().unwrap_or(layer);
     let api = Api { layer, presence: presence.clone(), rooms: Arc::default() };
 
     let chat_socket = Router::new()

@@ -95,6 +95,22 @@ async fn the_api_and_the_chat_share_one_port_and_an_announcement_reaches_the_roo
     let heard = tokio::time::timeout(Duration::from_millis(300), next_of_type(&mut carol, "chat.message")).await;
     assert!(heard.is_err(), "another room must hear nothing, got {heard:?}");
 
+    // The metrics, mounted in the axum router, agree: four sockets open, two group sends (ann's
+    // message and the announcement) reaching three members each.
+    let (status, headers, metrics) = request(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().expect("a number"))
+            .sum()
+    };
+    assert_eq!(value("channels_connections_open{"), 4.0, "{metrics}");
+    assert_eq!(value("channels_group_sends_total{"), 2.0, "{metrics}");
+    assert_eq!(value("channels_group_deliveries_total{"), 6.0, "{metrics}");
+
     // Bad input gets a clear error.
     let (status, _, answer) = request(addr, "POST", "/api/rooms/no%20spaces/announce", r#"{"text": "x"}"#).await;
     assert_eq!(status, 400, "{answer}");

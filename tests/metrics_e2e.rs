@@ -130,6 +130,10 @@ async fn scraped_metrics_equal_a_scripted_session() {
     assert_eq!(get(&during, r#"channels_handler_duration_seconds_count{hook="receive"}"#), M as f64);
     assert!(get(&during, r#"channels_handler_duration_seconds_count{hook="message"}"#) >= 1.0);
     assert_eq!(get(&during, r#"channels_handler_duration_seconds_bucket{hook="receive",le="+Inf"}"#), M as f64);
+    // Each message is one group send, reaching every member of the room.
+    assert_eq!(get(&during, r#"channels_group_sends_total{layer="default"}"#), M as f64);
+    assert_eq!(get(&during, r#"channels_group_deliveries_total{layer="default"}"#), (M * N) as f64);
+    assert_eq!(get(&during, r#"channels_group_dropped_total{layer="default"}"#), 0.0);
 
     // A message over the 1 MiB limit: the server closes with 1009.
     let mut big = connect(&example.url("/ws/chat/big/?user=big")).await;

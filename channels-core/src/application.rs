@@ -179,10 +179,16 @@ impl ApplicationBuilder {
     /// On a route matchit rejects (see [`Router::route`]).
     pub fn build(self) -> Application {
         let tasks = Tasks::new();
+        let layers = match &self.metrics {
+            Some(metrics) => self.layers.iter().fold(ChannelLayers::new(), |layers, (alias, layer)| {
+                layers.with_alias(alias, metrics.metered_layer(alias, layer.clone()))
+            }),
+            None => self.layers,
+        };
         Application {
             inner: Arc::new(Inner {
                 router: self.router.compile(),
-                layers: Arc::new(self.layers),
+                layers: Arc::new(layers),
                 middleware: self.middleware,
                 websocket_limits: Arc::new(self.websocket_limits),
                 connections: Arc::new(Semaphore::new(self.limits.max_connections)),

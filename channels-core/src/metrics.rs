@@ -14,10 +14,15 @@
 //! | `channels_handler_errors_total` | counter | `kind` | consumer hooks that failed (`error`) or panicked (`panic`), HTTP handlers that panicked (`http_panic`) |
 //! | `channels_handler_duration_seconds` | histogram | `hook` | time in `receive` (per client frame) and in `message` (per burst of layer messages) |
 //! | `channels_connection_duration_seconds` | histogram | `transport` | how long WebSocket connections lasted |
+//! | `channels_group_sends_total` | counter | `layer` | `group_send` calls through the application's layers (consumers', HTTP handlers' and yours through [`Application::layers`](crate::Application::layers)) |
+//! | `channels_group_deliveries_total` | counter | `layer` | members' channels those sends reached |
+//! | `channels_group_dropped_total` | counter | `layer` | members skipped because their channel was full |
+//! | `channels_layer_sends_refused_full_total` | counter | `layer` | `send`s refused because the channel was full |
+//! | `channels_layer_errors_total` | counter | `layer`, `operation` | layer operations the backend failed (Redis down, say) |
 //!
-//! The counters a message touches are sharded by thread (no lock, no allocation, no cache
-//! line shared between threads); with metrics off (the default) the server does not read the
-//! clock for them either. The exposition is OpenMetrics text written by
+//! The counters a frame touches are sharded by thread (no lock, no allocation, no cache line
+//! shared between threads); a group send adds to plain atomics once per call (not per member).
+//! With metrics off (the default) none of this runs, and the clock is not read for it. The exposition is OpenMetrics text written by
 //! [`prometheus-client`](https://docs.rs/prometheus-client).
 
 use std::fmt;
@@ -33,7 +38,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use async_trait::async_trait;
+
 use crate::http::{HttpHandler, HttpRequest, HttpResponse, full, text};
+use crate::layer::{
+    BackendError, ChannelLayer, ChannelReceiver, FlushError, GroupError, GroupSendReport, LayerConfig, Message,
+    NewChannelError, PresenceStore, ReceiveError, SendError,
+};
 
 /// Label pairs of a family.
 type Labels = Vec<(&'static str, String)>;
@@ -79,6 +90,7 @@ struct Inner {
     denied: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     connection_duration: Arc<AtomicHistogram>,
+    layers: LayerCounters,
 }
 
 impl Metrics {
@@ -119,7 +131,29 @@ impl Metrics {
             "How long connections lasted",
             ByTransport(connection_duration.clone()),
         );
-        Self { inner: Arc::new(Inner { registry, hot, open, accepted, denied, errors, connection_duration }) }
+        let layers = LayerCounters::default();
+        registry.register("channels_group_sends", "group_send calls, by layer alias", layers.group_sends.clone());
+        registry.register(
+            "channels_group_deliveries",
+            "Group messages put on members' channels, by layer alias",
+            layers.deliveries.clone(),
+        );
+        registry.register(
+            "channels_group_dropped",
+            "Group messages dropped for members whose channel was full, by layer alias",
+            layers.dropped.clone(),
+        );
+        registry.register(
+            "channels_layer_sends_refused_full",
+            "Sends to a channel refused because it was full, by layer alias",
+            layers.refused_full.clone(),
+        );
+        registry.register(
+            "channels_layer_errors",
+            "Layer operations the backend failed (an outage), by layer alias and operation",
+            layers.errors.clone(),
+        );
+        Self { inner: Arc::new(Inner { registry, hot, open, accepted, denied, errors, connection_duration, layers }) }
     }
 
     /// The metrics in the OpenMetrics text format (what Prometheus scrapes).
@@ -426,5 +460,198 @@ impl EncodeMetric for ByTransport {
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
+    }
+}
+
+/// The layer counters: one set for every layer of the application, by alias.
+#[derive(Clone, Default)]
+struct LayerCounters {
+    group_sends: Family<Labels, Counter>,
+    deliveries: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    refused_full: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+}
+
+/// One layer's counters, taken from the families once.
+struct LayerHandles {
+    group_sends: Counter,
+    deliveries: Counter,
+    dropped: Counter,
+    refused_full: Counter,
+    errors: Family<Labels, Counter>,
+    alias: String,
+}
+
+impl LayerHandles {
+    fn error(&self, operation: &'static str) {
+        self.errors.get_or_create(&vec![("layer", self.alias.clone()), ("operation", operation.to_owned())]).inc();
+    }
+
+    fn group_report(&self, report: &Result<GroupSendReport, GroupError>) {
+        self.group_sends.inc();
+        match report {
+            Ok(report) => {
+                self.deliveries.inc_by(report.queued as u64);
+                self.dropped.inc_by(report.dropped_full as u64);
+            }
+            Err(_) => self.error("group_send"),
+        }
+    }
+}
+
+impl Metrics {
+    /// `layer` as the application uses it: the same layer, with what goes through it counted.
+    pub(crate) fn metered_layer(&self, alias: &str, layer: Arc<dyn ChannelLayer>) -> Arc<dyn ChannelLayer> {
+        let counters = &self.inner.layers;
+        let labels = vec![("layer", alias.to_owned())];
+        let handles = LayerHandles {
+            group_sends: counters.group_sends.get_or_create(&labels).clone(),
+            deliveries: counters.deliveries.get_or_create(&labels).clone(),
+            dropped: counters.dropped.get_or_create(&labels).clone(),
+            refused_full: counters.refused_full.get_or_create(&labels).clone(),
+            errors: counters.errors.clone(),
+            alias: alias.to_owned(),
+        };
+        Arc::new(MeteredLayer { inner: layer, metrics: handles })
+    }
+}
+
+/// A channel layer with its traffic counted. Receiving goes straight to the layer's own
+/// receiver: a connection's receive loop pays nothing for the metrics.
+struct MeteredLayer {
+    inner: Arc<dyn ChannelLayer>,
+    metrics: LayerHandles,
+}
+
+impl fmt::Debug for MeteredLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeteredLayer").field("alias", &self.metrics.alias).finish_non_exhaustive()
+    }
+}
+
+/// Counts a failed operation's error when the backend failed (not for bad names).
+macro_rules! counted {
+    ($self:ident, $operation:literal, $result:expr) => {{
+        let result = $result;
+        if matches!(&result, Err(e) if Outage::is_outage(e)) {
+            $self.metrics.error($operation);
+        }
+        result
+    }};
+}
+
+/// Errors of the backend (an outage), as opposed to the caller's (a bad name).
+trait Outage {
+    fn is_outage(&self) -> bool;
+}
+
+macro_rules! outage {
+    ($($error:ty),*) => {$(
+        impl Outage for $error {
+            fn is_outage(&self) -> bool {
+                matches!(self, Self::Backend(_))
+            }
+        }
+    )*};
+}
+
+outage!(NewChannelError, ReceiveError, GroupError, FlushError);
+
+#[async_trait]
+impl ChannelLayer for MeteredLayer {
+    async fn new_channel(&self, prefix: &str) -> Result<String, NewChannelError> {
+        counted!(self, "new_channel", self.inner.new_channel(prefix).await)
+    }
+
+    async fn send(&self, channel: &str, message: Message) -> Result<(), SendError> {
+        let result = self.inner.send(channel, message).await;
+        match &result {
+            Err(SendError::ChannelFull { .. }) => {
+                self.metrics.refused_full.inc();
+            }
+            Err(SendError::Backend(_)) => self.metrics.error("send"),
+            _ => {}
+        }
+        result
+    }
+
+    async fn receive(&self, channel: &str) -> Result<Message, ReceiveError> {
+        counted!(self, "receive", self.inner.receive(channel).await)
+    }
+
+    fn try_receive(&self, channel: &str) -> Option<Message> {
+        self.inner.try_receive(channel)
+    }
+
+    fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn ChannelReceiver> {
+        self.inner.clone().receiver(channel)
+    }
+
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        counted!(self, "group_add", self.inner.group_add(group, channel).await)
+    }
+
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        counted!(self, "group_discard", self.inner.group_discard(group, channel).await)
+    }
+
+    async fn group_discard_many(&self, memberships: &[(String, String)]) -> Result<(), GroupError> {
+        counted!(self, "group_discard", self.inner.group_discard_many(memberships).await)
+    }
+
+    async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
+        let report = self.inner.group_send(group, message).await;
+        self.metrics.group_report(&report);
+        report
+    }
+
+    async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
+        let reports = self.inner.group_send_many(sends).await;
+        reports.iter().for_each(|report| self.metrics.group_report(report));
+        reports
+    }
+
+    fn group_send_echo(&self, group: &str, channel: &str, message: &Message) -> bool {
+        self.inner.group_send_echo(group, channel, message)
+    }
+
+    async fn group_send_many_echoed(
+        &self,
+        sends: &[(String, Message)],
+        channel: &str,
+        echoed: usize,
+    ) -> Vec<Result<GroupSendReport, GroupError>> {
+        let reports = self.inner.group_send_many_echoed(sends, channel, echoed).await;
+        reports.iter().for_each(|report| self.metrics.group_report(report));
+        reports
+    }
+
+    fn batch_linger(&self) -> Duration {
+        self.inner.batch_linger()
+    }
+
+    async fn flush(&self) -> Result<(), FlushError> {
+        counted!(self, "flush", self.inner.flush().await)
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let result = self.inner.ping().await;
+        if result.is_err() {
+            self.metrics.error("ping");
+        }
+        result
+    }
+
+    async fn forget_channel(&self, channel: &str) {
+        self.inner.forget_channel(channel).await;
+    }
+
+    fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
+        self.inner.presence_store()
+    }
+
+    fn config(&self) -> &LayerConfig {
+        self.inner.config()
     }
 }

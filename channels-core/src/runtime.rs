@@ -545,7 +545,7 @@ async fn event_loop<C: WebsocketConsumer>(
                         None => Box::pin(guarded(consumer.receive(ctx, frame))).await,
                         Some(metrics) => {
                             metrics.received(match &frame {
-                                Frame::Text(text) => text.as_bytes().len(),
+                                Frame::Text(text) => text.len(),
                                 Frame::Binary(data) => data.len(),
                             });
                             let started = Instant::now();

@@ -31,7 +31,7 @@ impl WebsocketContext {
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), ContextError> {
         let text = text.into();
-        let len = text.as_bytes().len();
+        let len = text.len();
         if self.buffered(true, text.as_bytes()) || self.buffered_shared(true, || Bytes::from(text.clone())) {
             self.count_sent(len);
             return Ok(());
@@ -101,7 +101,7 @@ impl WebsocketContext {
     /// not N times. Use it from [`WebsocketConsumer::message`](crate::consumer::WebsocketConsumer::message).
     pub async fn send_message_json(&mut self, message: &Message) -> Result<(), ContextError> {
         let text = message.json().map_err(ContextError::Message)?;
-        let len = text.as_bytes().len();
+        let len = text.len();
         if self.buffered(true, text.as_bytes()) || self.buffered_shared(true, || Bytes::from(text.clone())) {
             self.count_sent(len);
             return Ok(());
