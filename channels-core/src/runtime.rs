@@ -578,7 +578,7 @@ async fn event_loop<C: WebsocketConsumer>(
                     }
                 };
                 // Boxed once per burst: its size stays out of every idle connection's future.
-                match ctx.metrics.clone() {
+                match ctx.metrics.clone().filter(|metrics| metrics.time_burst()) {
                     None => Box::pin(handle_burst(consumer, ctx, message, receiver.as_deref())).await,
                     Some(metrics) => {
                         let started = Instant::now();

@@ -15,7 +15,8 @@
 //!
 //! Protocol (stable; other clients rely on it):
 //! - `GET /` and `GET /home/`: the chat page; `GET /metrics`: Prometheus metrics
-//!   (`channels::metrics`). WebSocket: `/ws/chat/{room}/?user=NAME`.
+//!   (`channels::metrics`); `GET /healthz` and `GET /readyz`: liveness and readiness (503
+//!   while the channel layer cannot be reached or the server drains). WebSocket: `/ws/chat/{room}/?user=NAME`.
 //! - Client → server: a text frame, plain text or `{"message": "..."}`.
 //! - Server → client: JSON text frames
 //!   - `{"type": "chat.message", "user", "text", "ts"}`;
@@ -47,10 +48,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod transports;
 
-use channels::http::page;
+use channels::http::{liveness, page, readiness};
 use channels::http_consumer::http_consumer;
 use channels::metrics::Metrics;
-use channels::middleware::OriginValidator;
+use channels::middleware::{OriginValidator, TrustedProxies};
 use channels::prelude::*;
 use channels::presence::{Presence, PresenceConfig, PresenceDiff, PresenceEvents, Presences};
 use serde::{Deserialize, Serialize};
@@ -250,6 +251,7 @@ pub(crate) struct Options {
     pub(crate) presence_interval: Duration,
     pub(crate) presence_ttl: Duration,
     pub(crate) metrics: bool,
+    pub(crate) trusted_proxies: Vec<String>,
 }
 
 impl Default for Options {
@@ -262,6 +264,7 @@ impl Default for Options {
             presence_interval: PresenceConfig::default().get_interval(),
             presence_ttl: PresenceConfig::default().get_ttl(),
             metrics: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -270,13 +273,16 @@ fn usage() -> ! {
     eprintln!(
         "usage: chat [--bind ADDR] [--layer URL] [--allowed-origin HOST]... [--poll-timeout SECS]\n\
          \x20           [--presence-interval MS] [--presence-ttl SECS] [--metrics on|off]\n\
+         \x20           [--trusted-proxy ADDR]...\n\
          \n  --bind ADDR              listen address (default 127.0.0.1:8000, env CHANNELS_BIND)\
          \n  --layer URL              channel layer (default memory://, env CHANNELS_LAYER)\
          \n  --allowed-origin HOST    also accept browser pages from HOST (repeatable)\
          \n  --poll-timeout SECS      drop polling clients silent this long (default 60)\
          \n  --presence-interval MS   collect presence changes this long per diff (default 100)\
          \n  --presence-ttl SECS      a dead process leaves the views within this (default 30)\
-         \n  --metrics on|off         count metrics and serve them at GET /metrics (default on)"
+         \n  --metrics on|off         count metrics and serve them at GET /metrics (default on)\
+         \n  --trusted-proxy ADDR     take client addresses from X-Forwarded-For on connections\
+         \n                           from ADDR (an address or a network; repeatable; none by default)"
     );
     std::process::exit(2)
 }
@@ -302,6 +308,7 @@ fn options() -> Options {
                 Ok(ms) if ms <= 60_000 => options.presence_interval = Duration::from_millis(ms),
                 _ => usage(),
             },
+            "--trusted-proxy" => options.trusted_proxies.push(value()),
             "--metrics" => match value().as_str() {
                 "on" => options.metrics = true,
                 "off" => options.metrics = false,
@@ -313,6 +320,10 @@ fn options() -> Options {
             },
             _ => usage(),
         }
+    }
+    if let Err(e) = TrustedProxies::new(&options.trusted_proxies) {
+        eprintln!("chat: --trusted-proxy: {e}");
+        std::process::exit(2);
     }
     options
 }
@@ -342,6 +353,8 @@ pub(crate) fn app(
     let mut router = Router::new()
         .http("/", page("text/html; charset=utf-8", html))
         .http("/home/", page("text/html; charset=utf-8", html))
+        .http("/healthz", liveness())
+        .http("/readyz", readiness(Duration::from_secs(2)))
         .websocket("/ws/chat/{room}/", move |scope: &Scope| ChatConsumer::new(scope, ws_presence.clone()))
         .http("/chat/{room}/messages", transports::post_message)
         .http("/chat/{room}/events", move |request| polls.clone().poll(request))
@@ -360,6 +373,12 @@ pub(crate) fn app(
     let mut builder = Application::builder(router);
     if let Some(metrics) = metrics {
         builder = builder.metrics(metrics);
+    }
+    if !options.trusted_proxies.is_empty() {
+        // Checked in `options`: every entry parses.
+        if let Ok(proxies) = TrustedProxies::new(&options.trusted_proxies) {
+            builder = builder.middleware(proxies);
+        }
     }
     builder.layer(layer).middleware(OriginValidator::new(origins).allow_missing_origin(true)).build()
 }
