@@ -176,3 +176,37 @@ async fn metrics_off_serves_no_metrics() {
     let mut client = connect(&example.url("/ws/chat/quiet/?user=q")).await;
     next_json(&mut client).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_shows_as_layer_errors() {
+    let mut redis = channels::redis::testing::RedisServer::start();
+    let layer = format!("{}/0?prefix=metered", redis.url());
+    let example = Example::start("chat", &["--layer", &layer]);
+    let mut client = connect(&example.url("/ws/chat/outage/?user=o")).await;
+    assert_eq!(next_json(&mut client).await["type"], "chat.presence");
+    send_text(&mut client, "before").await;
+    assert_eq!(support::next_of_type(&mut client, "chat.message").await["text"], "before");
+    // The sender's own copy comes at once; the send through Redis is done a little later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while scrape(&example).await.get(r#"channels_group_sends_total{layer="default"}"#) != Some(&1.0) {
+        assert!(tokio::time::Instant::now() < deadline, "the first group send never completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    redis.stop();
+    const FAILED: usize = 3;
+    for k in 0..FAILED {
+        send_text(&mut client, &format!("during {k}")).await;
+        // The chat tells the sender each message it could not deliver.
+        assert_eq!(support::next_of_type(&mut client, "chat.error").await["type"], "chat.error");
+    }
+    let samples = scrape(&example).await;
+    let layer_samples: Vec<_> = samples.iter().filter(|(k, _)| k.contains("group") || k.contains("layer")).collect();
+    assert_eq!(
+        get(&samples, r#"channels_group_sends_total{layer="default"}"#),
+        (1 + FAILED) as f64,
+        "{layer_samples:?}"
+    );
+    assert_eq!(get(&samples, r#"channels_group_deliveries_total{layer="default"}"#), 1.0);
+    assert_eq!(get(&samples, r#"channels_layer_errors_total{layer="default",operation="group_send"}"#), FAILED as f64);
+}

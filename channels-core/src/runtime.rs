@@ -541,19 +541,22 @@ async fn event_loop<C: WebsocketConsumer>(
                     other => Err(other),
                 };
                 match frame {
-                    Ok(frame) => match ctx.metrics.clone() {
-                        None => Box::pin(guarded(consumer.receive(ctx, frame))).await,
-                        Some(metrics) => {
+                    Ok(frame) => {
+                        // Borrowed, not cloned: a clone of the shared `Arc` would be two locked
+                        // operations on one cache line for every frame of every connection.
+                        let started = ctx.metrics.as_ref().map(|metrics| {
                             metrics.received(match &frame {
                                 Frame::Text(text) => text.len(),
                                 Frame::Binary(data) => data.len(),
                             });
-                            let started = Instant::now();
-                            let result = Box::pin(guarded(consumer.receive(ctx, frame))).await;
+                            Instant::now()
+                        });
+                        let result = Box::pin(guarded(consumer.receive(ctx, frame))).await;
+                        if let (Some(started), Some(metrics)) = (started, &ctx.metrics) {
                             metrics.hook(Hook::Receive, started.elapsed());
-                            result
                         }
-                    },
+                        result
+                    }
                     Err(frame) => match frame {
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
                         Some(Ok(WsMessage::Close(frame))) => {
@@ -578,15 +581,12 @@ async fn event_loop<C: WebsocketConsumer>(
                     }
                 };
                 // Boxed once per burst: its size stays out of every idle connection's future.
-                match ctx.metrics.clone().filter(|metrics| metrics.time_burst()) {
-                    None => Box::pin(handle_burst(consumer, ctx, message, receiver.as_deref())).await,
-                    Some(metrics) => {
-                        let started = Instant::now();
-                        let result = Box::pin(handle_burst(consumer, ctx, message, receiver.as_deref())).await;
-                        metrics.hook(Hook::Message, started.elapsed());
-                        result
-                    }
+                let started = ctx.metrics.as_ref().is_some_and(|metrics| metrics.time_burst()).then(Instant::now);
+                let result = Box::pin(handle_burst(consumer, ctx, message, receiver.as_deref())).await;
+                if let (Some(started), Some(metrics)) = (started, &ctx.metrics) {
+                    metrics.hook(Hook::Message, started.elapsed());
                 }
+                result
             }
             Input::Tick => {
                 // Memberships expire `group_expiry` after the last group_add; a connection that
