@@ -12,6 +12,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
 use crate::layer::ChannelLayers;
+use crate::metrics::Metrics;
 use crate::scope::Scope;
 use crate::tasks::Tasks;
 
@@ -202,6 +203,35 @@ pub fn readiness(timeout: std::time::Duration) -> impl HttpHandler {
             .collect();
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         json(status, &serde_json::json!({ "ready": ready, "shutting_down": shutting_down, "layers": layers }))
+    }
+}
+
+/// Serving the metrics: here, with the other HTTP handlers, so that [`crate::metrics`] stays
+/// below the modules that count into it.
+impl Metrics {
+    /// [`render`](Self::render) as a 200 response with the OpenMetrics content type.
+    pub fn response(&self) -> HttpResponse {
+        let mut response = HttpResponse::new(full(self.render()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
+    }
+
+    /// An HTTP handler that serves [`response`](Self::response) to `GET` (and `HEAD`).
+    pub fn handler(&self) -> impl HttpHandler {
+        let metrics = self.clone();
+        move |request: HttpRequest| {
+            let metrics = metrics.clone();
+            async move {
+                if matches!(*request.scope.method(), http::Method::GET | http::Method::HEAD) {
+                    metrics.response()
+                } else {
+                    text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                }
+            }
+        }
     }
 }
 

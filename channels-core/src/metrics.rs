@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, StatusCode, header};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -40,7 +39,6 @@ use prometheus_client::registry::Registry;
 
 use async_trait::async_trait;
 
-use crate::http::{HttpHandler, HttpRequest, HttpResponse, full, text};
 use crate::layer::{
     BackendError, ChannelLayer, ChannelReceiver, FlushError, GroupError, GroupSendReport, LayerConfig, Message,
     NewChannelError, PresenceStore, ReceiveError, SendError,
@@ -162,31 +160,6 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry);
         out
-    }
-
-    /// [`render`](Self::render) as a 200 response with the OpenMetrics content type.
-    pub fn response(&self) -> HttpResponse {
-        let mut response = HttpResponse::new(full(self.render()));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
-        response
-    }
-
-    /// An HTTP handler that serves [`response`](Self::response) to `GET` (and `HEAD`).
-    pub fn handler(&self) -> impl HttpHandler {
-        let metrics = self.clone();
-        move |request: HttpRequest| {
-            let metrics = metrics.clone();
-            async move {
-                if matches!(*request.scope.method(), http::Method::GET | http::Method::HEAD) {
-                    metrics.response()
-                } else {
-                    text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-                }
-            }
-        }
     }
 
     pub(crate) fn hot(&self) -> &Arc<Hot> {
