@@ -214,3 +214,33 @@ async fn a_redis_outage_shows_as_layer_errors() {
     assert_eq!(get(&samples, r#"channels_group_deliveries_total{layer="default"}"#), 1.0);
     assert_eq!(get(&samples, r#"channels_layer_errors_total{layer="default",operation="group_send"}"#), FAILED as f64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_sent_event_stream_counts_as_an_sse_connection() {
+    let example = Example::start("chat", &[]);
+    let route = r#"route="/chat/{room}/stream",transport="sse""#;
+    let mut stream = support::EventStream::open(example.addr, "/chat/streamed/stream?user=s").await;
+    assert_eq!(stream.next().await["type"], "chat.presence");
+    let (status, _) = http(example.addr, "POST", "/chat/streamed/messages?user=p", r#"{"message": "hi"}"#).await;
+    assert!(status < 300, "posted: {status}");
+    assert_eq!(stream.next_of_type("chat.message").await["text"], "hi");
+
+    let samples = scrape(&example).await;
+    assert_eq!(get(&samples, &format!("channels_connections_open{{{route}}}")), 1.0);
+    assert_eq!(get(&samples, &format!("channels_connections_accepted_total{{{route}}}")), 1.0);
+    // The presence and the message, and any keep-alive comments between them.
+    assert!(get(&samples, r#"channels_messages_sent_total{transport="sse"}"#) >= 2.0);
+    assert_eq!(get(&samples, r#"channels_messages_sent_total{transport="websocket"}"#), 0.0);
+
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = scrape(&example).await;
+        if get(&samples, &format!("channels_connections_open{{{route}}}")) == 0.0 {
+            assert_eq!(get(&samples, r#"channels_connection_duration_seconds_count{transport="sse"}"#), 1.0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the stream is still counted open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

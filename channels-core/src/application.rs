@@ -399,7 +399,9 @@ impl Application {
             return answered(response);
         }
         let path = scope.path().to_owned();
-        let request = HttpRequest { scope, body, layers: self.inner.layers.clone(), tasks: self.inner.tasks.clone() };
+        let metrics = self.inner.metrics.clone().map(|metrics| (metrics, endpoints.route.clone()));
+        let request =
+            HttpRequest { scope, body, layers: self.inner.layers.clone(), tasks: self.inner.tasks.clone(), metrics };
         let call = AssertUnwindSafe(handler.call(request));
         let metrics = self.inner.metrics.clone();
         Box::pin(async move {

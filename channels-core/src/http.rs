@@ -33,6 +33,8 @@ pub struct HttpRequest {
     pub(crate) layers: Arc<ChannelLayers>,
     /// Where an HTTP consumer spawns the task that outlives its handler.
     pub(crate) tasks: Tasks,
+    /// The application's metrics, if on, and the route's path, for an HTTP consumer's counts.
+    pub(crate) metrics: Option<(Metrics, Arc<str>)>,
 }
 
 impl HttpRequest {

@@ -3,17 +3,17 @@
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
-//! | `channels_connections_open` | gauge | `transport`, `route` | WebSocket connections open now |
-//! | `channels_connections_accepted_total` | counter | `transport`, `route` | WebSocket connections accepted |
+//! | `channels_connections_open` | gauge | `transport`, `route` | connections open now: WebSockets (`websocket`), HTTP consumers' held requests (`long-poll`) and streams (`sse`) |
+//! | `channels_connections_accepted_total` | counter | `transport`, `route` | connections accepted, the same way |
 //! | `channels_handshakes_denied_total` | counter | `reason` | WebSocket handshakes refused: `bad_request`, `shutting_down`, `middleware`, `no_route`, `connection_limit`, `denied` (by the consumer or its `connect` failing), `unavailable` (the layer failed or was too slow) |
 //! | `channels_messages_received_total` | counter | `transport` | data frames from clients |
-//! | `channels_messages_sent_total` | counter | `transport` | data frames to clients |
+//! | `channels_messages_sent_total` | counter | `transport` | data frames to clients; an HTTP consumer's long-poll answers and stream chunks |
 //! | `channels_received_bytes_total` | counter | `transport` | their payload bytes |
 //! | `channels_sent_bytes_total` | counter | `transport` | their payload bytes |
 //! | `channels_closes_sent_total` | counter | `code` | close frames the server started (a handler's close, 1001 at shutdown, 1009 for a message too big...) |
 //! | `channels_handler_errors_total` | counter | `kind` | consumer hooks that failed (`error`) or panicked (`panic`), HTTP handlers that panicked (`http_panic`) |
 //! | `channels_handler_duration_seconds` | histogram | `hook` | time in `receive` (every client frame) and in `message` (one burst of layer messages in 64 on each thread: a sample, so that fan-out does not read the clock twice per delivery) |
-//! | `channels_connection_duration_seconds` | histogram | `transport` | how long WebSocket connections lasted |
+//! | `channels_connection_duration_seconds` | histogram | `transport` | how long connections lasted |
 //! | `channels_group_sends_total` | counter | `layer` | `group_send` calls through the application's layers (consumers', HTTP handlers' and yours through [`Application::layers`](crate::Application::layers)) |
 //! | `channels_group_deliveries_total` | counter | `layer` | members' channels those sends reached |
 //! | `channels_group_dropped_total` | counter | `layer` | members skipped because their channel was full |
@@ -87,7 +87,7 @@ struct Inner {
     accepted: Family<Labels, Counter>,
     denied: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
-    connection_duration: Arc<AtomicHistogram>,
+    connection_duration: Arc<[AtomicHistogram; TRANSPORTS.len()]>,
     layers: LayerCounters,
 }
 
@@ -104,7 +104,7 @@ impl Metrics {
         let _ = hot.closes.set(closes.clone());
         let _ = hot.errors.set(errors.clone());
         let hot = Arc::new(hot);
-        let connection_duration = Arc::new(AtomicHistogram::new(CONNECTION_BOUNDS));
+        let connection_duration = Arc::new(std::array::from_fn(|_| AtomicHistogram::new(CONNECTION_BOUNDS)));
         let mut registry = Registry::default();
         registry.register("channels_connections_open", "Connections open now", open.clone());
         registry.register("channels_connections_accepted", "Connections accepted", accepted.clone());
@@ -176,11 +176,17 @@ impl Metrics {
 
     /// A WebSocket connection on `route` was accepted; the guard counts it open until dropped.
     pub(crate) fn websocket_opened(&self, route: &str) -> ConnectionGuard {
-        let labels = vec![("transport", "websocket".to_owned()), ("route", route.to_owned())];
+        self.opened(Transport::Websocket, route)
+    }
+
+    /// A connection of `transport` on `route` began (a WebSocket accepted, a long poll held, a
+    /// stream started); the guard counts it open until dropped.
+    pub(crate) fn opened(&self, transport: Transport, route: &str) -> ConnectionGuard {
+        let labels = vec![("transport", TRANSPORTS[transport as usize].to_owned()), ("route", route.to_owned())];
         self.inner.accepted.get_or_create(&labels).inc();
         let open = self.inner.open.get_or_create(&labels).clone();
         open.inc();
-        ConnectionGuard { open, started: Instant::now(), duration: self.inner.connection_duration.clone() }
+        ConnectionGuard { open, started: Instant::now(), durations: self.inner.connection_duration.clone(), transport }
     }
 }
 
@@ -188,15 +194,29 @@ impl Metrics {
 pub(crate) struct ConnectionGuard {
     open: Gauge,
     started: Instant,
-    duration: Arc<AtomicHistogram>,
+    durations: Arc<[AtomicHistogram; TRANSPORTS.len()]>,
+    transport: Transport,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.open.dec();
-        self.duration.observe(self.started.elapsed());
+        self.durations[self.transport as usize].observe(self.started.elapsed());
     }
 }
+
+/// How a client is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Websocket = 0,
+    /// An HTTP consumer's request held until it answers.
+    LongPoll = 1,
+    /// An HTTP consumer's streamed response (server-sent events).
+    Sse = 2,
+}
+
+/// The `transport` label of each [`Transport`].
+const TRANSPORTS: [&str; 3] = ["websocket", "long-poll", "sse"];
 
 /// Bucket bounds, in seconds.
 const HANDLER_BOUNDS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
@@ -219,7 +239,8 @@ pub(crate) enum Hook {
 }
 
 const HOOKS: [&str; 2] = ["receive", "message"];
-const COUNTERS: usize = 4;
+/// Per transport: messages and bytes, in and out.
+const COUNTERS: usize = 4 * TRANSPORTS.len();
 /// Per hook: the buckets, then the count and the sum in nanoseconds.
 const HOOK_SLOTS: usize = HANDLER_BOUNDS.len() + 2;
 const SLOTS: usize = COUNTERS + HOOKS.len() * HOOK_SLOTS;
@@ -322,6 +343,14 @@ impl Hot {
         add(index, &shard[Slot::BytesOut as usize], bytes as u64);
     }
 
+    /// A message to a client of an HTTP transport: a long poll's answer, a stream's chunk.
+    pub(crate) fn sent_on(&self, transport: Transport, bytes: usize) {
+        let base = transport as usize * 4;
+        let (index, shard) = self.shard();
+        add(index, &shard[base + Slot::MessagesOut as usize], 1);
+        add(index, &shard[base + Slot::BytesOut as usize], bytes as u64);
+    }
+
     /// A hook ran for `took`.
     #[inline]
     pub(crate) fn hook(&self, hook: Hook, took: Duration) {
@@ -370,9 +399,12 @@ impl TypedMetric for HotCounter {
 
 impl EncodeMetric for HotCounter {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
-        let labels = [("transport", "websocket")];
-        let value = self.hot.sum(self.slot as usize);
-        encoder.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&value, None)
+        for (index, transport) in TRANSPORTS.iter().enumerate() {
+            let labels = [("transport", *transport)];
+            let value = self.hot.sum(index * 4 + self.slot as usize);
+            encoder.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        Ok(())
     }
 
     fn metric_type(&self) -> MetricType {
@@ -447,9 +479,9 @@ impl AtomicHistogram {
     }
 }
 
-/// The connection histogram, labelled `transport="websocket"`.
+/// The connection histograms, by transport.
 #[derive(Clone)]
-struct ByTransport(Arc<AtomicHistogram>);
+struct ByTransport(Arc<[AtomicHistogram; TRANSPORTS.len()]>);
 
 impl fmt::Debug for ByTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -463,14 +495,16 @@ impl TypedMetric for ByTransport {
 
 impl EncodeMetric for ByTransport {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
-        let h = &self.0;
-        let n = h.bounds.len();
-        let counts: Vec<u64> = h.slots[..n].iter().map(|s| s.load(Ordering::Relaxed)).collect();
-        let count = h.slots[n].load(Ordering::Relaxed);
-        let sum = h.slots[n + 1].load(Ordering::Relaxed) as f64 / 1e9;
-        let buckets = cumulative(h.bounds, &counts, count);
-        let labels = [("transport", "websocket")];
-        encoder.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+        for (h, transport) in self.0.iter().zip(TRANSPORTS) {
+            let n = h.bounds.len();
+            let counts: Vec<u64> = h.slots[..n].iter().map(|s| s.load(Ordering::Relaxed)).collect();
+            let count = h.slots[n].load(Ordering::Relaxed);
+            let sum = h.slots[n + 1].load(Ordering::Relaxed) as f64 / 1e9;
+            let buckets = cumulative(h.bounds, &counts, count);
+            let labels = [("transport", transport)];
+            encoder.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
     }
 
     fn metric_type(&self) -> MetricType {
