@@ -213,6 +213,23 @@ async fn a_redis_outage_shows_as_layer_errors() {
     );
     assert_eq!(get(&samples, r#"channels_group_deliveries_total{layer="default"}"#), 1.0);
     assert_eq!(get(&samples, r#"channels_layer_errors_total{layer="default",operation="group_send"}"#), FAILED as f64);
+    assert_eq!(get(&samples, r#"channels_layer_recoveries_total{layer="default"}"#), 0.0);
+
+    // Redis comes back (empty: the room's membership is gone until the connection renews it):
+    // the next send is answered, and the layer counts one recovery.
+    redis.restart();
+    send_text(&mut client, "after").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let samples = loop {
+        let samples = scrape(&example).await;
+        if get(&samples, r#"channels_group_sends_total{layer="default"}"#) == (2 + FAILED) as f64 {
+            break samples;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the send after the outage never completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(get(&samples, r#"channels_layer_errors_total{layer="default",operation="group_send"}"#), FAILED as f64);
+    assert_eq!(get(&samples, r#"channels_layer_recoveries_total{layer="default"}"#), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

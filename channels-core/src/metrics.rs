@@ -19,6 +19,7 @@
 //! | `channels_group_dropped_total` | counter | `layer` | members skipped because their channel was full |
 //! | `channels_layer_sends_refused_full_total` | counter | `layer` | `send`s refused because the channel was full |
 //! | `channels_layer_errors_total` | counter | `layer`, `operation` | layer operations the backend failed (Redis down, say) |
+//! | `channels_layer_recoveries_total` | counter | `layer` | times the backend answered again after failing (Redis back, the layer reconnected) |
 //!
 //! The counters a frame touches are sharded by thread (no lock, no allocation, no cache line
 //! shared between threads, and no locked instruction for the first 15 threads that count); a group send adds to plain atomics once per call (not per member).
@@ -145,6 +146,11 @@ impl Metrics {
             "channels_layer_sends_refused_full",
             "Sends to a channel refused because it was full, by layer alias",
             layers.refused_full.clone(),
+        );
+        registry.register(
+            "channels_layer_recoveries",
+            "Times a layer's backend answered again after failing (Redis back after an outage), by layer alias",
+            layers.recoveries.clone(),
         );
         registry.register(
             "channels_layer_errors",
@@ -520,6 +526,7 @@ struct LayerCounters {
     dropped: Family<Labels, Counter>,
     refused_full: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
+    recoveries: Family<Labels, Counter>,
 }
 
 /// One layer's counters, taken from the families once.
@@ -528,23 +535,37 @@ struct LayerHandles {
     deliveries: Counter,
     dropped: Counter,
     refused_full: Counter,
+    recoveries: Counter,
     errors: Family<Labels, Counter>,
+    /// The last operation the backend answered failed.
+    failing: std::sync::atomic::AtomicBool,
     alias: String,
 }
 
 impl LayerHandles {
     fn error(&self, operation: &'static str) {
+        self.failing.store(true, Ordering::Relaxed);
         self.errors.get_or_create(&vec![("layer", self.alias.clone()), ("operation", operation.to_owned())]).inc();
+    }
+
+    /// The backend answered: a recovery if it was failing. One relaxed load otherwise.
+    #[inline]
+    fn answered(&self) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
+            self.recoveries.inc();
+        }
     }
 
     fn group_report(&self, report: &Result<GroupSendReport, GroupError>) {
         self.group_sends.inc();
         match report {
             Ok(report) => {
+                self.answered();
                 self.deliveries.inc_by(report.queued as u64);
                 self.dropped.inc_by(report.dropped_full as u64);
             }
-            Err(_) => self.error("group_send"),
+            Err(e) if e.is_outage() => self.error("group_send"),
+            Err(_) => {}
         }
     }
 }
@@ -559,7 +580,9 @@ impl Metrics {
             deliveries: counters.deliveries.get_or_create(&labels).clone(),
             dropped: counters.dropped.get_or_create(&labels).clone(),
             refused_full: counters.refused_full.get_or_create(&labels).clone(),
+            recoveries: counters.recoveries.get_or_create(&labels).clone(),
             errors: counters.errors.clone(),
+            failing: std::sync::atomic::AtomicBool::new(false),
             alias: alias.to_owned(),
         };
         Arc::new(MeteredLayer { inner: layer, metrics: handles })
@@ -583,8 +606,10 @@ impl fmt::Debug for MeteredLayer {
 macro_rules! counted {
     ($self:ident, $operation:literal, $result:expr) => {{
         let result = $result;
-        if matches!(&result, Err(e) if Outage::is_outage(e)) {
-            $self.metrics.error($operation);
+        match &result {
+            Ok(_) => $self.metrics.answered(),
+            Err(e) if Outage::is_outage(e) => $self.metrics.error($operation),
+            Err(_) => {}
         }
         result
     }};
@@ -620,7 +645,8 @@ impl ChannelLayer for MeteredLayer {
                 self.metrics.refused_full.inc();
             }
             Err(SendError::Backend(_)) => self.metrics.error("send"),
-            _ => {}
+            Ok(()) => self.metrics.answered(),
+            Err(_) => {}
         }
         result
     }
@@ -686,8 +712,9 @@ impl ChannelLayer for MeteredLayer {
 
     async fn ping(&self) -> Result<(), BackendError> {
         let result = self.inner.ping().await;
-        if result.is_err() {
-            self.metrics.error("ping");
+        match &result {
+            Ok(()) => self.metrics.answered(),
+            Err(_) => self.metrics.error("ping"),
         }
         result
     }
