@@ -239,3 +239,42 @@ mod in_process {
         assert_eq!(response.status, 204);
     }
 }
+
+/// `GET /metrics` of a server whose application counts metrics, as `name{labels} value` lines.
+async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    let (status, text) = http(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_response_counts_as_a_long_poll_while_it_is_held() {
+    let layer = InMemoryChannelLayer::new(Default::default());
+    let log: Log = Arc::default();
+    let metrics = channels::metrics::Metrics::new();
+    let router = Router::new()
+        .http("/news/", http_consumer(move |_: &Scope| Newsroom { log: log.clone() }))
+        .http("/metrics", metrics.handler());
+    let app = Application::builder(router).layer(Arc::new(layer.clone())).metrics(metrics).build();
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    tokio::spawn(server.serve_with_shutdown(app, std::future::pending()));
+
+    let open = r#"channels_connections_open{transport="long-poll",route="/news/"}"#;
+    let held = tokio::spawn(async move { http(addr, "GET", "/news/?mode=hold", "").await });
+    while layer.stats().groups == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(metric(addr, open).await, 1.0, "held");
+    // A plain answer is not a long poll.
+    assert_eq!(http(addr, "POST", "/news/?mode=now", "abc").await.0, 200);
+    assert_eq!(metric(addr, r#"channels_connections_accepted_total{transport="long-poll",route="/news/"}"#).await, 1.0);
+
+    layer.group_send("news", news("extra!")).await.expect("group_send");
+    assert_eq!(held.await.expect("join"), (200, "extra!".into()));
+    assert_eq!(metric(addr, open).await, 0.0, "answered");
+    assert_eq!(metric(addr, r#"channels_messages_sent_total{transport="long-poll"}"#).await, 1.0);
+    assert_eq!(metric(addr, r#"channels_sent_bytes_total{transport="long-poll"}"#).await, 6.0);
+}

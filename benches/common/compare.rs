@@ -149,7 +149,7 @@ pub fn report(scenario: &Scenario, results: &[(Kind, Vec<Outcome>)], bars: Bars)
     }
     let of = |kind: Kind| results.iter().find(|(k, _)| *k == kind).map(|(_, r)| r.as_slice()).filter(|r| !r.is_empty());
     let contenders = [Kind::Chat, Kind::Framework];
-    let references = [Kind::Baseline, Kind::BaselineBatched, Kind::Django];
+    let references = [Kind::Baseline, Kind::BaselineBatched, Kind::Django, Kind::ChatNoMetrics];
     for contender in contenders {
         let Some(ours) = of(contender) else { continue };
         for reference in references {
@@ -179,6 +179,13 @@ pub fn report(scenario: &Scenario, results: &[(Kind, Vec<Outcome>)], bars: Bars)
             if reference == Kind::Baseline { "bare, unbatched" } else { "bare, batched" },
             ratio,
             super::verdict(ratio >= bars.min_ratio)
+        );
+    }
+    if let Some(off) = of(Kind::ChatNoMetrics) {
+        let ratio = med(chat, Outcome::per_second) / med(off, Outcome::per_second);
+        println!(
+            "bar: chat with metrics >= 0.97 x without (same run): {ratio:.2} -> {}",
+            super::verdict(ratio >= 0.97)
         );
     }
     let lost: u64 = chat.iter().map(Outcome::lost).sum();

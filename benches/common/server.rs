@@ -16,6 +16,8 @@ use super::baseline;
 pub enum Kind {
     /// `examples/chat`, release build, in-memory layer.
     Chat,
+    /// The same with its metrics off (`--metrics off`): what the metrics cost.
+    ChatNoMetrics,
     /// The hand-written tokio-tungstenite + `broadcast` server of [`baseline`].
     Baseline,
     /// The same, writing every waiting message before one flush ([`baseline::FLAG_BATCHED`]).
@@ -33,6 +35,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Chat => "chat",
+            Kind::ChatNoMetrics => "nometrics",
             Kind::Baseline => "baseline",
             Kind::BaselineBatched => "batched",
             Kind::Framework => "framework",
@@ -44,6 +47,7 @@ impl Kind {
     pub fn legend(self) -> &'static str {
         match self {
             Kind::Chat => "chat = examples/chat (release, in-memory layer)",
+            Kind::ChatNoMetrics => "nometrics = the same chat with --metrics off",
             Kind::Baseline => {
                 "baseline = bare tokio + tokio-tungstenite + broadcast server, one send (one sendto) per message"
             }
@@ -59,7 +63,7 @@ impl Kind {
 
     /// Parses a name of [`Kind::name`].
     pub fn from_name(name: &str) -> Option<Kind> {
-        [Kind::Chat, Kind::Baseline, Kind::BaselineBatched, Kind::Framework, Kind::Django]
+        [Kind::Chat, Kind::ChatNoMetrics, Kind::Baseline, Kind::BaselineBatched, Kind::Framework, Kind::Django]
             .into_iter()
             .find(|kind| kind.name() == name.trim())
     }
@@ -254,6 +258,7 @@ impl ServerProcess {
         let exe = || std::env::current_exe().map_err(|e| format!("current_exe: {e}"));
         let (program, args): (PathBuf, &[&str]) = match kind {
             Kind::Chat => (chat.to_path_buf(), &["--bind", "127.0.0.1:0"]),
+            Kind::ChatNoMetrics => (chat.to_path_buf(), &["--bind", "127.0.0.1:0", "--metrics", "off"]),
             Kind::Baseline => (exe()?, &[baseline::FLAG]),
             Kind::BaselineBatched => (exe()?, &[baseline::FLAG_BATCHED]),
             Kind::Framework => (exe()?, &[super::framework::FLAG]),

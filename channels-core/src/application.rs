@@ -7,13 +7,14 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
@@ -27,6 +28,7 @@ use crate::http::{HttpRequest, HttpResponse, full, text};
 use crate::io::{LeanIo, WsStream};
 use crate::layer::{BackendError, ChannelLayer, ChannelLayers};
 use crate::membership::Shutdown;
+use crate::metrics::{ConnectionGuard, Metrics};
 use crate::middleware::{Middleware, Rejection};
 use crate::routing::{CompiledRouter, Endpoints, Resolved, Router};
 use crate::runtime::{Finished, Handshake, Session, Upgrading};
@@ -73,6 +75,7 @@ struct Inner {
     tasks: Tasks,
     /// The shutdown as connections see it (over `tasks`' signal).
     shutdown: Shutdown,
+    metrics: Option<Metrics>,
 }
 
 /// A routed application with its channel layers: what Django's `asgi.py` `application` is.
@@ -117,6 +120,7 @@ pub struct ApplicationBuilder {
     middleware: Vec<Arc<dyn Middleware>>,
     websocket_limits: WebsocketLimits,
     limits: AppLimits,
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for ApplicationBuilder {
@@ -162,22 +166,36 @@ impl ApplicationBuilder {
         self
     }
 
+    /// Counts what the application does into `metrics` (off by default); serve them with
+    /// [`Metrics::handler`]. See [`crate::metrics`] for what is counted.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Builds the application.
     ///
     /// # Panics
     /// On a route matchit rejects (see [`Router::route`]).
     pub fn build(self) -> Application {
         let tasks = Tasks::new();
+        let layers = match &self.metrics {
+            Some(metrics) => self.layers.iter().fold(ChannelLayers::new(), |layers, (alias, layer)| {
+                layers.with_alias(alias, metrics.metered_layer(alias, layer.clone()))
+            }),
+            None => self.layers,
+        };
         Application {
             inner: Arc::new(Inner {
                 router: self.router.compile(),
-                layers: Arc::new(self.layers),
+                layers: Arc::new(layers),
                 middleware: self.middleware,
                 websocket_limits: Arc::new(self.websocket_limits),
                 connections: Arc::new(Semaphore::new(self.limits.max_connections)),
                 limits: self.limits,
                 shutdown: Shutdown::new(tasks.shutdown_token().clone()),
                 tasks,
+                metrics: self.metrics,
             }),
         }
     }
@@ -190,6 +208,8 @@ pub(crate) enum Upgrade {
         session: Session,
         limits: Arc<WebsocketLimits>,
         permit: tokio::sync::OwnedSemaphorePermit,
+        /// Counts the connection open, when metrics are on.
+        guard: Option<ConnectionGuard>,
     },
     Refuse {
         status: StatusCode,
@@ -209,6 +229,18 @@ impl Application {
             middleware: Vec::new(),
             websocket_limits: WebsocketLimits::default(),
             limits: AppLimits::default(),
+            metrics: None,
+        }
+    }
+
+    /// The metrics the application counts into, if they are on.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.as_ref()
+    }
+
+    fn denied(&self, reason: &'static str) {
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.denied(reason);
         }
     }
 
@@ -302,26 +334,36 @@ impl Application {
     pub(crate) async fn websocket_handshake(&self, scope: Scope) -> Upgrade {
         let refuse = |status: StatusCode, reason: String| Upgrade::Refuse { status, code: close_code::NORMAL, reason };
         if self.is_shutting_down() {
+            self.denied("shutting_down");
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down".into());
         }
         let mut scope = match self.scope_through_middleware(scope).await {
             Ok(scope) => scope,
             Err(rejection) => {
                 tracing::info!(status = %rejection.status, reason = %rejection.reason, "websocket refused by middleware");
+                self.denied("middleware");
                 return refuse(rejection.status, rejection.reason);
             }
         };
-        let Some(endpoint) = self.resolve(&mut scope).and_then(|(e, _)| e.websocket) else {
+        let Some((route, endpoint)) = self.resolve(&mut scope).and_then(|(e, _)| Some((e.route.clone(), e.websocket?)))
+        else {
+            self.denied("no_route");
             return refuse(StatusCode::FORBIDDEN, format!("no websocket route for {}", scope.path()));
         };
         let Ok(permit) = self.inner.connections.clone().try_acquire_owned() else {
             tracing::warn!(max = self.inner.limits.max_connections, "connection limit reached; refusing a websocket");
+            self.denied("connection_limit");
             return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many connections".into());
         };
         let limits = endpoint.limits().unwrap_or(&self.inner.websocket_limits).clone();
-        match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.shutdown.clone()).await {
-            Handshake::Accept { acceptance, session } => Upgrade::Accept { acceptance, session, limits, permit },
+        let metrics = self.inner.metrics.as_ref().map(|m| m.hot().clone());
+        match endpoint.handshake(scope, &self.inner.layers, &limits, self.inner.shutdown.clone(), metrics).await {
+            Handshake::Accept { acceptance, session } => {
+                let guard = self.inner.metrics.as_ref().map(|m| m.websocket_opened(&route));
+                Upgrade::Accept { acceptance, session, limits, permit, guard }
+            }
             Handshake::Deny { status, code } => {
+                self.denied(if status == StatusCode::SERVICE_UNAVAILABLE { "unavailable" } else { "denied" });
                 Upgrade::Refuse { status, code, reason: "websocket connection denied".into() }
             }
         }
@@ -357,12 +399,18 @@ impl Application {
             return answered(response);
         }
         let path = scope.path().to_owned();
-        let request = HttpRequest { scope, body, layers: self.inner.layers.clone(), tasks: self.inner.tasks.clone() };
+        let metrics = self.inner.metrics.clone().map(|metrics| (metrics, endpoints.route.clone()));
+        let request =
+            HttpRequest { scope, body, layers: self.inner.layers.clone(), tasks: self.inner.tasks.clone(), metrics };
         let call = AssertUnwindSafe(handler.call(request));
+        let metrics = self.inner.metrics.clone();
         Box::pin(async move {
             match call.catch_unwind().await {
                 Ok(response) => response,
                 Err(_) => {
+                    if let Some(metrics) = &metrics {
+                        metrics.http_panic();
+                    }
                     tracing::error!(%path, "HTTP handler panicked; answering 500");
                     text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
                 }
@@ -384,12 +432,12 @@ impl Application {
 
     /// [`Self::handle`] up to the handler: a WebSocket upgrade, or an HTTP request's body
     /// read and the request routed.
-    async fn route(
-        self,
-        mut request: Request<Incoming>,
-        client: Option<SocketAddr>,
-        server: Option<SocketAddr>,
-    ) -> Routed {
+    async fn route<B>(self, mut request: Request<B>, client: Option<SocketAddr>, server: Option<SocketAddr>) -> Routed
+    where
+        B: HttpBody + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         if hyper_tungstenite::is_upgrade_request(&request) {
             return answered(self.upgrade(&mut request, client, server).await);
         }
@@ -405,15 +453,16 @@ impl Application {
         self.route_http(scope, body).await
     }
 
-    async fn upgrade(
+    async fn upgrade<B>(
         &self,
-        request: &mut Request<Incoming>,
+        request: &mut Request<B>,
         client: Option<SocketAddr>,
         server: Option<SocketAddr>,
     ) -> HttpResponse {
         let accept = match check_handshake(request) {
             Ok(key) => derive_accept_key(key),
             Err((status, problem)) => {
+                self.denied("bad_request");
                 let mut response = text(status, format!("bad websocket handshake: {problem}"));
                 if status == StatusCode::UPGRADE_REQUIRED {
                     // RFC 6455 4.4: name the versions the server speaks.
@@ -426,7 +475,9 @@ impl Application {
         let scope =
             Scope::from_request(ScopeKind::Websocket, request.method().clone(), request.uri(), headers, client, server);
         let (acceptance, session, limits, permit) = match self.websocket_handshake(scope).await {
-            Upgrade::Accept { acceptance, session, limits, permit } => (acceptance, session, limits, permit),
+            Upgrade::Accept { acceptance, session, limits, permit, guard } => {
+                (acceptance, session, limits, (permit, guard))
+            }
             Upgrade::Refuse { status, reason, .. } => return text(status, reason),
         };
         let on_upgrade = hyper::upgrade::on(&mut *request);
@@ -444,7 +495,8 @@ impl Application {
                 }
             }
         });
-        session(&self.inner.tasks, upgrading, Finished { permit, done: None });
+        let (permit, metrics) = permit;
+        session(&self.inner.tasks, upgrading, Finished { permit, done: None, metrics });
         let mut response = HttpResponse::new(full(Bytes::new()));
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -512,6 +564,97 @@ impl hyper::service::Service<Request<Incoming>> for AppService {
         // Not `handle`: an `async fn` keeps room for its arguments, the request here, for as
         // long as it runs.
         let routing = Box::pin(self.app.clone().route(request, self.client, self.server));
+        Box::pin(async move { Ok(routing.await.await) })
+    }
+}
+
+/// The client's address of a request, for an [`Application`] served as a tower service.
+///
+/// [`Server`](crate::Server) and [`AppService`] know their connection's addresses; a
+/// request reaching the application through another server (axum, say) carries them, if at
+/// all, in its extensions: put a `ClientAddr` (and a [`ServerAddr`]) there and the scope's
+/// [`client`](Scope::client) (and [`server`](Scope::server)) is set from it. Without one it is
+/// `None`. With axum, serve the router `into_make_service_with_connect_info::<SocketAddr>()`
+/// and copy axum's `ConnectInfo` into the request:
+///
+/// ```ignore
+/// use axum::extract::{ConnectInfo, Request};
+/// use channels_core::application::ClientAddr;
+///
+/// let router = router.layer(axum::middleware::map_request(
+///     |ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>, mut request: Request| async move {
+///         request.extensions_mut().insert(ClientAddr(addr));
+///         request
+///     },
+/// ));
+/// axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+/// ```
+///
+/// A proxy's `X-Forwarded-For` is a different matter: see
+/// [`TrustedProxies`](crate::middleware::TrustedProxies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The server's address of a request (the local end of its connection), like [`ClientAddr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServerAddr(pub SocketAddr);
+
+/// The error a request body may fail with.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The application as a [tower](https://docs.rs/tower) service, for any request body: mount it
+/// in an axum `Router` (`route_service`, `nest_service`, `fallback_service`) or wrap it in
+/// tower layers. It routes the request with its own [`Router`] (the path axum passes on: with
+/// `nest_service` the prefix is stripped), upgrades WebSockets (the server must serve its
+/// connections with upgrades, as `axum::serve` does) and takes the scope's addresses from
+/// [`ClientAddr`] and [`ServerAddr`] in the request's extensions.
+///
+/// Shut the application down yourself when your server stops:
+/// [`shutdown`](Application::shutdown) closes the WebSockets with 1001 and runs their
+/// `disconnect` hooks, which no HTTP server does for upgraded connections.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use channels_core::prelude::*;
+/// use tower_service::Service;
+///
+/// # async fn demo() -> Result<(), Infallible> {
+/// use channels_core::application::ClientAddr;
+/// use channels_core::http::{HttpRequest, text};
+/// use http_body_util::BodyExt;
+///
+/// let mut app = Application::builder(Router::new().http("/hello", |request: HttpRequest| async move {
+///     text(StatusCode::OK, format!("hello {:?}", request.scope.client()))
+/// }))
+/// .build();
+/// let mut request = http::Request::get("/hello").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+/// request.extensions_mut().insert(ClientAddr("192.0.2.1:4000".parse().unwrap()));
+/// let response = app.call(request).await?;
+/// assert_eq!(response.status(), StatusCode::OK);
+/// let body = response.into_body().collect().await?.to_bytes();
+/// assert_eq!(body, "hello Some(192.0.2.1:4000)");
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+impl<B> tower_service::Service<Request<B>> for Application
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let client = request.extensions().get::<ClientAddr>().map(|a| a.0);
+        let server = request.extensions().get::<ServerAddr>().map(|a| a.0);
+        let routing = Box::pin(self.clone().route(request, client, server));
         Box::pin(async move { Ok(routing.await.await) })
     }
 }

@@ -71,6 +71,8 @@ pub struct WebsocketContext {
     pub(crate) batching: bool,
     /// Made by the first `group_send_nowait`. In a mutex only for `Sync`, like the socket.
     outbox: Option<Box<std::sync::Mutex<Outbox>>>,
+    /// The application's per-message metrics, when they are on.
+    pub(crate) metrics: Option<Arc<crate::metrics::Hot>>,
 }
 
 /// What a mutex holds, reached through `&mut` (never locked: the mutexes are there for `Sync`).
@@ -103,6 +105,7 @@ impl WebsocketContext {
             send_timeout,
             batching: false,
             outbox: None,
+            metrics: None,
         }
     }
 
@@ -235,7 +238,12 @@ impl WebsocketContext {
                     return Err(ContextError::Closed);
                 };
                 let failure = match tokio::time::timeout(send_timeout, socket.send(close_message(code, reason))).await {
-                    Ok(Ok(())) => return Ok(()),
+                    Ok(Ok(())) => {
+                        if let Some(metrics) = &self.metrics {
+                            metrics.close_sent(code);
+                        }
+                        return Ok(());
+                    }
                     Ok(Err(e)) => ContextError::socket(e),
                     Err(_) => ContextError::SendTimeout,
                 };

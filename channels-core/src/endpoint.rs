@@ -12,6 +12,7 @@ use crate::consumer::WebsocketConsumer;
 use crate::http::HttpHandler;
 use crate::layer::ChannelLayers;
 use crate::membership::Shutdown;
+use crate::metrics::Hot;
 use crate::runtime::{self, Handshake};
 use crate::scope::Scope;
 
@@ -23,6 +24,7 @@ pub(crate) trait WebsocketEndpoint: Send + Sync + 'static {
         layers: &'a ChannelLayers,
         limits: &'a Arc<WebsocketLimits>,
         shutdown: Shutdown,
+        metrics: Option<Arc<Hot>>,
     ) -> BoxFuture<'a, Handshake>;
 
     fn limits(&self) -> Option<&Arc<WebsocketLimits>>;
@@ -87,9 +89,10 @@ where
         layers: &'a ChannelLayers,
         limits: &'a Arc<WebsocketLimits>,
         shutdown: Shutdown,
+        metrics: Option<Arc<Hot>>,
     ) -> BoxFuture<'a, Handshake> {
         let consumer = (self.factory)(&scope);
-        Box::pin(runtime::handshake(consumer, scope, layers, limits.clone(), shutdown))
+        Box::pin(runtime::handshake(consumer, scope, layers, limits.clone(), shutdown, metrics))
     }
 
     fn limits(&self) -> Option<&Arc<WebsocketLimits>> {

@@ -7,6 +7,9 @@ use futures_util::FutureExt;
 
 use crate::consumer::HandlerResult;
 
+/// How the error a panic becomes begins.
+pub(crate) const PANICKED: &str = "handler panicked";
+
 /// Runs a hook, turning a panic into an error so that one bad handler cannot take the
 /// connection down without its close frame and `disconnect`.
 ///
@@ -20,7 +23,7 @@ pub(crate) fn guarded(hook: impl Future<Output = HandlerResult>) -> impl Future<
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".into());
-            Err(format!("handler panicked: {what}").into())
+            Err(format!("{PANICKED}: {what}").into())
         })
     })
 }

@@ -12,6 +12,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
 use crate::layer::ChannelLayers;
+use crate::metrics::Metrics;
 use crate::scope::Scope;
 use crate::tasks::Tasks;
 
@@ -32,6 +33,8 @@ pub struct HttpRequest {
     pub(crate) layers: Arc<ChannelLayers>,
     /// Where an HTTP consumer spawns the task that outlives its handler.
     pub(crate) tasks: Tasks,
+    /// The application's metrics, if on, and the route's path, for an HTTP consumer's counts.
+    pub(crate) metrics: Option<(Metrics, Arc<str>)>,
 }
 
 impl HttpRequest {
@@ -133,6 +136,102 @@ pub fn static_files(root: impl Into<PathBuf>) -> impl HttpHandler {
             match tokio::fs::read(root.join(&relative)).await {
                 Ok(bytes) => response(StatusCode::OK, content_type_for(&relative), bytes),
                 Err(_) => text(StatusCode::NOT_FOUND, "not found"),
+            }
+        }
+    }
+}
+
+/// A handler that serves files compiled into the program (with `include_bytes!`), by the
+/// route's `{*path}` capture: a binary copied anywhere still serves them. Unknown paths get
+/// 404; methods other than `GET` and `HEAD`, 405.
+///
+/// ```
+/// use channels_core::routing::Router;
+/// use channels_core::http::embedded_files;
+///
+/// const STATIC: &[(&str, &[u8])] = &[("app.css", b"body { margin: 0 }"), ("app.js", b"console.log(1)")];
+/// let router = Router::new().http("/static/{*path}", embedded_files(STATIC));
+/// ```
+pub fn embedded_files(files: &'static [(&'static str, &'static [u8])]) -> impl HttpHandler {
+    move |request: HttpRequest| async move {
+        if !matches!(*request.scope.method(), http::Method::GET | http::Method::HEAD) {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        let wanted = request.scope.param("path").unwrap_or_default();
+        match files.iter().find(|(name, _)| *name == wanted) {
+            Some((name, bytes)) => {
+                response(StatusCode::OK, content_type_for(Path::new(name)), Bytes::from_static(bytes))
+            }
+            None => text(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+/// Liveness: `200 ok` for as long as the process answers HTTP at all. Mount it where your
+/// orchestrator probes (`/healthz`, say); a failing liveness probe means "restart me".
+///
+/// ```
+/// use channels_core::routing::Router;
+/// use channels_core::http::{liveness, readiness};
+/// use std::time::Duration;
+///
+/// let router = Router::new().http("/healthz", liveness()).http("/readyz", readiness(Duration::from_secs(2)));
+/// ```
+pub fn liveness() -> impl HttpHandler {
+    |_: HttpRequest| async { text(StatusCode::OK, "ok") }
+}
+
+/// Readiness: `200` when every channel layer of the application answers a ping
+/// ([`ChannelLayer::ping`](crate::layer::ChannelLayer::ping)) within `timeout`, `503` when one
+/// does not (Redis down, say) or once the application is shutting down (so a load balancer
+/// stops sending it new clients while it drains). The body is JSON:
+/// `{"ready": bool, "shutting_down": bool, "layers": {"default": "ok" or the error}}`.
+pub fn readiness(timeout: std::time::Duration) -> impl HttpHandler {
+    move |request: HttpRequest| async move {
+        let pings = request.layers().iter().map(|(alias, layer)| async move {
+            let answer = match tokio::time::timeout(timeout, layer.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            };
+            (alias.to_owned(), answer)
+        });
+        let answers = futures_util::future::join_all(pings).await;
+        let shutting_down = request.tasks.is_shutting_down();
+        let ready = !shutting_down && answers.iter().all(|(_, answer)| answer.is_ok());
+        let layers: std::collections::BTreeMap<String, String> = answers
+            .into_iter()
+            .map(|(alias, answer)| (alias, answer.err().unwrap_or_else(|| "ok".to_owned())))
+            .collect();
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        json(status, &serde_json::json!({ "ready": ready, "shutting_down": shutting_down, "layers": layers }))
+    }
+}
+
+/// Serving the metrics: here, with the other HTTP handlers, so that [`crate::metrics`] stays
+/// below the modules that count into it.
+impl Metrics {
+    /// [`render`](Self::render) as a 200 response with the OpenMetrics content type.
+    pub fn response(&self) -> HttpResponse {
+        let mut response = HttpResponse::new(full(self.render()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
+    }
+
+    /// An HTTP handler that serves [`response`](Self::response) to `GET` (and `HEAD`).
+    pub fn handler(&self) -> impl HttpHandler {
+        let metrics = self.clone();
+        move |request: HttpRequest| {
+            let metrics = metrics.clone();
+            async move {
+                if matches!(*request.scope.method(), http::Method::GET | http::Method::HEAD) {
+                    metrics.response()
+                } else {
+                    text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                }
             }
         }
     }

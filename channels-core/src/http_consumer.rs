@@ -23,6 +23,7 @@ use crate::guarded::guarded;
 use crate::http::{HttpHandler, HttpRequest, HttpResponse, response, text};
 use crate::layer::{ChannelLayer, DEFAULT_ALIAS, GroupSendReport};
 use crate::membership::Membership;
+use crate::metrics::{ConnectionGuard, Metrics, Transport};
 use crate::scope::Scope;
 
 /// An HTTP consumer: one instance per request.
@@ -111,6 +112,10 @@ pub struct HttpContext {
     reply: Reply,
     send_timeout: Duration,
     deadline: Option<tokio::time::Instant>,
+    /// The application's metrics, if on, and the route's path.
+    metrics: Option<(Metrics, Arc<str>)>,
+    /// How the request is counted while it is a long poll or a stream.
+    open: Option<(Transport, ConnectionGuard)>,
 }
 
 impl std::fmt::Debug for HttpContext {
@@ -176,6 +181,12 @@ impl HttpContext {
     ) -> Result<(), ContextError> {
         match std::mem::replace(&mut self.reply, Reply::Done) {
             Reply::Pending(tx) => {
+                let body: Bytes = body.into();
+                if let (Some((Transport::LongPoll, _)), Some((metrics, _))) = (&self.open, &self.metrics) {
+                    metrics.hot().sent_on(Transport::LongPoll, body.len());
+                }
+                // A held request answered: no longer open.
+                self.open = None;
                 let mut reply = response(status, content_type, body);
                 reply.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 tx.send(reply).map_err(|_| ContextError::Closed)
@@ -209,6 +220,9 @@ impl HttpContext {
         }
         tx.send(reply).map_err(|_| ContextError::Closed)?;
         self.reply = Reply::Streaming(body_tx);
+        if let Some((metrics, route)) = &self.metrics {
+            self.open = Some((Transport::Sse, metrics.opened(Transport::Sse, route)));
+        }
         Ok(())
     }
 
@@ -218,11 +232,17 @@ impl HttpContext {
             return Err(ContextError::NotAccepted);
         };
         let chunk: Bytes = chunk.into();
+        let len = chunk.len();
         let sent = if chunk.is_empty() {
             Ok(())
         } else {
             match tokio::time::timeout(self.send_timeout, tx.send(chunk)).await {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => {
+                    if let Some((metrics, _)) = &self.metrics {
+                        metrics.hot().sent_on(Transport::Sse, len);
+                    }
+                    Ok(())
+                }
                 Ok(Err(_)) => Err(ContextError::Closed),
                 Err(_) => Err(ContextError::SendTimeout),
             }
@@ -301,7 +321,7 @@ where
 }
 
 async fn serve<C: HttpConsumer>(consumer: C, request: HttpRequest) -> HttpResponse {
-    let HttpRequest { scope, body, layers, tasks } = request;
+    let HttpRequest { scope, body, layers, tasks, metrics } = request;
     let layer = layers.get(C::LAYER_ALIAS).cloned();
     let channel_name = match &layer {
         Some(layer) => match layer.new_channel("specific").await {
@@ -321,6 +341,8 @@ async fn serve<C: HttpConsumer>(consumer: C, request: HttpRequest) -> HttpRespon
         reply: Reply::Pending(head_tx),
         send_timeout: Duration::from_secs(10),
         deadline: None,
+        metrics,
+        open: None,
     };
     let shutdown = tasks.shutdown_token().clone();
     tasks.spawn(session(consumer, ctx, shutdown));
@@ -344,6 +366,10 @@ async fn session<C: HttpConsumer>(
     if !failed && let Err(e) = guarded(consumer.handle(&mut ctx)).await {
         tracing::error!(%path, error = %e, "HTTP consumer failed");
         failed = true;
+    }
+    if !failed && let (Reply::Pending(_), Some((metrics, route))) = (&ctx.reply, &ctx.metrics) {
+        // `handle` returned without an answer: a long poll, held until an event answers it.
+        ctx.open = Some((Transport::LongPoll, metrics.opened(Transport::LongPoll, route)));
     }
     if !failed {
         let layer = ctx.membership.layer.clone();

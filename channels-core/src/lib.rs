@@ -14,6 +14,7 @@
 //! | [`layer`] | [`ChannelLayer`](layer::ChannelLayer): the backend trait, messages, names, config |
 //! | [`middleware`] | [`Middleware`](middleware::Middleware) and [`OriginValidator`](middleware::OriginValidator) |
 //! | [`application`] | [`Application`]: routes + layers + middleware + limits; a hyper service |
+//! | [`metrics`] | [`Metrics`](metrics::Metrics): Prometheus counters, gauges and histograms, opt in |
 //! | [`server`] | [`Server`]: hyper + hyper-tungstenite, limits, graceful shutdown |
 //! | [`sessions`] | [`SessionMiddleware`](sessions::SessionMiddleware) and [`AuthMiddlewareStack`](sessions::AuthMiddlewareStack): signed-cookie sessions, the user in the scope |
 //! | [`worker`] | [`WorkerRouter`](worker::WorkerRouter): consumers of named channels (Django's `runworker`) |
@@ -42,6 +43,7 @@ pub mod http_consumer;
 mod io;
 pub mod layer;
 mod membership;
+pub mod metrics;
 pub mod middleware;
 pub mod presence;
 pub mod routing;

@@ -1,6 +1,7 @@
 //! Middleware: code that sees every connection's scope before its consumer or handler does.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 use async_trait::async_trait;
 pub use http::StatusCode;
@@ -178,9 +179,156 @@ impl Middleware for OriginValidator {
     }
 }
 
+/// Takes the client's address from `X-Forwarded-For`, but only on connections from the
+/// proxies you name: without it (the default) the scope's [`client`](Scope::client) is the
+/// connection's peer, and a header anyone can send is ignored.
+///
+/// On a connection from a trusted proxy the client is the right-most address of
+/// `X-Forwarded-For` that is not itself a trusted proxy (each proxy appends the address it
+/// got the request from, so the addresses to its left are the client's word). Its port is 0:
+/// the header carries none. The proxy's own address is kept in the scope's extensions as a
+/// [`ForwardedBy`]. A header that does not parse leaves the peer's address in place.
+///
+/// Add it before any middleware that reads the client's address.
+///
+/// ```
+/// use channels_core::middleware::{Middleware, TrustedProxies};
+/// use channels_core::scope::Scope;
+///
+/// let proxies = TrustedProxies::new(["127.0.0.1", "10.0.0.0/8"]).unwrap();
+/// assert!(proxies.is_trusted("10.1.2.3".parse().unwrap()));
+/// assert!(!proxies.is_trusted("192.0.2.1".parse().unwrap()));
+/// assert!(TrustedProxies::new(["10.0.0.0/33"]).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct TrustedProxies {
+    networks: Vec<(IpAddr, u8)>,
+}
+
+/// The address of the trusted proxy a connection came through; see [`TrustedProxies`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedBy(pub SocketAddr);
+
+impl TrustedProxies {
+    /// Trusts the given addresses (`"127.0.0.1"`, `"::1"`) and networks (`"10.0.0.0/8"`).
+    ///
+    /// # Errors
+    /// The first entry that is neither, named.
+    pub fn new<I, S>(proxies: I) -> Result<Self, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let networks = proxies
+            .into_iter()
+            .map(|entry| {
+                let entry = entry.as_ref().trim();
+                let bad = || format!("not an IP address or network: {entry:?}");
+                let (addr, prefix) = match entry.split_once('/') {
+                    Some((addr, prefix)) => (addr, Some(prefix.parse::<u8>().map_err(|_| bad())?)),
+                    None => (entry, None),
+                };
+                let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                match prefix.unwrap_or(max) {
+                    prefix if prefix <= max => Ok((addr, prefix)),
+                    _ => Err(bad()),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { networks })
+    }
+
+    /// Whether `addr` is one of the trusted proxies.
+    pub fn is_trusted(&self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        self.networks.iter().any(|&(network, prefix)| match (network, addr) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        })
+    }
+
+    /// The client `X-Forwarded-For` names, for a request that came from a trusted proxy.
+    fn forwarded_client(&self, header: &str) -> Option<IpAddr> {
+        let mut last = None;
+        for hop in header.rsplit(',') {
+            let addr: IpAddr = hop.trim().parse().ok()?;
+            last = Some(addr);
+            if !self.is_trusted(addr) {
+                break;
+            }
+        }
+        last
+    }
+}
+
+#[async_trait]
+impl Middleware for TrustedProxies {
+    async fn process(&self, scope: &mut Scope) -> Result<(), Rejection> {
+        let Some(peer) = scope.client() else { return Ok(()) };
+        if !self.is_trusted(peer.ip()) {
+            return Ok(());
+        }
+        // Several headers count as one list, in order.
+        let header = scope
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.to_str().ok())
+            .collect::<Option<Vec<_>>>()
+            .map(|values| values.join(","));
+        let Some(client) = header.filter(|h| !h.trim().is_empty()).and_then(|h| self.forwarded_client(&h)) else {
+            return Ok(());
+        };
+        scope.extensions_mut().insert(ForwardedBy(peer));
+        scope.set_client(Some(SocketAddr::new(client, 0)));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn from(peer: &str, forwarded: Option<&str>) -> Scope {
+        let uri = http::Uri::from_static("/");
+        let mut headers = http::HeaderMap::new();
+        if let Some(value) = forwarded {
+            headers.insert("x-forwarded-for", http::HeaderValue::from_str(value).unwrap());
+        }
+        Scope::from_request(ScopeKind::Http, http::Method::GET, &uri, headers, peer.parse().ok(), None)
+    }
+
+    #[tokio::test]
+    async fn forwarded_for_counts_only_from_trusted_proxies() {
+        let proxies = TrustedProxies::new(["127.0.0.1", "10.0.0.0/8"]).unwrap();
+        let cases = [
+            // (peer, X-Forwarded-For, the client the scope ends with)
+            ("127.0.0.1:5000", Some("203.0.113.7"), "203.0.113.7:0"),
+            ("127.0.0.1:5000", Some("6.6.6.6, 203.0.113.7, 10.1.1.1"), "203.0.113.7:0"),
+            ("192.0.2.9:5000", Some("203.0.113.7"), "192.0.2.9:5000"),
+            ("127.0.0.1:5000", None, "127.0.0.1:5000"),
+            ("127.0.0.1:5000", Some("not-an-address"), "127.0.0.1:5000"),
+            ("[::ffff:10.0.0.1]:5000", Some("2001:db8::1"), "[2001:db8::1]:0"),
+        ];
+        for (peer, forwarded, expected) in cases {
+            let mut scope = from(peer, forwarded);
+            proxies.process(&mut scope).await.unwrap();
+            assert_eq!(scope.client(), expected.parse().ok(), "{peer} {forwarded:?}");
+        }
+        assert!(TrustedProxies::new(["300.1.1.1"]).is_err());
+        assert!(TrustedProxies::new(["::1/129"]).is_err());
+    }
 
     #[test]
     fn patterns_follow_django() {

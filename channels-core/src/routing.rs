@@ -22,6 +22,8 @@ use crate::scope::Scope;
 /// The endpoints mounted on one path.
 #[derive(Clone, Default)]
 pub(crate) struct Endpoints {
+    /// The route's path as it was mounted (`/ws/chat/{room}/`), for the metrics' labels.
+    pub(crate) route: Arc<str>,
     pub(crate) websocket: Option<Arc<dyn WebsocketEndpoint>>,
     pub(crate) http: Option<Arc<dyn HttpHandler>>,
 }
@@ -114,7 +116,8 @@ impl Router {
     pub(crate) fn compile(self) -> CompiledRouter {
         let mut matcher = matchit::Router::new();
         let mut paths = Vec::with_capacity(self.routes.len());
-        for (path, endpoints) in self.routes {
+        for (path, mut endpoints) in self.routes {
+            endpoints.route = path.as_str().into();
             if let Err(e) = matcher.insert(path.clone(), endpoints) {
                 panic!("invalid route {path:?}: {e}");
             }

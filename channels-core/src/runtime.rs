@@ -27,10 +27,11 @@ use crate::consumer::{HandlerResult, WebsocketConsumer};
 use crate::context::{Acceptance, ContextError, Outbox, Sent, State, WebsocketContext};
 use crate::frame::{Frame, Utf8Bytes, close_code, close_message};
 use crate::gate::Gate;
-use crate::guarded::guarded;
+use crate::guarded::{PANICKED, guarded};
 use crate::io::WsStream;
 use crate::layer::{ChannelLayers, ChannelReceiver, GroupError, Message, ReceiveError};
 use crate::membership::Shutdown;
+use crate::metrics::{Hook, Hot};
 use crate::scope::Scope;
 use crate::tasks::Tasks;
 
@@ -46,6 +47,9 @@ pub(crate) struct Finished {
     #[expect(dead_code, reason = "held, not read: dropping it frees the connection slot")]
     pub(crate) permit: OwnedSemaphorePermit,
     pub(crate) done: Option<oneshot::Sender<()>>,
+    /// Counts the connection open until it ends, when metrics are on.
+    #[expect(dead_code, reason = "held, not read: dropping it counts the connection closed")]
+    pub(crate) metrics: Option<crate::metrics::ConnectionGuard>,
 }
 
 impl Drop for Finished {
@@ -91,9 +95,10 @@ pub(crate) fn handshake<C: WebsocketConsumer>(
     layers: &ChannelLayers,
     limits: Arc<WebsocketLimits>,
     shutdown: Shutdown,
+    metrics: Option<Arc<Hot>>,
 ) -> impl Future<Output = Handshake> + Send + '_ {
     let span = connection_span(&scope);
-    handshake_in(span.clone(), consumer, scope, layers, limits, shutdown).instrument(span)
+    handshake_in(span.clone(), consumer, scope, layers, limits, shutdown, metrics).instrument(span)
 }
 
 /// Builds the context, joins the consumer's groups and runs `connect`, all before the HTTP
@@ -106,6 +111,7 @@ async fn handshake_in<C: WebsocketConsumer>(
     layers: &ChannelLayers,
     limits: Arc<WebsocketLimits>,
     shutdown: Shutdown,
+    metrics: Option<Arc<Hot>>,
 ) -> Handshake {
     // The channel, the groups and `connect` share one limit: a slow layer is a slow handshake.
     let deadline = Instant::now() + limits.connect_timeout;
@@ -127,6 +133,7 @@ async fn handshake_in<C: WebsocketConsumer>(
     };
     let path = scope.path().to_owned();
     let mut ctx = WebsocketContext::new(scope, layer, channel_name, limits.send_timeout);
+    ctx.metrics = metrics;
 
     for group in consumer.groups() {
         let status = match tokio::time::timeout_at(deadline, ctx.group_add(&group)).await {
@@ -528,21 +535,39 @@ async fn event_loop<C: WebsocketConsumer>(
                     pinged = false;
                     quiet.as_mut().project().keepalive.reset(last_seen + limits.ping_interval);
                 }
+                let frame = match frame {
+                    Some(Ok(WsMessage::Text(text))) => Ok(Frame::Text(Utf8Bytes::from_tungstenite(text))),
+                    Some(Ok(WsMessage::Binary(data))) => Ok(Frame::Binary(data)),
+                    other => Err(other),
+                };
                 match frame {
-                    Some(Ok(WsMessage::Text(text))) => {
-                        Box::pin(guarded(consumer.receive(ctx, Frame::Text(Utf8Bytes::from_tungstenite(text))))).await
+                    Ok(frame) => {
+                        // Borrowed, not cloned: a clone of the shared `Arc` would be two locked
+                        // operations on one cache line for every frame of every connection.
+                        let started = ctx.metrics.as_ref().map(|metrics| {
+                            metrics.received(match &frame {
+                                Frame::Text(text) => text.len(),
+                                Frame::Binary(data) => data.len(),
+                            });
+                            Instant::now()
+                        });
+                        let result = Box::pin(guarded(consumer.receive(ctx, frame))).await;
+                        if let (Some(started), Some(metrics)) = (started, &ctx.metrics) {
+                            metrics.hook(Hook::Receive, started.elapsed());
+                        }
+                        result
                     }
-                    Some(Ok(WsMessage::Binary(data))) => {
-                        Box::pin(guarded(consumer.receive(ctx, Frame::Binary(data)))).await
-                    }
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        // tungstenite queued the reply; send it, then we are done.
-                        let _ = Box::pin(tokio::time::timeout(limits.close_timeout, socket_flush(ctx))).await;
-                        return frame.map_or(close_code::NO_STATUS, |f| f.code.into());
-                    }
-                    Some(Err(e)) => return Box::pin(fail(ctx, e, limits)).await,
-                    None => return close_code::ABNORMAL,
+                    Err(frame) => match frame {
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
+                        Some(Ok(WsMessage::Close(frame))) => {
+                            // tungstenite queued the reply; send it, then we are done.
+                            let _ = Box::pin(tokio::time::timeout(limits.close_timeout, socket_flush(ctx))).await;
+                            return frame.map_or(close_code::NO_STATUS, |f| f.code.into());
+                        }
+                        Some(Err(e)) => return Box::pin(fail(ctx, e, limits)).await,
+                        None => return close_code::ABNORMAL,
+                        Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_))) => continue,
+                    },
                 }
             }
             Input::Layer(received) => {
@@ -556,7 +581,12 @@ async fn event_loop<C: WebsocketConsumer>(
                     }
                 };
                 // Boxed once per burst: its size stays out of every idle connection's future.
-                Box::pin(handle_burst(consumer, ctx, message, receiver.as_deref())).await
+                let started = ctx.metrics.as_ref().is_some_and(|metrics| metrics.time_burst()).then(Instant::now);
+                let result = Box::pin(handle_burst(consumer, ctx, message, receiver.as_deref())).await;
+                if let (Some(started), Some(metrics)) = (started, &ctx.metrics) {
+                    metrics.hook(Hook::Message, started.elapsed());
+                }
+                result
             }
             Input::Tick => {
                 // Memberships expire `group_expiry` after the last group_add; a connection that
@@ -591,6 +621,9 @@ async fn event_loop<C: WebsocketConsumer>(
             }
         };
         if let Err(e) = result {
+            if let Some(metrics) = &ctx.metrics {
+                metrics.hook_failed(if e.to_string().starts_with(PANICKED) { "panic" } else { "error" });
+            }
             if matches!(ctx.state, State::Closed) {
                 // The write failed because the client is gone or too slow: not a handler bug.
                 tracing::debug!(path = %ctx.scope().path(), error = %e, "client gone while a handler was sending");
@@ -643,6 +676,10 @@ async fn fail(ctx: &mut WebsocketContext, error: WsError, limits: &WebsocketLimi
     let Some(socket) = ctx.socket_mut() else { return code };
     let sent = tokio::time::timeout(limits.close_timeout, socket.send(close_message(code, reason))).await;
     if matches!(sent, Ok(Ok(()))) {
+        if let Some(metrics) = &ctx.metrics {
+            metrics.close_sent(code);
+        }
+        let Some(socket) = ctx.socket_mut() else { return code };
         linger(socket, limits.close_timeout).await;
     }
     code

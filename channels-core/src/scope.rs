@@ -128,6 +128,12 @@ impl Scope {
         self
     }
 
+    /// The address of the client as a trusted proxy reported it
+    /// ([`TrustedProxies`](crate::middleware::TrustedProxies)).
+    pub(crate) fn set_client(&mut self, client: Option<SocketAddr>) {
+        self.client = client;
+    }
+
     pub(crate) fn set_params(&mut self, params: Vec<(String, String)>) {
         self.params = params.into_boxed_slice();
     }

@@ -46,7 +46,7 @@ mod workflow;
 #[cfg(test)]
 mod tests;
 
-use channels::http::{HttpRequest, page, static_files};
+use channels::http::{HttpRequest, embedded_files, liveness, page, readiness};
 use channels::layers::ChannelLayer;
 use channels::middleware::OriginValidator;
 use channels::prelude::*;
@@ -137,6 +137,27 @@ fn origins(extra: &[String]) -> OriginValidator {
 
 /// The application: routes, the session and auth middleware, and the channel layer. Shared by
 /// `main` and the tests.
+/// Lists files under `static/`, compiled in.
+macro_rules! embedded {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_bytes!(concat!("static/", $path)) as &[u8])),*]
+    };
+}
+
+/// The scripts, styles and vendored libraries (with their licences), compiled into the binary:
+/// it serves them wherever it is copied.
+const STATIC: &[(&str, &[u8])] = embedded![
+    "app.css",
+    "app.js",
+    "list.js",
+    "ticket.js",
+    "vendor/README.md",
+    "vendor/chartjs/LICENSE.md",
+    "vendor/chartjs/chart.umd.min.js",
+    "vendor/cytoscape/LICENSE",
+    "vendor/cytoscape/cytoscape.min.js",
+];
+
 fn app(db: Db, layer: Arc<dyn ChannelLayer>, sessions: SessionMiddleware, origins: OriginValidator) -> Application {
     let api = Api { db: db.clone(), origins: origins.clone() };
     macro_rules! api {
@@ -156,7 +177,9 @@ fn app(db: Db, layer: Arc<dyn ChannelLayer>, sessions: SessionMiddleware, origin
         .http("/login/", page(HTML, include_str!("static/login.html")))
         .http("/tickets/new/", page(HTML, include_str!("static/new.html")))
         .http("/tickets/{id}/", page(HTML, include_str!("static/ticket.html")))
-        .http("/static/{*path}", static_files(concat!(env!("CARGO_MANIFEST_DIR"), "/static")))
+        .http("/static/{*path}", embedded_files(STATIC))
+        .http("/healthz", liveness())
+        .http("/readyz", readiness(Duration::from_secs(2)))
         .http("/api/me", api!(me))
         .http("/api/login", move |request| {
             auth::login(request, login_db.clone(), login_sessions.clone(), login_origins.clone())

@@ -16,7 +16,9 @@
 //!   Django chats under its Django username.
 //!
 //! Protocol (stable; other clients rely on it):
-//! - `GET /` and `GET /home/`: the chat page. WebSocket: `/ws/chat/{room}/?user=NAME`.
+//! - `GET /` and `GET /home/`: the chat page; `GET /metrics`: Prometheus metrics
+//!   (`channels::metrics`); `GET /healthz` and `GET /readyz`: liveness and readiness (503
+//!   while the channel layer cannot be reached or the server drains). WebSocket: `/ws/chat/{room}/?user=NAME`.
 //! - Client → server: a text frame, plain text or `{"message": "..."}`.
 //! - Server → client: JSON text frames
 //!   - `{"type": "chat.message", "user", "text", "ts"}`;
@@ -49,9 +51,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod django;
 mod transports;
 
-use channels::http::page;
+use channels::http::{liveness, page, readiness};
 use channels::http_consumer::http_consumer;
-use channels::middleware::OriginValidator;
+use channels::metrics::Metrics;
+use channels::middleware::{OriginValidator, TrustedProxies};
 use channels::prelude::*;
 use channels::presence::{Presence, PresenceConfig, PresenceDiff, PresenceEvents, Presences};
 use serde::{Deserialize, Serialize};
@@ -245,28 +248,50 @@ impl WebsocketConsumer for ChatConsumer {
     }
 }
 
-struct Options {
-    bind: String,
-    layer: String,
-    allowed_origins: Vec<String>,
-    poll_timeout: Duration,
-    presence_interval: Duration,
-    presence_ttl: Duration,
+/// The chat's settings (the axum example sets them itself).
+pub(crate) struct Options {
+    pub(crate) bind: String,
+    pub(crate) layer: String,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) poll_timeout: Duration,
+    pub(crate) presence_interval: Duration,
+    pub(crate) presence_ttl: Duration,
+    pub(crate) metrics: bool,
+    pub(crate) trusted_proxies: Vec<String>,
     /// `--django-sessions`: who a client is comes from a Django site's session.
-    django_logins: Option<django::DjangoLogins>,
+    pub(crate) django_logins: Option<django::DjangoLogins>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bind: std::env::var("CHANNELS_BIND").unwrap_or_else(|_| "127.0.0.1:8000".into()),
+            layer: channels::layers::url_from_env("memory://"),
+            allowed_origins: Vec::new(),
+            poll_timeout: Duration::from_secs(60),
+            presence_interval: PresenceConfig::default().get_interval(),
+            presence_ttl: PresenceConfig::default().get_ttl(),
+            metrics: true,
+            trusted_proxies: Vec::new(),
+            django_logins: None,
+        }
+    }
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: chat [--bind ADDR] [--layer URL] [--allowed-origin HOST]... [--poll-timeout SECS]\n\
-         \x20           [--presence-interval MS] [--presence-ttl SECS]\n\
-         \x20           [--django-sessions URL [--django-login-required]]\n\
+         \x20           [--presence-interval MS] [--presence-ttl SECS] [--metrics on|off]\n\
+         \x20           [--trusted-proxy ADDR]... [--django-sessions URL [--django-login-required]]\n\
          \n  --bind ADDR              listen address (default 127.0.0.1:8000, env CHANNELS_BIND)\
          \n  --layer URL              channel layer (default memory://, env CHANNELS_LAYER)\
          \n  --allowed-origin HOST    also accept browser pages from HOST (repeatable)\
          \n  --poll-timeout SECS      drop polling clients silent this long (default 60)\
          \n  --presence-interval MS   collect presence changes this long per diff (default 100)\
          \n  --presence-ttl SECS      a dead process leaves the views within this (default 30)\
+         \n  --metrics on|off         count metrics and serve them at GET /metrics (default on)\
+         \n  --trusted-proxy ADDR     take client addresses from X-Forwarded-For on connections\
+         \n                           from ADDR (an address or a network; repeatable; none by default)\
          \n  --django-sessions URL    share a Django site's logins (env CHANNELS_DJANGO_SESSIONS; needs\
          \n                           DJANGO_SECRET_KEY): sqlite:///ABSOLUTE/PATH/db.sqlite3,\
          \n                           postgresql://USER[:PW]@HOST:PORT/DB, signed-cookies:DATABASE_URL,\
@@ -278,15 +303,7 @@ fn usage() -> ! {
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        bind: std::env::var("CHANNELS_BIND").unwrap_or_else(|_| "127.0.0.1:8000".into()),
-        layer: channels::layers::url_from_env("memory://"),
-        allowed_origins: Vec::new(),
-        poll_timeout: Duration::from_secs(60),
-        presence_interval: PresenceConfig::default().get_interval(),
-        presence_ttl: PresenceConfig::default().get_ttl(),
-        django_logins: None,
-    };
+    let mut options = Options::default();
     let mut django_sessions = std::env::var("CHANNELS_DJANGO_SESSIONS").ok().filter(|url| !url.is_empty());
     let mut django_login_required = false;
     let mut args = std::env::args().skip(1);
@@ -310,6 +327,12 @@ fn options() -> Options {
             },
             "--django-sessions" => django_sessions = Some(value()),
             "--django-login-required" if inline.is_none() => django_login_required = true,
+            "--trusted-proxy" => options.trusted_proxies.push(value()),
+            "--metrics" => match value().as_str() {
+                "on" => options.metrics = true,
+                "off" => options.metrics = false,
+                _ => usage(),
+            },
             "--presence-ttl" => match value().parse::<u64>() {
                 Ok(secs) if (1..=3600).contains(&secs) => options.presence_ttl = Duration::from_secs(secs),
                 _ => usage(),
@@ -318,11 +341,15 @@ fn options() -> Options {
         }
     }
     options.django_logins = django::from_options(django_sessions.as_deref(), django_login_required);
+    if let Err(e) = TrustedProxies::new(&options.trusted_proxies) {
+        eprintln!("chat: --trusted-proxy: {e}");
+        std::process::exit(2);
+    }
     options
 }
 
 /// The chat's presence service on `layer`.
-fn presence(layer: Arc<dyn channels::layers::ChannelLayer>, options: &Options) -> Presence {
+pub(crate) fn presence(layer: Arc<dyn channels::layers::ChannelLayer>, options: &Options) -> Presence {
     let config = PresenceConfig::default()
         .interval(options.presence_interval)
         .ttl(options.presence_ttl)
@@ -331,7 +358,7 @@ fn presence(layer: Arc<dyn channels::layers::ChannelLayer>, options: &Options) -
 }
 
 /// The chat application, on any layer.
-fn app(
+pub(crate) fn app(
     layer: Arc<dyn channels::layers::ChannelLayer>,
     presence: Presence,
     bind: Option<SocketAddr>,
@@ -342,9 +369,12 @@ fn app(
     tokio::spawn(polls.clone().sweep_forever(layer.clone()));
     let html = include_str!("index.html");
     let (ws_presence, sse_presence) = (presence.clone(), presence);
-    let router = Router::new()
+    let metrics = options.metrics.then(Metrics::new);
+    let mut router = Router::new()
         .http("/", page("text/html; charset=utf-8", html))
         .http("/home/", page("text/html; charset=utf-8", html))
+        .http("/healthz", liveness())
+        .http("/readyz", readiness(Duration::from_secs(2)))
         .websocket("/ws/chat/{room}/", move |scope: &Scope| ChatConsumer::new(scope, ws_presence.clone()))
         .http("/chat/{room}/messages", transports::post_message)
         .http("/chat/{room}/events", move |request| polls.clone().poll(request))
@@ -352,17 +382,29 @@ fn app(
             "/chat/{room}/stream",
             http_consumer(move |scope: &Scope| transports::ChatStream::new(scope, sse_presence.clone())),
         );
+    if let Some(metrics) = &metrics {
+        router = router.http("/metrics", metrics.handler());
+    }
     let mut origins: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec();
     if let Some(bind) = bind {
         origins.push(bind.ip().to_string());
     }
     origins.extend_from_slice(extra_origins);
-    let builder =
-        Application::builder(router).layer(layer).middleware(OriginValidator::new(origins).allow_missing_origin(true));
-    match options.django_logins.clone() {
-        Some(logins) => builder.middleware(logins).build(),
-        None => builder.build(),
+    let mut builder = Application::builder(router);
+    if let Some(metrics) = metrics {
+        builder = builder.metrics(metrics);
     }
+    if !options.trusted_proxies.is_empty() {
+        // Checked in `options`: every entry parses.
+        if let Ok(proxies) = TrustedProxies::new(&options.trusted_proxies) {
+            builder = builder.middleware(proxies);
+        }
+    }
+    builder = builder.layer(layer).middleware(OriginValidator::new(origins).allow_missing_origin(true));
+    if let Some(logins) = options.django_logins.clone() {
+        builder = builder.middleware(logins);
+    }
+    builder.build()
 }
 
 #[tokio::main]

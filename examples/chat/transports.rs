@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use channels::presence::Presence;
 
-use crate::{ChatEvent, Inbound, MAX_TEXT_CHARS, now, user_name, valid_room};
+use super::{ChatEvent, Inbound, MAX_TEXT_CHARS, now, user_name, valid_room};
 
 /// Longest wait a long poll may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);

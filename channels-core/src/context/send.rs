@@ -31,19 +31,43 @@ impl WebsocketContext {
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: impl Into<Utf8Bytes>) -> Result<(), ContextError> {
         let text = text.into();
+        let len = text.len();
         if self.buffered(true, text.as_bytes()) || self.buffered_shared(true, || Bytes::from(text.clone())) {
+            self.count_sent(len);
             return Ok(());
         }
-        self.send_frame(WsMessage::Text(text.into_tungstenite())).await
+        let sent = self.send_frame(WsMessage::Text(text.into_tungstenite())).await;
+        self.count_sent_if(&sent, len);
+        sent
+    }
+
+    /// Counts a data frame handed to the socket (or held for it until the upgrade), when
+    /// metrics are on.
+    #[inline]
+    fn count_sent(&self, bytes: usize) {
+        if let Some(metrics) = &self.metrics {
+            metrics.sent(bytes);
+        }
+    }
+
+    #[inline]
+    fn count_sent_if(&self, sent: &Result<(), ContextError>, bytes: usize) {
+        if sent.is_ok() {
+            self.count_sent(bytes);
+        }
     }
 
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, data: impl Into<Bytes>) -> Result<(), ContextError> {
         let data = data.into();
+        let len = data.len();
         if self.buffered(false, &data) || self.buffered_shared(false, || data.clone()) {
+            self.count_sent(len);
             return Ok(());
         }
-        self.send_frame(WsMessage::Binary(data)).await
+        let sent = self.send_frame(WsMessage::Binary(data)).await;
+        self.count_sent_if(&sent, len);
+        sent
     }
 
     /// During a burst of layer messages, puts a data frame straight into the socket's write
@@ -77,10 +101,14 @@ impl WebsocketContext {
     /// not N times. Use it from [`WebsocketConsumer::message`](crate::consumer::WebsocketConsumer::message).
     pub async fn send_message_json(&mut self, message: &Message) -> Result<(), ContextError> {
         let text = message.json().map_err(ContextError::Message)?;
+        let len = text.len();
         if self.buffered(true, text.as_bytes()) || self.buffered_shared(true, || Bytes::from(text.clone())) {
+            self.count_sent(len);
             return Ok(());
         }
-        self.send_frame(WsMessage::Text(text.clone().into_tungstenite())).await
+        let sent = self.send_frame(WsMessage::Text(text.clone().into_tungstenite())).await;
+        self.count_sent_if(&sent, len);
+        sent
     }
 
     async fn send_frame(&mut self, frame: WsMessage) -> Result<(), ContextError> {

@@ -172,7 +172,9 @@ impl WebsocketCommunicator {
             .await
             .map_err(|_| TestError::Timeout)?;
         let (acceptance, session, limits, permit) = match upgrade {
-            Upgrade::Accept { acceptance, session, limits, permit } => (acceptance, session, limits, permit),
+            Upgrade::Accept { acceptance, session, limits, permit, guard } => {
+                (acceptance, session, limits, (permit, guard))
+            }
             Upgrade::Refuse { status, code, .. } => return Ok(Connected::Denied { status: status.as_u16(), code }),
         };
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
@@ -186,7 +188,8 @@ impl WebsocketCommunicator {
         self.socket = Some(WebSocketStream::from_raw_socket(client_io, Role::Client, Some(client_config)).await);
         let (done_tx, done_rx) = oneshot::channel();
         self.done = Some(done_rx);
-        session(self.app.tasks(), upgrading, Finished { permit, done: Some(done_tx) });
+        let (permit, metrics) = permit;
+        session(self.app.tasks(), upgrading, Finished { permit, done: Some(done_tx), metrics });
         self.response_headers = acceptance
             .headers
             .iter()

@@ -1,0 +1,167 @@
+//! Debian's nginx in front of the application, started on free ports with the configuration of
+//! docs/deployment.md: the chat works through it (page and WebSocket), and the client address
+//! comes from `X-Forwarded-For` only where the proxy is trusted.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use channels::http::{HttpRequest, text};
+use channels::middleware::TrustedProxies;
+use channels::prelude::*;
+use http_body_util::BodyExt;
+use support::{Example, next_json, next_of_type, send_text};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The `nginx` block of docs/deployment.md.
+fn documented_config() -> String {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deployment.md")).expect("doc");
+    let start = doc.find("```nginx\n").expect("an nginx block in docs/deployment.md") + "```nginx\n".len();
+    doc[start..][..doc[start..].find("```").expect("the block's end")].to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// nginx running the documented block, listening on a free port and proxying to `upstream`.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(upstream: SocketAddr) -> Nginx {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("nginx is missing: run scripts/install-test-deps (it installs Debian's nginx)");
+        let dir = std::env::temp_dir().join(format!("channels-nginx-{}-{}", std::process::id(), upstream.port()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let port = free_port();
+        let block = documented_config();
+        assert!(block.contains("listen 80;") && block.contains("server 127.0.0.1:8000;"), "{block}");
+        let block = block
+            .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+            .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
+        let d = dir.display();
+        let config = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{block}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), config).expect("write config");
+        let mut child = Command::new(nginx)
+            .args(["-e", &format!("{d}/error.log"), "-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Nginx { child, addr, dir };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "nginx did not listen on {addr}: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `GET path` from the local address `from`, with extra headers: status and body.
+async fn get_from(from: &str, to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(format!("{from}:0").parse().expect("from")).expect("bind the client's address");
+    let stream: TcpStream = socket.connect(to).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut request = hyper::Request::get(path).header("host", "chat.example.com");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("an answer within 10 s")
+        .expect("response");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_works_through_nginx() {
+    let chat = Example::start("chat", &["--trusted-proxy", "127.0.0.1"]);
+    let nginx = Nginx::start(chat.addr);
+    let (status, page) = get_from("127.0.0.1", nginx.addr, "/", &[]).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "the chat page through nginx");
+
+    let url = |user: &str| format!("ws://{}/ws/chat/proxied/?user={user}", nginx.addr);
+    let mut ann = support::connect(&url("ann")).await;
+    assert_eq!(next_json(&mut ann).await["type"], "chat.presence");
+    let mut bob = support::connect(&url("bob")).await;
+    next_json(&mut bob).await;
+    send_text(&mut ann, "through the proxy").await;
+    let event = next_of_type(&mut bob, "chat.message").await;
+    assert_eq!((event["user"].as_str(), event["text"].as_str()), (Some("ann"), Some("through the proxy")));
+    // A WebSocket quiet for longer than nginx would allow without the server's pings is not
+    // tested here (it takes a minute); the documented timeouts exceed the ping interval.
+}
+
+async fn whoami(request: HttpRequest) -> channels::http::HttpResponse {
+    text(StatusCode::OK, request.scope.client().map(|c| c.to_string()).unwrap_or_default())
+}
+
+/// Serves `/whoami` in this process, with or without `TrustedProxies` for 127.0.0.1.
+async fn serve(trusted: bool) -> SocketAddr {
+    let mut builder = Application::builder(Router::new().http("/whoami", whoami));
+    if trusted {
+        builder = builder.middleware(TrustedProxies::new(["127.0.0.1"]).expect("proxies"));
+    }
+    let server = Server::bind("127.0.0.1:0").await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let app = builder.build();
+    tokio::spawn(server.serve_with_shutdown(app, std::future::pending()));
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_addresses_come_from_x_forwarded_for_only_behind_a_trusted_proxy() {
+    let (trusting, distrusting) = (serve(true).await, serve(false).await);
+    let (to_trusting, to_distrusting) = (Nginx::start(trusting), Nginx::start(distrusting));
+    // The client is 127.0.0.2 and lies about where it comes from.
+    let forged = [("x-forwarded-for", "203.0.113.9")];
+
+    let (status, client) = get_from("127.0.0.2", to_trusting.addr, "/whoami", &forged).await;
+    assert_eq!((status, client.as_str()), (200, "127.0.0.2:0"), "nginx's word, not the client's");
+
+    let (_, client) = get_from("127.0.0.2", to_distrusting.addr, "/whoami", &forged).await;
+    let client: SocketAddr = client.parse().expect("an address");
+    assert_eq!(client.ip().to_string(), "127.0.0.1", "untrusted: the proxy is the client");
+
+    let (_, client) = get_from("127.0.0.2", trusting, "/whoami", &forged).await;
+    let client: SocketAddr = client.parse().expect("an address");
+    assert_eq!(client.ip().to_string(), "127.0.0.2", "straight from a client: its header is ignored");
+    assert_ne!(client.port(), 0);
+}
