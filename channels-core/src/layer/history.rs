@@ -327,10 +327,12 @@ pub struct LiveFilter {
 impl LiveFilter {
     /// Whether `message` is new to the client.
     pub fn admit(&self, message: &Message) -> bool {
-        match position_of(message) {
-            Some(p) => p.epoch != self.position.epoch || p.offset > self.position.offset,
-            None => true,
-        }
+        position_of(message).is_none_or(|p| self.admit_position(&p))
+    }
+
+    /// Whether a message at `position` is new to the client.
+    pub fn admit_position(&self, position: &StreamPosition) -> bool {
+        position.epoch != self.position.epoch || position.offset > self.position.offset
     }
 }
 
