@@ -16,6 +16,8 @@ use super::baseline;
 pub enum Kind {
     /// `examples/chat`, release build, in-memory layer.
     Chat,
+    /// The same with its message history turned off (`--history 0`).
+    ChatNoHistory,
     /// The hand-written tokio-tungstenite + `broadcast` server of [`baseline`].
     Baseline,
     /// The same, writing every waiting message before one flush ([`baseline::FLAG_BATCHED`]).
@@ -33,6 +35,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Chat => "chat",
+            Kind::ChatNoHistory => "chat-nohistory",
             Kind::Baseline => "baseline",
             Kind::BaselineBatched => "batched",
             Kind::Framework => "framework",
@@ -43,7 +46,8 @@ impl Kind {
     /// What the name stands for, for the legend under a results table.
     pub fn legend(self) -> &'static str {
         match self {
-            Kind::Chat => "chat = examples/chat (release, in-memory layer)",
+            Kind::Chat => "chat = examples/chat (release, in-memory layer, history on: the default)",
+            Kind::ChatNoHistory => "chat-nohistory = the same with --history 0",
             Kind::Baseline => {
                 "baseline = bare tokio + tokio-tungstenite + broadcast server, one send (one sendto) per message"
             }
@@ -59,7 +63,7 @@ impl Kind {
 
     /// Parses a name of [`Kind::name`].
     pub fn from_name(name: &str) -> Option<Kind> {
-        [Kind::Chat, Kind::Baseline, Kind::BaselineBatched, Kind::Framework, Kind::Django]
+        [Kind::Chat, Kind::ChatNoHistory, Kind::Baseline, Kind::BaselineBatched, Kind::Framework, Kind::Django]
             .into_iter()
             .find(|kind| kind.name() == name.trim())
     }
@@ -254,6 +258,7 @@ impl ServerProcess {
         let exe = || std::env::current_exe().map_err(|e| format!("current_exe: {e}"));
         let (program, args): (PathBuf, &[&str]) = match kind {
             Kind::Chat => (chat.to_path_buf(), &["--bind", "127.0.0.1:0"]),
+            Kind::ChatNoHistory => (chat.to_path_buf(), &["--bind", "127.0.0.1:0", "--history", "0"]),
             Kind::Baseline => (exe()?, &[baseline::FLAG]),
             Kind::BaselineBatched => (exe()?, &[baseline::FLAG_BATCHED]),
             Kind::Framework => (exe()?, &[super::framework::FLAG]),
