@@ -69,7 +69,7 @@ mod transports;
 
 use channels::http::page;
 use channels::http_consumer::http_consumer;
-use channels::layers::{History, HistoryOptions, LiveFilter};
+use channels::layers::{HistoryLayer, HistoryOptions, LiveFilter};
 use channels::middleware::OriginValidator;
 use channels::prelude::*;
 use channels::presence::{Presence, PresenceConfig, PresenceDiff, PresenceEvents, Presences};
@@ -252,19 +252,9 @@ impl WebsocketConsumer for ChatConsumer {
             epoch: None,
             offset: None,
         };
-        if self.history.is_some() {
-            // Stored with its position, then sent to the room: awaited, so that this client's
-            // messages keep their order.
-            let layer = ctx.channel_layer().ok_or("the chat needs a channel layer")?.clone();
-            if let Err(e) = recovery::send(&self.history, &*layer, &self.group, &event).await {
-                tracing::warn!(error = %e, "could not send a chat message");
-                let error = "message not delivered: the server cannot reach its channel layer";
-                ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": error })).await?;
-            }
-            return Ok(());
-        }
         // Queued, not awaited: messages the client sends meanwhile go to the layer together
-        // (one exchange with Redis for the lot) and reach the room together.
+        // (one exchange with Redis for the lot) and reach the room together. With history on,
+        // the layer (a `HistoryLayer`) stores each with its position as it sends the batch.
         ctx.group_send_nowait(&self.group, &event)?;
         Ok(())
     }
@@ -407,16 +397,26 @@ fn presence(layer: Arc<dyn channels::layers::ChannelLayer>, options: &Options) -
     Presence::with_config(layer, config)
 }
 
-/// The rooms' history on `layer`, unless turned off or the layer keeps none.
-fn history(layer: &Arc<dyn channels::layers::ChannelLayer>, options: &Options) -> ChatHistory {
+/// `layer` with the rooms' history, unless turned off or the layer keeps none: every send to
+/// a `chat_` group then gets its position.
+fn with_history(
+    layer: Arc<dyn channels::layers::ChannelLayer>,
+    options: &Options,
+) -> (Arc<dyn channels::layers::ChannelLayer>, ChatHistory) {
     if options.history == 0 || options.history_window.is_zero() {
-        return None;
+        return (layer, None);
     }
-    let history = History::new(layer.clone(), HistoryOptions::new(options.history, options.history_window));
-    if history.is_none() {
-        tracing::warn!("this channel layer keeps no history: ?since= recovery is off");
+    let history_options = HistoryOptions::new(options.history, options.history_window);
+    match HistoryLayer::wrap(layer.clone(), history_options, |group| group.starts_with("chat_")) {
+        Some(wrapped) => {
+            let history = wrapped.history();
+            (Arc::new(wrapped), Some(history))
+        }
+        None => {
+            tracing::warn!("this channel layer keeps no history: ?since= recovery is off");
+            (layer, None)
+        }
     }
-    history.map(Arc::new)
 }
 
 /// The chat application, on any layer.
@@ -427,19 +427,19 @@ fn app(
     options: &Options,
 ) -> Application {
     let extra_origins = &options.allowed_origins;
-    let history = history(&layer, options);
+    let (layer, history) = with_history(layer, options);
     let polls = transports::PollClients::new(presence.clone(), options.poll_timeout, history.clone());
     tokio::spawn(polls.clone().sweep_forever(layer.clone()));
     let html = include_str!("index.html");
     let (ws_presence, sse_presence) = (presence.clone(), presence);
-    let (ws_history, sse_history, post_history) = (history.clone(), history.clone(), history);
+    let (ws_history, sse_history) = (history.clone(), history);
     let router = Router::new()
         .http("/", page("text/html; charset=utf-8", html))
         .http("/home/", page("text/html; charset=utf-8", html))
         .websocket("/ws/chat/{room}/", move |scope: &Scope| {
             ChatConsumer::new(scope, ws_presence.clone(), ws_history.clone())
         })
-        .http("/chat/{room}/messages", move |request| transports::post_message(request, post_history.clone()))
+        .http("/chat/{room}/messages", transports::post_message)
         .http("/chat/{room}/events", move |request| polls.clone().poll(request))
         .http(
             "/chat/{room}/stream",

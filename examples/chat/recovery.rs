@@ -5,33 +5,13 @@
 
 use std::sync::Arc;
 
-use channels::layers::{ChannelLayer, History, LiveFilter, Message, StreamPosition};
+use channels::layers::{History, LiveFilter, Message, StreamPosition};
 use channels::prelude::*;
 
 use crate::ChatEvent;
 
 /// The chat's history: `None` when turned off (`--history 0` or `--history-window 0`).
 pub(crate) type ChatHistory = Option<Arc<History>>;
-
-/// Sends a room's `event`: through the history when it is on (the message gets its position),
-/// straight to the group otherwise.
-pub(crate) async fn send(
-    history: &ChatHistory,
-    layer: &dyn ChannelLayer,
-    group: &str,
-    event: &ChatEvent,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let message = Message::new(event)?;
-    match history {
-        Some(history) => {
-            history.group_send(group, message).await?;
-        }
-        None => {
-            layer.group_send(group, message).await?;
-        }
-    }
-    Ok(())
-}
 
 /// The `?since=` position asked for, if any; an error to show the client for a malformed one.
 pub(crate) fn since_of(scope: &Scope, last_event_id: bool) -> Result<Option<StreamPosition>, String> {

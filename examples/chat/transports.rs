@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use channels::http::{HttpRequest, HttpResponse, json};
 use channels::http_consumer::{HttpConsumer, HttpContext};
-use channels::layers::{ChannelLayer, LiveFilter};
+use channels::layers::{ChannelLayer, LiveFilter, Message};
 use channels::middleware::StatusCode;
 use channels::prelude::*;
 use tokio::time::Instant;
@@ -46,7 +46,7 @@ fn layer_of(request: &HttpRequest) -> Option<Arc<dyn ChannelLayer>> {
 }
 
 /// `POST /chat/{room}/messages`.
-pub(crate) async fn post_message(request: HttpRequest, history: ChatHistory) -> HttpResponse {
+pub(crate) async fn post_message(request: HttpRequest) -> HttpResponse {
     if request.scope.method() != http::Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
     }
@@ -82,7 +82,11 @@ pub(crate) async fn post_message(request: HttpRequest, history: ChatHistory) -> 
         epoch: None,
         offset: None,
     };
-    let sent = recovery::send(&history, &*layer, &format!("chat_{room}"), &event).await;
+    // With history on, the layer stores the message and gives it its position.
+    let sent = match Message::new(&event) {
+        Ok(message) => layer.group_send(&format!("chat_{room}"), message).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     match sent {
         Ok(_) => json(StatusCode::ACCEPTED, &serde_json::json!({ "ok": true })),
         Err(e) => {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{BackendError, ChannelLayer, GroupError, Message, MessageError};
+use super::{BackendError, ChannelLayer, GroupError, GroupSendReport, Message, MessageError};
 
 /// Where a message stands in its group's history.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -391,7 +391,7 @@ impl History {
         self.options
     }
 
-    fn group_lock(&self, group: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn group_lock(&self, group: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut order = self.order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(lock) = order.get(group).and_then(Weak::upgrade) {
             return lock;
@@ -483,5 +483,197 @@ mod tests {
         assert!(!store.since("g", &StreamPosition::new(epoch.clone(), 1), opts.window).await.unwrap().complete);
         let short = store.since("g", &StreamPosition::new(epoch, 2), Duration::ZERO).await.unwrap();
         assert!(!short.complete);
+    }
+}
+
+/// A layer that sends with history: every group send to a group `keep` selects (through
+/// `group_send`, `group_send_many` or a connection's queued sends) is stored and gets its
+/// position, as [`History::group_send`] does; everything else goes to the wrapped layer as it
+/// is. A connection's queued sends keep their batches: each batch is stamped in order and sent
+/// as one, so history costs the live path one store write per message and nothing per member.
+///
+/// ```
+/// use std::sync::Arc;
+/// use channels_core::layer::{ChannelLayer, HistoryLayer, HistoryOptions, Message, position_of};
+///
+/// # async fn demo(inner: Arc<dyn ChannelLayer>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let layer = HistoryLayer::wrap(inner, HistoryOptions::default(), |group| group.starts_with("chat_")).expect("history");
+/// let history = layer.history();
+/// let layer: Arc<dyn ChannelLayer> = Arc::new(layer);
+/// let me = layer.new_channel("specific").await?;
+/// layer.group_add("chat_lobby", &me).await?;
+/// layer.group_send("chat_lobby", Message::new(&serde_json::json!({"type": "chat.message"}))?).await?;
+/// let got = layer.receive(&me).await?;
+/// assert_eq!(position_of(&got), Some(history.position("chat_lobby").await?));
+/// # Ok(()) }
+/// ```
+pub struct HistoryLayer {
+    inner: Arc<dyn ChannelLayer>,
+    history: Arc<History>,
+    keep: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl fmt::Debug for HistoryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HistoryLayer").field("history", &self.history).finish_non_exhaustive()
+    }
+}
+
+impl HistoryLayer {
+    /// `inner` with history for the groups `keep` selects; `None` when `inner` keeps no
+    /// history.
+    pub fn wrap(
+        inner: Arc<dyn ChannelLayer>,
+        options: HistoryOptions,
+        keep: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Option<Self> {
+        let history = Arc::new(History::new(inner.clone(), options)?);
+        Some(Self { inner, history, keep: Box::new(keep) })
+    }
+
+    /// The history, for [`History::recover`].
+    pub fn history(&self) -> Arc<History> {
+        self.history.clone()
+    }
+
+    /// Stamps the sends `keep` selects, in order, with their groups locked, then sends the
+    /// batch through `inner` as one.
+    async fn send_batch(
+        &self,
+        sends: &[(String, Message)],
+        channel: Option<(&str, usize)>,
+    ) -> Vec<Result<GroupSendReport, GroupError>> {
+        let mut groups: Vec<&str> = sends.iter().map(|(g, _)| g.as_str()).filter(|g| (self.keep)(g)).collect();
+        if groups.is_empty() {
+            return match channel {
+                Some((channel, echoed)) => self.inner.group_send_many_echoed(sends, channel, echoed).await,
+                None => self.inner.group_send_many(sends).await,
+            };
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        let locks: Vec<_> = groups.iter().map(|g| self.history.group_lock(g)).collect();
+        let mut _held = Vec::with_capacity(locks.len());
+        for lock in &locks {
+            _held.push(lock.lock().await);
+        }
+        let mut reports: Vec<Option<Result<GroupSendReport, GroupError>>> = Vec::with_capacity(sends.len());
+        let mut batch = Vec::with_capacity(sends.len());
+        for (group, message) in sends {
+            if !(self.keep)(group) {
+                batch.push((group.clone(), message.clone()));
+                reports.push(None);
+                continue;
+            }
+            let stored = self.history.store.append(group, message, self.history.options).await;
+            match stored
+                .map_err(GroupError::Backend)
+                .and_then(|position| with_position(message, &position).map_err(|e| GroupError::Backend(Box::new(e))))
+            {
+                Ok(stamped) => {
+                    batch.push((group.clone(), stamped));
+                    reports.push(None);
+                }
+                Err(e) => reports.push(Some(Err(e))),
+            }
+        }
+        let sent = match channel {
+            Some((channel, echoed)) => self.inner.group_send_many_echoed(&batch, channel, echoed).await,
+            None => self.inner.group_send_many(&batch).await,
+        };
+        let mut sent = sent.into_iter();
+        reports
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| sent.next().unwrap_or_else(|| Ok(GroupSendReport::default()))))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ChannelLayer for HistoryLayer {
+    async fn new_channel(&self, prefix: &str) -> Result<String, super::NewChannelError> {
+        self.inner.new_channel(prefix).await
+    }
+
+    async fn send(&self, channel: &str, message: Message) -> Result<(), super::SendError> {
+        self.inner.send(channel, message).await
+    }
+
+    async fn receive(&self, channel: &str) -> Result<Message, super::ReceiveError> {
+        self.inner.receive(channel).await
+    }
+
+    fn try_receive(&self, channel: &str) -> Option<Message> {
+        self.inner.try_receive(channel)
+    }
+
+    fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn super::ChannelReceiver> {
+        self.inner.clone().receiver(channel)
+    }
+
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        self.inner.group_add(group, channel).await
+    }
+
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        self.inner.group_discard(group, channel).await
+    }
+
+    async fn group_discard_many(&self, memberships: &[(String, String)]) -> Result<(), GroupError> {
+        self.inner.group_discard_many(memberships).await
+    }
+
+    async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
+        if !(self.keep)(group) {
+            return self.inner.group_send(group, message).await;
+        }
+        let one = [(group.to_owned(), message)];
+        self.send_batch(&one, None).await.pop().unwrap_or_else(|| Ok(GroupSendReport::default()))
+    }
+
+    async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
+        self.send_batch(sends, None).await
+    }
+
+    /// Never for a group with history: the sender's copy must carry its position too.
+    fn group_send_echo(&self, group: &str, channel: &str, message: &Message) -> bool {
+        !(self.keep)(group) && self.inner.group_send_echo(group, channel, message)
+    }
+
+    async fn group_send_many_echoed(
+        &self,
+        sends: &[(String, Message)],
+        channel: &str,
+        echoed: usize,
+    ) -> Vec<Result<GroupSendReport, GroupError>> {
+        self.send_batch(sends, Some((channel, echoed))).await
+    }
+
+    fn batch_linger(&self) -> Duration {
+        self.inner.batch_linger()
+    }
+
+    async fn flush(&self) -> Result<(), super::FlushError> {
+        self.inner.flush().await
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.inner.ping().await
+    }
+
+    async fn forget_channel(&self, channel: &str) {
+        self.inner.forget_channel(channel).await
+    }
+
+    fn presence_store(&self) -> Option<Arc<dyn super::PresenceStore>> {
+        self.inner.presence_store()
+    }
+
+    fn history_store(&self) -> Option<Arc<dyn HistoryStore>> {
+        self.inner.history_store()
+    }
+
+    fn config(&self) -> &super::LayerConfig {
+        self.inner.config()
     }
 }

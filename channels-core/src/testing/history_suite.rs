@@ -187,6 +187,51 @@ pub async fn no_gap_and_no_duplicate_while_senders_send<F: LayerFactory>(factory
     assert!(nothing_more.is_err(), "a message after the last: {nothing_more:?}");
 }
 
+/// Through a [`HistoryLayer`](crate::layer::HistoryLayer), batches of group sends from
+/// several tasks are stamped and delivered in offset order, the groups it does not keep are
+/// sent as they are, and recovery returns them all.
+pub async fn a_history_layer_stamps_batches_in_order<F: LayerFactory>(factory: &F) {
+    use crate::layer::HistoryLayer;
+    let inner = layer(factory).await;
+    let wrapped =
+        HistoryLayer::wrap(inner, HistoryOptions::new(1000, Duration::from_secs(60)), |g| g.starts_with("kept"))
+            .expect("the layer keeps history");
+    let history = wrapped.history();
+    let layer: Arc<dyn ChannelLayer> = Arc::new(wrapped);
+    let start = history.position("kept").await.expect("position");
+    let member = layer.new_channel("specific").await.expect("a channel");
+    layer.group_add("kept", &member).await.expect("join");
+    layer.group_add("plain", &member).await.expect("join");
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let layer = layer.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0..10u64 {
+                let batch: Vec<(String, Message)> =
+                    (0..5).map(|i| ("kept".to_owned(), msg(t * 1000 + b * 10 + i))).collect();
+                for report in layer.group_send_many(&batch).await {
+                    report.expect("a send");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a sender");
+    }
+    layer.group_send("plain", msg(7)).await.expect("send");
+    let mut offsets = Vec::new();
+    for _ in 0..200 {
+        let m = receive(&*layer, &member).await;
+        offsets.push(position_of(&m).expect("a position").offset);
+    }
+    assert_eq!(offsets, (1..=200).collect::<Vec<_>>());
+    let plain = receive(&*layer, &member).await;
+    assert_eq!((n_of(&plain), position_of(&plain)), (7, None));
+    let r = history.recover("kept", &start).await.expect("recover");
+    assert!(r.recovered);
+    assert_eq!(r.messages.len(), 200);
+}
+
 /// Generates one `#[tokio::test]` per history check for a layer factory.
 #[macro_export]
 macro_rules! history_conformance_tests {
@@ -197,6 +242,7 @@ macro_rules! history_conformance_tests {
             a_position_that_is_gone_is_not_recovered,
             a_flush_starts_a_new_epoch,
             no_gap_and_no_duplicate_while_senders_send,
+            a_history_layer_stamps_batches_in_order,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {$(
