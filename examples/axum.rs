@@ -96,7 +96,14 @@ async fn announce(State(api): State<Api>, Path(room): Path<String>, Json(body): 
         let error = format!("text must be 1 to {} characters", chat::MAX_TEXT_CHARS);
         return api_error(StatusCode::UNPROCESSABLE_ENTITY, error);
     }
-    let event = chat::ChatEvent::Message { user: "announcer".into(), text: text.to_owned(), ts: chat::now() };
+    // Its position in the room's history is stamped by the application's layer as it sends.
+    let event = chat::ChatEvent::Message {
+        user: "announcer".into(),
+        text: text.to_owned(),
+        ts: chat::now(),
+        epoch: None,
+        offset: None,
+    };
     let message = match Message::new(&event) {
         Ok(message) => message,
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

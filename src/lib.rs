@@ -238,7 +238,7 @@ pub use channels_core::{
     sessions, worker,
 };
 #[cfg(feature = "testing")]
-pub use channels_core::{layer_conformance_tests, testing};
+pub use channels_core::{history_conformance_tests, layer_conformance_tests, testing};
 
 #[cfg(feature = "memory")]
 pub use channels_memory as memory;

@@ -22,3 +22,12 @@ fn chat_page_over_every_transport_in_headless_chromium() {
     let example = Example::start("chat", &["--poll-timeout", POLL_TIMEOUT_SECS]);
     print!("{}", run_browser_script("chat.test.mjs", &example, SCRIPT_TIMEOUT));
 }
+
+/// `tests/browser/recovery.test.mjs`: the page's WebSocket is cut for 5 s (a Playwright route
+/// closes it and refuses new ones) while the other user talks; once back, the page has every
+/// message, in order, once.
+#[test]
+fn chat_page_recovers_what_was_said_during_a_network_cut() {
+    let example = Example::start("chat", &[]);
+    print!("{}", run_browser_script("recovery.test.mjs", &example, SCRIPT_TIMEOUT));
+}

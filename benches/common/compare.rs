@@ -72,9 +72,13 @@ pub fn run_once(kind: Kind, scenario: &Scenario, chat: &std::path::Path) -> (Res
 /// Builds the chat example, then runs `scenario` `runs()` times against each server of
 /// [`servers`] and judges the chat by `bars`.
 pub fn run(title: &str, scenario: &Scenario, bars: Bars, with_django: bool) -> ExitCode {
+    run_servers(title, scenario, bars, servers(with_django))
+}
+
+/// [`run`] on the servers `kinds`.
+pub fn run_servers(title: &str, scenario: &Scenario, bars: Bars, kinds: Vec<Kind>) -> ExitCode {
     let Some(chat) = server::prepare(scenario.clients as u64 + 200) else { return ExitCode::FAILURE };
     let runs = super::runs();
-    let kinds = servers(with_django);
     println!("== {title}");
     println!(
         "{} clients in {} room(s), {} sender(s) x {} messages, window {}: {} deliveries expected; {} runs per server, alternating; cpus: {}; pinned: {}",
@@ -148,7 +152,7 @@ pub fn report(scenario: &Scenario, results: &[(Kind, Vec<Outcome>)], bars: Bars)
         );
     }
     let of = |kind: Kind| results.iter().find(|(k, _)| *k == kind).map(|(_, r)| r.as_slice()).filter(|r| !r.is_empty());
-    let contenders = [Kind::Chat, Kind::Framework];
+    let contenders = [Kind::Chat, Kind::ChatNoHistory, Kind::Framework];
     let references = [Kind::Baseline, Kind::BaselineBatched, Kind::Django, Kind::ChatNoMetrics];
     for contender in contenders {
         let Some(ours) = of(contender) else { continue };
@@ -186,6 +190,14 @@ pub fn report(scenario: &Scenario, results: &[(Kind, Vec<Outcome>)], bars: Bars)
         println!(
             "bar: chat with metrics >= 0.97 x without (same run): {ratio:.2} -> {}",
             super::verdict(ratio >= 0.97)
+        );
+    }
+    if let Some(off) = of(Kind::ChatNoHistory) {
+        let ratio = med(chat, Outcome::per_second) / med(off, Outcome::per_second);
+        let paired = median(&chat.iter().zip(off).map(|(a, b)| a.per_second() / b.per_second()).collect::<Vec<_>>());
+        println!(
+            "bar: chat deliveries/s with history >= 0.90 x without (chat-nohistory): {ratio:.2} (median of per-run ratios {paired:.2}) -> {}",
+            super::verdict(ratio >= 0.90)
         );
     }
     let lost: u64 = chat.iter().map(Outcome::lost).sum();

@@ -18,6 +18,8 @@ pub enum Kind {
     Chat,
     /// The same with its metrics off (`--metrics off`): what the metrics cost.
     ChatNoMetrics,
+    /// The same with its message history turned off (`--history 0`).
+    ChatNoHistory,
     /// The hand-written tokio-tungstenite + `broadcast` server of [`baseline`].
     Baseline,
     /// The same, writing every waiting message before one flush ([`baseline::FLAG_BATCHED`]).
@@ -36,6 +38,7 @@ impl Kind {
         match self {
             Kind::Chat => "chat",
             Kind::ChatNoMetrics => "nometrics",
+            Kind::ChatNoHistory => "chat-nohistory",
             Kind::Baseline => "baseline",
             Kind::BaselineBatched => "batched",
             Kind::Framework => "framework",
@@ -46,8 +49,9 @@ impl Kind {
     /// What the name stands for, for the legend under a results table.
     pub fn legend(self) -> &'static str {
         match self {
-            Kind::Chat => "chat = examples/chat (release, in-memory layer)",
-            Kind::ChatNoMetrics => "nometrics = the same chat with --metrics off",
+            Kind::Chat => "chat = examples/chat (release, in-memory layer, history on: the default)",
+            Kind::ChatNoMetrics => "nometrics = the chat with --metrics off",
+            Kind::ChatNoHistory => "chat-nohistory = the same with --history 0",
             Kind::Baseline => {
                 "baseline = bare tokio + tokio-tungstenite + broadcast server, one send (one sendto) per message"
             }
@@ -63,9 +67,17 @@ impl Kind {
 
     /// Parses a name of [`Kind::name`].
     pub fn from_name(name: &str) -> Option<Kind> {
-        [Kind::Chat, Kind::ChatNoMetrics, Kind::Baseline, Kind::BaselineBatched, Kind::Framework, Kind::Django]
-            .into_iter()
-            .find(|kind| kind.name() == name.trim())
+        [
+            Kind::Chat,
+            Kind::ChatNoMetrics,
+            Kind::ChatNoHistory,
+            Kind::Baseline,
+            Kind::BaselineBatched,
+            Kind::Framework,
+            Kind::Django,
+        ]
+        .into_iter()
+        .find(|kind| kind.name() == name.trim())
     }
 
     /// True for the two hand-written baselines.
@@ -259,6 +271,7 @@ impl ServerProcess {
         let (program, args): (PathBuf, &[&str]) = match kind {
             Kind::Chat => (chat.to_path_buf(), &["--bind", "127.0.0.1:0"]),
             Kind::ChatNoMetrics => (chat.to_path_buf(), &["--bind", "127.0.0.1:0", "--metrics", "off"]),
+            Kind::ChatNoHistory => (chat.to_path_buf(), &["--bind", "127.0.0.1:0", "--history", "0"]),
             Kind::Baseline => (exe()?, &[baseline::FLAG]),
             Kind::BaselineBatched => (exe()?, &[baseline::FLAG_BATCHED]),
             Kind::Framework => (exe()?, &[super::framework::FLAG]),

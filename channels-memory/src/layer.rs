@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) drops: DroppedMessages,
     /// Whether the sweeper task was started (see `ensure_sweeper`).
     pub(crate) sweeper_started: AtomicBool,
+    /// Group history for recovery: a ring per group; a new layer starts a new epoch.
+    pub(crate) history: Arc<channels_core::layer::MemoryHistoryStore>,
 }
 
 impl InMemoryChannelLayer {
@@ -58,6 +60,7 @@ impl InMemoryChannelLayer {
                 dropped_full: AtomicU64::new(0),
                 drops: DroppedMessages::new("memory", DroppedMessages::DEFAULT_INTERVAL),
                 sweeper_started: AtomicBool::new(false),
+                history: Arc::default(),
             }),
         }
     }
@@ -175,6 +178,7 @@ impl ChannelLayer for InMemoryChannelLayer {
     }
 
     async fn flush(&self) -> Result<(), FlushError> {
+        self.inner.history.clear();
         let mut state = self.lock();
         state.groups.clear();
         state.channels.retain(|_, queue| {
@@ -192,6 +196,11 @@ impl ChannelLayer for InMemoryChannelLayer {
         state.remove_from_groups(channel);
     }
 
+    /// A ring per group, in this process (see [`channels_core::layer::History`]).
+    fn history_store(&self) -> Option<Arc<dyn channels_core::layer::HistoryStore>> {
+        Some(self.inner.history.clone())
+    }
+
     fn config(&self) -> &LayerConfig {
         &self.inner.config
     }
@@ -205,6 +214,27 @@ mod tests {
     channels_core::layer_conformance_tests!(|config: LayerConfig| async move {
         Arc::new(InMemoryChannelLayer::new(config)) as Arc<dyn ChannelLayer>
     });
+
+    mod history {
+        use super::*;
+
+        channels_core::history_conformance_tests!(|config: LayerConfig| async move {
+            Arc::new(InMemoryChannelLayer::new(config)) as Arc<dyn ChannelLayer>
+        });
+
+        /// A restarted process (a new layer) starts a new epoch: the old positions are gone.
+        #[tokio::test]
+        async fn a_new_layer_starts_a_new_epoch() {
+            use channels_core::layer::{History, HistoryOptions};
+            let one = Arc::new(InMemoryChannelLayer::new(LayerConfig::default())) as Arc<dyn ChannelLayer>;
+            let two = Arc::new(InMemoryChannelLayer::new(LayerConfig::default())) as Arc<dyn ChannelLayer>;
+            let h1 = History::new(one, HistoryOptions::default()).unwrap();
+            let h2 = History::new(two, HistoryOptions::default()).unwrap();
+            let sent = h1.group_send("g", msg(1)).await.unwrap();
+            assert_ne!(h2.position("g").await.unwrap().epoch, sent.epoch);
+            assert!(!h2.recover("g", &sent).await.unwrap().recovered);
+        }
+    }
 
     mod presence {
         use super::*;

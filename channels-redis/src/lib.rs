@@ -19,6 +19,7 @@
 mod config;
 pub mod crypto;
 mod endpoint;
+mod history;
 mod layer;
 mod mailbox;
 mod presence;

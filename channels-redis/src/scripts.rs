@@ -55,3 +55,53 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1)}
 ",
     )
 });
+
+/// Appends a message to a group's history (see `history.rs`). KEYS[1] = stream, KEYS[2] =
+/// meta hash; ARGV = payload, size, window (ms), a new epoch for a missing hash, the hash's
+/// time to live (ms). Returns `{epoch, offset}`.
+pub(crate) static HISTORY_APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+    epoch = ARGV[4]
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'o', offset, 'p', ARGV[1])
+redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', now - tonumber(ARGV[3])))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return {epoch, offset}
+",
+    )
+});
+
+/// Reads a group's history (see `history.rs`). KEYS[1] = stream, KEYS[2] = meta hash; ARGV =
+/// window (ms), a new epoch for a missing hash, the hash's time to live (ms), the epoch asked
+/// for. Trims what is older than the window, then returns `{epoch, offset, entries}`; the
+/// entries only when the epoch asked for is the history's.
+pub(crate) static HISTORY_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+    epoch = ARGV[2]
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+local top = tonumber(redis.call('HGET', KEYS[2], 'offset'))
+if epoch ~= ARGV[4] then
+    return {epoch, top, {}}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', now - tonumber(ARGV[1])))
+return {epoch, top, redis.call('XRANGE', KEYS[1], '-', '+')}
+",
+    )
+});

@@ -21,7 +21,17 @@
 //!   while the channel layer cannot be reached or the server drains). WebSocket: `/ws/chat/{room}/?user=NAME`.
 //! - Client → server: a text frame, plain text or `{"message": "..."}`.
 //! - Server → client: JSON text frames
-//!   - `{"type": "chat.message", "user", "text", "ts"}`;
+//!   - `{"type": "chat.message", "user", "text", "ts", "epoch", "offset"}`: `"epoch"` (a
+//!     string) and `"offset"` (an integer, one more than the room's previous message) are the
+//!     message's position in the room's history (`--history 100` messages kept for
+//!     `--history-window 300` seconds by default; either at `0` turns history off, and then
+//!     messages carry neither key, nor do messages sent by a process without history);
+//!   - to a client that connects with `?since=EPOCH:OFFSET` (the last position it saw), before
+//!     anything else: the room's messages after that position, in order, then the live
+//!     stream, with none missing or repeated in between; when that position is gone (older
+//!     than the history, another epoch after the history was lost, history off), first
+//!     `{"type": "chat.unrecovered", "epoch", "offset"}` (the room's current position, when
+//!     known) and the client reloads what it shows; a malformed `?since=` gets a `chat.error`;
 //!   - to a newcomer, once, `{"type": "chat.presence", "users": [...], "connections": {"user": n}}`:
 //!     who is online in the room (in every process on the layer), with how many connections
 //!     each, the newcomer included; it replaces whatever view the client had (a client that
@@ -34,7 +44,14 @@
 //!   - `{"type": "chat.error", "error"}` for a message that was refused.
 //! - The same rooms over plain HTTP (see `transports.rs`): `POST /chat/{room}/messages`,
 //!   `GET /chat/{room}/events?client=ID&wait=25` (long polling; `wait=0` polls) and
-//!   `GET /chat/{room}/stream` (server-sent events), all carrying the same JSON events.
+//!   `GET /chat/{room}/stream` (server-sent events), all carrying the same JSON events;
+//!   `?since=EPOCH:OFFSET` works the same on the events and stream URLs (400 when malformed),
+//!   each positioned SSE event has `id: EPOCH:OFFSET`, and SSE's `Last-Event-ID` request header
+//!   (sent by a reconnecting `EventSource`) counts as `?since=` and wins over it.
+//! - History on Redis is kept by the layer under its prefix (`<prefix>:history:<group>`), so a
+//!   client recovers through any process of the deployment. A Django process's `group_send`
+//!   reaches the room but gets no position and is not kept: clients recover only what the
+//!   Rust processes sent.
 //! - On the channel layer, room `R` is group `chat_R` and a message is the event
 //!   `{"type": "chat.message", "user": str, "text": str, "ts": float}`, as in the Django
 //!   Channels tutorial, so a Django consumer on the same layer can join the conversation
@@ -49,14 +66,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod django;
+mod recovery;
 mod transports;
 
 use channels::http::{liveness, page, readiness};
 use channels::http_consumer::http_consumer;
+use channels::layers::{HistoryLayer, HistoryOptions, LiveFilter};
 use channels::metrics::Metrics;
 use channels::middleware::{OriginValidator, TrustedProxies};
 use channels::prelude::*;
 use channels::presence::{Presence, PresenceConfig, PresenceDiff, PresenceEvents, Presences};
+use recovery::ChatHistory;
 use serde::{Deserialize, Serialize};
 
 /// Longest chat message, in characters.
@@ -74,6 +94,12 @@ pub(crate) enum ChatEvent {
         text: String,
         #[serde(default)]
         ts: f64,
+        /// The message's position in the room's history (absent with history off, and on
+        /// messages sent by a process without it, such as a Django consumer).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     #[serde(rename = "chat.join")]
     Join {
@@ -127,6 +153,9 @@ struct ChatConsumer {
     group: Arc<str>,
     user: Arc<str>,
     presence: Presence,
+    history: ChatHistory,
+    /// After a replay, drops the live messages it held already.
+    filter: Option<LiveFilter>,
 }
 
 pub(crate) fn now() -> f64 {
@@ -138,9 +167,9 @@ pub(crate) fn valid_room(room: &str) -> bool {
 }
 
 impl ChatConsumer {
-    fn new(scope: &Scope, presence: Presence) -> Self {
+    fn new(scope: &Scope, presence: Presence, history: ChatHistory) -> Self {
         let group = format!("chat_{}", scope.param("room").unwrap_or_default());
-        Self { group: group.into(), user: user_name(scope).into(), presence }
+        Self { group: group.into(), user: user_name(scope).into(), presence, history, filter: None }
     }
 
     fn room(&self) -> &str {
@@ -179,6 +208,19 @@ impl WebsocketConsumer for ChatConsumer {
             return Ok(());
         }
         ctx.accept();
+        // `?since=`: what the client missed, after joining the room (done before `connect`)
+        // and before the live stream.
+        match recovery::since_of(ctx.scope(), false) {
+            Ok(Some(since)) => {
+                let replay = recovery::replay(&self.history, &self.group, &since).await;
+                self.filter = replay.filter;
+                for message in &replay.messages {
+                    ctx.send_message_json(message).await?;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": e })).await?,
+        }
         // The room's presence arrives on this connection's channel: who is online, then diffs.
         let channel = ctx.shared_channel_name().ok_or("the chat needs a channel layer")?;
         self.presence.track(&self.group, channel, &self.user, serde_json::Value::Null)?;
@@ -206,9 +248,16 @@ impl WebsocketConsumer for ChatConsumer {
             ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": error })).await?;
             return Ok(());
         }
-        let event = ChatEvent::Message { user: self.user.to_string(), text: text.to_owned(), ts: now() };
+        let event = ChatEvent::Message {
+            user: self.user.to_string(),
+            text: text.to_owned(),
+            ts: now(),
+            epoch: None,
+            offset: None,
+        };
         // Queued, not awaited: messages the client sends meanwhile go to the layer together
-        // (one exchange with Redis for the lot) and reach the room together.
+        // (one exchange with Redis for the lot) and reach the room together. With history on,
+        // the layer (a `HistoryLayer`) stores each with its position as it sends the batch.
         ctx.group_send_nowait(&self.group, &event)?;
         Ok(())
     }
@@ -233,7 +282,9 @@ impl WebsocketConsumer for ChatConsumer {
     async fn message(&mut self, ctx: &mut WebsocketContext, message: Message) -> HandlerResult {
         match message.message_type() {
             "chat.message" | "chat.presence" | "chat.presence_diff" | "chat.join" | "chat.leave" => {
-                ctx.send_message_json(&message).await?
+                if recovery::admit_message(&mut self.filter, &message) {
+                    ctx.send_message_json(&message).await?
+                }
             }
             _ => decode_and_dispatch(self, ctx, message).await?,
         }
@@ -258,6 +309,10 @@ pub(crate) struct Options {
     pub(crate) presence_ttl: Duration,
     pub(crate) metrics: bool,
     pub(crate) trusted_proxies: Vec<String>,
+    /// `--history N`: messages kept per room for recovery (0: no history).
+    pub(crate) history: usize,
+    /// `--history-window SECS`: how long they are kept (0: no history).
+    pub(crate) history_window: Duration,
     /// `--django-sessions`: who a client is comes from a Django site's session.
     pub(crate) django_logins: Option<django::DjangoLogins>,
 }
@@ -274,6 +329,8 @@ impl Default for Options {
             metrics: true,
             trusted_proxies: Vec::new(),
             django_logins: None,
+            history: 100,
+            history_window: Duration::from_secs(300),
         }
     }
 }
@@ -282,7 +339,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: chat [--bind ADDR] [--layer URL] [--allowed-origin HOST]... [--poll-timeout SECS]\n\
          \x20           [--presence-interval MS] [--presence-ttl SECS] [--metrics on|off]\n\
-         \x20           [--trusted-proxy ADDR]... [--django-sessions URL [--django-login-required]]\n\
+         \x20           [--history N] [--history-window SECS] [--trusted-proxy ADDR]...\n\
+         \x20           [--django-sessions URL [--django-login-required]]\n\
          \n  --bind ADDR              listen address (default 127.0.0.1:8000, env CHANNELS_BIND)\
          \n  --layer URL              channel layer (default memory://, env CHANNELS_LAYER)\
          \n  --allowed-origin HOST    also accept browser pages from HOST (repeatable)\
@@ -292,6 +350,8 @@ fn usage() -> ! {
          \n  --metrics on|off         count metrics and serve them at GET /metrics (default on)\
          \n  --trusted-proxy ADDR     take client addresses from X-Forwarded-For on connections\
          \n                           from ADDR (an address or a network; repeatable; none by default)\
+         \n  --history N              messages kept per room for ?since= recovery (default 100; 0: off)\
+         \n  --history-window SECS    how long they are kept (default 300; 0: off)\
          \n  --django-sessions URL    share a Django site's logins (env CHANNELS_DJANGO_SESSIONS; needs\
          \n                           DJANGO_SECRET_KEY): sqlite:///ABSOLUTE/PATH/db.sqlite3,\
          \n                           postgresql://USER[:PW]@HOST:PORT/DB, signed-cookies:DATABASE_URL,\
@@ -323,6 +383,14 @@ fn options() -> Options {
             },
             "--presence-interval" => match value().parse::<u64>() {
                 Ok(ms) if ms <= 60_000 => options.presence_interval = Duration::from_millis(ms),
+                _ => usage(),
+            },
+            "--history" => match value().parse::<usize>() {
+                Ok(n) if n <= 1_000_000 => options.history = n,
+                _ => usage(),
+            },
+            "--history-window" => match value().parse::<u64>() {
+                Ok(secs) if secs <= 30 * 24 * 3600 => options.history_window = Duration::from_secs(secs),
                 _ => usage(),
             },
             "--django-sessions" => django_sessions = Some(value()),
@@ -357,6 +425,28 @@ pub(crate) fn presence(layer: Arc<dyn channels::layers::ChannelLayer>, options: 
     Presence::with_config(layer, config)
 }
 
+/// `layer` with the rooms' history, unless turned off or the layer keeps none: every send to
+/// a `chat_` group then gets its position.
+fn with_history(
+    layer: Arc<dyn channels::layers::ChannelLayer>,
+    options: &Options,
+) -> (Arc<dyn channels::layers::ChannelLayer>, ChatHistory) {
+    if options.history == 0 || options.history_window.is_zero() {
+        return (layer, None);
+    }
+    let history_options = HistoryOptions::new(options.history, options.history_window);
+    match HistoryLayer::wrap(layer.clone(), history_options, |group| group.starts_with("chat_")) {
+        Some(wrapped) => {
+            let history = wrapped.history();
+            (Arc::new(wrapped), Some(history))
+        }
+        None => {
+            tracing::warn!("this channel layer keeps no history: ?since= recovery is off");
+            (layer, None)
+        }
+    }
+}
+
 /// The chat application, on any layer.
 pub(crate) fn app(
     layer: Arc<dyn channels::layers::ChannelLayer>,
@@ -365,22 +455,28 @@ pub(crate) fn app(
     options: &Options,
 ) -> Application {
     let extra_origins = &options.allowed_origins;
-    let polls = transports::PollClients::new(presence.clone(), options.poll_timeout);
+    let (layer, history) = with_history(layer, options);
+    let polls = transports::PollClients::new(presence.clone(), options.poll_timeout, history.clone());
     tokio::spawn(polls.clone().sweep_forever(layer.clone()));
     let html = include_str!("index.html");
     let (ws_presence, sse_presence) = (presence.clone(), presence);
     let metrics = options.metrics.then(Metrics::new);
+    let (ws_history, sse_history) = (history.clone(), history);
     let mut router = Router::new()
         .http("/", page("text/html; charset=utf-8", html))
         .http("/home/", page("text/html; charset=utf-8", html))
         .http("/healthz", liveness())
         .http("/readyz", readiness(Duration::from_secs(2)))
-        .websocket("/ws/chat/{room}/", move |scope: &Scope| ChatConsumer::new(scope, ws_presence.clone()))
+        .websocket("/ws/chat/{room}/", move |scope: &Scope| {
+            ChatConsumer::new(scope, ws_presence.clone(), ws_history.clone())
+        })
         .http("/chat/{room}/messages", transports::post_message)
         .http("/chat/{room}/events", move |request| polls.clone().poll(request))
         .http(
             "/chat/{room}/stream",
-            http_consumer(move |scope: &Scope| transports::ChatStream::new(scope, sse_presence.clone())),
+            http_consumer(move |scope: &Scope| {
+                transports::ChatStream::new(scope, sse_presence.clone(), sse_history.clone())
+            }),
         );
     if let Some(metrics) = &metrics {
         router = router.http("/metrics", metrics.handler());

@@ -8,7 +8,11 @@
 //!   channel in the room's group: the seed's "one queue per user". Its first answer holds the
 //!   `chat.presence` snapshot. A client that stops polling is dropped after the poll timeout
 //!   and leaves the room's presence; `DELETE` on the same URL leaves at once.
-//! - `GET /chat/{room}/stream?user=NAME`: server-sent events, one `data:` line per event.
+//! - `GET /chat/{room}/stream?user=NAME`: server-sent events, one `data:` line per event, with
+//!   an `id: EPOCH:OFFSET` line on each positioned `chat.message`.
+//! - `?since=EPOCH:OFFSET` on the events and stream URLs (and SSE's `Last-Event-ID`, which wins
+//!   over it): the missed messages, or `chat.unrecovered`, before the live ones. On the events
+//!   URL it counts for a client ID new to this server only (a known one has its queue).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,13 +20,14 @@ use std::time::Duration;
 
 use channels::http::{HttpRequest, HttpResponse, json};
 use channels::http_consumer::{HttpConsumer, HttpContext};
-use channels::layers::{ChannelLayer, Message};
+use channels::layers::{ChannelLayer, LiveFilter, Message};
 use channels::middleware::StatusCode;
 use channels::prelude::*;
 use tokio::time::Instant;
 
 use channels::presence::Presence;
 
+use super::recovery::{self, ChatHistory};
 use super::{ChatEvent, Inbound, MAX_TEXT_CHARS, now, user_name, valid_room};
 
 /// Longest wait a long poll may ask for.
@@ -70,7 +75,14 @@ pub(crate) async fn post_message(request: HttpRequest) -> HttpResponse {
     let Some(layer) = layer_of(&request) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no channel layer");
     };
-    let event = ChatEvent::Message { user: user_name(&request.scope), text: text.to_owned(), ts: now() };
+    let event = ChatEvent::Message {
+        user: user_name(&request.scope),
+        text: text.to_owned(),
+        ts: now(),
+        epoch: None,
+        offset: None,
+    };
+    // With history on, the layer stores the message and gives it its position.
     let sent = match Message::new(&event) {
         Ok(message) => layer.group_send(&format!("chat_{room}"), message).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -90,6 +102,10 @@ struct PollClient {
     room: String,
     last_seen: Instant,
     polling: usize,
+    /// After a replay, drops the live messages it held already.
+    filter: Option<LiveFilter>,
+    /// Replayed events not answered yet.
+    replayed: Vec<serde_json::Value>,
 }
 
 /// The polling clients of this process, by (room, client ID).
@@ -98,6 +114,7 @@ pub(crate) struct PollClients {
     clients: Arc<Mutex<HashMap<(String, String), PollClient>>>,
     presence: Presence,
     timeout: Duration,
+    history: ChatHistory,
 }
 
 fn valid_client_id(id: &str) -> bool {
@@ -105,8 +122,8 @@ fn valid_client_id(id: &str) -> bool {
 }
 
 impl PollClients {
-    pub(crate) fn new(presence: Presence, timeout: Duration) -> Self {
-        Self { clients: Arc::default(), presence, timeout }
+    pub(crate) fn new(presence: Presence, timeout: Duration, history: ChatHistory) -> Self {
+        Self { clients: Arc::default(), presence, timeout, history }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), PollClient>> {
@@ -134,6 +151,10 @@ impl PollClients {
         let Some(layer) = layer_of(&request) else {
             return error(StatusCode::SERVICE_UNAVAILABLE, "no channel layer");
         };
+        let since = match recovery::since_of(&request.scope, false) {
+            Ok(since) => since,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
         let key = (room.clone(), client);
         if method == http::Method::DELETE {
             let removed = self.lock().remove(&key);
@@ -156,7 +177,7 @@ impl PollClients {
             Some(channel) => (channel, wait, false),
             // Boxed, as is `drop_client` above: both are rare, and a held poll's future would
             // otherwise keep room for them while it waits.
-            None => match Box::pin(self.register(&layer, &key, user_name(&request.scope))).await {
+            None => match Box::pin(self.register(&layer, &key, user_name(&request.scope), since)).await {
                 Ok(channel) => {
                     if let Some(c) = self.lock().get_mut(&key) {
                         c.polling += 1;
@@ -172,7 +193,19 @@ impl PollClients {
         // Counts the poll as finished even when the client hangs up mid-wait and this future
         // is dropped, so the sweep can still time the client out.
         let _polling = PollGuard { clients: &self, key: &key };
-        let events = collect(&*layer, &channel, wait, new_client).await;
+        let (mut events, mut filter) = {
+            let mut clients = self.lock();
+            match clients.get_mut(&key) {
+                Some(c) => (std::mem::take(&mut c.replayed), c.filter.take()),
+                None => (Vec::new(), None),
+            }
+        };
+        // Replayed events answer at once (a new client's still waits for its presence snapshot).
+        let wait = if events.is_empty() || new_client { wait } else { Duration::ZERO };
+        collect(&*layer, &channel, wait, new_client, &mut events, &mut filter).await;
+        if let Some(c) = self.lock().get_mut(&key) {
+            c.filter = filter;
+        }
         json(StatusCode::OK, &events)
     }
 
@@ -183,13 +216,27 @@ impl PollClients {
         layer: &Arc<dyn ChannelLayer>,
         key: &(String, String),
         user: String,
+        since: Option<channels::layers::StreamPosition>,
     ) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
         let (room, _) = key;
         let group = format!("chat_{room}");
         let channel = layer.new_channel("specific").await?;
         layer.group_add(&group, &channel).await?;
+        let (mut filter, mut replayed) = (None, Vec::new());
+        if let Some(since) = since {
+            let replay = recovery::replay(&self.history, &group, &since).await;
+            filter = replay.filter;
+            replayed = replay.messages.iter().filter_map(|m| m.decode::<serde_json::Value>().ok()).collect();
+        }
         self.presence.track(&group, &channel, user, serde_json::Value::Null)?;
-        let client = PollClient { channel: channel.clone(), room: room.clone(), last_seen: Instant::now(), polling: 0 };
+        let client = PollClient {
+            channel: channel.clone(),
+            room: room.clone(),
+            last_seen: Instant::now(),
+            polling: 0,
+            filter,
+            replayed,
+        };
         self.lock().insert(key.clone(), client);
         Ok(channel)
     }
@@ -242,8 +289,14 @@ impl Drop for PollGuard<'_> {
 /// The first event (waiting up to `wait`), then whatever else is already there. For a new
 /// client (`snapshot`), every event up to its presence snapshot: room messages may reach its
 /// channel before the snapshot does, and its first answer must hold the snapshot.
-async fn collect(layer: &dyn ChannelLayer, channel: &str, wait: Duration, snapshot: bool) -> Vec<serde_json::Value> {
-    let mut events = Vec::new();
+async fn collect(
+    layer: &dyn ChannelLayer,
+    channel: &str,
+    wait: Duration,
+    snapshot: bool,
+    events: &mut Vec<serde_json::Value>,
+    filter: &mut Option<LiveFilter>,
+) {
     let deadline = Instant::now() + wait;
     let mut awaiting_snapshot = snapshot;
     while events.len() < MAX_BATCH {
@@ -252,7 +305,9 @@ async fn collect(layer: &dyn ChannelLayer, channel: &str, wait: Duration, snapsh
         match tokio::time::timeout_at(until, layer.receive(channel)).await {
             Ok(Ok(message)) => {
                 awaiting_snapshot &= message.message_type() != "chat.presence";
-                if let Ok(event) = message.decode::<ChatEvent>() {
+                if let Ok(event) = message.decode::<ChatEvent>()
+                    && recovery::admit_event(filter, &event)
+                {
                     events.push(serde_json::to_value(event).unwrap_or_default());
                 }
             }
@@ -263,7 +318,6 @@ async fn collect(layer: &dyn ChannelLayer, channel: &str, wait: Duration, snapsh
             Err(_) => break,
         }
     }
-    events
 }
 
 /// `GET /chat/{room}/stream`: server-sent events.
@@ -271,12 +325,25 @@ pub(crate) struct ChatStream {
     room: String,
     user: String,
     presence: Presence,
+    history: ChatHistory,
+    filter: Option<LiveFilter>,
 }
 
 impl ChatStream {
-    pub(crate) fn new(scope: &Scope, presence: Presence) -> Self {
-        Self { room: scope.param("room").unwrap_or_default().to_owned(), user: user_name(scope), presence }
+    pub(crate) fn new(scope: &Scope, presence: Presence, history: ChatHistory) -> Self {
+        let room = scope.param("room").unwrap_or_default().to_owned();
+        Self { room, user: user_name(scope), presence, history, filter: None }
     }
+}
+
+/// One server-sent event: `id: EPOCH:OFFSET` for a positioned chat message, then its data.
+fn sse_event(event: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if let (Some(epoch), Some(offset)) = (event["epoch"].as_str(), event["offset"].as_u64()) {
+        out.push_str(&format!("id: {epoch}:{offset}\n"));
+    }
+    out.push_str(&format!("data: {event}\n\n"));
+    out
 }
 
 const KEEPALIVE: Duration = Duration::from_secs(20);
@@ -293,7 +360,26 @@ impl HttpConsumer for ChatStream {
             ctx.send_json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": "invalid room name" }))?;
             return Ok(());
         }
+        let since = match recovery::since_of(ctx.scope(), true) {
+            Ok(since) => since,
+            Err(e) => {
+                ctx.send_json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": e }))?;
+                return Ok(());
+            }
+        };
         ctx.send_headers(StatusCode::OK, &[("content-type", "text/event-stream"), ("x-accel-buffering", "no")]).await?;
+        if let Some(since) = since {
+            // The stream joined the room before `handle`: what it missed, then the live events.
+            let replay = recovery::replay(&self.history, &format!("chat_{}", self.room), &since).await;
+            self.filter = replay.filter;
+            let mut body = String::new();
+            for message in &replay.messages {
+                body.push_str(&sse_event(&message.decode::<serde_json::Value>()?));
+            }
+            if !body.is_empty() {
+                ctx.send_body(body, true).await?;
+            }
+        }
         // The presence snapshot, then diffs, arrive as events on this stream's channel.
         let channel = ctx.channel_name().ok_or("the chat needs a channel layer")?;
         self.presence.track(format!("chat_{}", self.room), channel, self.user.as_str(), serde_json::Value::Null)?;
@@ -302,8 +388,10 @@ impl HttpConsumer for ChatStream {
     }
 
     async fn event(&mut self, ctx: &mut HttpContext, event: ChatEvent) -> HandlerResult {
-        let data = serde_json::to_string(&event)?;
-        ctx.send_body(format!("data: {data}\n\n"), true).await?;
+        if !recovery::admit_event(&mut self.filter, &event) {
+            return Ok(());
+        }
+        ctx.send_body(sse_event(&serde_json::to_value(&event)?), true).await?;
         Ok(())
     }
 

@@ -253,15 +253,20 @@ pub struct EventStream {
 
 impl EventStream {
     pub async fn open(addr: SocketAddr, path: &str) -> EventStream {
+        Self::open_with(addr, path, &[]).await
+    }
+
+    /// [`open`](Self::open) with extra request headers (`Last-Event-ID`, say).
+    pub async fn open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> EventStream {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
         tokio::spawn(connection);
-        let request = hyper::Request::builder()
-            .uri(path)
-            .header("host", addr.to_string())
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .expect("request");
+        let mut request = hyper::Request::builder().uri(path).header("host", addr.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
         let response = sender.send_request(request).await.expect("response");
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -270,12 +275,18 @@ impl EventStream {
 
     /// The next `data:` event, skipping comments; panics after 5 s.
     pub async fn next(&mut self) -> serde_json::Value {
+        self.next_with_id().await.1
+    }
+
+    /// The next `data:` event with its `id:` line, if it has one.
+    pub async fn next_with_id(&mut self) -> (Option<String>, serde_json::Value) {
         use http_body_util::BodyExt;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let event: String = self.buffer.drain(..end + 2).collect();
                 if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    return serde_json::from_str(data).expect("JSON data");
+                    let id = event.lines().find_map(|l| l.strip_prefix("id: ")).map(str::to_owned);
+                    return (id, serde_json::from_str(data).expect("JSON data"));
                 }
                 continue;
             }

@@ -7,6 +7,7 @@
 
 mod config;
 mod drops;
+mod history;
 mod json;
 mod members;
 mod message;
@@ -22,6 +23,10 @@ use futures_util::future::BoxFuture;
 
 pub use config::{ConfigError, LayerConfig, LayerUrl, redact_url};
 pub use drops::DroppedMessages;
+pub use history::{
+    History, HistoryError, HistoryLayer, HistoryOptions, HistoryStore, InvalidPosition, LiveFilter, MemoryHistoryStore,
+    Recovery, StoredSince, StreamPosition, new_epoch, position_of, select_since, with_position,
+};
 pub use members::Members;
 pub use message::{MAX_NESTING_DEPTH, Message, MessageError, RESERVED_CHANNEL_KEY};
 pub use names::{InvalidName, MAX_NAME_LENGTH, non_local_name, validate_channel_name, validate_group_name};
@@ -416,6 +421,13 @@ pub trait ChannelLayer: Send + Sync + 'static {
     /// (the default) for a backend that serves one process, where presence stays in the
     /// process.
     fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
+        None
+    }
+
+    /// Where group history is kept for recovery (see [`History`]); `None` (the default) for a
+    /// backend that keeps none. The in-memory layer keeps a ring per group in the process; the
+    /// Redis layers a stream per group under their prefix.
+    fn history_store(&self) -> Option<Arc<dyn HistoryStore>> {
         None
     }
 

@@ -16,6 +16,7 @@
 //! or `channels-core = { ..., features = ["testing"] }` for a layer backend that depends on
 //! this crate alone.
 
+pub mod history_suite;
 mod http;
 pub mod layer_suite;
 pub mod presence_suite;

@@ -332,6 +332,11 @@ impl ChannelLayer for RedisChannelLayer {
         crate::presence::store_for(&self.inner.config)
     }
 
+    /// A stream per group in Redis, under the layer's prefix (see `channels_core::layer::History`).
+    fn history_store(&self) -> Option<Arc<dyn channels_core::layer::HistoryStore>> {
+        crate::history::store_for(&self.inner.config)
+    }
+
     fn config(&self) -> &LayerConfig {
         &self.inner.config.layer
     }

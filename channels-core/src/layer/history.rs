@@ -1,0 +1,679 @@
+//! Message history and recovery for groups: every message sent to a group through [`History`]
+//! gets a position (an epoch and an offset) and is kept for a window, so that a consumer that
+//! comes back with the last position it saw gets exactly what followed it.
+//!
+//! - The **offset** grows by one with each message sent to the group through [`History`].
+//! - The **epoch** names one unbroken history of the group: it changes when the history is
+//!   lost (the in-memory layer restarted, Redis flushed, the layer's `flush`), and a position
+//!   of another epoch cannot be recovered.
+//! - [`History::recover`] returns the messages after a position, in order, or says the
+//!   position is gone (older than the window, or of another epoch): "not recovered".
+//! - No gap, no duplicate with the live stream: join the group first, then recover, then pass
+//!   every live message through the [`LiveFilter`] the recovery returns; it drops those the
+//!   recovery already returned.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use channels_core::layer::{ChannelLayer, History, HistoryOptions, MemoryHistoryStore, Message};
+//!
+//! # async fn demo(layer: Arc<dyn ChannelLayer>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let history = History::new(layer.clone(), HistoryOptions::default()).expect("the layer keeps history");
+//! let me = layer.new_channel("specific").await?;
+//! layer.group_add("chat_lobby", &me).await?;
+//! let sent = history.group_send("chat_lobby", Message::new(&serde_json::json!({"type": "chat.message", "text": "hi"}))?).await?;
+//! // Later, with the last position the client saw:
+//! let recovery = history.recover("chat_lobby", &sent).await?;
+//! assert!(recovery.recovered && recovery.messages.is_empty());
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{BackendError, ChannelLayer, GroupError, GroupSendReport, Message, MessageError};
+
+/// Where a message stands in its group's history.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamPosition {
+    /// The history's epoch: changes when the history is lost.
+    pub epoch: String,
+    /// The message's offset: one more than the message before it in the group (the first is 1);
+    /// 0 before any message.
+    pub offset: u64,
+}
+
+impl StreamPosition {
+    /// The position `offset` of `epoch`.
+    pub fn new(epoch: impl Into<String>, offset: u64) -> Self {
+        Self { epoch: epoch.into(), offset }
+    }
+}
+
+/// `EPOCH:OFFSET`, the form [`FromStr`] reads back.
+impl fmt::Display for StreamPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.offset)
+    }
+}
+
+/// Why a position did not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidPosition(String);
+
+impl fmt::Display for InvalidPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid stream position {:?}: expected EPOCH:OFFSET", self.0)
+    }
+}
+
+impl std::error::Error for InvalidPosition {}
+
+/// Reads `EPOCH:OFFSET` (the epoch may not be empty; the offset is a decimal integer).
+///
+/// ```
+/// use channels_core::layer::StreamPosition;
+/// let p: StreamPosition = "k3x9:42".parse().unwrap();
+/// assert_eq!(p, StreamPosition::new("k3x9", 42));
+/// assert!("42".parse::<StreamPosition>().is_err());
+/// ```
+impl FromStr for StreamPosition {
+    type Err = InvalidPosition;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InvalidPosition(s.chars().take(100).collect());
+        let (epoch, offset) = s.rsplit_once(':').ok_or_else(bad)?;
+        if epoch.is_empty() || offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        Ok(Self { epoch: epoch.to_owned(), offset: offset.parse().map_err(|_| bad())? })
+    }
+}
+
+/// How much history a group keeps: at most `size` messages, none older than `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryOptions {
+    /// Most messages kept per group (100 by default).
+    pub size: usize,
+    /// How long a message is kept (300 s by default).
+    pub window: Duration,
+}
+
+impl Default for HistoryOptions {
+    fn default() -> Self {
+        Self { size: 100, window: Duration::from_secs(300) }
+    }
+}
+
+impl HistoryOptions {
+    /// Keeps at most `size` messages, each for at most `window`.
+    pub fn new(size: usize, window: Duration) -> Self {
+        Self { size, window }
+    }
+}
+
+/// What a [`HistoryStore`] has after a position.
+#[derive(Debug, Clone)]
+pub struct StoredSince {
+    /// The history's current position: its epoch and the offset of its last message.
+    pub top: StreamPosition,
+    /// Whether every message after the asked position is here (same epoch, none trimmed).
+    pub complete: bool,
+    /// The messages after the asked position, in order, as `(offset, message)`; empty when
+    /// not `complete`.
+    pub messages: Vec<(u64, Message)>,
+}
+
+/// Where a layer keeps group history: what [`ChannelLayer::history_store`] returns.
+///
+/// The in-memory layer keeps a ring per group ([`MemoryHistoryStore`]); the Redis layers keep
+/// a stream per group under the layer's prefix. Messages are opaque to the store.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + fmt::Debug + 'static {
+    /// Appends `message` to `group`'s history, trimmed to `options`, and returns its position.
+    /// The offset and the message are written together: a reader never sees one without the
+    /// other.
+    async fn append(
+        &self,
+        group: &str,
+        message: &Message,
+        options: HistoryOptions,
+    ) -> Result<StreamPosition, BackendError>;
+
+    /// The messages of `group` after `since`, with the current position. A store may trim
+    /// messages older than `window` as it reads.
+    async fn since(&self, group: &str, since: &StreamPosition, window: Duration) -> Result<StoredSince, BackendError>;
+}
+
+/// A new random epoch: 12 letters and digits.
+pub fn new_epoch() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..12).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect()
+}
+
+/// The in-memory [`HistoryStore`]: a ring of messages per group, in this process. A new store
+/// (a restarted process) starts a new epoch, and so does [`clear`](Self::clear).
+#[derive(Debug)]
+pub struct MemoryHistoryStore {
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Debug)]
+struct MemoryState {
+    epoch: String,
+    groups: HashMap<String, Ring>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    /// Offset of the last message appended.
+    top: u64,
+    /// `(offset, kept since, message)`, oldest first.
+    entries: VecDeque<(u64, Instant, Message)>,
+}
+
+impl Ring {
+    fn trim(&mut self, size: usize, window: Duration, now: Instant) {
+        while self.entries.len() > size {
+            self.entries.pop_front();
+        }
+        while self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > window) {
+            self.entries.pop_front();
+        }
+    }
+}
+
+impl Default for MemoryHistoryStore {
+    fn default() -> Self {
+        Self { state: Mutex::new(MemoryState { epoch: new_epoch(), groups: HashMap::new() }) }
+    }
+}
+
+impl MemoryHistoryStore {
+    /// An empty store with a new epoch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets every group's history and starts a new epoch (what the layer's `flush` does).
+    pub fn clear(&self) {
+        let mut state = self.lock();
+        state.groups.clear();
+        state.epoch = new_epoch();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl HistoryStore for MemoryHistoryStore {
+    async fn append(
+        &self,
+        group: &str,
+        message: &Message,
+        options: HistoryOptions,
+    ) -> Result<StreamPosition, BackendError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let epoch = state.epoch.clone();
+        let ring = state.groups.entry(group.to_owned()).or_default();
+        ring.top += 1;
+        ring.entries.push_back((ring.top, now, message.clone()));
+        ring.trim(options.size, options.window, now);
+        Ok(StreamPosition { epoch, offset: ring.top })
+    }
+
+    async fn since(&self, group: &str, since: &StreamPosition, window: Duration) -> Result<StoredSince, BackendError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let epoch = state.epoch.clone();
+        let Some(ring) = state.groups.get_mut(group) else {
+            let top = StreamPosition { epoch: epoch.clone(), offset: 0 };
+            let complete = since.epoch == epoch && since.offset == 0;
+            return Ok(StoredSince { top, complete, messages: Vec::new() });
+        };
+        ring.trim(usize::MAX, window, now);
+        let top = StreamPosition { epoch: epoch.clone(), offset: ring.top };
+        let entries = ring.entries.iter().map(|(offset, _, message)| (*offset, message.clone()));
+        Ok(select_since(top, since, entries))
+    }
+}
+
+/// What a store returns for `since` from the entries it holds (`(offset, message)`, oldest
+/// first) and its current position: every store's rule, in one place.
+pub fn select_since(
+    top: StreamPosition,
+    since: &StreamPosition,
+    entries: impl IntoIterator<Item = (u64, Message)>,
+) -> StoredSince {
+    if since.epoch != top.epoch || since.offset > top.offset {
+        return StoredSince { top, complete: false, messages: Vec::new() };
+    }
+    let messages: Vec<(u64, Message)> = entries.into_iter().filter(|(offset, _)| *offset > since.offset).collect();
+    let wanted = top.offset - since.offset;
+    let complete = messages.len() as u64 == wanted && messages.first().is_none_or(|(o, _)| *o == since.offset + 1);
+    if complete { StoredSince { top, complete, messages } } else { StoredSince { top, complete, messages: Vec::new() } }
+}
+
+/// Why a [`History`] operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// The history store failed; a send may not have been stored or delivered.
+    Backend(BackendError),
+    /// The group send failed after the message was stored.
+    Group(GroupError),
+    /// The message is not a map to which a position can be added.
+    Message(MessageError),
+}
+
+impl fmt::Display for HistoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Backend(e) => write!(f, "history backend error: {e}"),
+            Self::Group(e) => e.fmt(f),
+            Self::Message(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for HistoryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Backend(e) => Some(&**e),
+            Self::Group(e) => Some(e),
+            Self::Message(e) => Some(e),
+        }
+    }
+}
+
+/// The outcome of [`History::recover`].
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Whether every message after the asked position was found. When false the messages are
+    /// lost to this client ("not recovered") and `messages` is empty: the application reloads
+    /// its state.
+    pub recovered: bool,
+    /// The messages after the asked position, in order, each with its `epoch` and `offset`.
+    pub messages: Vec<Message>,
+    /// The history's position when it was read.
+    pub position: StreamPosition,
+}
+
+impl Recovery {
+    /// The filter for the live messages after this recovery: it drops those at or below the
+    /// position read, which the recovery returned already.
+    pub fn live_filter(&self) -> LiveFilter {
+        LiveFilter { position: self.position.clone() }
+    }
+}
+
+/// Drops the live messages a [`Recovery`] returned already: those of its epoch at or below its
+/// position. Messages without a position pass.
+#[derive(Debug, Clone)]
+pub struct LiveFilter {
+    position: StreamPosition,
+}
+
+impl LiveFilter {
+    /// Whether `message` is new to the client.
+    pub fn admit(&self, message: &Message) -> bool {
+        position_of(message).is_none_or(|p| self.admit_position(&p))
+    }
+
+    /// Whether a message at `position` is new to the client.
+    pub fn admit_position(&self, position: &StreamPosition) -> bool {
+        position.epoch != self.position.epoch || position.offset > self.position.offset
+    }
+}
+
+/// The `epoch` and `offset` keys of a message sent through [`History`], if it has both.
+pub fn position_of(message: &Message) -> Option<StreamPosition> {
+    #[derive(Deserialize)]
+    struct Stamped {
+        epoch: Option<String>,
+        offset: Option<u64>,
+    }
+    let s: Stamped = message.decode().ok()?;
+    Some(StreamPosition { epoch: s.epoch?, offset: s.offset? })
+}
+
+/// `message` with `"epoch"` and `"offset"` keys set to `position` (replacing any already there).
+pub fn with_position(message: &Message, position: &StreamPosition) -> Result<Message, MessageError> {
+    let rmpv::Value::Map(mut entries) = message.to_value()? else {
+        return Err(MessageError::NotAMap);
+    };
+    entries.retain(|(k, _)| !matches!(k.as_str(), Some("epoch" | "offset")));
+    entries.push((rmpv::Value::from("epoch"), rmpv::Value::from(position.epoch.as_str())));
+    entries.push((rmpv::Value::from("offset"), rmpv::Value::from(position.offset)));
+    let mut bytes = Vec::with_capacity(message.as_bytes().len() + position.epoch.len() + 24);
+    rmpv::encode::write_value(&mut bytes, &rmpv::Value::Map(entries))
+        .map_err(|e| MessageError::Codec(e.to_string()))?;
+    Message::from_msgpack(bytes)
+}
+
+/// Group sends with history, and recovery, on a layer that keeps history (see the module).
+///
+/// The sends of one process to one group are stored and delivered in offset order. Sends to
+/// one group from several processes get distinct increasing offsets, but two sent at the same
+/// moment from two processes may be delivered live in either order.
+pub struct History {
+    layer: Arc<dyn ChannelLayer>,
+    store: Arc<dyn HistoryStore>,
+    options: HistoryOptions,
+    order: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl fmt::Debug for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("History").field("store", &self.store).field("options", &self.options).finish()
+    }
+}
+
+impl History {
+    /// History on `layer` with `options`; `None` when the layer keeps no history.
+    pub fn new(layer: Arc<dyn ChannelLayer>, options: HistoryOptions) -> Option<Self> {
+        let store = layer.history_store()?;
+        Some(Self { layer, store, options, order: Mutex::new(HashMap::new()) })
+    }
+
+    /// The options given.
+    pub fn options(&self) -> HistoryOptions {
+        self.options
+    }
+
+    pub(crate) fn group_lock(&self, group: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut order = self.order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(lock) = order.get(group).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if order.len() > 1024 {
+            order.retain(|_, w| w.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        order.insert(group.to_owned(), Arc::downgrade(&lock));
+        lock
+    }
+
+    /// Stores `message` in `group`'s history and sends it to the group with its position
+    /// (`"epoch"` and `"offset"` keys added); returns the position.
+    ///
+    /// # Errors
+    /// The store's or the group send's failure, or a message that is not a map.
+    pub async fn group_send(&self, group: &str, message: Message) -> Result<StreamPosition, HistoryError> {
+        let lock = self.group_lock(group);
+        let _ordered = lock.lock().await;
+        let position = self.store.append(group, &message, self.options).await.map_err(HistoryError::Backend)?;
+        let stamped = with_position(&message, &position).map_err(HistoryError::Message)?;
+        self.layer.group_send(group, stamped).await.map_err(HistoryError::Group)?;
+        Ok(position)
+    }
+
+    /// The messages of `group` after `since`, each with its position, or "not recovered".
+    /// Join the group before, and filter the live messages after with
+    /// [`Recovery::live_filter`].
+    ///
+    /// # Errors
+    /// The store's failure.
+    pub async fn recover(&self, group: &str, since: &StreamPosition) -> Result<Recovery, HistoryError> {
+        let stored = self.store.since(group, since, self.options.window).await.map_err(HistoryError::Backend)?;
+        let mut messages = Vec::with_capacity(stored.messages.len());
+        for (offset, message) in &stored.messages {
+            let position = StreamPosition { epoch: stored.top.epoch.clone(), offset: *offset };
+            messages.push(with_position(message, &position).map_err(HistoryError::Message)?);
+        }
+        Ok(Recovery { recovered: stored.complete, messages, position: stored.top })
+    }
+
+    /// `group`'s current position: where a new client starts.
+    ///
+    /// # Errors
+    /// The store's failure.
+    pub async fn position(&self, group: &str) -> Result<StreamPosition, HistoryError> {
+        let none = StreamPosition { epoch: String::new(), offset: 0 };
+        Ok(self.store.since(group, &none, self.options.window).await.map_err(HistoryError::Backend)?.top)
+    }
+}
+
+/// A layer that sends with history: every group send to a group `keep` selects (through
+/// `group_send`, `group_send_many` or a connection's queued sends) is stored and gets its
+/// position, as [`History::group_send`] does; everything else goes to the wrapped layer as it
+/// is. A connection's queued sends keep their batches: each batch is stamped in order and sent
+/// as one, so history costs the live path one store write per message and nothing per member.
+///
+/// ```
+/// use std::sync::Arc;
+/// use channels_core::layer::{ChannelLayer, HistoryLayer, HistoryOptions, Message, position_of};
+///
+/// # async fn demo(inner: Arc<dyn ChannelLayer>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let layer = HistoryLayer::wrap(inner, HistoryOptions::default(), |group| group.starts_with("chat_")).expect("history");
+/// let history = layer.history();
+/// let layer: Arc<dyn ChannelLayer> = Arc::new(layer);
+/// let me = layer.new_channel("specific").await?;
+/// layer.group_add("chat_lobby", &me).await?;
+/// layer.group_send("chat_lobby", Message::new(&serde_json::json!({"type": "chat.message"}))?).await?;
+/// let got = layer.receive(&me).await?;
+/// assert_eq!(position_of(&got), Some(history.position("chat_lobby").await?));
+/// # Ok(()) }
+/// ```
+pub struct HistoryLayer {
+    inner: Arc<dyn ChannelLayer>,
+    history: Arc<History>,
+    keep: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl fmt::Debug for HistoryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HistoryLayer").field("history", &self.history).finish_non_exhaustive()
+    }
+}
+
+impl HistoryLayer {
+    /// `inner` with history for the groups `keep` selects; `None` when `inner` keeps no
+    /// history.
+    pub fn wrap(
+        inner: Arc<dyn ChannelLayer>,
+        options: HistoryOptions,
+        keep: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Option<Self> {
+        let history = Arc::new(History::new(inner.clone(), options)?);
+        Some(Self { inner, history, keep: Box::new(keep) })
+    }
+
+    /// The history, for [`History::recover`].
+    pub fn history(&self) -> Arc<History> {
+        self.history.clone()
+    }
+
+    /// Stamps the sends `keep` selects, in order, with their groups locked, then sends the
+    /// batch through `inner` as one.
+    async fn send_batch(
+        &self,
+        sends: &[(String, Message)],
+        channel: Option<(&str, usize)>,
+    ) -> Vec<Result<GroupSendReport, GroupError>> {
+        let mut groups: Vec<&str> = sends.iter().map(|(g, _)| g.as_str()).filter(|g| (self.keep)(g)).collect();
+        if groups.is_empty() {
+            return match channel {
+                Some((channel, echoed)) => self.inner.group_send_many_echoed(sends, channel, echoed).await,
+                None => self.inner.group_send_many(sends).await,
+            };
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        let locks: Vec<_> = groups.iter().map(|g| self.history.group_lock(g)).collect();
+        let mut _held = Vec::with_capacity(locks.len());
+        for lock in &locks {
+            _held.push(lock.lock().await);
+        }
+        let mut reports: Vec<Option<Result<GroupSendReport, GroupError>>> = Vec::with_capacity(sends.len());
+        let mut batch = Vec::with_capacity(sends.len());
+        for (group, message) in sends {
+            if !(self.keep)(group) {
+                batch.push((group.clone(), message.clone()));
+                reports.push(None);
+                continue;
+            }
+            let stored = self.history.store.append(group, message, self.history.options).await;
+            match stored
+                .map_err(GroupError::Backend)
+                .and_then(|position| with_position(message, &position).map_err(|e| GroupError::Backend(Box::new(e))))
+            {
+                Ok(stamped) => {
+                    batch.push((group.clone(), stamped));
+                    reports.push(None);
+                }
+                Err(e) => reports.push(Some(Err(e))),
+            }
+        }
+        let sent = match channel {
+            Some((channel, echoed)) => self.inner.group_send_many_echoed(&batch, channel, echoed).await,
+            None => self.inner.group_send_many(&batch).await,
+        };
+        let mut sent = sent.into_iter();
+        reports
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| sent.next().unwrap_or_else(|| Ok(GroupSendReport::default()))))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ChannelLayer for HistoryLayer {
+    async fn new_channel(&self, prefix: &str) -> Result<String, super::NewChannelError> {
+        self.inner.new_channel(prefix).await
+    }
+
+    async fn send(&self, channel: &str, message: Message) -> Result<(), super::SendError> {
+        self.inner.send(channel, message).await
+    }
+
+    async fn receive(&self, channel: &str) -> Result<Message, super::ReceiveError> {
+        self.inner.receive(channel).await
+    }
+
+    fn try_receive(&self, channel: &str) -> Option<Message> {
+        self.inner.try_receive(channel)
+    }
+
+    fn receiver(self: Arc<Self>, channel: Arc<str>) -> Box<dyn super::ChannelReceiver> {
+        self.inner.clone().receiver(channel)
+    }
+
+    async fn group_add(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        self.inner.group_add(group, channel).await
+    }
+
+    async fn group_discard(&self, group: &str, channel: &str) -> Result<(), GroupError> {
+        self.inner.group_discard(group, channel).await
+    }
+
+    async fn group_discard_many(&self, memberships: &[(String, String)]) -> Result<(), GroupError> {
+        self.inner.group_discard_many(memberships).await
+    }
+
+    async fn group_send(&self, group: &str, message: Message) -> Result<GroupSendReport, GroupError> {
+        if !(self.keep)(group) {
+            return self.inner.group_send(group, message).await;
+        }
+        let one = [(group.to_owned(), message)];
+        self.send_batch(&one, None).await.pop().unwrap_or_else(|| Ok(GroupSendReport::default()))
+    }
+
+    async fn group_send_many(&self, sends: &[(String, Message)]) -> Vec<Result<GroupSendReport, GroupError>> {
+        self.send_batch(sends, None).await
+    }
+
+    /// Never for a group with history: the sender's copy must carry its position too.
+    fn group_send_echo(&self, group: &str, channel: &str, message: &Message) -> bool {
+        !(self.keep)(group) && self.inner.group_send_echo(group, channel, message)
+    }
+
+    async fn group_send_many_echoed(
+        &self,
+        sends: &[(String, Message)],
+        channel: &str,
+        echoed: usize,
+    ) -> Vec<Result<GroupSendReport, GroupError>> {
+        self.send_batch(sends, Some((channel, echoed))).await
+    }
+
+    fn batch_linger(&self) -> Duration {
+        self.inner.batch_linger()
+    }
+
+    async fn flush(&self) -> Result<(), super::FlushError> {
+        self.inner.flush().await
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.inner.ping().await
+    }
+
+    async fn forget_channel(&self, channel: &str) {
+        self.inner.forget_channel(channel).await
+    }
+
+    fn presence_store(&self) -> Option<Arc<dyn super::PresenceStore>> {
+        self.inner.presence_store()
+    }
+
+    fn history_store(&self) -> Option<Arc<dyn HistoryStore>> {
+        self.inner.history_store()
+    }
+
+    fn config(&self) -> &super::LayerConfig {
+        self.inner.config()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u64) -> Message {
+        Message::new(&serde_json::json!({"type": "t", "n": n})).unwrap()
+    }
+
+    #[test]
+    fn positions_parse_and_print() {
+        let p = StreamPosition::new("a:b", 7);
+        assert_eq!(p.to_string().parse::<StreamPosition>().unwrap(), p);
+        for bad in ["", ":1", "e:", "e:-1", "e:1x", "e", "e:99999999999999999999999"] {
+            assert!(bad.parse::<StreamPosition>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_position_is_added_to_a_message() {
+        let m = with_position(&msg(1), &StreamPosition::new("e", 3)).unwrap();
+        assert_eq!(position_of(&m), Some(StreamPosition::new("e", 3)));
+        let again = with_position(&m, &StreamPosition::new("f", 4)).unwrap();
+        let v: serde_json::Value = again.decode().unwrap();
+        assert_eq!(v, serde_json::json!({"type": "t", "n": 1, "epoch": "f", "offset": 4}));
+    }
+
+    #[tokio::test]
+    async fn the_ring_keeps_its_size_and_window() {
+        let store = MemoryHistoryStore::new();
+        let opts = HistoryOptions::new(3, Duration::from_secs(60));
+        for n in 1..=5 {
+            store.append("g", &msg(n), opts).await.unwrap();
+        }
+        let epoch = store.since("g", &StreamPosition::new("", 0), opts.window).await.unwrap().top.epoch;
+        let got = store.since("g", &StreamPosition::new(epoch.clone(), 2), opts.window).await.unwrap();
+        assert_eq!(got.messages.iter().map(|(o, _)| *o).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert!(!store.since("g", &StreamPosition::new(epoch.clone(), 1), opts.window).await.unwrap().complete);
+        let short = store.since("g", &StreamPosition::new(epoch, 2), Duration::ZERO).await.unwrap();
+        assert!(!short.complete);
+    }
+}
