@@ -2,69 +2,13 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use channels_core::layer::{ChannelLayer, Message};
 use channels_redis::RedisChannelLayer;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    let python = repo_root().join("target/test-venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/install-test-deps first", python.display());
-    python
-}
-
-/// A running Python peer whose stdout lines are JSON.
-struct Peer {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Peer {
-    fn spawn(hosts: &str, prefix: &str, args: &[&str]) -> Peer {
-        Self::spawn_with_keys(hosts, prefix, args, "")
-    }
-
-    fn spawn_with_keys(hosts: &str, prefix: &str, args: &[&str], keys: &str) -> Peer {
-        let mut child = Command::new(python())
-            .env("CHANNELS_KEYS", keys)
-            .arg(repo_root().join("tests/python/channels_redis_peer.py"))
-            .args([hosts, prefix])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the Python peer");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Peer { child, lines }
-    }
-
-    async fn next(&mut self) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
-            .await
-            .expect("the Python peer answers within 20 s")
-            .expect("read")
-            .expect("the Python peer ended early (see its stderr above)");
-        serde_json::from_str(&line).expect("JSON from the peer")
-    }
-
-    async fn finish(mut self) {
-        assert_eq!(self.next().await, json!({"done": true}));
-        let status =
-            tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("exit").expect("wait");
-        assert!(status.success());
-    }
-}
+use serde_json::json;
+use support::peer::Peer;
 
 async fn run(hosts: &str, prefix: &str, args: &[&str]) {
     Peer::spawn(hosts, prefix, args).finish().await;

@@ -3,63 +3,16 @@
 //! `master_name` repeated, on two Sentinel-managed masters: group sends both ways, on groups
 //! that live on each shard (so both sides agree where a key lives).
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
+
+mod support;
 
 use channels_core::layer::{ChannelLayer, Message};
 use channels_redis::RedisChannelLayer;
 use channels_redis::testing::SentinelDeployment;
 use channels_redis::wire::consistent_hash;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The Python peer (`tests/python/channels_redis_peer.py`) with `hosts` as its JSON `hosts`
-/// list.
-struct Peer {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Peer {
-    fn spawn(hosts: &Value, prefix: &str, args: &[&str]) -> Peer {
-        let python = repo_root().join("target/test-venv/bin/python");
-        assert!(python.exists(), "{} is missing: run scripts/install-test-deps first", python.display());
-        let mut child = Command::new(python)
-            .env("CHANNELS_HOSTS_JSON", hosts.to_string())
-            .arg(repo_root().join("tests/python/channels_redis_peer.py"))
-            .args(["-", prefix])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the Python peer");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Peer { child, lines }
-    }
-
-    async fn next(&mut self) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
-            .await
-            .expect("the Python peer answers within 20 s")
-            .expect("read")
-            .expect("the Python peer ended early (see its stderr above)");
-        serde_json::from_str(&line).expect("JSON from the peer")
-    }
-
-    async fn finish(mut self) {
-        assert_eq!(self.next().await, json!({"done": true}));
-        let status =
-            tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("exit").expect("wait");
-        assert!(status.success());
-    }
-}
+use support::peer::Peer;
 
 /// A group name starting with `stem` that lives on `shard` of two.
 fn group_on(shard: usize, stem: &str) -> String {
@@ -82,12 +35,12 @@ async fn python_and_rust_share_sharded_groups_through_sentinel() {
         let me = rust.new_channel("specific").await.expect("new_channel");
         rust.group_add(&group, &me).await.expect("group_add");
         let event = json!({"type": "chat.message", "user": "django", "text": format!("python to {group}"), "ts": 2.5});
-        Peer::spawn(&python, prefix, &["group_send", &group, &event.to_string()]).finish().await;
+        Peer::spawn_with_hosts_json(&python, prefix, &["group_send", &group, &event.to_string()]).finish().await;
         let got = tokio::time::timeout(Duration::from_secs(10), rust.receive(&me)).await.expect("arrives").expect("ok");
         assert_eq!(got.decode::<Value>().expect("decodes")["text"], format!("python to {group}"));
 
         let py_group = group_on(shard, "chat_py");
-        let mut listener = Peer::spawn(&python, prefix, &["listen", &py_group, "1"]);
+        let mut listener = Peer::spawn_with_hosts_json(&python, prefix, &["listen", &py_group, "1"]);
         listener.next().await; // {"channel": ...}: Python has joined
         let message =
             Message::new(&json!({"type": "chat.message", "text": format!("rust to {py_group}")})).expect("message");

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod peer;
+
 use std::sync::{Arc, OnceLock};
 
 use channels_core::layer::{ChannelLayer, LayerConfig};
