@@ -411,6 +411,17 @@ mod echo {
         here.group_add("room", &me).await.expect("group_add");
         assert!(send(&here, &me, "1").await, "joined here: echoed");
         assert_eq!(texts(&here, &me), ["1"]);
+        // Every heartbeat adds this process's memberships again, and would undo the discard
+        // below: the first ones, at start-up, are over once the process is listed; the next is
+        // a third of `process_ttl` (20 s) away.
+        let processes = format!("{}:processes", here.redis_config().prefix);
+        let id = me.trim_start_matches("specific.").split('!').next().expect("process id");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while support::shared().cli(&["ZSCORE", &processes, id]).trim().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "this process was never listed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
 
         // Another process removes it (as a Django admin command might).
         there.group_discard("room", &me).await.expect("group_discard");
