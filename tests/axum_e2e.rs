@@ -14,31 +14,12 @@ use axum::extract::{ConnectInfo, Request};
 use axum::routing::get;
 use channels::application::ClientAddr;
 use channels::prelude::*;
-use http_body_util::BodyExt;
 use serde_json::json;
 use support::{Example, close_code, connect, next_json, next_of_type, send_text};
-use tokio::net::TcpStream;
 
-/// One HTTP/1.1 request on its own connection: status, headers and body.
+/// One HTTP/1.1 request with a JSON body on its own connection: status, headers and body.
 async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, http::HeaderMap, String) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(connection);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))
-        .expect("request");
-    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-        .await
-        .expect("an answer within 10 s")
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    (parts.status.as_u16(), parts.headers, String::from_utf8_lossy(&body).into_owned())
+    support::http_with(addr, method, path, &[("content-type", "application/json")], body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
