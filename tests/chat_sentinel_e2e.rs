@@ -1,7 +1,8 @@
 //! The chat example on Redis Sentinel: two chat processes, a client on each in one room, and
 //! the master taken away mid-chat (killed, or demoted with `SENTINEL FAILOVER`). Neither
 //! process restarts, the sender is told while its messages cannot go out, messages flow again
-//! soon after the sentinels elect the new master, and no client gets a message twice.
+//! soon after the sentinels elect the new master, and no client gets a message twice. A
+//! replica promoted without the room's key heals the same way.
 
 mod support;
 
@@ -34,8 +35,13 @@ struct Measured {
 }
 
 async fn chat_through_a_failover(disrupt: impl FnOnce(&mut SentinelDeployment)) -> Measured {
+    chat_through_a_failover_with("", disrupt).await
+}
+
+/// [`chat_through_a_failover`] with `options` appended to the layer URL.
+async fn chat_through_a_failover_with(options: &str, disrupt: impl FnOnce(&mut SentinelDeployment)) -> Measured {
     let mut deployment = SentinelDeployment::start("chat");
-    let layer = format!("{}&prefix=ha", deployment.url());
+    let layer = format!("{}&prefix=ha{options}", deployment.url());
     let mut east = Example::start("chat", &["--layer", &layer]);
     let mut west = Example::start("chat", &["--layer", &layer]);
     let mut ann = connect(&east.url("/ws/chat/ha/?user=ann")).await;
@@ -97,13 +103,17 @@ async fn chat_through_a_failover(disrupt: impl FnOnce(&mut SentinelDeployment)) 
     assert!(east.child.try_wait().expect("status").is_none(), "the east chat process is still running");
     assert!(west.child.try_wait().expect("status").is_none(), "the west chat process is still running");
     let elected = elected.expect("the sentinels elected a new master");
-    let flowing = sent_at
-        .iter()
-        .filter(|(_, at)| **at >= elected)
-        .filter_map(|(text, _)| bob_got.get(text))
-        .min()
-        .copied()
-        .expect("bob receives a message sent after the election");
+    // Flowing again: both clients have received a message sent after the election.
+    let first_after = |got: &HashMap<String, Instant>, who: &str| {
+        sent_at
+            .iter()
+            .filter(|(_, at)| **at >= elected)
+            .filter_map(|(text, _)| got.get(text))
+            .min()
+            .copied()
+            .unwrap_or_else(|| panic!("{who} receives a message sent after the election"))
+    };
+    let flowing = first_after(&bob_got, "bob").max(first_after(&ann_got, "ann"));
     assert!(east.terminate() && west.terminate(), "both processes exit cleanly");
     Measured {
         flowing_after_election: flowing.saturating_duration_since(elected),
@@ -136,4 +146,21 @@ async fn the_chat_carries_on_through_sentinel_failover() {
     })
     .await
     .report("SENTINEL FAILOVER");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_heals_when_a_replica_without_its_keys_is_promoted() {
+    // The replica loses the room's group key (as one that missed the last writes would), then
+    // becomes the master. A heartbeat a day away (process_ttl) leaves the healing to what each
+    // process does when it sees the new master: it adds its memberships there again.
+    chat_through_a_failover_with("&process_ttl=86400", |d| {
+        let master = d.master_port().expect("a master");
+        let replica = d.servers.iter().find(|s| s.port != master).expect("the replica");
+        assert_eq!(replica.cli(&["CONFIG", "SET", "replica-read-only", "no"]).trim(), "OK");
+        assert_eq!(replica.cli(&["DEL", "ha:group:chat_ha"]).trim(), "1", "the replica had the room");
+        let name = d.master_name.clone();
+        assert_eq!(d.sentinels[0].cli(&["SENTINEL", "FAILOVER", &name]).trim(), "OK");
+    })
+    .await
+    .report("replica promoted without the room's key");
 }

@@ -89,13 +89,58 @@ impl RedisConfig {
     /// found through Redis Sentinel, `master_name` repeated for several shards, with
     /// `sentinel_username=`, `sentinel_password=` and `sentinel_ssl=true` (see
     /// [`SentinelOptions`]); `ssl_*` options on such a URL (or `rediss+sentinel://`) make the
-    /// masters' connections TLS ones.
+    /// masters' connections TLS ones. Several URLs of one scheme separated by `;` are the shards
+    /// in order, as several hosts are; they may differ only in their hosts, password, database
+    /// and `master_name`s (for shards behind different sentinels).
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         Self::from_layer_url(LayerUrl::parse(url)?)
     }
 
     /// As [`from_url`](Self::from_url), from a parsed URL.
     pub fn from_layer_url(mut url: LayerUrl) -> Result<Self, ConfigError> {
+        let more = std::mem::take(&mut url.also);
+        let mut config = Self::from_one_url(url)?;
+        for (i, next) in more.into_iter().enumerate() {
+            let next = Self::from_one_url(next)?;
+            if let Some(option) = config.differing_option(&next) {
+                return Err(ConfigError(format!(
+                    "the `;`-separated URLs must agree on every option but their hosts: URL {} differs in {option}",
+                    i + 2
+                )));
+            }
+            config.hosts.extend(next.hosts);
+        }
+        Ok(config)
+    }
+
+    /// The first option other than the hosts that differs between `self` and `other`.
+    fn differing_option(&self, other: &Self) -> Option<&'static str> {
+        let Self {
+            hosts: _,
+            prefix,
+            layer,
+            blocking_timeout,
+            symmetric_encryption_keys,
+            send_linger,
+            process_ttl,
+            tls,
+            sentinel,
+        } = self;
+        [
+            (prefix == &other.prefix, "prefix"),
+            (layer == &other.layer, "capacity, expiry, group_expiry or channel_capacity"),
+            (blocking_timeout == &other.blocking_timeout, "blocking_timeout"),
+            (symmetric_encryption_keys == &other.symmetric_encryption_keys, "symmetric_encryption_key"),
+            (send_linger == &other.send_linger, "send_linger_ms"),
+            (process_ttl == &other.process_ttl, "process_ttl"),
+            (tls == &other.tls, "the ssl_* options"),
+            (sentinel == &other.sentinel, "the sentinel_* options"),
+        ]
+        .into_iter()
+        .find_map(|(same, name)| (!same).then_some(name))
+    }
+
+    fn from_one_url(mut url: LayerUrl) -> Result<Self, ConfigError> {
         let scheme = match url.scheme.as_str() {
             "redis" | "redis+pubsub" => "redis",
             "rediss" | "rediss+pubsub" => "rediss",
@@ -387,6 +432,32 @@ pub(crate) mod tests {
         let err = config.open_endpoints().err().expect("a port must be a number").to_string();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("alice"), "{err}");
+    }
+
+    #[test]
+    fn semicolon_separated_urls_are_shards_in_order() {
+        let config = RedisConfig::from_url(
+            "redis+sentinel://:pw@s1:1,s2:2/0?master_name=a&prefix=p; redis+sentinel://:pw@t1:1/0?master_name=b&prefix=p",
+        )
+        .unwrap();
+        assert_eq!(
+            config.hosts,
+            ["redis+sentinel://:pw@s1:1,s2:2/0?master_name=a", "redis+sentinel://:pw@t1:1/0?master_name=b"]
+        );
+        assert_eq!(config.prefix, "p");
+        let config = RedisConfig::from_url("redis://:a;b@h1/1;redis://h2/1").unwrap();
+        assert_eq!(config.hosts, ["redis://:a;b@h1/1", "redis://h2/1"], "a `;` in a password stays");
+        for (url, expected) in [
+            ("redis://h1?prefix=a;redis://h2?prefix=b", "URL 2 differs in prefix"),
+            ("redis://h1;rediss://h2", "one scheme"),
+            ("redis+sentinel://s1?master_name=a;redis+sentinel://s2", "needs master_name"),
+            ("redis://h1;redis://h2?nope=1", "unknown parameter \"nope\""),
+        ] {
+            let err = RedisConfig::from_url(url).expect_err(url).to_string();
+            assert!(err.contains(expected), "{url}: {err}");
+        }
+        let memory = channels_core::layer::LayerUrl::parse("memory://;memory://").unwrap();
+        assert!(memory.reject_unknown_params().unwrap_err().to_string().contains("takes one URL"));
     }
 
     #[test]

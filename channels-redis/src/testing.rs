@@ -181,31 +181,22 @@ impl RedisServer {
     /// # Panics
     /// If `redis-server` cannot be started.
     pub fn start_tls(certs: &TestCertificates, options: TlsServer) -> RedisServer {
+        Self::start_tls_with(certs, options, Vec::new())
+    }
+
+    /// [`start_tls`](Self::start_tls) with more `redis-server` arguments.
+    fn start_tls_with(certs: &TestCertificates, options: TlsServer, extra: Vec<String>) -> RedisServer {
         let (cert, key) = if options.expired_certificate {
             (&certs.expired_cert, &certs.expired_key)
         } else {
             (&certs.server_cert, &certs.server_key)
         };
-        let path = |p: &Path| p.display().to_string();
-        let mut args = vec![
-            "--tls-cert-file".to_owned(),
-            path(cert),
-            "--tls-key-file".to_owned(),
-            path(key),
-            "--tls-ca-cert-file".to_owned(),
-            path(&certs.ca),
+        let mut args = tls_server_args(certs, cert, key);
+        args.extend([
             "--tls-auth-clients".to_owned(),
             if options.require_client_certificates { "yes" } else { "no" }.to_owned(),
-        ];
-        let mut cli_args = vec![
-            "--tls".to_owned(),
-            "--cacert".to_owned(),
-            path(&certs.ca),
-            "--cert".to_owned(),
-            path(&certs.client_cert),
-            "--key".to_owned(),
-            path(&certs.client_key),
-        ];
+        ]);
+        let mut cli_args = tls_cli_args(certs);
         if options.expired_certificate {
             cli_args.push("--insecure".to_owned());
         }
@@ -213,6 +204,7 @@ impl RedisServer {
             args.extend(["--requirepass".to_owned(), password.clone()]);
             cli_args.extend(["-a".to_owned(), password.clone(), "--no-auth-warning".to_owned()]);
         }
+        args.extend(extra);
         let mut server =
             RedisServer { port: free_port(), child: None, args, cli_args, tls: true, sentinel_config: None };
         server.restart();
@@ -325,15 +317,18 @@ pub struct SentinelDeployment {
     pub master_name: String,
     /// Every master name, in order (the shards of [`url`](Self::url)).
     pub master_names: Vec<String>,
+    /// The test CA, for a deployment of [`start_tls`](Self::start_tls).
+    ca: Option<PathBuf>,
     dir: PathBuf,
 }
 
 impl SentinelDeployment {
-    /// Starts the servers and the sentinels, and waits until every sentinel knows the
-    /// replica and the other sentinels (so that a failover can happen).
+    /// Starts the servers and the sentinels, and waits until every replica has synced and
+    /// every sentinel knows the replica and the other sentinels (so that a failover can happen).
     ///
     /// # Panics
-    /// If a process cannot be started or the sentinels do not see each other within 10 s.
+    /// If a process cannot be started, or the replicas do not sync and the sentinels see each
+    /// other within 10 s.
     pub fn start(master_name: &str) -> SentinelDeployment {
         Self::start_sharded(&[master_name])
     }
@@ -352,12 +347,44 @@ impl SentinelDeployment {
     /// # Panics
     /// As [`start`](Self::start).
     pub fn start_secured(master_names: &[&str], sentinel_password: Option<&str>) -> SentinelDeployment {
+        Self::start_with(master_names, sentinel_password, None)
+    }
+
+    /// [`start`](Self::start) with every server and sentinel speaking TLS only, with `certs`'
+    /// server certificate (replication and the sentinels' own connections too), client
+    /// certificates not required. [`url`](Self::url) is then a `rediss+sentinel://` URL with
+    /// `sentinel_ssl=true` and `ssl_ca_certs` naming the test CA.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_tls(master_names: &[&str], certs: &TestCertificates) -> SentinelDeployment {
+        Self::start_with(master_names, None, Some(certs))
+    }
+
+    fn start_with(
+        master_names: &[&str],
+        sentinel_password: Option<&str>,
+        tls: Option<&TestCertificates>,
+    ) -> SentinelDeployment {
         let mut servers = Vec::new();
         let mut monitors = String::new();
         for name in master_names {
-            let master = RedisServer::start();
-            let replica =
-                RedisServer::start_with(vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()]);
+            let (master, replica) = match tls {
+                None => {
+                    let master = RedisServer::start_with(no_sync_delay());
+                    let replica = RedisServer::start_with(replica_of(&master));
+                    (master, replica)
+                }
+                Some(certs) => {
+                    let replication = vec!["--tls-replication".to_owned(), "yes".to_owned()];
+                    let mut args = no_sync_delay();
+                    args.extend(replication.clone());
+                    let master = RedisServer::start_tls_with(certs, TlsServer::default(), args);
+                    let mut args = replica_of(&master);
+                    args.extend(replication);
+                    (master, RedisServer::start_tls_with(certs, TlsServer::default(), args))
+                }
+            };
             monitors.push_str(&format!(
                 "sentinel monitor {name} 127.0.0.1 {port} 2\n\
                  sentinel down-after-milliseconds {name} 1000\n\
@@ -377,19 +404,31 @@ impl SentinelDeployment {
             .map(|i| {
                 let port = free_port();
                 let config = dir.join(format!("sentinel-{i}.conf"));
-                let mut text = format!("port {port}\nbind 127.0.0.1\ndir {}\n{monitors}", dir.display());
+                let mut text = match tls {
+                    None => format!("port {port}\n"),
+                    Some(certs) => {
+                        let args = tls_server_args(certs, &certs.server_cert, &certs.server_key);
+                        let files: String =
+                            args.chunks(2).map(|pair| format!("{} {}\n", &pair[0][2..], pair[1])).collect();
+                        format!(
+                            "port 0\ntls-port {port}\n{files}tls-auth-clients no\ntls-replication yes\n\
+                             sentinel announce-port {port}\n"
+                        )
+                    }
+                };
+                text.push_str(&format!("bind 127.0.0.1\ndir {}\n{monitors}", dir.display()));
+                let mut cli_args = tls.map(tls_cli_args).unwrap_or_default();
                 if let Some(password) = sentinel_password {
                     text.push_str(&format!("requirepass {password}\nsentinel sentinel-pass {password}\n"));
+                    cli_args.extend(["-a".to_owned(), password.to_owned(), "--no-auth-warning".to_owned()]);
                 }
                 std::fs::write(&config, text).expect("write a sentinel configuration");
                 let mut sentinel = RedisServer {
                     port,
                     child: None,
                     args: Vec::new(),
-                    cli_args: sentinel_password
-                        .map(|p| vec!["-a".to_owned(), p.to_owned(), "--no-auth-warning".to_owned()])
-                        .unwrap_or_default(),
-                    tls: false,
+                    cli_args,
+                    tls: tls.is_some(),
                     sentinel_config: Some(config),
                 };
                 sentinel.restart();
@@ -401,6 +440,7 @@ impl SentinelDeployment {
             sentinels,
             master_name: master_names.first().map(|n| n.to_string()).unwrap_or_default(),
             master_names: master_names.iter().map(|n| n.to_string()).collect(),
+            ca: tls.map(|certs| certs.ca.clone()),
             dir,
         };
         deployment.wait_until_ready();
@@ -421,19 +461,35 @@ impl SentinelDeployment {
                     field("num-slaves") == Some(1) && field("num-other-sentinels") == Some(2)
                 })
             });
-            if ready {
+            let synced = self.servers.iter().all(|server| {
+                let info = server.cli(&["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+            if ready && synced {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "the sentinels did not see each other within 10 s");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sentinels did not see each other, or a replica did not sync, within 10 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3?master_name=NAME` (with
-    /// `master_name` once per master, in order).
+    /// `master_name` once per master, in order); for a TLS deployment,
+    /// `rediss+sentinel://...&sentinel_ssl=true&ssl_ca_certs=CA`.
     pub fn url(&self) -> String {
         let masters: Vec<String> = self.master_names.iter().map(|name| format!("master_name={name}")).collect();
-        format!("redis+sentinel://{}?{}", self.sentinel_hosts().join(","), masters.join("&"))
+        let hosts = self.sentinel_hosts().join(",");
+        match &self.ca {
+            None => format!("redis+sentinel://{hosts}?{}", masters.join("&")),
+            Some(ca) => format!(
+                "rediss+sentinel://{hosts}?{}&sentinel_ssl=true&ssl_ca_certs={}",
+                masters.join("&"),
+                ca.display()
+            ),
+        }
     }
 
     /// The sentinels' `127.0.0.1:PORT`s.
@@ -487,6 +543,38 @@ impl Drop for SentinelDeployment {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A master that starts a replica's first sync at once (Redis waits 5 s by default, for more
+/// replicas to share it), so the replica holds the data before a test takes the master away.
+fn no_sync_delay() -> Vec<String> {
+    vec!["--repl-diskless-sync-delay".to_owned(), "0".to_owned()]
+}
+
+/// `--replicaof` `master`.
+fn replica_of(master: &RedisServer) -> Vec<String> {
+    vec!["--replicaof".to_owned(), "127.0.0.1".to_owned(), master.port.to_string()]
+}
+
+/// `redis-server` arguments for a TLS listener with this certificate and the test CA.
+fn tls_server_args(certs: &TestCertificates, cert: &Path, key: &Path) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        "--tls-cert-file".to_owned(),
+        path(cert),
+        "--tls-key-file".to_owned(),
+        path(key),
+        "--tls-ca-cert-file".to_owned(),
+        path(&certs.ca),
+    ]
+}
+
+/// `redis-cli` arguments to reach a TLS server of the test CA, with the test client certificate.
+fn tls_cli_args(certs: &TestCertificates) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    ["--tls", "--cacert", &path(&certs.ca), "--cert", &path(&certs.client_cert), "--key", &path(&certs.client_key)]
+        .map(str::to_owned)
+        .to_vec()
 }
 
 /// Runs `redis-cli -p <port> <args>` and returns what it printed.

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use channels_core::layer::{ChannelLayer, LayerConfig, Message};
-use channels_redis::testing::SentinelDeployment;
+use channels_redis::testing::{SentinelDeployment, TestCertificates};
 use channels_redis::{RedisChannelLayer, RedisConfig, RedisPubSubChannelLayer};
 
 /// The deployment the semantics suite runs on (the failover tests make their own).
@@ -159,6 +159,22 @@ async fn messages_flow_again_soon_after_sentinel_failover() {
     })
     .await;
     measured.report("SENTINEL FAILOVER");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_flow_again_after_a_failover_with_tls_everywhere() {
+    // Masters, replicas and sentinels speak TLS only; the URL is
+    // rediss+sentinel://...&sentinel_ssl=true&ssl_ca_certs=CA.
+    let certs = TestCertificates::generate();
+    let mut deployment = SentinelDeployment::start_tls(&["secure"], &certs);
+    let url = deployment.url();
+    assert!(url.starts_with("rediss+sentinel://") && url.contains("sentinel_ssl=true"), "{url}");
+    let plain_sentinels = url.replace("sentinel_ssl=true", "sentinel_ssl=false");
+    let layer = RedisChannelLayer::from_url(&plain_sentinels).expect("URL");
+    let err = tokio::time::timeout(Duration::from_secs(10), layer.ping()).await.expect("in time");
+    assert!(err.expect_err("sentinels that speak TLS only").to_string().contains("no sentinel names master"));
+    let measured = chat_through_a_failover(&mut deployment, |d| d.master().stop()).await;
+    measured.report("TLS, master killed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

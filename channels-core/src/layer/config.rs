@@ -167,7 +167,7 @@ const HIDDEN: &str = "***";
 /// ```
 pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
     if url.contains(';') {
-        let parts: Vec<_> = url.split(';').map(redact_one_url).collect();
+        let parts: Vec<_> = split_urls(url).into_iter().map(redact_one_url).collect();
         if parts.iter().all(|p| matches!(p, std::borrow::Cow::Borrowed(_))) {
             return std::borrow::Cow::Borrowed(url);
         }
@@ -220,6 +220,26 @@ fn redact_one_url(url: &str) -> std::borrow::Cow<'_, str> {
     if redacted == url { Cow::Borrowed(url) } else { Cow::Owned(redacted) }
 }
 
+/// `url` cut at each `;` that starts another URL (`;scheme://`); a `;` elsewhere, say in a
+/// password, stays where it is.
+fn split_urls(url: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, _) in url.match_indices(';') {
+        let next = url[i + 1..].trim_start();
+        let scheme_len = next.find("://").unwrap_or(0);
+        let is_scheme = scheme_len > 0
+            && next.as_bytes()[0].is_ascii_alphabetic()
+            && next[..scheme_len].bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+        if is_scheme {
+            parts.push(url[start..i].trim());
+            start = i + 1;
+        }
+    }
+    parts.push(url[start..].trim());
+    parts
+}
+
 /// Query parameters whose values are secrets.
 fn is_secret_param(key: &str) -> bool {
     key.ends_with("password") || key == "symmetric_encryption_key"
@@ -248,11 +268,40 @@ pub struct LayerUrl {
     pub path: String,
     /// The query parameters, percent-decoded, in order.
     pub params: Vec<(String, String)>,
+    /// Further URLs of the same scheme written after this one, separated by `;`
+    /// (`redis+sentinel://s1,s2/0?master_name=a;redis+sentinel://t1,t2/0?master_name=b`): the
+    /// shards of a layer whose shards differ in more than their host. A backend that does not
+    /// take them refuses them in [`reject_unknown_params`](Self::reject_unknown_params).
+    pub also: Vec<LayerUrl>,
 }
 
 impl LayerUrl {
-    /// Parses a layer URL.
+    /// Parses a layer URL, or several of one scheme separated by `;` (see [`also`](Self::also)).
+    ///
+    /// ```
+    /// use channels_core::layer::LayerUrl;
+    /// let url = LayerUrl::parse("redis+sentinel://s1/0?master_name=a;redis+sentinel://t1/0?master_name=b").unwrap();
+    /// assert_eq!(url.hosts, ["s1"]);
+    /// assert_eq!(url.also[0].hosts, ["t1"]);
+    /// assert!(LayerUrl::parse("redis://a;memory://").is_err(), "one scheme");
+    /// ```
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let mut parts = split_urls(url).into_iter();
+        let mut first = Self::parse_one(parts.next().unwrap_or(url))?;
+        for part in parts {
+            let next = Self::parse_one(part)?;
+            if next.scheme != first.scheme {
+                return Err(ConfigError(format!(
+                    "the `;`-separated URLs must have one scheme, got {}:// and {}://",
+                    first.scheme, next.scheme
+                )));
+            }
+            first.also.push(next);
+        }
+        Ok(first)
+    }
+
+    fn parse_one(url: &str) -> Result<Self, ConfigError> {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             ConfigError(format!("{:?} is not a URL like memory:// or redis://host:6379", redact_url(url)))
         })?;
@@ -266,7 +315,7 @@ impl LayerUrl {
         };
         let hosts = authority.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect();
         let params = crate::scope::parse_query(query);
-        Ok(Self { scheme: scheme.to_ascii_lowercase(), hosts, path: path.to_owned(), params })
+        Ok(Self { scheme: scheme.to_ascii_lowercase(), hosts, path: path.to_owned(), params, also: Vec::new() })
     }
 
     /// The URL again, in its written form, with secrets hidden as [`redact_url`] does.
@@ -278,14 +327,24 @@ impl LayerUrl {
             url.push('=');
             url.push_str(if is_secret_param(key) { HIDDEN } else { value });
         }
-        redact_one_url(&url).into_owned()
+        let mut shown = redact_one_url(&url).into_owned();
+        for next in &self.also {
+            shown.push(';');
+            shown.push_str(&next.redacted());
+        }
+        shown
     }
 
-    /// Fails when parameters are left that no part of the layer understood.
+    /// Fails when parameters are left that no part of the layer understood, or when further
+    /// `;`-separated URLs are left that the backend did not take.
     pub fn reject_unknown_params(&self) -> Result<(), ConfigError> {
-        match self.params.first() {
-            Some((key, _)) => Err(ConfigError(format!("unknown parameter {key:?} for {}://", self.scheme))),
-            None => Ok(()),
+        if let Some((key, _)) = self.params.first() {
+            return Err(ConfigError(format!("unknown parameter {key:?} for {}://", self.scheme)));
+        }
+        if self.also.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(format!("{}:// takes one URL, not several separated by `;`", self.scheme)))
         }
     }
 }
@@ -316,6 +375,7 @@ mod tests {
             ),
             ("redis://h?symmetric_encryption_key=k", "redis://h?symmetric_encryption_key=***"),
             ("redis://:a@h1;redis://:b@h2", "redis://:***@h1;redis://:***@h2"),
+            ("redis://:a;b@h1;redis://h2", "redis://:***@h1;redis://h2"),
             ("not a url", "not a url"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
