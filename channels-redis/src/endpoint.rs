@@ -339,6 +339,11 @@ impl CommandConnection {
         }
     }
 
+    /// Drops the connection: the next [`connect`](Self::connect) makes a new one.
+    pub(crate) fn reset(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// The connection to `endpoint`'s current master; it reconnects by itself after a Redis
     /// restart.
     pub(crate) async fn connect(&self, endpoint: &Arc<Endpoint>) -> Result<ConnectionManager, redis::RedisError> {

@@ -223,6 +223,19 @@ impl RedisServer {
     /// # Panics
     /// If `redis-server` cannot be started.
     pub fn restart(&mut self) {
+        self.start_process(false);
+    }
+
+    /// Starts again on the same port with the data of its last `SAVE` (as a Redis that
+    /// persists its data does after a restart).
+    ///
+    /// # Panics
+    /// If `redis-server` cannot be started.
+    pub fn restart_keeping_data(&mut self) {
+        self.start_process(true);
+    }
+
+    fn start_process(&mut self, keep_data: bool) {
         let port = self.port.to_string();
         let mut command = Command::new("redis-server");
         if let Some(config) = &self.sentinel_config {
@@ -235,7 +248,9 @@ impl RedisServer {
             // the data, as the tests expect).
             let dir = std::env::temp_dir();
             let rdb = format!("channels-redis-test-{port}.rdb");
-            let _ = std::fs::remove_file(dir.join(&rdb));
+            if !keep_data {
+                let _ = std::fs::remove_file(dir.join(&rdb));
+            }
             command
                 .args(ports.iter().filter(|a| !a.is_empty()))
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])

@@ -484,3 +484,56 @@ async fn a_live_process_that_lost_its_liveness_connection_joins_its_groups_again
     assert!(pruned, "the sender took it for dead");
     assert_eq!(room_members(&redis), std::slice::from_ref(&member), "back in the room");
 }
+
+/// A Redis that restarts with its data (as a replica promoted by a failover holds it) lists
+/// every process while none is subscribed on it yet: a live process that is slow to come back
+/// is not taken for dead meanwhile, and gets what was sent to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_restarted_with_its_data_takes_no_live_process_for_dead() {
+    let mut redis = RedisServer::start();
+    let user = ["ACL", "SETUSER", "late", "on", ">pw", "~*", "&*", "+@all"];
+    redis.cli(&user);
+    let late =
+        RedisChannelLayer::from_url(&format!("redis://late:pw@127.0.0.1:{}/0?prefix=dead&process_ttl=60", redis.port))
+            .expect("layer");
+    let sender = RedisChannelLayer::from_url(&layer_url(&redis)).expect("layer");
+    let member = late.new_channel("specific").await.expect("channel");
+    late.group_add(ROOM, &member).await.expect("group_add");
+    let numbered = |n: usize| Message::new(&serde_json::json!({"type": "chat.message", "n": n})).expect("message");
+    sender.group_send(ROOM, numbered(0)).await.expect("group_send");
+    late.receive(&member).await.expect("the first message");
+    // Both listed, each with the server its subscription is on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cli(&["HLEN", "dead:processes:servers"]).trim() != "2" {
+        assert!(Instant::now() < deadline, "both processes record their server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(redis.cli(&["SAVE"]).trim(), "OK");
+    redis.stop();
+    // Back with its data but without the user `late`, which cannot come back until it exists.
+    redis.restart_keeping_data();
+    assert_eq!(room_members(&redis), std::slice::from_ref(&member), "the data is back");
+    let mut sent = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3); // nine of the sender's heartbeats
+    for n in 1.. {
+        if Instant::now() > until {
+            break;
+        }
+        if sender.group_send(ROOM, numbered(n)).await.is_ok() {
+            sent.push(n);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sent.len() > 20, "the sender's sends went through: {}", sent.len());
+    assert_eq!(room_members(&redis), std::slice::from_ref(&member), "not taken for dead");
+    redis.cli(&user);
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let message = tokio::time::timeout(Duration::from_secs(10), late.receive(&member))
+            .await
+            .unwrap_or_else(|_| panic!("{} of {} arrived", got.len(), sent.len()))
+            .expect("message");
+        got.push(message.decode::<serde_json::Value>().expect("decodes")["n"].as_u64().expect("n") as usize);
+    }
+    assert_eq!(got, sent, "everything sent meanwhile arrives, in order");
+}

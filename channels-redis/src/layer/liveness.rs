@@ -10,7 +10,12 @@
 //! liveness channel, `<prefix>:processes:<id>`, has no subscriber: each process subscribes to
 //! its own on a connection of its own before it first lists itself, and Redis drops that
 //! subscription as soon as the process's connections close, which a SIGKILL, an OOM kill or a
-//! crash does at once (`PUBSUB NUMSUB`, read with the set). A process whose host vanished
+//! crash does at once (`PUBSUB NUMSUB`, read with the set). A subscription lives on one Redis
+//! server: after a failover, or a restart of a Redis that keeps its data, the set still lists
+//! every process while none is subscribed on the server that now answers. So each process also
+//! records, in the hash `<prefix>:processes:servers`, the `run_id` of the server its
+//! subscription is on, and only a process subscribed on the server that answers now is judged
+//! by its subscribers; the others, by their scores, until they subscribe there. A process whose host vanished
 //! leaves its connections half-open; its score running out finds it then. A group send leaves
 //! out the members of dead processes and removes them from the group (one `ZREM` per group, in
 //! a task of its own). Ids never in the set (Python processes) are never touched. An entry
@@ -21,7 +26,7 @@
 //! or its heartbeats stalled for longer than `process_ttl`) is back in its groups a beat after
 //! the others see it alive again, and so is a membership Redis lost.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -39,24 +44,41 @@ use crate::wire;
 pub(super) struct Liveness {
     dead: HashSet<String>,
     pruning: HashSet<String>,
-    /// Subscribed to the liveness channel now.
-    subscribed: bool,
+    /// While subscribed to the liveness channel, the `run_id` of the server the subscription
+    /// is on.
+    subscribed_on: Option<String>,
     /// Subscriptions to the liveness channel made so far.
     subscriptions: u64,
 }
 
-/// The replies to a heartbeat: `TIME` (seconds, microseconds), this process's previous score,
-/// and the whole set with scores.
-type HeartbeatReplies = ((u64, u64), Option<f64>, Vec<(String, f64)>);
+/// The replies to a read of the processes: `TIME` (seconds, microseconds), `INFO server`,
+/// the servers the processes' subscriptions are on, and the whole set with scores.
+type ListingReplies = ((u64, u64), String, HashMap<String, String>, Vec<(String, f64)>);
+
+/// The processes of ours as Redis lists them.
+struct Listing {
+    /// Redis's clock, in seconds.
+    redis_now: f64,
+    /// The `run_id` of the server that answered.
+    server: Option<String>,
+    /// Per process id, the `run_id` of the server it last said its subscription is on.
+    servers: HashMap<String, String>,
+    /// Every process in the set, with its score.
+    processes: Vec<(String, f64)>,
+}
+
+impl Listing {
+    fn from_replies((time, info, servers, processes): ListingReplies) -> Listing {
+        let server = info.lines().find_map(|line| line.strip_prefix("run_id:")).map(|id| id.trim().to_owned());
+        Listing { redis_now: seconds(time), server, servers, processes }
+    }
+}
 
 /// What one heartbeat learns.
 struct Beat {
-    /// Redis's clock, in seconds.
-    redis_now: f64,
     /// This process's own score before the heartbeat renewed it.
     own_expiry: Option<f64>,
-    /// Every process in the set, with its score.
-    processes: Vec<(String, f64)>,
+    listing: Listing,
 }
 
 impl Inner {
@@ -66,6 +88,11 @@ impl Inner {
 
     pub(super) fn processes_key(&self) -> String {
         format!("{}:processes", self.config.prefix)
+    }
+
+    /// Per process id, the `run_id` of the server its liveness subscription is on.
+    fn servers_key(&self) -> String {
+        format!("{}:processes:servers", self.config.prefix)
     }
 
     /// The pub/sub channel process `id` stays subscribed to while it lives.
@@ -127,29 +154,50 @@ impl Inner {
         });
     }
 
-    /// Renews this process's entry in `<prefix>:processes` (only while it is subscribed to
-    /// its liveness channel: listed without, it would be taken for dead) and reads the others.
-    async fn heartbeat(&self, clock_offset: f64, subscribed: bool) -> Result<Beat, redis::RedisError> {
+    /// Renews this process's entry in `<prefix>:processes`, with the `run_id` of the server its
+    /// subscription is on (only while it is subscribed to its liveness channel: listed
+    /// without, it would be taken for dead), and reads the others.
+    async fn heartbeat(&self, clock_offset: f64, subscribed_on: Option<&str>) -> Result<Beat, redis::RedisError> {
         let key = self.processes_key();
         let ttl = self.config.process_ttl.as_secs_f64();
         let estimated_now = wire::now_seconds() + clock_offset;
         let forgotten_before = estimated_now - ttl - self.config.layer.group_expiry.as_secs_f64();
         let mut conn = self.conn(self.processes_shard()).await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("TIME").cmd("ZSCORE").arg(&key).arg(&self.client_prefix);
-        if subscribed {
+        pipe.cmd("ZSCORE").arg(&key).arg(&self.client_prefix);
+        if let Some(server) = subscribed_on {
+            // The score first: a process that finds a server recorded for an id finds the id
+            // in the set (see `forget_servers`).
             pipe.cmd("ZADD").arg(&key).arg(estimated_now + ttl).arg(&self.client_prefix).ignore();
+            pipe.cmd("HSET").arg(self.servers_key()).arg(&self.client_prefix).arg(server).ignore();
         }
         pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(forgotten_before).ignore();
-        let (time, own_expiry, processes): HeartbeatReplies =
-            every_process(&mut pipe, &key).query_async(&mut conn).await?;
-        Ok(Beat { redis_now: seconds(time), own_expiry, processes })
+        let (own_expiry, listing): (Option<f64>, ListingReplies) =
+            self.read_listing(&mut pipe).query_async(&mut conn).await.map(|(own, a, b, c, d)| (own, (a, b, c, d)))?;
+        let listing = Listing::from_replies(listing);
+        self.forget_servers(&listing).await;
+        Ok(Beat { own_expiry, listing })
     }
-}
 
-/// Appends the read of every process in `key` with its score to `pipe`.
-fn every_process<'a>(pipe: &'a mut redis::Pipeline, key: &str) -> &'a mut redis::Pipeline {
-    pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES")
+    /// Appends to `pipe` the read of a [`Listing`]: the servers before the set, so that every
+    /// id with a server recorded is in the set read after.
+    fn read_listing<'a>(&self, pipe: &'a mut redis::Pipeline) -> &'a mut redis::Pipeline {
+        pipe.cmd("TIME").cmd("INFO").arg("server").cmd("HGETALL").arg(self.servers_key());
+        pipe.cmd("ZRANGE").arg(self.processes_key()).arg(0).arg(-1).arg("WITHSCORES")
+    }
+
+    /// Removes the servers recorded for processes the set has forgotten.
+    async fn forget_servers(&self, listing: &Listing) {
+        let listed: HashSet<&str> = listing.processes.iter().map(|(id, _)| id.as_str()).collect();
+        let forgotten: Vec<&String> = listing.servers.keys().filter(|id| !listed.contains(id.as_str())).collect();
+        if forgotten.is_empty() {
+            return;
+        }
+        if let Ok(mut conn) = self.conn(self.processes_shard()).await {
+            let _: Result<(), _> =
+                redis::cmd("HDEL").arg(self.servers_key()).arg(&forgotten).query_async(&mut conn).await;
+        }
+    }
 }
 
 /// `TIME`'s reply (seconds, microseconds) in seconds.
@@ -161,10 +209,11 @@ fn seconds((seconds, micros): (u64, u64)) -> f64 {
 const FIRST_READ_LIMIT: Duration = Duration::from_millis(500);
 
 impl Inner {
-    /// The other processes of ours that are dead: those whose score is past Redis's clock
-    /// `redis_now`, and those with no subscriber on their liveness channel. When the
-    /// subscribers cannot be counted, only the first.
-    async fn dead_among(&self, redis_now: f64, processes: Vec<(String, f64)>) -> HashSet<String> {
+    /// The other processes of ours that are dead: those whose score is past Redis's clock,
+    /// and those subscribed on the server that answered with no subscriber left on their
+    /// liveness channel. When the subscribers cannot be counted, only the first.
+    async fn dead_among(&self, listing: Listing) -> HashSet<String> {
+        let Listing { redis_now, server, servers, processes } = listing;
         let (mut dead, mut listed) = (HashSet::new(), Vec::new());
         for (id, expiry) in processes {
             if id == self.client_prefix {
@@ -172,7 +221,7 @@ impl Inner {
             }
             if expiry < redis_now {
                 dead.insert(id);
-            } else {
+            } else if server.is_some() && servers.get(&id) == server.as_ref() {
                 listed.push(id);
             }
         }
@@ -197,25 +246,20 @@ impl Inner {
         dead
     }
 
-    /// Takes the dead among `processes`, read at `redis_now`, as the dead processes of ours
-    /// from now on.
-    async fn learn_dead(&self, redis_now: f64, processes: Vec<(String, f64)>) {
-        let dead = self.dead_among(redis_now, processes).await;
+    /// Takes the dead of `listing` as the dead processes of ours from now on.
+    async fn learn_dead(&self, listing: Listing) {
+        let dead = self.dead_among(listing).await;
         self.forget_full_queues(|queue| Inner::process_of(queue).is_some_and(|id| dead.contains(id)));
         self.liveness().dead = dead;
         // A heartbeat that got here before the first group send spares that send its own read.
         self.liveness_read.store(true, Ordering::Relaxed);
     }
 
-    /// Reads the processes in `<prefix>:processes` and Redis's clock, writing nothing.
-    async fn processes_now(&self) -> Result<(f64, Vec<(String, f64)>), redis::RedisError> {
-        let key = self.processes_key();
+    /// Reads the processes in `<prefix>:processes`, writing nothing.
+    async fn processes_now(&self) -> Result<Listing, redis::RedisError> {
         let mut conn = self.conn(self.processes_shard()).await?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("TIME");
-        let (time, processes): ((u64, u64), Vec<(String, f64)>) =
-            every_process(&mut pipe, &key).query_async(&mut conn).await?;
-        Ok((seconds(time), processes))
+        let replies = self.read_listing(&mut redis::pipe()).query_async(&mut conn).await?;
+        Ok(Listing::from_replies(replies))
     }
 
     /// At this process's first group send that reached Redis, once its groups are read, one
@@ -237,8 +281,8 @@ impl Inner {
             return;
         }
         let read = async {
-            let (redis_now, processes) = self.processes_now().await?;
-            self.learn_dead(redis_now, processes).await;
+            let listing = self.processes_now().await?;
+            self.learn_dead(listing).await;
             Ok::<_, redis::RedisError>(())
         };
         let _ = tokio::time::timeout(FIRST_READ_LIMIT, read).await;
@@ -269,10 +313,11 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
         }
         let Some(inner) = weak.upgrade() else { return };
         let interval = (inner.config.process_ttl / 3).max(Duration::from_millis(100));
-        let (subscribed, subscriptions) = {
+        let (subscribed_on, subscriptions) = {
             let liveness = inner.liveness();
-            (liveness.subscribed, liveness.subscriptions)
+            (liveness.subscribed_on.clone(), liveness.subscriptions)
         };
+        let subscribed = subscribed_on.is_some();
         // The first beat waits for the command connection that the operation which started
         // this makes: it must not open one at the same moment (when Redis is down, attempts to
         // connect run one after the other, and that operation's error would wait for this
@@ -291,10 +336,10 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
             subscriptions_seen = subscriptions;
         }
         wait = interval;
-        match inner.heartbeat(clock_offset, subscribed).await {
+        match inner.heartbeat(clock_offset, subscribed_on.as_deref()).await {
             Ok(beat) => {
-                clock_offset = beat.redis_now - wire::now_seconds();
-                if beat.own_expiry.is_some_and(|expiry| expiry < beat.redis_now) {
+                clock_offset = beat.listing.redis_now - wire::now_seconds();
+                if beat.own_expiry.is_some_and(|expiry| expiry < beat.listing.redis_now) {
                     tracing::warn!(
                         "this process missed its heartbeats for longer than process_ttl: others may have taken it for dead"
                     );
@@ -306,7 +351,7 @@ async fn heartbeats(weak: Weak<Inner>, stop: CancellationToken) {
                     wait = Duration::ZERO;
                     continue;
                 }
-                inner.learn_dead(beat.redis_now, beat.processes).await;
+                inner.learn_dead(beat.listing).await;
                 // Whatever Redis lost, or others pruned while they took this process for dead,
                 // is back within a beat of its cause.
                 inner.rejoin_groups().await;
@@ -333,16 +378,31 @@ async fn stay_subscribed(weak: Weak<Inner>, stop: CancellationToken) {
             let (generation, client) = endpoint.client().await?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>((generation, pubsub))
+            // Which server holds the subscription: the one that counts it, asked over a
+            // connection to the same address (a restart in between makes the count 0).
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let ((_, count), info): ((String, u64), String) = redis::pipe()
+                .cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .cmd("INFO")
+                .arg("server")
+                .query_async(&mut conn)
+                .await?;
+            let server = info.lines().find_map(|line| line.strip_prefix("run_id:")).map(|id| id.trim().to_owned());
+            let server = server.filter(|_| count > 0).ok_or_else(|| {
+                redis::RedisError::from(std::io::Error::other("the subscription is not on the server that answered"))
+            })?;
+            Ok::<_, redis::RedisError>((generation, pubsub, server))
         };
         let subscribed = tokio::select! {
             () = stop.cancelled() => return,
             subscribed = tokio::time::timeout(SUBSCRIBE_LIMIT, subscribe) => subscribed,
         };
         match subscribed {
-            Ok(Ok((generation, pubsub))) => {
+            Ok(Ok((generation, pubsub, server))) => {
                 backoff = Duration::from_millis(100);
-                set_subscribed(&liveness, true);
+                set_subscribed(&liveness, Some(server));
                 // Nobody publishes on it: the stream ends when the connection does.
                 let mut messages = pubsub.into_on_message();
                 let failover = loop {
@@ -352,7 +412,7 @@ async fn stay_subscribed(weak: Weak<Inner>, stop: CancellationToken) {
                         Ok(()) = master_changed.changed() => if endpoint.generation() != generation { break true },
                     }
                 };
-                set_subscribed(&liveness, false);
+                set_subscribed(&liveness, None);
                 if failover {
                     tracing::info!("subscribing to the liveness channel on the new master");
                     continue;
@@ -378,12 +438,12 @@ async fn stay_subscribed(weak: Weak<Inner>, stop: CancellationToken) {
     }
 }
 
-fn set_subscribed(liveness: &std::sync::Mutex<Liveness>, subscribed: bool) {
+fn set_subscribed(liveness: &std::sync::Mutex<Liveness>, server: Option<String>) {
     let mut liveness = liveness.lock().unwrap_or_else(|p| p.into_inner());
-    liveness.subscribed = subscribed;
-    if subscribed {
+    if server.is_some() {
         liveness.subscriptions += 1;
     }
+    liveness.subscribed_on = server;
 }
 
 impl RedisChannelLayer {

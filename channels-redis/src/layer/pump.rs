@@ -81,6 +81,16 @@ async fn pump(weak: Weak<Inner>, endpoint: Arc<Endpoint>, key: String, timeout: 
                 if !failing {
                     tracing::warn!(%key, error = %e, "lost the Redis connection; retrying");
                 }
+                if failing && !e.is_io_error() {
+                    // redis-rs's ConnectionManager keeps the error of a failed reconnection that
+                    // is not an I/O one (a password refused while a restarted Redis lacks its
+                    // users) and never tries again: make new connections, this pump's and the
+                    // shard's command connection.
+                    conn = None;
+                    for shard in inner.shards.iter().filter(|shard| Arc::ptr_eq(&shard.endpoint, &endpoint)) {
+                        shard.commands.reset();
+                    }
+                }
                 failing = true;
                 endpoint.suspect();
                 drop(inner);
