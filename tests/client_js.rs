@@ -8,6 +8,7 @@
 //! Needs `node` (as the browser tests do: `scripts/install-test-deps`), and fails rather than
 //! skips when it is missing, so a green run always means the tests really ran.
 
+mod restart_driver;
 mod support;
 
 use std::path::Path;
@@ -97,4 +98,31 @@ async fn the_server_answers_an_empty_text_frame_with_one() {
     support::send_text(&mut client, "after the heartbeats").await;
     let event = support::next_of_type(&mut client, "chat.message").await;
     assert_eq!(event["text"], "after the heartbeats");
+}
+
+/// The bar for reconnecting after a server restart on Redis: 20 channels.js clients
+/// (the module itself, run by Node with its own WebSocket and fetch) and 1,000 messages, 200 of
+/// them sent while the server is away; no message lost or doubled, every transcript identical
+/// (`tests/js/restart-clients.mjs`). The rooms keep 2,000 messages, so a client that reconnects
+/// last still finds what the others sent before it was back.
+#[test]
+fn twenty_clients_lose_and_double_nothing_across_a_server_restart_on_redis() {
+    use channels::redis::testing::RedisServer;
+    use support::Example;
+
+    let redis = RedisServer::start();
+    let layer = format!("{}/0?prefix=restart", redis.url());
+    let args = ["--layer", layer.as_str(), "--history", "2000"];
+    let mut example = Example::start("chat", &args);
+    let url = format!("http://{}/", example.addr);
+    let output = restart_driver::run_with_restart(
+        &["--experimental-websocket", "--no-warnings"],
+        "tests/js/restart-clients.mjs",
+        &[url, "20".into(), "1000".into()],
+        &mut example,
+        |addr| Example::start("chat", &[&args[..], &["--bind", addr]].concat()),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(output.contains("0 lost, 0 doubled"), "{output}");
+    print!("{output}");
 }
