@@ -480,13 +480,27 @@ mod json {
 
     #[tokio::test]
     async fn malformed_json_closes_with_1007() {
-        for bad in ["{not json", "", "{\"other\": 1}", "[1,2]"] {
+        for bad in ["{not json", "{\"other\": 1}", "[1,2]"] {
             let app = app();
             let mut client = WebsocketCommunicator::new(&app, "/ws/");
             client.connect().await.expect("connect");
             client.send_text(bad).await.expect("send");
             assert_eq!(client.receive_close().await.expect("close").0, 1007, "{bad:?}");
         }
+    }
+
+    /// An empty text frame is a client's heartbeat (browsers cannot ping): the server answers
+    /// it with an empty text frame, and the consumer never sees it (this one would close 1007).
+    #[tokio::test]
+    async fn an_empty_text_frame_is_answered_by_the_server_and_not_seen_by_the_consumer() {
+        let app = app();
+        let mut client = WebsocketCommunicator::new(&app, "/ws/");
+        client.connect().await.expect("connect");
+        client.send_text("").await.expect("send");
+        assert_eq!(client.receive_text().await.expect("the answer"), "");
+        client.send_json(&serde_json::json!({ "message": "still open" })).await.expect("send");
+        let reply: serde_json::Value = client.receive_json().await.expect("reply");
+        assert_eq!(reply["shout"], "STILL OPEN");
     }
 
     #[tokio::test]
