@@ -47,7 +47,7 @@
     document.getElementById('empty').classList.toggle('hidden', list.tickets.length > 0);
   }
 
-  App.socket('/ws/tickets/', (event) => {
+  App.socket('/ws/tickets/').on('message', (event) => {
     if (event.type === 'tickets.list') render(event.list);
   });
 })();
