@@ -79,7 +79,7 @@ function layout(nodes, width) {
     y += height + ROW_GAP;
   });
   return {
-    rows: rows.length,
+    rows: rows.map((row) => row.join('.')).join('/'),
     height: y - ROW_GAP,
     row: (n) => rowOf[n.rank],
     position: (n) => ({ x: centers[n.rank].x, y: centers[n.rank].y + (n.lane - (n.lanes - 1) / 2) * LANE }),
@@ -91,11 +91,15 @@ function nodeLabel(label) {
   return label.replace(' ', '\n');
 }
 
-function drawGraph(graph) {
+function drawGraph(graph, resized = false) {
   const container = document.getElementById('graph');
   const plan = layout(graph.nodes, container.clientWidth - 2 * PADDING);
   const key = graph.nodes.map((n) => n.id).join(',') + '|' + plan.rows;
   if (cy && key === layoutKey) {
+    if (resized) {
+      cy.resize();
+      cy.fit(undefined, PADDING);
+    }
     // Same shape: change colors and labels in place, as GoJS's setDataProperty does.
     cy.batch(() => {
       for (const n of graph.nodes) cy.getElementById(n.id).data({ state: n.state, color: COLORS[n.state], label: nodeLabel(n.label) });
@@ -168,7 +172,7 @@ document.fonts.addEventListener('loadingdone', () => { if (cy) cy.style().update
 let resizeTimer = null;
 window.addEventListener('resize', () => {
   clearTimeout(resizeTimer);
-  resizeTimer = setTimeout(() => { if (ticket) drawGraph(ticket.graph); }, 150);
+  resizeTimer = setTimeout(() => { if (ticket) drawGraph(ticket.graph, true); }, 150);
 });
 
 // The running links' dashes move, so a running step is visible at a glance.
