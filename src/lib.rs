@@ -234,7 +234,7 @@ pub use channels_core::{
     async_trait, close_code,
 };
 pub use channels_core::{
-    application, config, consumer, context, http, http_consumer, metrics, middleware, prelude, routing, scope, server,
+    application, client, config, consumer, context, http, http_consumer, metrics, middleware, prelude, routing, scope, server,
     sessions, worker,
 };
 #[cfg(feature = "testing")]

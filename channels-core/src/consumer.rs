@@ -112,7 +112,9 @@ pub trait WebsocketConsumer: Send + 'static {
         async { Ok(()) }
     }
 
-    /// The client sent a frame.
+    /// The client sent a frame. An empty text frame never arrives here: it is a client's
+    /// heartbeat (`channels.js` sends one when the connection has been quiet), and the server
+    /// answers it with an empty text frame itself.
     fn receive(&mut self, _ctx: &mut WebsocketContext, _frame: Frame) -> impl Future<Output = HandlerResult> + Send {
         async { Ok(()) }
     }

@@ -13,6 +13,7 @@
 //! | [`routing`] | [`Router`]: the path table of WebSocket and HTTP endpoints, with `{name}` captures |
 //! | [`layer`] | [`ChannelLayer`](layer::ChannelLayer): the backend trait, messages, names, config |
 //! | [`middleware`] | [`Middleware`](middleware::Middleware) and [`OriginValidator`](middleware::OriginValidator) |
+//! | [`client`] | `channels.js`, the browser client (reconnect, heartbeat, fallback, resume), to serve at a route |
 //! | [`application`] | [`Application`]: routes + layers + middleware + limits; a hyper service |
 //! | [`metrics`] | [`Metrics`](metrics::Metrics): Prometheus counters, gauges and histograms, opt in |
 //! | [`server`] | [`Server`]: hyper + hyper-tungstenite, limits, graceful shutdown |
@@ -30,6 +31,7 @@
 //! `[dev-dependencies]`.
 
 pub mod application;
+pub mod client;
 pub mod config;
 pub mod consumer;
 pub mod context;

@@ -536,6 +536,12 @@ async fn event_loop<C: WebsocketConsumer>(
                     quiet.as_mut().project().keepalive.reset(last_seen + limits.ping_interval);
                 }
                 let frame = match frame {
+                    // The heartbeat of clients that cannot send pings (browsers, channels.js):
+                    // answered here, so every consumer supports it.
+                    Some(Ok(WsMessage::Text(text))) if text.is_empty() => {
+                        let _ = Box::pin(ctx.write(WsMessage::Text(Default::default()))).await;
+                        continue;
+                    }
                     Some(Ok(WsMessage::Text(text))) => Ok(Frame::Text(Utf8Bytes::from_tungstenite(text))),
                     Some(Ok(WsMessage::Binary(data))) => Ok(Frame::Binary(data)),
                     other => Err(other),

@@ -16,7 +16,9 @@
 //!   Django chats under its Django username.
 //!
 //! Protocol (stable; other clients rely on it):
-//! - `GET /` and `GET /home/`: the chat page; `GET /metrics`: Prometheus metrics
+//! - `GET /` and `GET /home/`: the chat page; `GET /static/channels.js`: the browser client it
+//!   uses (`channels::client`: reconnect, heartbeat, fallback to SSE and long polling, resume);
+//!   `GET /metrics`: Prometheus metrics
 //!   (`channels::metrics`); `GET /healthz` and `GET /readyz`: liveness and readiness (503
 //!   while the channel layer cannot be reached or the server drains). WebSocket: `/ws/chat/{room}/?user=NAME`.
 //! - Client → server: a text frame, plain text or `{"message": "..."}`.
@@ -69,6 +71,7 @@ mod django;
 mod recovery;
 mod transports;
 
+use channels::client::channels_js;
 use channels::http::{liveness, page, readiness};
 use channels::http_consumer::http_consumer;
 use channels::layers::{HistoryLayer, HistoryOptions, LiveFilter};
@@ -465,6 +468,7 @@ pub(crate) fn app(
     let mut router = Router::new()
         .http("/", page("text/html; charset=utf-8", html))
         .http("/home/", page("text/html; charset=utf-8", html))
+        .http("/static/channels.js", channels_js())
         .http("/healthz", liveness())
         .http("/readyz", readiness(Duration::from_secs(2)))
         .websocket("/ws/chat/{room}/", move |scope: &Scope| {

@@ -5,8 +5,8 @@
 //   2. four users in room "mixed", one per transport (WebSocket, long polling, polling,
 //      server-sent events), all see each other and each other's messages, errors from the
 //      server show in the log, and the close word ends every HTTP transport on the client side;
-//   3. `?transport=` in the page URL picks the transport, and a reloaded polling tab carries on
-//      with the same client.
+//   3. `?transport=` in the page URL picks the transport (the menu's default, "Automatic",
+//      connects over WebSocket here), and a reloaded polling tab carries on with the same client.
 //
 // Usage: node tests/browser/chat.test.mjs http://127.0.0.1:8000/
 // Run from the repository root (screenshots go to target/browser-chat.png and
@@ -245,7 +245,7 @@ async function mixedScenario(browser) {
       check(status.includes('#mixed'), `${user}: the status line does not name the room: ${status}`);
       const inUrl = new URL(page.url()).searchParams.get('transport');
       check(
-        inUrl === (transport === 'ws' ? null : transport),
+        inUrl === transport,
         `${user}: after joining, the page URL has transport=${inUrl} (expected ${transport})`,
       );
     }
@@ -344,14 +344,15 @@ async function urlScenario(browser) {
   const b = await openUrl(browser, 'ub', 'room=urlroom&user=ub&transport=longpoll');
   const c = await openUrl(browser, 'uc', 'room=urlroom&user=uc&transport=nonsense');
   try {
-    for (const [client, transport] of [[a, 'sse'], [b, 'longpoll'], [c, 'ws']]) {
+    // An unknown ?transport= leaves the menu on "Automatic", which connects over WebSocket.
+    for (const [client, transport, label] of [[a, 'sse', 'sse'], [b, 'longpoll', 'longpoll'], [c, 'auto', 'ws']]) {
       step = `${client.user}: ?transport= in the URL selects ${transport}`;
       const { page, user } = client;
       await waitForLogText(page, '[connected]');
       const chosen = await page.inputValue('#transport');
       check(chosen === transport, `${user}: #transport is ${JSON.stringify(chosen)}, expected ${transport}`);
       const status = await statusOf(page);
-      check(status.includes(LABELS[transport]), `${user}: the status line does not say ${LABELS[transport]}: ${status}`);
+      check(status.includes(LABELS[label]), `${user}: the status line does not say ${LABELS[label]}: ${status}`);
     }
 
     step = 'the three URL-joined pages see each other and each other\'s messages';

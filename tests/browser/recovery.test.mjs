@@ -1,6 +1,7 @@
 // Drives the chat example's page in headless Chromium: a network cut of 5 s loses nothing.
 // ann and bob chat over WebSocket in room "recovery"; ann's WebSocket goes through a Playwright
-// route that, during the cut, closes her connection and refuses every new one. bob keeps
+// route that, during the cut, closes her connection and refuses every new one (and her plain
+// HTTP requests to the same URLs fail, as in a real cut). bob keeps
 // talking; when the network is back, ann's page reconnects by itself with the position of the
 // last message it saw (?since=) and shows what bob said meanwhile, in order, once each.
 //
@@ -38,7 +39,12 @@ async function openAs(browser, user, route) {
   const page = await context.newPage();
   page.on('console', (msg) => consoleLines.push(`[${user} console.${msg.type()}] ${msg.text()}`));
   page.on('pageerror', (err) => consoleLines.push(`[${user} page error] ${err.message}`));
-  if (route) await page.routeWebSocket(/\/ws\/chat\//, route);
+  if (route) {
+    await page.routeWebSocket(/\/ws\/chat\//, route.socket);
+    // The page's plain HTTP to the same host goes through the cut too (channels.js asks the
+    // WebSocket's URL over HTTP to tell a server that is down from one that refuses).
+    await page.route(/\/ws\/chat\//, route.http);
+  }
   await page.goto(base, { timeout: WAIT_MS });
   await page.fill('#name', user);
   await page.fill('#room', 'recovery');
@@ -68,14 +74,17 @@ async function main() {
     let cut = false;
     const open = []; // ann's routed connections: [page side, server side]
     const urls = [];
-    const route = (ws) => {
-      urls.push(ws.url());
-      if (cut) {
-        ws.close({ code: 4000, reason: 'network cut' });
-        return;
-      }
-      const server = ws.connectToServer();
-      open.push([ws, server]);
+    const route = {
+      socket: (ws) => {
+        urls.push(ws.url());
+        if (cut) {
+          ws.close({ code: 4000, reason: 'network cut' });
+          return;
+        }
+        const server = ws.connectToServer();
+        open.push([ws, server]);
+      },
+      http: (request) => (cut ? request.abort('internetdisconnected') : request.continue()),
     };
     step = 'ann (routed) and bob join room "recovery" over WebSocket';
     const ann = await openAs(browser, 'ann', route);
