@@ -46,6 +46,7 @@ mod workflow;
 #[cfg(test)]
 mod tests;
 
+use channels::client::channels_js;
 use channels::http::{HttpRequest, embedded_files, liveness, page, readiness};
 use channels::layers::ChannelLayer;
 use channels::middleware::OriginValidator;
@@ -185,6 +186,7 @@ fn app(db: Db, layer: Arc<dyn ChannelLayer>, sessions: SessionMiddleware, origin
                 async move { api.ticket_page(request, include_str!("static/ticket.html")).await }
             }
         })
+        .http("/static/channels.js", channels_js())
         .http("/static/{*path}", embedded_files(STATIC))
         .http("/healthz", liveness())
         .http("/readyz", readiness(Duration::from_secs(2)))

@@ -92,9 +92,13 @@ async function historyCount(page, decision) {
   return page.locator(`#history li[data-decision="${decision}"]`).count();
 }
 
-/** Routes the page's ticket sockets through Playwright, so a test can cut them or hold states. */
+/**
+ * Routes the page's ticket sockets through Playwright, so a test can cut the network (every
+ * socket closed, every new one and every HTTP request refused) or hold the server's states.
+ */
 async function routeSockets(page) {
   const net = { cut: false, holdStates: false, open: [] };
+  await page.route('**/*', (route) => (net.cut ? route.abort('internetdisconnected') : route.continue()));
   await page.routeWebSocket(/\/ws\/tickets\//, (ws) => {
     if (net.cut) {
       ws.close({ code: 4000, reason: 'network cut' }).catch(() => {});

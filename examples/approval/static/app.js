@@ -1,6 +1,6 @@
-// Shared by the approval pages: the JSON API, the signed-in user, WebSockets that reconnect
-// (and stop for good when the server refuses them),
-// and a DOM builder that only ever sets text (user data is never parsed as HTML).
+// Shared by the approval pages: the JSON API, the signed-in user, the connection indicator
+// (the pages' sockets are channels.js `Channel`s, served at /static/channels.js), and a DOM
+// builder that only ever sets text (user data is never parsed as HTML).
 'use strict';
 
 const App = {
@@ -79,73 +79,18 @@ const App = {
   },
 
   /**
-   * Opens a WebSocket on `path` that reconnects by itself, with an event interface: `on(type,
-   * fn)` for `open`, `message` (each JSON frame, parsed), `state` (`{state}`: `connecting`,
-   * `open`, `reconnecting`, `closed`) and `closed` (`{reason}`: final). `send(value)` sends
-   * at once and returns true, or returns false when the socket is not open (nothing is queued:
-   * the caller keeps what it could not send). `options.refused`, when given, is asked after
-   * every attempt that could not open: a string it resolves to is why the server will never
-   * accept (the socket stops and closes with that reason), null means "try again".
+   * Shows a channels.js `Channel`'s state in the header's `#conn` (its `data-state` is the
+   * channel's state, for tests).
    */
-  socket(path, options = {}) {
+  showConnection(channel) {
     const conn = document.getElementById('conn');
-    const listeners = {};
-    const emit = (type, detail) => (listeners[type] || []).forEach((fn) => fn(detail));
-    let ws = null;
-    let delay = 500;
-    let retry = null;
-    const handle = {
-      state: 'connecting',
-      on(type, fn) { (listeners[type] ||= []).push(fn); return handle; },
-      send(value) {
-        if (handle.state !== 'open' || !ws || ws.readyState !== 1) return false;
-        ws.send(JSON.stringify(value));
-        return true;
-      },
-      close(reason) { finish(reason || 'closed'); },
+    const show = ({ state }) => {
+      if (!conn) return;
+      conn.textContent = { idle: '', connecting: '○ connecting…', open: '● live', reconnecting: '○ reconnecting…', closed: '✕ not connected' }[state];
+      conn.className = 'conn ' + (state === 'open' ? 'live' : 'down');
+      conn.dataset.state = state;
     };
-    const setState = (state) => {
-      if (handle.state === state) return;
-      handle.state = state;
-      if (conn) {
-        conn.textContent = { open: '● live', connecting: '○ connecting…', reconnecting: '○ reconnecting…', closed: '✕ not connected' }[state];
-        conn.className = 'conn ' + (state === 'open' ? 'live' : 'down');
-        conn.dataset.state = state;
-      }
-      emit('state', { state });
-    };
-    const finish = (reason) => {
-      if (handle.state === 'closed') return;
-      clearTimeout(retry);
-      if (ws) { ws.onclose = null; ws.close(); ws = null; }
-      setState('closed');
-      emit('closed', { reason });
-    };
-    const open = () => {
-      let opened = false;
-      const socket = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + path);
-      ws = socket;
-      socket.onopen = () => { opened = true; delay = 500; setState('open'); emit('open', {}); };
-      socket.onmessage = (message) => {
-        let event;
-        try { event = JSON.parse(message.data); } catch (err) { console.error('bad event', err); return; }
-        emit('message', event);
-      };
-      socket.onclose = async () => {
-        if (ws !== socket || handle.state === 'closed') return;
-        ws = null;
-        setState('reconnecting');
-        if (!opened && options.refused) {
-          const reason = await options.refused().catch(() => null);
-          if (reason) { finish(reason); return; }
-        }
-        if (handle.state === 'closed') return;
-        retry = setTimeout(open, delay * (0.5 + Math.random() / 2));
-        delay = Math.min(delay * 2, 8000);
-      };
-    };
-    setState('connecting');
-    open();
-    return handle;
+    show({ state: channel.state });
+    channel.on('state', show);
   },
 };

@@ -3,12 +3,14 @@
 // page showing it; actions go back over the same socket. The server decides who may do what:
 // the buttons shown here are only a convenience.
 //
-// An action is never lost silently: it carries a request id, the buttons stay disabled and the
-// comment stays (read-only) until the server answers; pressed while the socket is down, it is
-// sent when the socket is back, and sent again after a reconnect if its answer was lost (the
-// server applies one request id once). A refusal shows the server's reason and keeps the
-// comment for another try.
-'use strict';
+// The socket is a channels.js `Channel`: it reconnects by itself, and queues what is sent
+// while it is down. An action is never lost silently: it carries a request id, the buttons stay
+// disabled and the comment stays (read-only) until the server answers; pressed while the
+// socket is down, it waits in the channel's queue and goes out when the socket is back; sent
+// but unanswered when the socket dropped, it is sent again after the reconnect (the server
+// applies one request id once). A refusal, or a channel that gives up, shows why and keeps
+// the comment for another try.
+import { Channel } from '/static/channels.js';
 
 const COLORS = { done: '#2e9e5b', current: '#2f6fde', running: '#f0a020', pending: '#c8ccd2', rejected: '#d64545', failed: '#d64545' };
 const SHAPES = { start: 'ellipse', end: 'ellipse', approval: 'round-rectangle', deploy: 'round-rectangle' };
@@ -261,8 +263,10 @@ function showMissing() {
   conn.dataset.state = 'none';
 }
 
-// The action on its way to the server, if any: {payload, box, clear}.
+// The action on its way to the server, if any: {payload, box, clear, generation}; it was
+// handed to the channel while connection number `generation` was (or was about to be) open.
 let pending = null;
+let generation = 0;
 // After the server applied our action: the revision the page showed then; the buttons come
 // back with the first newer state (which shows the action's result).
 let settledAt = null;
@@ -283,19 +287,22 @@ function newRequestId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-/** Sends the pending action now if the socket is open; otherwise it waits for the socket. */
+/** Hands the pending action to the channel: sent now when open, else queued until it is. */
 function transmit() {
   if (!pending) return;
-  if (socket.send(pending.payload)) {
-    showNotice('Sending…');
-  } else if (socket.state === 'closed') {
-    showNotice('');
-    showError('Not sent: the connection is closed. Reload the page to try again; your words are still here.');
-    pending = null;
-    setBusy(false);
-  } else {
-    showNotice('Not connected: this will be sent as soon as the connection is back. Keep this page open.');
-  }
+  const open = socket.state === 'open';
+  pending.generation = open ? generation : generation + 1;
+  if (!socket.send(pending.payload)) return; // refused at once: an `unsent` event says why
+  showNotice(open ? 'Sending…' : 'Not connected: this will be sent as soon as the connection is back. Keep this page open.');
+}
+
+/** The channel will not send the pending action: say so, keep the words, free the buttons. */
+function notSent(why) {
+  pending = null;
+  showNotice('');
+  setBusy(false);
+  showError(`Not sent: ${why}. Your words are still here; try again.`);
+  if (ticket) render(ticket);
 }
 
 function act(box, action, extra, clear) {
@@ -327,6 +334,23 @@ function onMessage(event) {
   }
 }
 
+/** Why the server refuses this page's socket, from the API: the ticket is gone, the user signed out. */
+async function refusal() {
+  try {
+    const response = await fetch(`/api/tickets/${ticketId}`, { credentials: 'same-origin', cache: 'no-store' });
+    if (response.status === 404) return 'missing';
+    if (response.status === 401) return 'signed out';
+  } catch (_) {
+    // No answer: the network or the server is down; the channel keeps trying.
+  }
+  return null;
+}
+
+function refused(reason) {
+  if (reason === 'missing') showMissing();
+  else if (reason === 'signed out') location.href = '/login/?next=' + encodeURIComponent(location.pathname);
+}
+
 (async () => {
   await App.requireUser();
   let first;
@@ -337,24 +361,35 @@ function onMessage(event) {
     first = null; // the socket brings the state
   }
   if (first) render(first);
-  socket = App.socket(`/ws/tickets/${ticketId}/`, {
-    // The handshake is refused (403) for a ticket that does not exist or a signed-out user:
-    // ask the API which, instead of retrying forever.
-    refused: async () => {
-      const response = await fetch(`/api/tickets/${ticketId}`, { credentials: 'same-origin' });
-      if (response.status === 404) return 'missing';
-      if (response.status === 401) return 'signed out';
-      return null;
-    },
-  });
+  socket = new Channel({ url: `/ws/tickets/${ticketId}/`, autoConnect: false });
+  App.showConnection(socket);
   socket.on('message', onMessage);
-  // After a reconnect: an action whose answer never came is sent again (applied once at most).
-  socket.on('open', () => transmit());
-  socket.on('closed', ({ reason }) => {
-    if (reason === 'missing') showMissing();
-    else if (reason === 'signed out') location.href = '/login/?next=' + encodeURIComponent(location.pathname);
-    transmit();
+  socket.on('open', () => {
+    generation += 1;
+    // Sent on a connection that dropped before the answer came: send it again.
+    if (pending && pending.generation < generation) transmit();
+    else if (pending) showNotice('Sending…');
   });
+  socket.on('unsent', ({ messages, reason }) => {
+    if (pending && messages.includes(pending.payload)) notSent(reason);
+  });
+  // A handshake that fails while the server answers HTTP: the ticket is gone or the session
+  // ended (the server refuses with 403 before the upgrade). Ask the API which, and stop.
+  socket.on('reconnecting', async () => {
+    const reason = await refusal();
+    if (reason) {
+      socket.close(1000, reason);
+      refused(reason);
+    }
+  });
+  socket.on('closed', async ({ reason, refused: byServer }) => {
+    if (pending) notSent(`the connection closed (${reason})`);
+    if (!byServer) return;
+    const why = await refusal();
+    if (why) refused(why);
+    else showError(`The server refuses the live connection (${reason}). Reload the page to try again.`);
+  });
+  socket.connect();
   const comment = document.getElementById('comment');
   const clearComment = () => { comment.value = ''; };
   document.getElementById('approve').addEventListener('click', () =>
