@@ -278,7 +278,7 @@ test('the Chinese text is drawn with a font that has its characters', async (ctx
   const cdp = await ctx.requester.context.newCDPSession(page);
   await cdp.send('DOM.enable');
   await cdp.send('CSS.enable');
-  for (const selector of ['header .brand', '#approve', '#nodes li[data-node="deploy-download"]', '#history li strong']) {
+  for (const selector of ['header .brand', '#status .badge', '#nodes li[data-node="deploy-download"]', '#history li strong']) {
     const seen = await cjkGlyphs(page, cdp, selector);
     check(seen.wanted > 0, `${selector} has no Chinese text to check`);
     check(seen.drawn >= seen.wanted, `${selector}: ${seen.wanted} Chinese characters, ${seen.drawn} drawn with a CJK font (${seen.fonts})`);
