@@ -59,7 +59,16 @@ async fn view(db: &Db, ticket: i64) -> db::TicketView {
 /// Every row of every table, to show that a refused action changed nothing.
 fn dump(conn: &Connection) -> Vec<String> {
     let mut out = Vec::new();
-    for table in ["users", "workflows", "workflow_steps", "tickets", "approvals", "deploy_runs", "deploy_steps", "deploy_results"] {
+    for table in [
+        "users",
+        "workflows",
+        "workflow_steps",
+        "tickets",
+        "approvals",
+        "deploy_runs",
+        "deploy_steps",
+        "deploy_results",
+    ] {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY id")).expect("prepare");
         let columns = stmt.column_count();
         let rows = stmt
@@ -222,7 +231,8 @@ async fn every_forbidden_action_is_refused_and_changes_nothing() {
     // An approval for a step the approver no longer sees is refused.
     let before = snapshot(&db).await;
     let f = fu.clone();
-    let stale = db.call(move |c| workflow::act(c, &f, id, &approve(""), &Asked { step: Some(1), request_id: None })).await;
+    let stale =
+        db.call(move |c| workflow::act(c, &f, id, &approve(""), &Asked { step: Some(1), request_id: None })).await;
     assert!(matches!(stale, Err(ActionError::Conflict(_))), "{stale:?}");
     assert_eq!(snapshot(&db).await, before);
     act(&db, &fu, id, approve("")).await.expect("lead");
@@ -512,7 +522,9 @@ async fn the_page_of_a_ticket_that_does_not_exist_is_a_404() {
     let t = test_app();
     let id = file(&t.db, &user(&t.db, "zhangkun").await, RELEASE, "t").await;
     let cookie = t.cookie("zhangkun").await;
-    for (path, status) in [(format!("/tickets/{id}/"), 200), ("/tickets/999/".into(), 404), ("/tickets/abc/".into(), 404)] {
+    for (path, status) in
+        [(format!("/tickets/{id}/"), 200), ("/tickets/999/".into(), 404), ("/tickets/abc/".into(), 404)]
+    {
         let response = HttpCommunicator::new(&t.app, "GET", &path).header("cookie", &cookie).get_response().await;
         let response = response.expect("response");
         assert_eq!(response.status, status, "{path}");
