@@ -14,7 +14,7 @@ use serde::Serialize;
 
 /// Each entry upgrades the schema by one version (`PRAGMA user_version`); never edit one that
 /// has shipped, append a new one.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the workflow tables.
     "CREATE TABLE users (
         id INTEGER PRIMARY KEY,

@@ -415,6 +415,33 @@ fn the_schema_is_migrated_once_and_demo_data_added_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn a_database_of_the_first_schema_gets_its_finished_deployments_into_the_history() {
+    let dir = std::env::temp_dir().join(format!("approval-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("db.sqlite3");
+    let _ = std::fs::remove_file(&path);
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch(db::MIGRATIONS[0]).expect("schema 1");
+    conn.execute_batch(
+        "PRAGMA user_version = 1;
+         INSERT INTO users VALUES (1, 'zhangkun', '张坤', 'developer');
+         INSERT INTO workflows VALUES (1, 'Release', 'd', 1, 1);
+         INSERT INTO workflow_steps VALUES (1, 1, 0, 'Lead', 1, NULL);
+         INSERT INTO tickets VALUES (1, 't', '', 1, 1, NULL, 'deployed', 1000, 3000, 5);
+         INSERT INTO approvals VALUES (1, 1, NULL, 1, 'submit', '', 1000);
+         INSERT INTO deploy_runs VALUES (1, 1, 'succeeded', 2000, 3000);",
+    )
+    .expect("rows of schema 1");
+    drop(conn);
+    let db = Db::open(&path).expect("migrated");
+    let ticket = db.call(|c| db::ticket_view(c, 1)).await.expect("query").expect("ticket");
+    let decisions: Vec<String> = ticket.history.into_iter().map(|h| h.decision).collect();
+    assert_eq!(decisions, ["submit", "deployed"]);
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // --- consumers and HTTP, in-process ---
 
 struct TestApp {
