@@ -234,8 +234,8 @@ pub use channels_core::{
     async_trait, close_code,
 };
 pub use channels_core::{
-    application, client, config, consumer, context, http, http_consumer, metrics, middleware, prelude, routing, scope, server,
-    sessions, worker,
+    application, client, config, consumer, context, http, http_consumer, metrics, middleware, prelude, routing, scope,
+    server, sessions, worker,
 };
 #[cfg(feature = "testing")]
 pub use channels_core::{history_conformance_tests, layer_conformance_tests, testing};

@@ -23,7 +23,10 @@ fn channels_js_unit_tests_pass_under_node() {
         .unwrap_or_else(|e| panic!("cannot run node ({e}): run scripts/install-test-deps first"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "node --test tests/js/ failed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    assert!(
+        output.status.success(),
+        "node --test tests/js/ failed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
     // The runner passes vacuously when it finds no test file: make sure it ran ours.
     assert!(stdout.contains("backoff doubles"), "the channels.js tests did not run\n{stdout}");
     print!("{stdout}");

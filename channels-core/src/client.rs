@@ -71,9 +71,9 @@ pub fn channels_js() -> impl HttpHandler {
 
 /// A strong `ETag` for the compiled-in source: FNV-1a of its bytes.
 fn etag() -> String {
-    let hash = CHANNELS_JS.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = CHANNELS_JS
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
     format!("\"{hash:016x}\"")
 }
 

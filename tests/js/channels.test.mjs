@@ -653,3 +653,55 @@ test("plain polling asks with wait=0 every pollInterval, with the client ID it w
   assert.ok(polls.every((u) => u.searchParams.get("wait") === "0" && u.searchParams.get("client") === "tab-1"));
   channel.close();
 });
+
+test("a WebSocket tried again from a fallback that hangs is given up after openTimeout", async () => {
+  const { fetch } = fakeFetch({ "/s": (url, init) => sseResponse(init.signal).response });
+  const channel = new Channel({
+    url: BASE + "/ws/",
+    sse: BASE + "/s",
+    post: BASE + "/p",
+    upgradeAfter: 5000,
+    openTimeout: 2000,
+    heartbeat: false,
+    WebSocket: FakeWebSocket,
+    fetch,
+  });
+  latestSocket().failToOpen();
+  await settle();
+  mock.timers.tick(5000);
+  const hanging = latestSocket();
+  assert.equal(FakeWebSocket.instances.length, 2);
+  mock.timers.tick(2000);
+  assert.equal(hanging.closedWith.code, 4000);
+  assert.equal(channel.transport, "sse");
+  mock.timers.tick(5000);
+  assert.equal(FakeWebSocket.instances.length, 3, "tried again later");
+  channel.close();
+});
+
+test("an event split between \\r and \\n across chunks is read once", async () => {
+  let stream;
+  const { fetch } = fakeFetch({
+    "/s": (url, init) => {
+      stream = sseResponse(init.signal);
+      return stream.response;
+    },
+  });
+  const channel = new Channel({ sse: BASE + "/s", post: BASE + "/p", fetch });
+  const got = [];
+  channel.on("message", (m) => got.push(m));
+  await settle();
+  stream.write('data: {"n":1}\r');
+  await settle();
+  stream.write('\n\r\ndata: {"n":2}\r\n\r\n');
+  await settle();
+  assert.deepEqual(got, [{ n: 1 }, { n: 2 }]);
+  channel.close();
+});
+
+test("a close code a browser would refuse is sent as 1000", () => {
+  const channel = new Channel({ url: BASE + "/ws/", WebSocket: FakeWebSocket });
+  latestSocket().open();
+  channel.close(1011, "internal");
+  assert.deepEqual(latestSocket().closedWith, { code: 1000, reason: "" });
+});

@@ -219,8 +219,10 @@ class WebSocketTransport {
   stop(code = 1000, reason = "") {
     this.done = true;
     if (this.socket) {
+      // Browsers accept 1000 and 3000-4999 from a page, and throw on anything else.
+      const allowed = code === 1000 || (code >= 3000 && code <= 4999);
       try {
-        this.socket.close(code, reason);
+        this.socket.close(allowed ? code : 1000, allowed ? reason : "");
       } catch (_) {
         /* already closed */
       }
@@ -310,6 +312,8 @@ class SseTransport {
       buffer += decoder.decode(value, { stream: true });
       let newline;
       while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
+        // A "\r" that ends the chunk may be the first half of a "\r\n": wait for more.
+        if (buffer[newline] === "\r" && newline === buffer.length - 1) break;
         const line = buffer.slice(0, newline);
         buffer = buffer.slice(newline + (buffer.startsWith("\r\n", newline) ? 2 : 1));
         if (line === "") {
@@ -920,8 +924,16 @@ export class Channel {
       this._timers.upgrade = null;
       if (this._state !== "open" || this._current !== current || this._probe) return;
       // Opened beside the current transport; adopted once open, forgotten if it fails.
-      this._probe = new WebSocketTransport(this, this._position);
-      this._probe.start();
+      const probe = new WebSocketTransport(this, this._position);
+      this._probe = probe;
+      probe.start();
+      this._timers.upgrade = this._setTimeout(() => {
+        this._timers.upgrade = null;
+        if (this._probe === probe && !probe.opened) {
+          probe.stop(4000, "open timeout");
+          this._lost(probe, { opened: false, reason: "not open after " + this.options.openTimeout + " ms" });
+        }
+      }, this.options.openTimeout);
     }, this.options.upgradeAfter);
   }
 
