@@ -8,7 +8,7 @@
 //   3. a double-click on Approve approves once and shows no error;
 //   4. /tickets/999999/ is a 404 that says "No such ticket" and does not retry forever;
 //   5. the finished deployment is in the ticket's history, live and after a reload;
-//   6. the flowchart's labels are drawn at 11 px or more, the whole chart in view, at two
+//   6. the flowchart's labels are drawn at 11 px or more, the whole chart in view, at three
 //      window widths (the rendered size: font size × zoom);
 //   7. the pages' Chinese text is drawn with a font that has its characters (on a machine
 //      without a CJK font, the example's own subset font).
@@ -279,7 +279,7 @@ test('the flowchart labels are at least 11 px on screen, with the whole chart in
   const page = ctx.requester.page;
   await openTicket(ctx.requester, id);
   await page.locator('#graph canvas').first().waitFor();
-  for (const width of [1280, 900]) {
+  for (const width of [1280, 900, 700]) {
     await page.setViewportSize({ width, height: 900 });
     const seen = await flowchartLabels(page);
     check(seen.smallest >= MIN_LABEL_PX, `at ${width} px wide the smallest label (${seen.where}) is ${seen.smallest.toFixed(1)} px (zoom ${seen.zoom.toFixed(2)})`);

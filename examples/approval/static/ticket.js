@@ -33,33 +33,51 @@ const FONTS = getComputedStyle(document.documentElement).getPropertyValue('--fon
 /**
  * Left to right, one column per rank, each as wide as its widest node; lanes stacked. When
  * the columns do not fit `width` at full size, they wrap into rows of about equal width, so
- * the whole flowchart stays visible with readable labels.
+ * the whole flowchart stays visible with readable labels (a row wider than `width`, left when
+ * the page is narrower than a fan-out, is shrunk down to MIN_ZOOM at most).
  */
 function layout(nodes, width) {
   const widths = [];
   const heights = [];
+  const lanes = [];
   for (const n of nodes) {
     const [w, h] = SIZES[n.kind];
     widths[n.rank] = Math.max(widths[n.rank] || 0, w);
     heights[n.rank] = Math.max(heights[n.rank] || 0, h + (n.lanes - 1) * LANE);
+    lanes[n.rank] = Math.max(lanes[n.rank] || 1, n.lanes);
   }
+  // A row ends only where one link goes on to the next row: never inside a fan-out (the
+  // servers), whose links would run over each other.
+  const mayBreakBefore = (rank) => lanes[rank] === 1 && lanes[rank - 1] === 1;
   const ranks = widths.map((w, rank) => rank).filter((rank) => widths[rank]);
+  const rowWidth = (row) => row.reduce((sum, rank) => sum + widths[rank], 0) + GAP * (row.length - 1);
+  // Runs of columns that must stay on one row; rows are filled with whole runs.
+  const runs = [];
+  for (const rank of ranks) {
+    if (runs.length && !mayBreakBefore(rank)) runs[runs.length - 1].push(rank);
+    else runs.push([rank]);
+  }
   const split = (limit) => {
-    const rows = [[]];
+    const rows = [];
+    let row = null;
     let x = 0;
-    for (const rank of ranks) {
-      const row = rows[rows.length - 1];
-      if (row.length && x + widths[rank] > limit) {
-        rows.push([rank]);
-        x = widths[rank] + GAP;
+    for (const run of runs) {
+      const w = rowWidth(run);
+      if (row && x + GAP + w > limit) {
+        rows.push(row);
+        row = null;
+      }
+      if (row) {
+        row.push(...run);
+        x += GAP + w;
       } else {
-        row.push(rank);
-        x += widths[rank] + GAP;
+        row = [...run];
+        x = w;
       }
     }
+    if (row) rows.push(row);
     return rows;
   };
-  const rowWidth = (row) => row.reduce((sum, rank) => sum + widths[rank], 0) + GAP * (row.length - 1);
   let rows = split(width);
   if (rows.length > 1) {
     // The same number of rows, balanced: the fewest columns left for the last row.
