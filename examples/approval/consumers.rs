@@ -7,10 +7,12 @@
 //! encoded once for all members.
 //!
 //! Client → server, on `/ws/tickets/{id}/`: `{"action": "approve" | "reject" | "retry" |
-//! "resubmit", "comment": "...", "step": N}` (`step`, optional, is the step the user saw).
+//! "resubmit", "comment": "...", "step": N, "request_id": "..."}` (`step`, optional, is the
+//! step the user saw; `request_id`, optional, makes a resend of the same action harmless).
 //! Server → client: `{"type": "ticket.state", "ticket": {...}}` on connect and after every
-//! change, `{"type": "error", "code", "error"}` to the sender of a refused action, and
-//! `{"type": "tickets.list", "list": {...}}` on `/ws/tickets/`.
+//! change; to the sender of an action with a `request_id`, `{"type": "action.done",
+//! "request_id"}` when it was applied (or had been, under that id); to the sender of a refused
+//! action, `{"type": "error", "code", "error", "request_id"}` (`request_id` when it had one); and `{"type": "tickets.list", "list": {...}}` on `/ws/tickets/`.
 
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::current_user;
 use crate::db::{self, Db, User};
-use crate::workflow::{self, Action, ActionError, DeployJob, ErrorBody, Outcome};
+use crate::workflow::{self, Action, ActionError, Asked, DeployJob, ErrorBody, Outcome};
 
 /// The channel the deployment worker listens on.
 pub(crate) const DEPLOY_CHANNEL: &str = "approval.deploy";
@@ -77,9 +79,12 @@ pub(crate) async fn perform(
     user: User,
     ticket_id: i64,
     action: Action,
-    seen_step: Option<i64>,
+    asked: Asked,
 ) -> Result<Outcome, ActionError> {
-    let outcome = db.call(move |conn| workflow::act(conn, &user, ticket_id, &action, seen_step)).await?;
+    let outcome = db.call(move |conn| workflow::act(conn, &user, ticket_id, &action, &asked)).await?;
+    if outcome.repeated {
+        return Ok(outcome);
+    }
     if let Some(layer) = layer {
         if let Some(job) = &outcome.deploy {
             start_deploy(db, layer, job).await;
@@ -112,8 +117,15 @@ async fn start_deploy(db: &Db, layer: &Arc<dyn ChannelLayer>, job: &DeployJob) {
 struct Request {
     #[serde(flatten)]
     action: Action,
-    #[serde(default)]
-    step: Option<i64>,
+    #[serde(flatten)]
+    asked: Asked,
+}
+
+/// Tells the sender that its action was applied; the new state follows through the group.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "action.done")]
+struct Done {
+    request_id: String,
 }
 
 /// `/ws/tickets/{id}/`: a page showing one ticket.
@@ -147,8 +159,8 @@ impl TicketConsumer {
         Self { db, ticket_id, sent: Revision::default() }
     }
 
-    async fn refuse(ctx: &mut WebsocketContext, error: &ActionError) -> HandlerResult {
-        ctx.send_json(&ErrorBody::from(error)).await?;
+    async fn refuse(ctx: &mut WebsocketContext, error: &ActionError, request_id: Option<String>) -> HandlerResult {
+        ctx.send_json(&ErrorBody { request_id, ..ErrorBody::from(error) }).await?;
         Ok(())
     }
 }
@@ -193,9 +205,10 @@ impl WebsocketConsumer for TicketConsumer {
                 let error = ActionError::Invalid(
                     "expected {\"action\": \"approve\"|\"reject\"|\"retry\"|\"resubmit\", \"comment\": \"...\"}".into(),
                 );
-                return Self::refuse(ctx, &error).await;
+                return Self::refuse(ctx, &error, None).await;
             }
         };
+        let request_id = request.asked.request_id.clone();
         // The user was loaded when the socket opened; load it again so that a user removed
         // since then cannot act.
         let user = match current_user(ctx.scope()) {
@@ -207,11 +220,17 @@ impl WebsocketConsumer for TicketConsumer {
         };
         let user = match user {
             Ok(user) => user,
-            Err(e) => return Self::refuse(ctx, &e).await,
+            Err(e) => return Self::refuse(ctx, &e, request_id).await,
         };
         let layer = ctx.channel_layer().cloned();
-        if let Err(e) = perform(&self.db, layer.as_ref(), user, ticket_id, request.action, request.step).await {
-            return Self::refuse(ctx, &e).await;
+        match perform(&self.db, layer.as_ref(), user, ticket_id, request.action, request.asked).await {
+            // Only a page that gave its action an id waits for this answer.
+            Ok(_) => {
+                if let Some(request_id) = request_id {
+                    ctx.send_json(&Done { request_id }).await?;
+                }
+            }
+            Err(e) => return Self::refuse(ctx, &e, request_id).await,
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 /// Each entry upgrades the schema by one version (`PRAGMA user_version`); never edit one that
 /// has shipped, append a new one.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the workflow tables.
     "CREATE TABLE users (
         id INTEGER PRIMARY KEY,
@@ -84,6 +84,23 @@ const MIGRATIONS: &[&str] = &[
         finished_at INTEGER,
         UNIQUE (run_id, position)
     );",
+    // 2: a finished deployment is part of the ticket's history; an action carries the id the
+    // page gave it, so that the same action sent twice (a resend after a reconnect) applies once.
+    "CREATE TABLE deploy_results (
+        id INTEGER PRIMARY KEY,
+        ticket_id INTEGER NOT NULL REFERENCES tickets(id),
+        run_id INTEGER NOT NULL REFERENCES deploy_runs(id),
+        status TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX deploy_results_by_ticket ON deploy_results(ticket_id, id);
+    INSERT INTO deploy_results (ticket_id, run_id, status, message, created_at)
+        SELECT ticket_id, id, status, '', finished_at FROM deploy_runs
+        WHERE finished_at IS NOT NULL AND status IN ('succeeded', 'failed') ORDER BY finished_at;
+    ALTER TABLE approvals ADD COLUMN request_id TEXT;
+    CREATE UNIQUE INDEX approvals_by_request ON approvals(ticket_id, actor_id, request_id)
+        WHERE request_id IS NOT NULL;",
 ];
 
 /// Ticket statuses.
@@ -376,11 +393,15 @@ pub(crate) fn ticket_row(conn: &Connection, id: i64) -> DbResult<Option<TicketRo
     .optional()
 }
 
+/// Who the history names for a finished deployment.
+pub(crate) const PIPELINE_ACTOR: &str = "部署流水线 Pipeline";
+
 /// One line of a ticket's history.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct HistoryEntry {
     pub(crate) actor: String,
-    /// `submit`, `approve`, `reject`, `resubmit` or `retry`.
+    /// `submit`, `approve`, `reject`, `resubmit` or `retry` (a person's decision), or `deployed`
+    /// or `deploy_failed` (a deployment run that ended; the actor is [`PIPELINE_ACTOR`]).
     pub(crate) decision: String,
     pub(crate) step: Option<String>,
     pub(crate) comment: String,
@@ -510,15 +531,22 @@ pub(crate) fn ticket_view(conn: &Connection, id: i64) -> DbResult<Option<TicketV
         }
         .to_owned();
     }
+    // People's decisions and the ends of deployment runs, in the order they happened (a
+    // decision first when both fall in the same millisecond: a run ends after what started it).
     let mut stmt = conn.prepare_cached(
-        "SELECT u.display_name, a.decision, s.name, a.comment, a.created_at
+        "SELECT u.display_name, a.decision, s.name, a.comment, a.created_at, 0 AS source, a.id
          FROM approvals a JOIN users u ON u.id = a.actor_id
          JOIN tickets t ON t.id = a.ticket_id
          LEFT JOIN workflow_steps s ON s.workflow_id = t.workflow_id AND s.position = a.step_position
-         WHERE a.ticket_id = ?1 ORDER BY a.id",
+         WHERE a.ticket_id = ?1
+         UNION ALL
+         SELECT ?2, CASE d.status WHEN 'succeeded' THEN 'deployed' ELSE 'deploy_failed' END, NULL, d.message,
+                d.created_at, 1 AS source, d.id
+         FROM deploy_results d WHERE d.ticket_id = ?1
+         ORDER BY 5, 6, 7",
     )?;
     let history = stmt
-        .query_map([id], |r| {
+        .query_map(params![id, PIPELINE_ACTOR], |r| {
             Ok(HistoryEntry {
                 actor: r.get(0)?,
                 decision: r.get(1)?,

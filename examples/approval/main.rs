@@ -46,6 +46,7 @@ mod workflow;
 #[cfg(test)]
 mod tests;
 
+use channels::client::channels_js;
 use channels::http::{HttpRequest, embedded_files, liveness, page, readiness};
 use channels::layers::ChannelLayer;
 use channels::middleware::OriginValidator;
@@ -156,6 +157,8 @@ const STATIC: &[(&str, &[u8])] = embedded![
     "vendor/chartjs/chart.umd.min.js",
     "vendor/cytoscape/LICENSE",
     "vendor/cytoscape/cytoscape.min.js",
+    "vendor/noto-sans-cjk-sc/LICENSE",
+    "vendor/noto-sans-cjk-sc/subset.woff2",
 ];
 
 fn app(db: Db, layer: Arc<dyn ChannelLayer>, sessions: SessionMiddleware, origins: OriginValidator) -> Application {
@@ -176,7 +179,14 @@ fn app(db: Db, layer: Arc<dyn ChannelLayer>, sessions: SessionMiddleware, origin
         .http("/", page(HTML, include_str!("static/list.html")))
         .http("/login/", page(HTML, include_str!("static/login.html")))
         .http("/tickets/new/", page(HTML, include_str!("static/new.html")))
-        .http("/tickets/{id}/", page(HTML, include_str!("static/ticket.html")))
+        .http("/tickets/{id}/", {
+            let api = api.clone();
+            move |request: HttpRequest| {
+                let api = api.clone();
+                async move { api.ticket_page(request, include_str!("static/ticket.html")).await }
+            }
+        })
+        .http("/static/channels.js", channels_js())
         .http("/static/{*path}", embedded_files(STATIC))
         .http("/healthz", liveness())
         .http("/readyz", readiness(Duration::from_secs(2)))

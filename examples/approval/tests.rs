@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::db::{self, Db, User, status, step_state};
 use crate::pipeline::{self, PipelineSettings};
-use crate::workflow::{self, Action, ActionError, DeployJob, NewTicket};
+use crate::workflow::{self, Action, ActionError, Asked, DeployJob, NewTicket};
 
 const RELEASE: i64 = 1; // lead (付乐乐) → ops (role), then a deployment to 3 servers
 const ACCESS: i64 = 2; // manager (role), no deployment
@@ -33,7 +33,7 @@ async fn file(db: &Db, requester: &User, workflow_id: i64, title: &str) -> i64 {
 
 async fn act(db: &Db, who: &User, ticket: i64, action: Action) -> Result<workflow::Outcome, ActionError> {
     let who = who.clone();
-    db.call(move |c| workflow::act(c, &who, ticket, &action, None)).await
+    db.call(move |c| workflow::act(c, &who, ticket, &action, &Asked::default())).await
 }
 
 fn approve(comment: &str) -> Action {
@@ -59,7 +59,16 @@ async fn view(db: &Db, ticket: i64) -> db::TicketView {
 /// Every row of every table, to show that a refused action changed nothing.
 fn dump(conn: &Connection) -> Vec<String> {
     let mut out = Vec::new();
-    for table in ["users", "workflows", "workflow_steps", "tickets", "approvals", "deploy_runs", "deploy_steps"] {
+    for table in [
+        "users",
+        "workflows",
+        "workflow_steps",
+        "tickets",
+        "approvals",
+        "deploy_runs",
+        "deploy_steps",
+        "deploy_results",
+    ] {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY id")).expect("prepare");
         let columns = stmt.column_count();
         let rows = stmt
@@ -222,7 +231,8 @@ async fn every_forbidden_action_is_refused_and_changes_nothing() {
     // An approval for a step the approver no longer sees is refused.
     let before = snapshot(&db).await;
     let f = fu.clone();
-    let stale = db.call(move |c| workflow::act(c, &f, id, &approve(""), Some(1))).await;
+    let stale =
+        db.call(move |c| workflow::act(c, &f, id, &approve(""), &Asked { step: Some(1), request_id: None })).await;
     assert!(matches!(stale, Err(ActionError::Conflict(_))), "{stale:?}");
     assert_eq!(snapshot(&db).await, before);
     act(&db, &fu, id, approve("")).await.expect("lead");
@@ -297,6 +307,47 @@ async fn a_failed_step_stops_the_run_and_an_authorized_retry_finishes_it() {
 }
 
 #[tokio::test]
+async fn the_end_of_each_deployment_run_is_in_the_history() {
+    let db = db();
+    let (id, job) = approved_release(&db, "hotfix [fail:compile]").await;
+    pipeline::run(&db, &settings(0.0), &memory_layer(), &job).await.expect("run");
+    let failed = view(&db, id).await.history.last().cloned().expect("an entry");
+    assert_eq!((failed.actor.as_str(), failed.decision.as_str()), (db::PIPELINE_ACTOR, "deploy_failed"));
+    assert!(failed.comment.contains("Compile"), "the failed step is named: {failed:?}");
+    act(&db, &user(&db, "jiawenlong").await, id, retry()).await.expect("ops retries");
+    pipeline::run(&db, &settings(0.0), &memory_layer(), &job).await.expect("run again");
+    let decisions: Vec<String> = view(&db, id).await.history.into_iter().map(|h| h.decision).collect();
+    assert_eq!(decisions, ["submit", "approve", "approve", "deploy_failed", "retry", "deployed"]);
+}
+
+#[tokio::test]
+async fn an_action_sent_twice_under_one_request_id_is_applied_once() {
+    let db = db();
+    let id = file(&db, &user(&db, "zhangkun").await, RELEASE, "t").await;
+    let lead = user(&db, "fulele").await;
+    let asked = Asked { step: Some(0), request_id: Some("req-1".into()) };
+    let send = |action: Action, asked: Asked| {
+        let (db, lead) = (db.clone(), lead.clone());
+        async move { db.call(move |c| workflow::act(c, &lead, id, &action, &asked)).await }
+    };
+    let first = send(approve("once"), asked.clone()).await.expect("applied");
+    assert!(!first.repeated);
+    // Sent again (a resend after a reconnect, a double click): done, and nothing changes.
+    let before = snapshot(&db).await;
+    let again = send(approve("once"), asked.clone()).await.expect("acknowledged");
+    assert!(again.repeated);
+    assert_eq!(snapshot(&db).await, before);
+    assert_eq!(row(&db, id).await.current_step, Some(1));
+    // The same id for another action, or an id that is not one: refused.
+    assert!(matches!(send(reject("no"), asked.clone()).await, Err(ActionError::Invalid(_))));
+    for bad in ["", "has space", &"x".repeat(65)] {
+        let asked = Asked { step: Some(1), request_id: Some(bad.to_owned()) };
+        assert!(matches!(send(approve(""), asked).await, Err(ActionError::Invalid(_))), "{bad:?}");
+    }
+    assert_eq!(snapshot(&db).await, before);
+}
+
+#[tokio::test]
 async fn a_manager_may_retry_any_failed_deployment() {
     let db = db();
     let (id, job) = approved_release(&db, "[fail:server-2]").await;
@@ -359,8 +410,35 @@ fn the_schema_is_migrated_once_and_demo_data_added_once() {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
     let users: i64 = conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0)).expect("count");
     let workflows: i64 = conn.query_row("SELECT COUNT(*) FROM workflows", [], |r| r.get(0)).expect("count");
-    assert_eq!((version, users, workflows), (1, 4, 2));
+    assert_eq!((version, users, workflows), (2, 4, 2));
     drop(conn);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_database_of_the_first_schema_gets_its_finished_deployments_into_the_history() {
+    let dir = std::env::temp_dir().join(format!("approval-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("db.sqlite3");
+    let _ = std::fs::remove_file(&path);
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch(db::MIGRATIONS[0]).expect("schema 1");
+    conn.execute_batch(
+        "PRAGMA user_version = 1;
+         INSERT INTO users VALUES (1, 'zhangkun', '张坤', 'developer');
+         INSERT INTO workflows VALUES (1, 'Release', 'd', 1, 1);
+         INSERT INTO workflow_steps VALUES (1, 1, 0, 'Lead', 1, NULL);
+         INSERT INTO tickets VALUES (1, 't', '', 1, 1, NULL, 'deployed', 1000, 3000, 5);
+         INSERT INTO approvals VALUES (1, 1, NULL, 1, 'submit', '', 1000);
+         INSERT INTO deploy_runs VALUES (1, 1, 'succeeded', 2000, 3000);",
+    )
+    .expect("rows of schema 1");
+    drop(conn);
+    let db = Db::open(&path).expect("migrated");
+    let ticket = db.call(|c| db::ticket_view(c, 1)).await.expect("query").expect("ticket");
+    let decisions: Vec<String> = ticket.history.into_iter().map(|h| h.decision).collect();
+    assert_eq!(decisions, ["submit", "deployed"]);
+    drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -443,6 +521,42 @@ async fn viewers_of_a_ticket_join_its_group_and_see_every_decision() {
     assert_eq!(error["code"], "forbidden", "付乐乐 may not decide the ops step: {error}");
     assert!(elsewhere.receive_nothing().await);
     assert!(requester.receive_nothing().await);
+}
+
+#[tokio::test]
+async fn the_sender_of_an_action_with_a_request_id_hears_how_it_ended() {
+    let t = test_app();
+    let id = file(&t.db, &user(&t.db, "zhangkun").await, RELEASE, "t").await;
+    let mut lead = t.socket(&format!("/ws/tickets/{id}/"), "fulele").await;
+    next_state(&mut lead).await;
+    let approval = json!({"action": "approve", "comment": "ok", "step": 0, "request_id": "a1"});
+    lead.send_json(&approval).await.expect("send");
+    let done: Value = lead.receive_json().await.expect("an answer");
+    assert_eq!(done, json!({"type": "action.done", "request_id": "a1"}));
+    assert_eq!(node_state(&next_state(&mut lead).await, "step-1"), "current");
+    // The same request again: done again, and no new state (nothing changed).
+    lead.send_json(&approval).await.expect("send");
+    assert_eq!(lead.receive_json::<Value>().await.expect("an answer"), done);
+    assert!(lead.receive_nothing().await);
+    // A refused one: the error names the request.
+    lead.send_json(&json!({"action": "reject", "comment": "no", "step": 0, "request_id": "b2"})).await.expect("send");
+    let error: Value = lead.receive_json().await.expect("an error");
+    assert_eq!((error["type"].as_str(), error["request_id"].as_str()), (Some("error"), Some("b2")), "{error}");
+}
+
+#[tokio::test]
+async fn the_page_of_a_ticket_that_does_not_exist_is_a_404() {
+    let t = test_app();
+    let id = file(&t.db, &user(&t.db, "zhangkun").await, RELEASE, "t").await;
+    let cookie = t.cookie("zhangkun").await;
+    for (path, status) in
+        [(format!("/tickets/{id}/"), 200), ("/tickets/999/".into(), 404), ("/tickets/abc/".into(), 404)]
+    {
+        let response = HttpCommunicator::new(&t.app, "GET", &path).header("cookie", &cookie).get_response().await;
+        let response = response.expect("response");
+        assert_eq!(response.status, status, "{path}");
+        assert!(String::from_utf8_lossy(&response.body).contains("<!doctype html>"), "{path} is the page");
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /`, `/tickets/new/`, `/tickets/{id}/`, `/login/` | the pages |
+//! | `GET /`, `/tickets/new/`, `/tickets/{id}/`, `/login/` | the pages (a ticket's page is a 404 when the ticket does not exist) |
 //! | `GET /static/{*path}` | scripts, styles and the vendored libraries |
 //! | `GET /api/me` | `{"user": User or null, "users": [demo users]}` |
 //! | `POST /api/login`, `POST /api/logout` | sign in as a demo user, sign out |
@@ -15,14 +15,14 @@
 //!
 //! Errors are `{"type": "error", "code", "error"}` with 400, 401, 403, 404 or 409.
 
-use channels::http::{HttpRequest, HttpResponse, json};
+use channels::http::{HttpRequest, HttpResponse, json, response};
 use channels::middleware::{OriginValidator, StatusCode};
 use serde::Deserialize;
 
 use crate::auth::{check_post, current_user, error_response};
 use crate::consumers::{broadcast, perform};
 use crate::db::{self, Db};
-use crate::workflow::{self, Action, ActionError, NewTicket};
+use crate::workflow::{self, Action, ActionError, Asked, NewTicket};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -47,6 +47,27 @@ fn ticket_id(request: &HttpRequest) -> Result<i64, ActionError> {
 }
 
 impl Api {
+    /// `GET /tickets/{id}/`: the ticket page; with status 404 for a ticket that does not exist
+    /// (the page then says so itself, from the API's answer).
+    pub(crate) async fn ticket_page(&self, request: HttpRequest, html: &'static str) -> HttpResponse {
+        if !matches!(*request.scope.method(), http::Method::GET | http::Method::HEAD) {
+            return method_not_allowed();
+        }
+        let exists = match ticket_id(&request) {
+            Ok(id) => self.db.call(move |conn| db::ticket_row(conn, id)).await.map(|row| row.is_some()),
+            Err(_) => Ok(false),
+        };
+        let status = match exists {
+            Ok(true) => StatusCode::OK,
+            Ok(false) => StatusCode::NOT_FOUND,
+            Err(e) => {
+                tracing::error!(error = %e, "could not look a ticket up for its page");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        response(status, "text/html; charset=utf-8", html)
+    }
+
     /// `GET /api/me`.
     pub(crate) async fn me(&self, request: HttpRequest) -> HttpResponse {
         let user = current_user(&request.scope).ok();
@@ -131,8 +152,8 @@ impl Api {
         struct Body {
             #[serde(flatten)]
             action: Action,
-            #[serde(default)]
-            step: Option<i64>,
+            #[serde(flatten)]
+            asked: Asked,
         }
         if request.scope.method() != http::Method::POST {
             return method_not_allowed();
@@ -155,7 +176,7 @@ impl Api {
             }
         };
         let layer = request.layers().default_layer();
-        match perform(&self.db, layer, user, id, body.action, body.step).await {
+        match perform(&self.db, layer, user, id, body.action, body.asked).await {
             Ok(outcome) => {
                 json(StatusCode::OK, &serde_json::json!({"ok": true, "deploying": outcome.deploy.is_some()}))
             }

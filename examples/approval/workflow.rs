@@ -8,7 +8,7 @@
 use std::fmt;
 
 use channels::middleware::StatusCode;
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{self, User, now_ms, status, step_state};
@@ -121,18 +121,21 @@ impl From<rusqlite::Error> for ActionError {
     }
 }
 
-/// The error as clients see it: `{"type": "error", "code": ..., "error": ...}`.
+/// The error as clients see it: `{"type": "error", "code": ..., "error": ...}`, plus the
+/// `request_id` of the refused action when it had one.
 #[derive(Serialize)]
 pub(crate) struct ErrorBody {
     #[serde(rename = "type")]
     pub(crate) kind: &'static str,
     pub(crate) code: &'static str,
     pub(crate) error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) request_id: Option<String>,
 }
 
 impl From<&ActionError> for ErrorBody {
     fn from(e: &ActionError) -> Self {
-        ErrorBody { kind: "error", code: e.code(), error: e.to_string() }
+        ErrorBody { kind: "error", code: e.code(), error: e.to_string(), request_id: None }
     }
 }
 
@@ -144,12 +147,30 @@ pub(crate) struct DeployJob {
     pub(crate) run_id: i64,
 }
 
+/// What the page knew when it asked for an action.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub(crate) struct Asked {
+    /// The step the user was looking at: if the ticket has moved on since (another approver
+    /// acted first), the action is refused instead of applied to a step the user did not see.
+    #[serde(default)]
+    pub(crate) step: Option<i64>,
+    /// An id the page gave this action (up to 64 ASCII letters, digits, `-` and `_`): the same
+    /// user sending the same id again (a resend after a reconnect, a double click) is told it
+    /// was done, and nothing is applied twice.
+    #[serde(default)]
+    pub(crate) request_id: Option<String>,
+}
+
+pub(crate) const MAX_REQUEST_ID_CHARS: usize = 64;
+
 /// What a successful action leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Outcome {
     pub(crate) ticket_id: i64,
     /// A deployment to start, after the final approval or a retry.
     pub(crate) deploy: Option<DeployJob>,
+    /// The action had been applied already, under the same request id: nothing changed now.
+    pub(crate) repeated: bool,
 }
 
 /// A new ticket's fields.
@@ -186,6 +207,21 @@ fn clean_comment(comment: &str) -> Result<String, ActionError> {
     Ok(comment.trim().to_owned())
 }
 
+fn clean_request_id(id: Option<&str>) -> Result<Option<&str>, ActionError> {
+    match id {
+        Some(id)
+            if id.is_empty()
+                || id.len() > MAX_REQUEST_ID_CHARS
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Err(ActionError::Invalid(format!(
+                "a request_id is 1 to {MAX_REQUEST_ID_CHARS} ASCII letters, digits, '-' or '_'"
+            )))
+        }
+        id => Ok(id),
+    }
+}
+
 fn record(
     conn: &Connection,
     ticket_id: i64,
@@ -193,11 +229,12 @@ fn record(
     actor: i64,
     decision: &str,
     comment: &str,
+    request_id: Option<&str>,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO approvals (ticket_id, step_position, actor_id, decision, comment, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![ticket_id, step, actor, decision, comment, now_ms()],
+        "INSERT INTO approvals (ticket_id, step_position, actor_id, decision, comment, created_at, request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![ticket_id, step, actor, decision, comment, now_ms(), request_id],
     )?;
     Ok(())
 }
@@ -220,27 +257,47 @@ pub(crate) fn create_ticket(conn: &mut Connection, user: &User, new: &NewTicket)
         params![title, body, user.id, workflow.id, first.position, status::PENDING, now],
     )?;
     let id = tx.last_insert_rowid();
-    record(&tx, id, None, user.id, "submit", "")?;
+    record(&tx, id, None, user.id, "submit", "", None)?;
     tx.commit()?;
     Ok(id)
 }
 
-/// Applies `action` by `user` to ticket `ticket_id`, or refuses it and changes nothing.
-///
-/// `seen_step`, when given, is the step the user was looking at: if the ticket has moved on
-/// since (another approver acted first), the action is refused instead of applied to a step
-/// the user did not see.
+/// Applies `action` by `user` to ticket `ticket_id`, or refuses it and changes nothing (see
+/// [`Asked`] for what the page may add).
 pub(crate) fn act(
     conn: &mut Connection,
     user: &User,
     ticket_id: i64,
     action: &Action,
-    seen_step: Option<i64>,
+    asked: &Asked,
 ) -> Result<Outcome, ActionError> {
+    let request_id = clean_request_id(asked.request_id.as_deref())?;
+    let seen_step = asked.step;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let Some(ticket) = db::ticket_row(&tx, ticket_id)? else {
         return Err(ActionError::NotFound(format!("there is no ticket {ticket_id}")));
     };
+    if let Some(request_id) = request_id {
+        let done: Option<String> = tx
+            .query_row(
+                "SELECT decision FROM approvals WHERE ticket_id = ?1 AND actor_id = ?2 AND request_id = ?3",
+                params![ticket_id, user.id, request_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match done {
+            Some(decision) if decision == action.decision() => {
+                return Ok(Outcome { ticket_id, deploy: None, repeated: true });
+            }
+            Some(decision) => {
+                return Err(ActionError::Invalid(format!(
+                    "request {request_id} was a {decision}, not a {}",
+                    action.decision()
+                )));
+            }
+            None => {}
+        }
+    }
     let Some(workflow) = db::workflow(&tx, ticket.workflow_id)? else {
         return Err(ActionError::NotFound(format!("ticket {ticket_id} has no workflow")));
     };
@@ -295,7 +352,7 @@ pub(crate) fn act(
                     params![status::APPROVED, now, ticket_id],
                 )?;
             }
-            record(&tx, ticket_id, Some(step.position), user.id, action.decision(), &comment)?;
+            record(&tx, ticket_id, Some(step.position), user.id, action.decision(), &comment, request_id)?;
         }
         Action::Resubmit { title, body, comment } => {
             let comment = clean_comment(comment)?;
@@ -321,7 +378,7 @@ pub(crate) fn act(
                 "UPDATE tickets SET title = ?1, body = ?2, current_step = ?3, status = ?4, updated_at = ?5 WHERE id = ?6",
                 params![title, body, first, status::PENDING, now, ticket_id],
             )?;
-            record(&tx, ticket_id, None, user.id, "resubmit", &comment)?;
+            record(&tx, ticket_id, None, user.id, "resubmit", &comment, request_id)?;
         }
         Action::Retry { comment } => {
             let comment = clean_comment(comment)?;
@@ -352,13 +409,13 @@ pub(crate) fn act(
                 "UPDATE tickets SET status = ?1, updated_at = ?2 WHERE id = ?3",
                 params![status::DEPLOYING, now, ticket_id],
             )?;
-            record(&tx, ticket_id, None, user.id, "retry", &comment)?;
+            record(&tx, ticket_id, None, user.id, "retry", &comment, request_id)?;
             deploy = Some(DeployJob { ticket_id, run_id: run.run_id });
         }
     }
     tx.execute("UPDATE tickets SET revision = revision + 1 WHERE id = ?1", [ticket_id])?;
     tx.commit()?;
-    Ok(Outcome { ticket_id, deploy })
+    Ok(Outcome { ticket_id, deploy, repeated: false })
 }
 
 fn create_run(conn: &Connection, ticket_id: i64, servers: i64, now: i64) -> rusqlite::Result<i64> {
@@ -420,17 +477,32 @@ pub(crate) fn finish_step(
     tx.commit()
 }
 
-/// Ends a run: the ticket is deployed, or waits for a retry.
+/// Ends a run: the ticket is deployed, or waits for a retry. The end goes into the ticket's
+/// history, with the names and messages of the failed steps.
 pub(crate) fn finish_run(conn: &mut Connection, ticket_id: i64, run_id: i64, ok: bool) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_ms();
     let (run_state, ticket_state) =
         if ok { (step_state::SUCCEEDED, status::DEPLOYED) } else { (step_state::FAILED, status::DEPLOY_FAILED) };
     tx.execute("UPDATE deploy_runs SET status = ?1, finished_at = ?2 WHERE id = ?3", params![run_state, now, run_id])?;
-    tx.execute(
+    let ended = tx.execute(
         "UPDATE tickets SET status = ?1, updated_at = ?2, revision = revision + 1 WHERE id = ?3 AND status = ?4",
         params![ticket_state, now, ticket_id, status::DEPLOYING],
     )?;
+    if ended == 1 {
+        let failed: Vec<String> = tx
+            .prepare(
+                "SELECT CASE message WHEN '' THEN name ELSE message END FROM deploy_steps
+                 WHERE run_id = ?1 AND status = ?2 ORDER BY position",
+            )?
+            .query_map(params![run_id, step_state::FAILED], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let message = if ok || failed.is_empty() { String::new() } else { failed.join("; ") };
+        tx.execute(
+            "INSERT INTO deploy_results (ticket_id, run_id, status, message, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![ticket_id, run_id, run_state, message, now],
+        )?;
+    }
     tx.commit()
 }
 

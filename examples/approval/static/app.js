@@ -1,5 +1,6 @@
-// Shared by the approval pages: the JSON API, the signed-in user, WebSockets that reconnect,
-// and a DOM builder that only ever sets text (user data is never parsed as HTML).
+// Shared by the approval pages: the JSON API, the signed-in user, the connection indicator
+// (the pages' sockets are channels.js `Channel`s, served at /static/channels.js), and a DOM
+// builder that only ever sets text (user data is never parsed as HTML).
 'use strict';
 
 const App = {
@@ -77,30 +78,19 @@ const App = {
     return me.user;
   },
 
-  /** Opens a WebSocket on `path`, hands each JSON frame to `onEvent`, reconnects when it drops. */
-  socket(path, onEvent) {
-    const status = document.getElementById('conn');
-    const show = (text, live) => {
-      if (!status) return;
-      status.textContent = text;
-      status.className = 'conn ' + (live ? 'live' : 'down');
+  /**
+   * Shows a channels.js `Channel`'s state in the header's `#conn` (its `data-state` is the
+   * channel's state, for tests).
+   */
+  showConnection(channel) {
+    const conn = document.getElementById('conn');
+    const show = ({ state }) => {
+      if (!conn) return;
+      conn.textContent = { idle: '', connecting: '○ connecting…', open: '● live', reconnecting: '○ reconnecting…', closed: '✕ not connected' }[state];
+      conn.className = 'conn ' + (state === 'open' ? 'live' : 'down');
+      conn.dataset.state = state;
     };
-    let delay = 500;
-    const handle = { ws: null, send: (value) => handle.ws && handle.ws.readyState === 1 && handle.ws.send(JSON.stringify(value)) };
-    const open = () => {
-      const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + path);
-      handle.ws = ws;
-      ws.onopen = () => { delay = 500; show('● live', true); };
-      ws.onmessage = (message) => {
-        try { onEvent(JSON.parse(message.data)); } catch (err) { console.error('bad event', err); }
-      };
-      ws.onclose = (event) => {
-        show('○ reconnecting…', false);
-        setTimeout(open, delay);
-        delay = Math.min(delay * 2, 8000);
-      };
-    };
-    open();
-    return handle;
+    show({ state: channel.state });
+    channel.on('state', show);
   },
 };

@@ -1,6 +1,7 @@
 // The ticket list: a table and two charts of tickets by status, all updated live from the
-// WebSocket /ws/tickets/ whenever any ticket changes anywhere.
-'use strict';
+// WebSocket /ws/tickets/ whenever any ticket changes anywhere (through channels.js, which
+// reconnects by itself).
+import { Channel } from '/static/channels.js';
 
 (async () => {
   const me = await App.requireUser();
@@ -47,7 +48,10 @@
     document.getElementById('empty').classList.toggle('hidden', list.tickets.length > 0);
   }
 
-  App.socket('/ws/tickets/', (event) => {
+  const channel = new Channel({ url: '/ws/tickets/', autoConnect: false });
+  App.showConnection(channel);
+  channel.on('message', (event) => {
     if (event.type === 'tickets.list') render(event.list);
   });
+  channel.connect();
 })();

@@ -50,7 +50,16 @@ impl TempDb {
     fn dump(&self) -> Vec<String> {
         let conn = rusqlite::Connection::open(&self.0).expect("open the database");
         let mut out = Vec::new();
-        for table in ["users", "workflows", "workflow_steps", "tickets", "approvals", "deploy_runs", "deploy_steps"] {
+        for table in [
+            "users",
+            "workflows",
+            "workflow_steps",
+            "tickets",
+            "approvals",
+            "deploy_runs",
+            "deploy_steps",
+            "deploy_results",
+        ] {
             let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY id")).expect("prepare");
             let columns = stmt.column_count();
             let rows = stmt
