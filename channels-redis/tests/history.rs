@@ -10,6 +10,22 @@ use channels_core::layer::{ChannelLayer, History, HistoryOptions, LayerConfig, M
 
 channels_core::history_conformance_tests!(|config| async move { support::fresh_layer(config) });
 
+/// The same suite on the pub/sub layer: its history is the same streams, beside the
+/// publishes.
+mod pubsub {
+    use super::*;
+    use channels_redis::{RedisConfig, RedisPubSubChannelLayer};
+
+    fn layer(config: LayerConfig) -> Arc<dyn ChannelLayer> {
+        let url = format!("{}?prefix=p{:016x}", support::shared().url(), rand::random::<u64>());
+        let mut redis = RedisConfig::from_url(&url).expect("config");
+        redis.layer = config;
+        Arc::new(RedisPubSubChannelLayer::new(redis).expect("layer"))
+    }
+
+    channels_core::history_conformance_tests!(|config| async move { layer(config) });
+}
+
 fn msg(n: u64) -> Message {
     Message::new(&serde_json::json!({"type": "chat.message", "n": n})).expect("a message")
 }
