@@ -25,7 +25,7 @@ const PER_CLIENT: usize = MESSAGES / CLIENTS;
 /// Pause between one client's sends: the thousand messages take about two seconds.
 const PACE: Duration = Duration::from_millis(40);
 /// Everything is over well within this, or the test fails.
-const LIMIT: Duration = Duration::from_secs(60);
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// The address of each chat process, by slot: a restarted process comes back at a new one.
 type Slots = Arc<Mutex<Vec<SocketAddr>>>;
@@ -138,7 +138,18 @@ impl Resilient {
             if done && self.outcome.transcript.len() >= MESSAGES {
                 return self.outcome;
             }
-            assert!(Instant::now() < deadline, "{} timed out: {:?}", self.name, self.outcome.transcript.len());
+            assert!(
+                Instant::now() < deadline,
+                "{} timed out: {} messages seen, last {:?}, {} to send, unconfirmed {:?}, {} reconnects, {:?} {:?}",
+                self.name,
+                self.outcome.transcript.len(),
+                self.last,
+                self.to_send.len(),
+                self.unconfirmed.keys().collect::<Vec<_>>(),
+                self.outcome.reconnects,
+                self.outcome.unrecovered,
+                self.outcome.errors,
+            );
             let lost = tokio::select! {
                 frame = client.next() => match frame {
                     Some(Ok(Frame::Text(t))) => {
@@ -169,8 +180,10 @@ impl Resilient {
     }
 }
 
+/// A chat process on `layer`, keeping more than the whole conversation: a client away for the
+/// restart must find every message it missed still there.
 fn start_chat(layer: &str) -> Example {
-    Example::start("chat", &["--layer", layer])
+    Example::start("chat", &["--layer", layer, "--history", "2000"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -450,22 +450,22 @@ impl StreamCursor {
 
     /// [`admit`](Self::admit) for a message at `position`.
     pub fn admit_position(&mut self, position: &StreamPosition) -> Admit {
-        let verdict = match &self.last {
+        match &mut self.last {
             Some(last) if last.epoch == position.epoch => {
                 if position.offset <= last.offset {
                     Admit::Duplicate
                 } else if position.offset == last.offset + 1 {
+                    last.offset = position.offset;
                     Admit::Deliver
                 } else {
                     Admit::Gap
                 }
             }
-            _ => Admit::Deliver,
-        };
-        if verdict == Admit::Deliver {
-            self.last = Some(position.clone());
+            _ => {
+                self.last = Some(position.clone());
+                Admit::Deliver
+            }
         }
-        verdict
     }
 
     /// After [`Admit::Gap`]: reads what `group`'s history holds after the cursor, and returns
@@ -479,12 +479,19 @@ impl StreamCursor {
             None => return GapFill { complete: true, messages: vec![message.clone()] },
         };
         match recovered {
-            Ok(r) if r.recovered && live.as_ref().is_some_and(|l| l.epoch == r.position.epoch && l.offset <= r.position.offset) => {
-                self.last = Some(r.position);
-                GapFill { complete: true, messages: r.messages }
+            Ok(r) if r.recovered => {
+                let mut messages = r.messages;
+                let mut last = r.position;
+                // Stored before it was sent, the live message is in what was read; if not, after.
+                if let Some(l) = live.filter(|l| l.epoch == last.epoch && l.offset > last.offset) {
+                    messages.push(message.clone());
+                    last = l;
+                }
+                self.last = Some(last);
+                GapFill { complete: true, messages }
             }
-            Ok(_) | Err(_) => {
-                if let Err(e) = &recovered {
+            other => {
+                if let Err(e) = other {
                     tracing::warn!(error = %e, %group, "could not read the history to fill a gap");
                 }
                 self.last = live;
