@@ -192,13 +192,17 @@ async fn a_message_resent_with_its_id_is_delivered_once() {
     let one = next_of_type(&mut bob, "chat.message").await;
     assert_eq!((one["text"].as_str(), one["id"].as_str(), one["offset"].as_u64()), (Some("one"), Some("b-1"), Some(1)));
     send_text(&mut bob, &with_id("one", "b-1")).await;
-    let (status, body) = support::http(example.addr, "POST", "/chat/ids/messages?user=bob", &with_id("one", "b-1")).await;
+    let (status, body) =
+        support::http(example.addr, "POST", "/chat/ids/messages?user=bob", &with_id("one", "b-1")).await;
     assert_eq!(status, 202, "{body}");
     let (status, _) = support::http(example.addr, "POST", "/chat/ids/messages?user=ann", &with_id("hers", "b-1")).await;
     assert_eq!(status, 202);
     send_text(&mut bob, &with_id("two", "b-2")).await;
     let next = next_of_type(&mut bob, "chat.message").await;
-    assert_eq!((next["user"].as_str(), next["id"].as_str(), next["offset"].as_u64()), (Some("ann"), Some("b-1"), Some(2)));
+    assert_eq!(
+        (next["user"].as_str(), next["id"].as_str(), next["offset"].as_u64()),
+        (Some("ann"), Some("b-1"), Some(2))
+    );
     let two = next_of_type(&mut bob, "chat.message").await;
     assert_eq!((two["text"].as_str(), two["offset"].as_u64()), (Some("two"), Some(3)));
 

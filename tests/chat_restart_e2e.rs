@@ -73,7 +73,7 @@ impl Resilient {
     }
 
     fn url(&self) -> String {
-        let addr = self.slots.lock().unwrap()[self.slot];
+        let addr = self.slots.lock().expect("the slots")[self.slot];
         let since = self.last.as_ref().map(|(e, o)| format!("&since={e}:{o}")).unwrap_or_default();
         format!("ws://{addr}/ws/chat/restart/?user={}{since}", self.name)
     }
@@ -210,7 +210,7 @@ async fn a_restarted_process_loses_and_doubles_nothing_across_twenty_clients() {
     one.child.wait().expect("reap it");
     let layer2 = layer.clone();
     let restarted = tokio::task::spawn_blocking(move || start_chat(&layer2)).await.expect("restart");
-    slots.lock().unwrap()[0] = restarted.addr;
+    slots.lock().expect("the slots")[0] = restarted.addr;
 
     let mut outcomes = Vec::new();
     for c in clients {

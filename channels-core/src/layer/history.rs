@@ -226,7 +226,13 @@ impl MemoryHistoryStore {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn push(&self, group: &str, key: Option<&str>, message: &Message, options: HistoryOptions) -> (StreamPosition, bool) {
+    fn push(
+        &self,
+        group: &str,
+        key: Option<&str>,
+        message: &Message,
+        options: HistoryOptions,
+    ) -> (StreamPosition, bool) {
         let now = Instant::now();
         let mut state = self.lock();
         let epoch = state.epoch.clone();
