@@ -86,3 +86,17 @@ async fn the_first_history_write_and_read_after_a_redis_restart_succeed() {
     let got = store.since("room", &after, options.window).await.expect("the first read after another restart");
     assert!(!got.complete, "the history went with the restart");
 }
+
+/// The same through the layer: the first group send with history after a Redis restart is
+/// stored and delivered (the layer's read of the group's members retries a dropped connection
+/// too; with history on, nothing else touched that connection during the outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_group_send_with_history_after_a_redis_restart_succeeds() {
+    let mut server = support::RedisServer::start();
+    let layer: Arc<dyn ChannelLayer> = Arc::new(support::layer_on(&server.url(), LayerConfig::default()));
+    let h = History::new(layer.clone(), HistoryOptions::new(100, Duration::from_secs(60))).expect("history");
+    h.group_send("room", msg(1)).await.expect("send");
+    server.stop();
+    server.restart();
+    h.group_send("room", msg(2)).await.expect("the first send after the restart");
+}
