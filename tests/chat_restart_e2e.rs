@@ -1,8 +1,9 @@
-//! A chat process killed and restarted mid-conversation on Redis: twenty clients in one room,
-//! half on each of two processes, send a thousand messages between them; the clients of the
-//! killed process reconnect with `?since=` their last position and resend what they could not
-//! confirm, with the same message IDs. Afterwards every client holds the same transcript: every
-//! message exactly once, in offset order, nothing lost and nothing doubled.
+//! A chat process killed and restarted mid-conversation on Redis: twenty WebSocket clients in
+//! one room, half on each of two processes, send a thousand messages between them; the clients
+//! of the killed process reconnect with `?since=` their last position and resend what they
+//! could not confirm, with the same message IDs. Two server-sent-event readers on the killed
+//! process come back with `Last-Event-ID`. Afterwards every client holds the same transcript:
+//! every message exactly once, in offset order, nothing lost and nothing doubled.
 
 mod support;
 
@@ -20,6 +21,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 const CLIENTS: usize = 20;
+/// Readers over server-sent events, on the process that is killed.
+const READERS: usize = 2;
 const MESSAGES: usize = 1000;
 const PER_CLIENT: usize = MESSAGES / CLIENTS;
 /// Pause between one client's sends: the thousand messages take about two seconds.
@@ -182,6 +185,91 @@ impl Resilient {
 
 /// A chat process on `layer`, keeping more than the whole conversation: a client away for the
 /// restart must find every message it missed still there.
+/// A reader over server-sent events that comes back with `Last-Event-ID` when its stream ends.
+struct SseReader {
+    slots: Slots,
+    last_id: Option<String>,
+    outcome: Outcome,
+}
+
+impl SseReader {
+    /// Opens the stream, retrying while the process is down.
+    async fn open(&self, deadline: Instant) -> hyper::body::Incoming {
+        loop {
+            assert!(Instant::now() < deadline, "a reader could not reconnect");
+            let addr = self.slots.lock().expect("the slots")[0];
+            let opened = async {
+                let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+                tokio::spawn(connection);
+                let mut request =
+                    hyper::Request::builder().uri("/chat/restart/stream?user=reader").header("host", addr.to_string());
+                if let Some(id) = &self.last_id {
+                    request = request.header("last-event-id", id.as_str());
+                }
+                let request = request.body(http_body_util::Empty::<bytes::Bytes>::new()).ok()?;
+                let response = sender.send_request(request).await.ok()?;
+                (response.status() == 200).then(|| response.into_body())
+            };
+            if let Ok(Some(body)) = tokio::time::timeout(Duration::from_secs(2), opened).await {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Takes one event (`id:` and `data:` lines); returns whether it was the presence snapshot.
+    fn on_event(&mut self, event: &str) -> bool {
+        let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { return false };
+        let value: Value = serde_json::from_str(data).expect("JSON data");
+        match value["type"].as_str() {
+            Some("chat.message") => {
+                let offset = value["offset"].as_u64().expect("an offset");
+                self.outcome.transcript.push((offset, value["id"].as_str().expect("an ID").to_owned()));
+                self.outcome.epochs.insert(value["epoch"].as_str().expect("an epoch").to_owned());
+                self.last_id = event.lines().find_map(|l| l.strip_prefix("id: ")).map(str::to_owned);
+            }
+            Some("chat.unrecovered") => self.outcome.unrecovered.push(value),
+            Some("chat.presence") => return true,
+            _ => {}
+        }
+        false
+    }
+
+    async fn run(mut self, ready: Arc<tokio::sync::Barrier>) -> Outcome {
+        use http_body_util::BodyExt;
+        let deadline = Instant::now() + LIMIT;
+        let mut body = self.open(deadline).await;
+        let mut buffer = String::new();
+        let mut waiting_for_snapshot = true;
+        while self.outcome.transcript.len() < MESSAGES {
+            assert!(Instant::now() < deadline, "a reader timed out: {} messages", self.outcome.transcript.len());
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                if self.on_event(&event) && waiting_for_snapshot {
+                    waiting_for_snapshot = false;
+                    ready.wait().await;
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(1), body.frame()).await {
+                Err(_) => {}
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        buffer.push_str(&String::from_utf8_lossy(&data));
+                    }
+                }
+                Ok(Some(Err(_)) | None) => {
+                    self.outcome.reconnects += 1;
+                    buffer.clear();
+                    body = self.open(deadline).await;
+                }
+            }
+        }
+        self.outcome
+    }
+}
+
 fn start_chat(layer: &str) -> Example {
     Example::start("chat", &["--layer", layer, "--history", "2000"])
 }
@@ -193,10 +281,16 @@ async fn a_restarted_process_loses_and_doubles_nothing_across_twenty_clients() {
     let mut one = start_chat(&layer);
     let two = start_chat(&layer);
     let slots: Slots = Arc::new(Mutex::new(vec![one.addr, two.addr]));
-    let ready = Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
+    let ready = Arc::new(tokio::sync::Barrier::new(CLIENTS + READERS + 1));
     let confirmed = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| tokio::spawn(Resilient::new(i, slots.clone()).run(ready.clone(), confirmed.clone())))
+        .collect();
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let reader = SseReader { slots: slots.clone(), last_id: None, outcome: Outcome::default() };
+            tokio::spawn(reader.run(ready.clone()))
+        })
         .collect();
     ready.wait().await;
 
@@ -216,10 +310,17 @@ async fn a_restarted_process_loses_and_doubles_nothing_across_twenty_clients() {
     for c in clients {
         outcomes.push(c.await.expect("a client"));
     }
+    let mut reader_reconnects = Vec::new();
+    for r in readers {
+        let outcome = r.await.expect("a reader");
+        reader_reconnects.push(outcome.reconnects);
+        outcomes.push(outcome);
+    }
+    assert!(reader_reconnects.iter().all(|&n| n >= 1), "the readers came back: {reader_reconnects:?}");
     let reconnects: usize = outcomes.iter().map(|o| o.reconnects).sum();
     let resent: usize = outcomes.iter().map(|o| o.resent).sum();
     eprintln!("{reconnects} reconnects, {resent} resends");
-    assert!(reconnects >= CLIENTS / 2, "the clients of the killed process reconnected: {reconnects}");
+    assert!(reconnects >= CLIENTS / 2 + READERS, "the clients of the killed process reconnected: {reconnects}");
 
     let expected_ids: HashSet<String> =
         (0..CLIENTS).flat_map(|i| (0..PER_CLIENT).map(move |k| format!("c{i}-{k}"))).collect();
