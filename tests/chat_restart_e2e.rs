@@ -56,6 +56,9 @@ struct Resilient {
     to_send: std::collections::VecDeque<(String, String)>,
     /// Sent, not yet seen in the room: resent on every reconnect.
     unconfirmed: BTreeMap<String, String>,
+    /// The last message seen confirmed: resent on a reconnect too, as by a client whose
+    /// confirmation raced the cut (the server must not store it twice).
+    last_confirmed: Option<(String, String)>,
     last: Option<(String, u64)>,
     outcome: Outcome,
 }
@@ -70,6 +73,7 @@ impl Resilient {
             slots,
             to_send,
             unconfirmed: BTreeMap::new(),
+            last_confirmed: None,
             last: None,
             outcome: Outcome::default(),
         }
@@ -105,8 +109,11 @@ impl Resilient {
                 let epoch = event["epoch"].as_str().expect("an epoch").to_owned();
                 let offset = event["offset"].as_u64().expect("an offset");
                 let id = event["id"].as_str().expect("the sender's ID").to_owned();
-                if event["user"] == self.name.as_str() && self.unconfirmed.remove(&id).is_some() {
+                if event["user"] == self.name.as_str()
+                    && let Some(text) = self.unconfirmed.remove(&id)
+                {
                     confirmed.fetch_add(1, Ordering::Relaxed);
+                    self.last_confirmed = Some((id.clone(), text));
                 }
                 self.outcome.transcript.push((offset, id));
                 self.outcome.epochs.insert(epoch.clone());
@@ -173,7 +180,8 @@ impl Resilient {
             if lost {
                 self.outcome.reconnects += 1;
                 client = self.connect(deadline).await;
-                for (id, text) in &self.unconfirmed {
+                let unconfirmed = self.unconfirmed.iter().map(|(id, text)| (id, text));
+                for (id, text) in self.last_confirmed.iter().map(|(id, text)| (id, text)).chain(unconfirmed) {
                     self.outcome.resent += 1;
                     // A failure here shows as a lost connection at the next read.
                     let _ = client.send(Self::frame(id, text)).await;
