@@ -180,7 +180,7 @@ impl Resilient {
             if lost {
                 self.outcome.reconnects += 1;
                 client = self.connect(deadline).await;
-                let unconfirmed = self.unconfirmed.iter().map(|(id, text)| (id, text));
+                let unconfirmed = self.unconfirmed.iter();
                 for (id, text) in self.last_confirmed.iter().map(|(id, text)| (id, text)).chain(unconfirmed) {
                     self.outcome.resent += 1;
                     // A failure here shows as a lost connection at the next read.
