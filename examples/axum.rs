@@ -103,6 +103,7 @@ async fn announce(State(api): State<Api>, Path(room): Path<String>, Json(body): 
         ts: chat::now(),
         epoch: None,
         offset: None,
+        id: None,
     };
     let message = match Message::new(&event) {
         Ok(message) => message,

@@ -178,3 +178,37 @@ async fn on_redis_a_client_recovers_through_another_process() {
     let mut ann = connect(&west.url(&format!("/ws/chat/x/?user=ann&since={}:{}", before.1, before.2))).await;
     assert_eq!(messages(&mut ann, 3).await, said[1..]);
 }
+
+/// A message sent with an ID carries it back; sent again with the same ID by the same user
+/// (a client resending after a reconnect), it is neither stored nor delivered again, on the
+/// WebSocket and on `POST`; another user's same ID is another message; a bad ID is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_resent_with_its_id_is_delivered_once() {
+    let example = Example::start("chat", &[]);
+    let mut bob = connect(&example.url("/ws/chat/ids/?user=bob")).await;
+    next_json(&mut bob).await;
+    let with_id = |text: &str, id: &str| serde_json::json!({ "message": text, "id": id }).to_string();
+    send_text(&mut bob, &with_id("one", "b-1")).await;
+    let one = next_of_type(&mut bob, "chat.message").await;
+    assert_eq!((one["text"].as_str(), one["id"].as_str(), one["offset"].as_u64()), (Some("one"), Some("b-1"), Some(1)));
+    send_text(&mut bob, &with_id("one", "b-1")).await;
+    let (status, body) =
+        support::http(example.addr, "POST", "/chat/ids/messages?user=bob", &with_id("one", "b-1")).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _) = support::http(example.addr, "POST", "/chat/ids/messages?user=ann", &with_id("hers", "b-1")).await;
+    assert_eq!(status, 202);
+    send_text(&mut bob, &with_id("two", "b-2")).await;
+    let next = next_of_type(&mut bob, "chat.message").await;
+    assert_eq!(
+        (next["user"].as_str(), next["id"].as_str(), next["offset"].as_u64()),
+        (Some("ann"), Some("b-1"), Some(2))
+    );
+    let two = next_of_type(&mut bob, "chat.message").await;
+    assert_eq!((two["text"].as_str(), two["offset"].as_u64()), (Some("two"), Some(3)));
+
+    send_text(&mut bob, &with_id("bad", "no spaces")).await;
+    let error = next_json(&mut bob).await;
+    assert_eq!(error["type"], "chat.error", "{error}");
+    let (status, _) = support::http(example.addr, "POST", "/chat/ids/messages?user=bob", &with_id("bad", "")).await;
+    assert_eq!(status, 400);
+}

@@ -4,7 +4,9 @@
 //!
 //! - `<prefix>:history:<group>`: stream; each entry has fields `o` (the offset) and `p` (the
 //!   message, msgpack as sent);
-//! - `<prefix>:history:<group>:meta`: hash, `epoch` and `offset`.
+//! - `<prefix>:history:<group>:meta`: hash, `epoch` and `offset`;
+//! - `<prefix>:history:<group>:id:<key>`: string `OFFSET:EPOCH`, for an append once per key
+//!   (`append_once`), living a window.
 //!
 //! An append is one script: it makes the hash with a new epoch if it is missing (history lost:
 //! a flush, an expiry, a new Redis), increments the offset and adds the entry with it, trimmed
@@ -67,9 +69,29 @@ impl RedisHistoryStore {
         (stream, meta)
     }
 
-    async fn conn(&self, group: &str) -> Result<ConnectionManager, BackendError> {
+    async fn conn(&self, group: &str) -> Result<ConnectionManager, redis::RedisError> {
         let (endpoint, cell) = &self.shards[consistent_hash(group, self.shards.len())];
-        cell.connect(endpoint).await.map_err(backend)
+        cell.connect(endpoint).await
+    }
+
+    /// Runs `script` on `group`'s shard, once more when the connection turns out to have
+    /// dropped (Redis restarted since the last use): the connection reconnects on that error,
+    /// and the command was not carried out, so the retry neither fails needlessly nor writes
+    /// twice.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        group: &str,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BackendError> {
+        let mut conn = self.conn(group).await.map_err(backend)?;
+        match script.invoke_async(&mut conn).await {
+            Err(e) if e.is_connection_dropped() => {
+                tracing::debug!(error = %e, %group, "history connection dropped; retrying once");
+                let mut conn = self.conn(group).await.map_err(backend)?;
+                script.invoke_async(&mut conn).await.map_err(backend)
+            }
+            other => other.map_err(backend),
+        }
     }
 }
 
@@ -90,35 +112,47 @@ impl HistoryStore for RedisHistoryStore {
     ) -> Result<StreamPosition, BackendError> {
         let (stream, meta) = self.keys(group);
         let window = millis(options.window);
-        let mut conn = self.conn(group).await?;
-        let (epoch, offset): (String, u64) = scripts::HISTORY_APPEND
-            .key(&stream)
+        let mut script = scripts::HISTORY_APPEND.key(&stream);
+        script
             .key(&meta)
             .arg(message.as_bytes())
             .arg(options.size.max(1))
             .arg(window)
             .arg(new_epoch())
-            .arg(window.saturating_add(millis(META_TTL)))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend)?;
+            .arg(window.saturating_add(millis(META_TTL)));
+        let (epoch, offset): (String, u64) = self.invoke(group, &script).await?;
         Ok(StreamPosition { epoch, offset })
+    }
+
+    async fn append_once(
+        &self,
+        group: &str,
+        key: &str,
+        message: &Message,
+        options: HistoryOptions,
+    ) -> Result<(StreamPosition, bool), BackendError> {
+        let (stream, meta) = self.keys(group);
+        let marker = format!("{stream}:id:{key}");
+        let window = millis(options.window);
+        let mut script = scripts::HISTORY_APPEND_ONCE.key(&stream);
+        script
+            .key(&meta)
+            .key(&marker)
+            .arg(message.as_bytes())
+            .arg(options.size.max(1))
+            .arg(window)
+            .arg(new_epoch())
+            .arg(window.saturating_add(millis(META_TTL)));
+        let (epoch, offset, new): (String, u64, u8) = self.invoke(group, &script).await?;
+        Ok((StreamPosition { epoch, offset }, new == 1))
     }
 
     async fn since(&self, group: &str, since: &StreamPosition, window: Duration) -> Result<StoredSince, BackendError> {
         let (stream, meta) = self.keys(group);
         let window = millis(window);
-        let mut conn = self.conn(group).await?;
-        let (epoch, top, entries): (String, u64, Vec<Entry>) = scripts::HISTORY_READ
-            .key(&stream)
-            .key(&meta)
-            .arg(window)
-            .arg(new_epoch())
-            .arg(window.saturating_add(millis(META_TTL)))
-            .arg(&since.epoch)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(backend)?;
+        let mut script = scripts::HISTORY_READ.key(&stream);
+        script.key(&meta).arg(window).arg(new_epoch()).arg(window.saturating_add(millis(META_TTL))).arg(&since.epoch);
+        let (epoch, top, entries): (String, u64, Vec<Entry>) = self.invoke(group, &script).await?;
         let mut messages = Vec::with_capacity(entries.len());
         for (_, (_, offset, _, payload)) in entries {
             messages.push((offset, Message::from_msgpack(payload).map_err(backend)?));

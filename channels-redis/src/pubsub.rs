@@ -412,6 +412,12 @@ impl ChannelLayer for RedisPubSubChannelLayer {
         for group in groups {
             self.unsubscribe(&group).await;
         }
+        // Group history is the one thing this layer keeps in Redis: a flush starts it anew.
+        let pattern = format!("{}:history:*", crate::layer::escape_glob(&self.inner.config.prefix));
+        for index in 0..self.inner.shards.len() {
+            let mut conn = self.inner.publisher(index).await.map_err(|e| FlushError::Backend(backend(e)))?;
+            crate::layer::unlink_matching(&mut conn, &pattern).await.map_err(|e| FlushError::Backend(backend(e)))?;
+        }
         Ok(())
     }
 
@@ -450,6 +456,12 @@ impl ChannelLayer for RedisPubSubChannelLayer {
     /// Presence entries in Redis, beside the layer's keys (see `channels::presence`).
     fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
         crate::presence::store_for(&self.inner.config)
+    }
+
+    /// A stream per group in Redis, under the layer's prefix, as the sorted-set layer keeps it:
+    /// sends through `History` are stored there and published as usual.
+    fn history_store(&self) -> Option<Arc<dyn channels_core::layer::HistoryStore>> {
+        crate::history::store_for(&self.inner.config)
     }
 
     fn config(&self) -> &LayerConfig {

@@ -21,13 +21,20 @@
 //!   `GET /metrics`: Prometheus metrics
 //!   (`channels::metrics`); `GET /healthz` and `GET /readyz`: liveness and readiness (503
 //!   while the channel layer cannot be reached or the server drains). WebSocket: `/ws/chat/{room}/?user=NAME`.
-//! - Client → server: a text frame, plain text or `{"message": "..."}`.
+//! - Client → server: a text frame, plain text or `{"message": "...", "id": "..."}`. The
+//!   optional `"id"` (1-64 letters, digits, `-`, `_`, `.` or `:`, chosen by the client) comes
+//!   back on the message's `chat.message`; with history on, a message sent again with the same
+//!   ID by the same user while the first is in the history is neither stored nor delivered
+//!   again, so a client may resend whatever it did not see come back before a reconnect.
 //! - Server → client: JSON text frames
-//!   - `{"type": "chat.message", "user", "text", "ts", "epoch", "offset"}`: `"epoch"` (a
+//!   - `{"type": "chat.message", "user", "text", "ts", "epoch", "offset", "id"}`: `"epoch"` (a
 //!     string) and `"offset"` (an integer, one more than the room's previous message) are the
 //!     message's position in the room's history (`--history 100` messages kept for
 //!     `--history-window 300` seconds by default; either at `0` turns history off, and then
-//!     messages carry neither key, nor do messages sent by a process without history);
+//!     messages carry neither key, nor do messages sent by a process without history); `"id"`
+//!     only when the sender gave one. With history on, each client gets the room's messages
+//!     in offset order, each once, whichever process sent them (a gap is filled from the
+//!     history, after a `chat.unrecovered` if it cannot be);
 //!   - to a client that connects with `?since=EPOCH:OFFSET` (the last position it saw), before
 //!     anything else: the room's messages after that position, in order, then the live
 //!     stream, with none missing or repeated in between; when that position is gone (older
@@ -74,7 +81,7 @@ mod transports;
 use channels::client::channels_js;
 use channels::http::{liveness, page, readiness};
 use channels::http_consumer::http_consumer;
-use channels::layers::{HistoryLayer, HistoryOptions, LiveFilter};
+use channels::layers::{Admit, HistoryLayer, HistoryOptions, StreamCursor};
 use channels::metrics::Metrics;
 use channels::middleware::{OriginValidator, TrustedProxies};
 use channels::prelude::*;
@@ -103,6 +110,10 @@ pub(crate) enum ChatEvent {
         epoch: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
+        /// The sender's ID for the message, when it gave one: a resend with the same ID (and
+        /// user) is stored and delivered once while the first is in the history.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
     },
     #[serde(rename = "chat.join")]
     Join {
@@ -124,10 +135,30 @@ pub(crate) enum ChatEvent {
     PresenceDiff { joins: BTreeMap<String, usize>, leaves: BTreeMap<String, usize> },
 }
 
-/// What a client may send: `{"message": "..."}` (anything else is taken as plain text).
+/// What a client may send: `{"message": "...", "id": "..."}` (`id` optional; anything else is
+/// taken as plain text).
 #[derive(Deserialize)]
 pub(crate) struct Inbound {
     pub(crate) message: String,
+    #[serde(default)]
+    pub(crate) id: Option<String>,
+}
+
+/// Longest message ID, in characters.
+const MAX_ID_CHARS: usize = 64;
+
+/// A client's message ID, checked: 1-64 letters, digits, `-`, `_`, `.` or `:`.
+pub(crate) fn message_id(id: Option<String>) -> Result<Option<String>, String> {
+    match id {
+        None => Ok(None),
+        Some(id)
+            if (1..=MAX_ID_CHARS).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            Ok(Some(id))
+        }
+        Some(_) => Err(format!("message IDs are 1-{MAX_ID_CHARS} letters, digits, '-', '_', '.' or ':'")),
+    }
 }
 
 /// The chat's presence messages: users with their connection counts, in the shapes the page
@@ -157,8 +188,8 @@ struct ChatConsumer {
     user: Arc<str>,
     presence: Presence,
     history: ChatHistory,
-    /// After a replay, drops the live messages it held already.
-    filter: Option<LiveFilter>,
+    /// Delivers the room's messages once and in order (with history on).
+    cursor: Option<StreamCursor>,
 }
 
 pub(crate) fn now() -> f64 {
@@ -172,7 +203,7 @@ pub(crate) fn valid_room(room: &str) -> bool {
 impl ChatConsumer {
     fn new(scope: &Scope, presence: Presence, history: ChatHistory) -> Self {
         let group = format!("chat_{}", scope.param("room").unwrap_or_default());
-        Self { group: group.into(), user: user_name(scope).into(), presence, history, filter: None }
+        Self { group: group.into(), user: user_name(scope).into(), presence, history, cursor: None }
     }
 
     fn room(&self) -> &str {
@@ -216,12 +247,12 @@ impl WebsocketConsumer for ChatConsumer {
         match recovery::since_of(ctx.scope(), false) {
             Ok(Some(since)) => {
                 let replay = recovery::replay(&self.history, &self.group, &since).await;
-                self.filter = replay.filter;
+                self.cursor = replay.cursor;
                 for message in &replay.messages {
                     ctx.send_message_json(message).await?;
                 }
             }
-            Ok(None) => {}
+            Ok(None) => self.cursor = recovery::start(&self.history, &self.group).await,
             Err(e) => ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": e })).await?,
         }
         // The room's presence arrives on this connection's channel: who is online, then diffs.
@@ -234,9 +265,16 @@ impl WebsocketConsumer for ChatConsumer {
         let Some(raw) = frame.as_text() else {
             return Ok(()); // binary frames mean nothing in this protocol
         };
-        let text = match serde_json::from_str::<Inbound>(raw) {
-            Ok(inbound) => inbound.message,
-            Err(_) => raw.to_owned(),
+        let (text, id) = match serde_json::from_str::<Inbound>(raw) {
+            Ok(inbound) => (inbound.message, inbound.id),
+            Err(_) => (raw.to_owned(), None),
+        };
+        let id = match message_id(id) {
+            Ok(id) => id,
+            Err(error) => {
+                ctx.send_json(&serde_json::json!({ "type": "chat.error", "error": error })).await?;
+                return Ok(());
+            }
         };
         let text = text.trim();
         if text == "关闭" || text == "/close" {
@@ -257,6 +295,7 @@ impl WebsocketConsumer for ChatConsumer {
             ts: now(),
             epoch: None,
             offset: None,
+            id,
         };
         // Queued, not awaited: messages the client sends meanwhile go to the layer together
         // (one exchange with Redis for the lot) and reach the room together. With history on,
@@ -285,8 +324,14 @@ impl WebsocketConsumer for ChatConsumer {
     async fn message(&mut self, ctx: &mut WebsocketContext, message: Message) -> HandlerResult {
         match message.message_type() {
             "chat.message" | "chat.presence" | "chat.presence_diff" | "chat.join" | "chat.leave" => {
-                if recovery::admit_message(&mut self.filter, &message) {
-                    ctx.send_message_json(&message).await?
+                match recovery::admit(&mut self.cursor, &message) {
+                    Admit::Deliver => ctx.send_message_json(&message).await?,
+                    Admit::Duplicate => {}
+                    Admit::Gap => {
+                        for m in recovery::fill(&self.history, &mut self.cursor, &self.group, &message).await {
+                            ctx.send_message_json(&m).await?;
+                        }
+                    }
                 }
             }
             _ => decode_and_dispatch(self, ctx, message).await?,
@@ -440,6 +485,17 @@ fn with_history(
     let history_options = HistoryOptions::new(options.history, options.history_window);
     match HistoryLayer::wrap(layer.clone(), history_options, |group| group.starts_with("chat_")) {
         Some(wrapped) => {
+            // A message sent again with its ID (by a client that could not tell whether the
+            // first went through) is stored and delivered once.
+            let wrapped = wrapped.dedupe_by(|_group, message| {
+                #[derive(Deserialize)]
+                struct Keyed {
+                    user: String,
+                    id: Option<String>,
+                }
+                let keyed: Keyed = message.decode().ok()?;
+                Some(format!("{}:{}", keyed.id?, keyed.user))
+            });
             let history = wrapped.history();
             (Arc::new(wrapped), Some(history))
         }

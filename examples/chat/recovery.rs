@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use channels::layers::{History, LiveFilter, Message, StreamPosition};
+use channels::layers::{Admit, History, Message, StreamCursor, StreamPosition};
 use channels::prelude::*;
 
 use super::ChatEvent;
@@ -27,31 +27,31 @@ pub(crate) fn since_of(scope: &Scope, last_event_id: bool) -> Result<Option<Stre
     }
 }
 
-/// What a returning client gets before the live stream, and the filter for the live stream.
+/// What a returning client gets before the live stream, and its cursor for the live stream.
 pub(crate) struct Replay {
     /// `chat.unrecovered` when the position is gone, else the missed `chat.message`s in order.
     pub(crate) messages: Vec<Message>,
-    /// Drops the live messages already replayed.
-    pub(crate) filter: Option<LiveFilter>,
+    /// Drops the live messages already replayed, and fills gaps.
+    pub(crate) cursor: Option<StreamCursor>,
 }
 
 /// Reads what followed `since` in `group` (which the client has joined already).
 pub(crate) async fn replay(history: &ChatHistory, group: &str, since: &StreamPosition) -> Replay {
     let Some(history) = history else {
-        return Replay { messages: vec![unrecovered(None)], filter: None };
+        return Replay { messages: vec![unrecovered(None)], cursor: None };
     };
     match history.recover(group, since).await {
         Ok(recovery) if recovery.recovered => {
-            let filter = Some(recovery.live_filter());
-            Replay { messages: recovery.messages, filter }
+            let cursor = Some(recovery.cursor());
+            Replay { messages: recovery.messages, cursor }
         }
         Ok(recovery) => {
-            let filter = Some(recovery.live_filter());
-            Replay { messages: vec![unrecovered(Some(&recovery.position))], filter }
+            let cursor = Some(recovery.cursor());
+            Replay { messages: vec![unrecovered(Some(&recovery.position))], cursor }
         }
         Err(e) => {
             tracing::warn!(error = %e, %group, "could not read the room's history");
-            Replay { messages: vec![unrecovered(None)], filter: None }
+            Replay { messages: vec![unrecovered(None)], cursor: None }
         }
     }
 }
@@ -65,31 +65,53 @@ fn unrecovered(position: Option<&StreamPosition>) -> Message {
     Message::new(&value).expect("a map with a type")
 }
 
-/// Whether a live `event` passes `filter` (which is dropped at the first new message: the
-/// live stream has then moved past what was replayed).
-pub(crate) fn admit_event(filter: &mut Option<LiveFilter>, event: &ChatEvent) -> bool {
-    let (Some(f), ChatEvent::Message { epoch: Some(epoch), offset: Some(offset), .. }) = (filter.as_ref(), event)
-    else {
-        return true;
-    };
-    let admitted = f.admit_position(&StreamPosition::new(epoch.clone(), *offset));
-    if admitted {
-        *filter = None;
+/// A newcomer's cursor (one without `?since=`): from the room's position as it joins (it has
+/// joined already), so that it gets every message sent after that, in offset order.
+pub(crate) async fn start(history: &ChatHistory, group: &str) -> Option<StreamCursor> {
+    match history.as_ref()?.position(group).await {
+        Ok(position) => Some(StreamCursor::at(position)),
+        Err(e) => {
+            tracing::warn!(error = %e, %group, "could not read the room's position");
+            None
+        }
     }
-    admitted
 }
 
-/// [`admit_event`] for a message not decoded yet.
-pub(crate) fn admit_message(filter: &mut Option<LiveFilter>, message: &Message) -> bool {
-    let Some(f) = filter.as_ref() else {
-        return true;
+/// What to do with a live message: deliver it, drop it (delivered already), or deliver
+/// [`fill`]'s messages instead (some before it are missing).
+pub(crate) fn admit(cursor: &mut Option<StreamCursor>, message: &Message) -> Admit {
+    match cursor {
+        Some(cursor) => cursor.admit(message),
+        None => Admit::Deliver,
+    }
+}
+
+/// [`admit`] for a decoded event.
+pub(crate) fn admit_event(cursor: &mut Option<StreamCursor>, event: &ChatEvent) -> Admit {
+    match (cursor, event) {
+        (Some(cursor), ChatEvent::Message { epoch: Some(epoch), offset: Some(offset), .. }) => {
+            cursor.admit_position(&StreamPosition::new(epoch.clone(), *offset))
+        }
+        _ => Admit::Deliver,
+    }
+}
+
+/// After [`Admit::Gap`]: the missing messages from the history, then `message`; a
+/// `chat.unrecovered` first when the history no longer has them all.
+pub(crate) async fn fill(
+    history: &ChatHistory,
+    cursor: &mut Option<StreamCursor>,
+    group: &str,
+    message: &Message,
+) -> Vec<Message> {
+    let (Some(history), Some(cursor)) = (history, cursor) else {
+        return vec![message.clone()];
     };
-    if message.message_type() != "chat.message" {
-        return true;
+    let filled = cursor.fill(history, group, message).await;
+    if filled.complete {
+        return filled.messages;
     }
-    let admitted = f.admit(message);
-    if admitted {
-        *filter = None;
-    }
-    admitted
+    let mut messages = vec![unrecovered(cursor.position())];
+    messages.extend(filled.messages);
+    messages
 }

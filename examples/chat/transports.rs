@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use channels::http::{HttpRequest, HttpResponse, json};
 use channels::http_consumer::{HttpConsumer, HttpContext};
-use channels::layers::{ChannelLayer, LiveFilter, Message};
+use channels::layers::{Admit, ChannelLayer, Message, StreamCursor};
 use channels::middleware::StatusCode;
 use channels::prelude::*;
 use tokio::time::Instant;
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use channels::presence::Presence;
 
 use super::recovery::{self, ChatHistory};
-use super::{ChatEvent, Inbound, MAX_TEXT_CHARS, now, user_name, valid_room};
+use super::{ChatEvent, Inbound, MAX_TEXT_CHARS, message_id, now, user_name, valid_room};
 
 /// Longest wait a long poll may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -57,13 +57,17 @@ pub(crate) async fn post_message(request: HttpRequest) -> HttpResponse {
     let Ok(body) = std::str::from_utf8(&request.body) else {
         return error(StatusCode::BAD_REQUEST, "the body must be UTF-8 text");
     };
-    let text = if body.trim_start().starts_with('{') {
+    let (text, id) = if body.trim_start().starts_with('{') {
         match serde_json::from_str::<Inbound>(body) {
-            Ok(inbound) => inbound.message,
+            Ok(inbound) => (inbound.message, inbound.id),
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}")),
         }
     } else {
-        body.to_owned()
+        (body.to_owned(), None)
+    };
+    let id = match message_id(id) {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let text = text.trim();
     if text.is_empty() {
@@ -81,6 +85,7 @@ pub(crate) async fn post_message(request: HttpRequest) -> HttpResponse {
         ts: now(),
         epoch: None,
         offset: None,
+        id,
     };
     // With history on, the layer stores the message and gives it its position.
     let sent = match Message::new(&event) {
@@ -102,8 +107,8 @@ struct PollClient {
     room: String,
     last_seen: Instant,
     polling: usize,
-    /// After a replay, drops the live messages it held already.
-    filter: Option<LiveFilter>,
+    /// Delivers the room's messages once and in order (with history on).
+    cursor: Option<StreamCursor>,
     /// Replayed events not answered yet.
     replayed: Vec<serde_json::Value>,
 }
@@ -193,18 +198,19 @@ impl PollClients {
         // Counts the poll as finished even when the client hangs up mid-wait and this future
         // is dropped, so the sweep can still time the client out.
         let _polling = PollGuard { clients: &self, key: &key };
-        let (mut events, mut filter) = {
+        let (mut events, mut cursor) = {
             let mut clients = self.lock();
             match clients.get_mut(&key) {
-                Some(c) => (std::mem::take(&mut c.replayed), c.filter.take()),
+                Some(c) => (std::mem::take(&mut c.replayed), c.cursor.take()),
                 None => (Vec::new(), None),
             }
         };
         // Replayed events answer at once (a new client's still waits for its presence snapshot).
         let wait = if events.is_empty() || new_client { wait } else { Duration::ZERO };
-        collect(&*layer, &channel, wait, new_client, &mut events, &mut filter).await;
+        let mut live = Live { history: &self.history, group: &format!("chat_{}", key.0), cursor: &mut cursor };
+        collect(&*layer, &channel, wait, new_client, &mut events, &mut live).await;
         if let Some(c) = self.lock().get_mut(&key) {
-            c.filter = filter;
+            c.cursor = cursor;
         }
         json(StatusCode::OK, &events)
     }
@@ -222,19 +228,21 @@ impl PollClients {
         let group = format!("chat_{room}");
         let channel = layer.new_channel("specific").await?;
         layer.group_add(&group, &channel).await?;
-        let (mut filter, mut replayed) = (None, Vec::new());
-        if let Some(since) = since {
-            let replay = recovery::replay(&self.history, &group, &since).await;
-            filter = replay.filter;
-            replayed = replay.messages.iter().filter_map(|m| m.decode::<serde_json::Value>().ok()).collect();
-        }
+        let (cursor, mut replayed) = match since {
+            Some(since) => {
+                let replay = recovery::replay(&self.history, &group, &since).await;
+                (replay.cursor, replay.messages)
+            }
+            None => (recovery::start(&self.history, &group).await, Vec::new()),
+        };
+        let replayed = replayed.drain(..).filter_map(|m| m.decode::<serde_json::Value>().ok()).collect();
         self.presence.track(&group, &channel, user, serde_json::Value::Null)?;
         let client = PollClient {
             channel: channel.clone(),
             room: room.clone(),
             last_seen: Instant::now(),
             polling: 0,
-            filter,
+            cursor,
             replayed,
         };
         self.lock().insert(key.clone(), client);
@@ -286,6 +294,13 @@ impl Drop for PollGuard<'_> {
     }
 }
 
+/// A polling client's room and cursor, for one poll.
+struct Live<'a> {
+    history: &'a ChatHistory,
+    group: &'a str,
+    cursor: &'a mut Option<StreamCursor>,
+}
+
 /// The first event (waiting up to `wait`), then whatever else is already there. For a new
 /// client (`snapshot`), every event up to its presence snapshot: room messages may reach its
 /// channel before the snapshot does, and its first answer must hold the snapshot.
@@ -295,7 +310,7 @@ async fn collect(
     wait: Duration,
     snapshot: bool,
     events: &mut Vec<serde_json::Value>,
-    filter: &mut Option<LiveFilter>,
+    live: &mut Live<'_>,
 ) {
     let deadline = Instant::now() + wait;
     let mut awaiting_snapshot = snapshot;
@@ -305,10 +320,15 @@ async fn collect(
         match tokio::time::timeout_at(until, layer.receive(channel)).await {
             Ok(Ok(message)) => {
                 awaiting_snapshot &= message.message_type() != "chat.presence";
-                if let Ok(event) = message.decode::<ChatEvent>()
-                    && recovery::admit_event(filter, &event)
-                {
-                    events.push(serde_json::to_value(event).unwrap_or_default());
+                let messages = match recovery::admit(live.cursor, &message) {
+                    Admit::Deliver => vec![message],
+                    Admit::Duplicate => Vec::new(),
+                    Admit::Gap => recovery::fill(live.history, live.cursor, live.group, &message).await,
+                };
+                for message in messages {
+                    if let Ok(event) = message.decode::<ChatEvent>() {
+                        events.push(serde_json::to_value(event).unwrap_or_default());
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -326,13 +346,13 @@ pub(crate) struct ChatStream {
     user: String,
     presence: Presence,
     history: ChatHistory,
-    filter: Option<LiveFilter>,
+    cursor: Option<StreamCursor>,
 }
 
 impl ChatStream {
     pub(crate) fn new(scope: &Scope, presence: Presence, history: ChatHistory) -> Self {
         let room = scope.param("room").unwrap_or_default().to_owned();
-        Self { room, user: user_name(scope), presence, history, filter: None }
+        Self { room, user: user_name(scope), presence, history, cursor: None }
     }
 }
 
@@ -368,10 +388,11 @@ impl HttpConsumer for ChatStream {
             }
         };
         ctx.send_headers(StatusCode::OK, &[("content-type", "text/event-stream"), ("x-accel-buffering", "no")]).await?;
+        let group = format!("chat_{}", self.room);
         if let Some(since) = since {
             // The stream joined the room before `handle`: what it missed, then the live events.
-            let replay = recovery::replay(&self.history, &format!("chat_{}", self.room), &since).await;
-            self.filter = replay.filter;
+            let replay = recovery::replay(&self.history, &group, &since).await;
+            self.cursor = replay.cursor;
             let mut body = String::new();
             for message in &replay.messages {
                 body.push_str(&sse_event(&message.decode::<serde_json::Value>()?));
@@ -379,6 +400,8 @@ impl HttpConsumer for ChatStream {
             if !body.is_empty() {
                 ctx.send_body(body, true).await?;
             }
+        } else {
+            self.cursor = recovery::start(&self.history, &group).await;
         }
         // The presence snapshot, then diffs, arrive as events on this stream's channel.
         let channel = ctx.channel_name().ok_or("the chat needs a channel layer")?;
@@ -388,10 +411,18 @@ impl HttpConsumer for ChatStream {
     }
 
     async fn event(&mut self, ctx: &mut HttpContext, event: ChatEvent) -> HandlerResult {
-        if !recovery::admit_event(&mut self.filter, &event) {
-            return Ok(());
+        match recovery::admit_event(&mut self.cursor, &event) {
+            Admit::Deliver => ctx.send_body(sse_event(&serde_json::to_value(&event)?), true).await?,
+            Admit::Duplicate => {}
+            Admit::Gap => {
+                let group = format!("chat_{}", self.room);
+                let mut body = String::new();
+                for m in recovery::fill(&self.history, &mut self.cursor, &group, &Message::new(&event)?).await {
+                    body.push_str(&sse_event(&m.decode::<serde_json::Value>()?));
+                }
+                ctx.send_body(body, true).await?;
+            }
         }
-        ctx.send_body(sse_event(&serde_json::to_value(&event)?), true).await?;
         Ok(())
     }
 

@@ -149,6 +149,19 @@ pub trait HistoryStore: Send + Sync + fmt::Debug + 'static {
     /// The messages of `group` after `since`, with the current position. A store may trim
     /// messages older than `window` as it reads.
     async fn since(&self, group: &str, since: &StreamPosition, window: Duration) -> Result<StoredSince, BackendError>;
+
+    /// [`append`](Self::append), unless a message appended to `group` with the same `key` is
+    /// remembered: then nothing is written, and the earlier message's position comes back with
+    /// `false`. A key is remembered at least as long as its message stays in the history, and
+    /// at most the window. Checked and written together, so two appends with one key racing
+    /// each other store one message.
+    async fn append_once(
+        &self,
+        group: &str,
+        key: &str,
+        message: &Message,
+        options: HistoryOptions,
+    ) -> Result<(StreamPosition, bool), BackendError>;
 }
 
 /// A new random epoch: 12 letters and digits.
@@ -175,8 +188,8 @@ struct MemoryState {
 struct Ring {
     /// Offset of the last message appended.
     top: u64,
-    /// `(offset, kept since, message)`, oldest first.
-    entries: VecDeque<(u64, Instant, Message)>,
+    /// `(offset, kept since, key for `append_once`, message)`, oldest first.
+    entries: VecDeque<(u64, Instant, Option<Box<str>>, Message)>,
 }
 
 impl Ring {
@@ -184,7 +197,7 @@ impl Ring {
         while self.entries.len() > size {
             self.entries.pop_front();
         }
-        while self.entries.front().is_some_and(|(_, at, _)| now.duration_since(*at) > window) {
+        while self.entries.front().is_some_and(|(_, at, _, _)| now.duration_since(*at) > window) {
             self.entries.pop_front();
         }
     }
@@ -212,6 +225,29 @@ impl MemoryHistoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    fn push(
+        &self,
+        group: &str,
+        key: Option<&str>,
+        message: &Message,
+        options: HistoryOptions,
+    ) -> (StreamPosition, bool) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let epoch = state.epoch.clone();
+        let ring = state.groups.entry(group.to_owned()).or_default();
+        if let Some(key) = key {
+            ring.trim(options.size, options.window, now);
+            if let Some((offset, ..)) = ring.entries.iter().find(|(_, _, k, _)| k.as_deref() == Some(key)) {
+                return (StreamPosition { epoch, offset: *offset }, false);
+            }
+        }
+        ring.top += 1;
+        ring.entries.push_back((ring.top, now, key.map(Box::from), message.clone()));
+        ring.trim(options.size, options.window, now);
+        (StreamPosition { epoch, offset: ring.top }, true)
+    }
 }
 
 #[async_trait]
@@ -222,14 +258,17 @@ impl HistoryStore for MemoryHistoryStore {
         message: &Message,
         options: HistoryOptions,
     ) -> Result<StreamPosition, BackendError> {
-        let now = Instant::now();
-        let mut state = self.lock();
-        let epoch = state.epoch.clone();
-        let ring = state.groups.entry(group.to_owned()).or_default();
-        ring.top += 1;
-        ring.entries.push_back((ring.top, now, message.clone()));
-        ring.trim(options.size, options.window, now);
-        Ok(StreamPosition { epoch, offset: ring.top })
+        Ok(self.push(group, None, message, options).0)
+    }
+
+    async fn append_once(
+        &self,
+        group: &str,
+        key: &str,
+        message: &Message,
+        options: HistoryOptions,
+    ) -> Result<(StreamPosition, bool), BackendError> {
+        Ok(self.push(group, Some(key), message, options))
     }
 
     async fn since(&self, group: &str, since: &StreamPosition, window: Duration) -> Result<StoredSince, BackendError> {
@@ -243,7 +282,7 @@ impl HistoryStore for MemoryHistoryStore {
         };
         ring.trim(usize::MAX, window, now);
         let top = StreamPosition { epoch: epoch.clone(), offset: ring.top };
-        let entries = ring.entries.iter().map(|(offset, _, message)| (*offset, message.clone()));
+        let entries = ring.entries.iter().map(|(offset, _, _, message)| (*offset, message.clone()));
         Ok(select_since(top, since, entries))
     }
 }
@@ -310,6 +349,12 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// A [`StreamCursor`] after this recovery: it drops the live messages the recovery returned
+    /// already and fills any later gap.
+    pub fn cursor(&self) -> StreamCursor {
+        StreamCursor::at(self.position.clone())
+    }
+
     /// The filter for the live messages after this recovery: it drops those at or below the
     /// position read, which the recovery returned already.
     pub fn live_filter(&self) -> LiveFilter {
@@ -327,7 +372,7 @@ pub struct LiveFilter {
 impl LiveFilter {
     /// Whether `message` is new to the client.
     pub fn admit(&self, message: &Message) -> bool {
-        position_of(message).is_none_or(|p| self.admit_position(&p))
+        position_ref(message).is_none_or(|p| self.admit_position(p))
     }
 
     /// Whether a message at `position` is new to the client.
@@ -336,15 +381,152 @@ impl LiveFilter {
     }
 }
 
+/// One client's place in a group's stream: it delivers each positioned message once and in
+/// offset order, filling a gap from the history.
+///
+/// Live messages reach a member in offset order when one process sends them, but not always
+/// when several do: two processes sending at the same moment may be delivered in either order,
+/// and a process that dies between storing a message and sending it leaves a hole. A cursor
+/// says, for each live message, whether to deliver it ([`Admit::Deliver`]: the next offset), drop
+/// it ([`Admit::Duplicate`]: at or below the last delivered) or first fetch what is missing
+/// ([`Admit::Gap`], then [`fill`](Self::fill)). Messages without a position, or of another epoch
+/// (the history was lost), are delivered as they come.
+///
+/// ```
+/// use channels_core::layer::{Admit, Message, StreamCursor, StreamPosition, with_position};
+///
+/// let at = |offset| {
+///     let message = Message::new(&serde_json::json!({"type": "chat.message"})).unwrap();
+///     with_position(&message, &StreamPosition::new("e", offset)).unwrap()
+/// };
+/// let mut cursor = StreamCursor::at(StreamPosition::new("e", 4));
+/// assert_eq!(cursor.admit(&at(5)), Admit::Deliver);
+/// assert_eq!(cursor.admit(&at(5)), Admit::Duplicate);
+/// assert_eq!(cursor.admit(&at(7)), Admit::Gap); // offset 6 is missing: `cursor.fill(...)`
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct StreamCursor {
+    last: Option<StreamPosition>,
+}
+
+/// What a [`StreamCursor`] makes of a live message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// New and next (or without a position): deliver it.
+    Deliver,
+    /// Delivered already: drop it.
+    Duplicate,
+    /// Messages before it are missing: deliver what [`StreamCursor::fill`] returns instead.
+    Gap,
+}
+
+/// What [`StreamCursor::fill`] returns.
+#[derive(Debug, Clone)]
+pub struct GapFill {
+    /// Whether every missing message was found; when false, some are lost to this client (the
+    /// history no longer has them) and the application may tell it to reload.
+    pub complete: bool,
+    /// The messages to deliver, in order: the missing ones, then the live one.
+    pub messages: Vec<Message>,
+}
+
+impl StreamCursor {
+    /// A cursor that delivers from the first message it is shown.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A cursor after `position`: it delivers from the offset after it.
+    pub fn at(position: StreamPosition) -> Self {
+        Self { last: Some(position) }
+    }
+
+    /// The position of the last message delivered (or the start).
+    pub fn position(&self) -> Option<&StreamPosition> {
+        self.last.as_ref()
+    }
+
+    /// What to do with the live `message`; [`Admit::Deliver`] moves the cursor past it.
+    pub fn admit(&mut self, message: &Message) -> Admit {
+        match position_ref(message) {
+            Some(p) => self.admit_position(p),
+            None => Admit::Deliver,
+        }
+    }
+
+    /// [`admit`](Self::admit) for a message at `position`.
+    pub fn admit_position(&mut self, position: &StreamPosition) -> Admit {
+        match &mut self.last {
+            Some(last) if last.epoch == position.epoch => {
+                if position.offset <= last.offset {
+                    Admit::Duplicate
+                } else if position.offset == last.offset + 1 {
+                    last.offset = position.offset;
+                    Admit::Deliver
+                } else {
+                    Admit::Gap
+                }
+            }
+            _ => {
+                self.last = Some(position.clone());
+                Admit::Deliver
+            }
+        }
+    }
+
+    /// After [`Admit::Gap`]: reads what `group`'s history holds after the cursor, and returns
+    /// it (the live `message` included) to deliver in order; the cursor moves past it all. When
+    /// the history no longer has the missing messages, or cannot be read, `message` alone, not
+    /// `complete`.
+    pub async fn fill(&mut self, history: &History, group: &str, message: &Message) -> GapFill {
+        let live = position_ref(message).cloned();
+        let recovered = match &self.last {
+            Some(last) => history.recover(group, last).await,
+            None => return GapFill { complete: true, messages: vec![message.clone()] },
+        };
+        match recovered {
+            Ok(r) if r.recovered => {
+                let mut messages = r.messages;
+                let mut last = r.position;
+                // Stored before it was sent, the live message is in what was read; if not, after.
+                if let Some(l) = live.filter(|l| l.epoch == last.epoch && l.offset > last.offset) {
+                    messages.push(message.clone());
+                    last = l;
+                }
+                self.last = Some(last);
+                GapFill { complete: true, messages }
+            }
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(error = %e, %group, "could not read the history to fill a gap");
+                }
+                self.last = live;
+                GapFill { complete: false, messages: vec![message.clone()] }
+            }
+        }
+    }
+}
+
 /// The `epoch` and `offset` keys of a message sent through [`History`], if it has both.
 pub fn position_of(message: &Message) -> Option<StreamPosition> {
+    position_ref(message).cloned()
+}
+
+/// [`position_of`] borrowed: read once per message and shared by its clones (every member's
+/// copy of a group send).
+fn position_ref(message: &Message) -> Option<&StreamPosition> {
     #[derive(Deserialize)]
     struct Stamped {
         epoch: Option<String>,
         offset: Option<u64>,
     }
-    let s: Stamped = message.decode().ok()?;
-    Some(StreamPosition { epoch: s.epoch?, offset: s.offset? })
+    message
+        .position_cell()
+        .get_or_init(|| {
+            let s: Stamped = message.decode().ok()?;
+            Some(StreamPosition { epoch: s.epoch?, offset: s.offset? })
+        })
+        .as_ref()
 }
 
 /// `message` with `"epoch"` and `"offset"` keys set to `position` (replacing any already there).
@@ -358,7 +540,9 @@ pub fn with_position(message: &Message, position: &StreamPosition) -> Result<Mes
     let mut bytes = Vec::with_capacity(message.as_bytes().len() + position.epoch.len() + 24);
     rmpv::encode::write_value(&mut bytes, &rmpv::Value::Map(entries))
         .map_err(|e| MessageError::Codec(e.to_string()))?;
-    Message::from_msgpack(bytes)
+    let stamped = Message::from_msgpack(bytes)?;
+    let _ = stamped.position_cell().set(Some(position.clone()));
+    Ok(stamped)
 }
 
 /// Group sends with history, and recovery, on a layer that keeps history (see the module).
@@ -418,6 +602,29 @@ impl History {
         Ok(position)
     }
 
+    /// [`group_send`](Self::group_send) once per `key`: when a message sent with the same
+    /// `key` is still in `group`'s history (a client resending what it could not confirm),
+    /// nothing is stored or sent, and the earlier message's position comes back with `false`.
+    ///
+    /// # Errors
+    /// As [`group_send`](Self::group_send).
+    pub async fn group_send_once(
+        &self,
+        group: &str,
+        key: &str,
+        message: Message,
+    ) -> Result<(StreamPosition, bool), HistoryError> {
+        let lock = self.group_lock(group);
+        let _ordered = lock.lock().await;
+        let (position, new) =
+            self.store.append_once(group, key, &message, self.options).await.map_err(HistoryError::Backend)?;
+        if new {
+            let stamped = with_position(&message, &position).map_err(HistoryError::Message)?;
+            self.layer.group_send(group, stamped).await.map_err(HistoryError::Group)?;
+        }
+        Ok((position, new))
+    }
+
     /// The messages of `group` after `since`, each with its position, or "not recovered".
     /// Join the group before, and filter the live messages after with
     /// [`Recovery::live_filter`].
@@ -469,7 +676,11 @@ pub struct HistoryLayer {
     inner: Arc<dyn ChannelLayer>,
     history: Arc<History>,
     keep: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    key_of: Option<KeyOf>,
 }
+
+/// What [`HistoryLayer::dedupe_by`] takes.
+type KeyOf = Box<dyn Fn(&str, &Message) -> Option<String> + Send + Sync>;
 
 impl fmt::Debug for HistoryLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -486,7 +697,35 @@ impl HistoryLayer {
         keep: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) -> Option<Self> {
         let history = Arc::new(History::new(inner.clone(), options)?);
-        Some(Self { inner, history, keep: Box::new(keep) })
+        Some(Self { inner, history, keep: Box::new(keep), key_of: None })
+    }
+
+    /// Stores and sends a message once per key: a send to a kept group for which `key_of`
+    /// (given the group and the message) returns a key is skipped while a message with that
+    /// key is still in the group's history (see [`HistoryStore::append_once`]); its report is
+    /// then empty. Clients that resend what they could not confirm after a reconnect, each
+    /// message with an ID of its own, so get every message stored and delivered once.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use channels_core::layer::{ChannelLayer, HistoryLayer, HistoryOptions, Message};
+    ///
+    /// # async fn demo(inner: Arc<dyn ChannelLayer>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Id { id: Option<String> }
+    /// let layer = HistoryLayer::wrap(inner, HistoryOptions::default(), |_| true)
+    ///     .expect("history")
+    ///     .dedupe_by(|_group, message| message.decode::<Id>().ok()?.id);
+    /// let history = layer.history();
+    /// let message = Message::new(&serde_json::json!({"type": "chat.message", "id": "a1"}))?;
+    /// layer.group_send("room", message.clone()).await?;
+    /// layer.group_send("room", message).await?; // a resend: not stored, not sent
+    /// assert_eq!(history.position("room").await?.offset, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn dedupe_by(mut self, key_of: impl Fn(&str, &Message) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.key_of = Some(Box::new(key_of));
+        self
     }
 
     /// The history, for [`History::recover`].
@@ -523,12 +762,20 @@ impl HistoryLayer {
                 reports.push(None);
                 continue;
             }
-            let stored = self.history.store.append(group, message, self.history.options).await;
-            match stored
-                .map_err(GroupError::Backend)
-                .and_then(|position| with_position(message, &position).map_err(|e| GroupError::Backend(Box::new(e))))
-            {
-                Ok(stamped) => {
+            let key = self.key_of.as_ref().and_then(|key_of| key_of(group, message));
+            let stored = match &key {
+                Some(key) => self.history.store.append_once(group, key, message, self.history.options).await,
+                None => self.history.store.append(group, message, self.history.options).await.map(|p| (p, true)),
+            };
+            match stored.map_err(GroupError::Backend).and_then(|(position, new)| {
+                if new {
+                    with_position(message, &position).map(Some).map_err(|e| GroupError::Backend(Box::new(e)))
+                } else {
+                    Ok(None)
+                }
+            }) {
+                Ok(None) => reports.push(Some(Ok(GroupSendReport::default()))),
+                Ok(Some(stamped)) => {
                     batch.push((group.clone(), stamped));
                     reports.push(None);
                 }

@@ -72,6 +72,9 @@ struct Inner {
     message_type: Box<str>,
     /// The message as JSON text, rendered on first use and shared by every receiver.
     json: OnceLock<Utf8Bytes>,
+    /// The message's history position (`"epoch"` and `"offset"` keys), read on first use and
+    /// shared by every receiver.
+    position: OnceLock<Option<super::StreamPosition>>,
 }
 
 /// The top level of a message: its `"type"`, and whether it sets the reserved key. Read by hand
@@ -161,12 +164,17 @@ impl Message {
             return Err(MessageError::ReservedKey(RESERVED_CHANNEL_KEY));
         }
         let message_type = head.message_type.ok_or(MessageError::MissingType)?.into();
-        Ok(Self { inner: Arc::new(Inner { bytes, message_type, json: OnceLock::new() }) })
+        Ok(Self { inner: Arc::new(Inner { bytes, message_type, json: OnceLock::new(), position: OnceLock::new() }) })
     }
 
     /// The message's `"type"`, such as `"chat.message"`.
     pub fn message_type(&self) -> &str {
         &self.inner.message_type
+    }
+
+    /// The cell holding the message's history position, read once (see `history::position_of`).
+    pub(crate) fn position_cell(&self) -> &OnceLock<Option<super::StreamPosition>> {
+        &self.inner.position
     }
 
     /// The encoded msgpack map.

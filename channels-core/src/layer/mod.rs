@@ -24,8 +24,9 @@ use futures_util::future::BoxFuture;
 pub use config::{ConfigError, LayerConfig, LayerUrl, redact_url};
 pub use drops::DroppedMessages;
 pub use history::{
-    History, HistoryError, HistoryLayer, HistoryOptions, HistoryStore, InvalidPosition, LiveFilter, MemoryHistoryStore,
-    Recovery, StoredSince, StreamPosition, new_epoch, position_of, select_since, with_position,
+    Admit, GapFill, History, HistoryError, HistoryLayer, HistoryOptions, HistoryStore, InvalidPosition, LiveFilter,
+    MemoryHistoryStore, Recovery, StoredSince, StreamCursor, StreamPosition, new_epoch, position_of, select_since,
+    with_position,
 };
 pub use members::Members;
 pub use message::{MAX_NESTING_DEPTH, Message, MessageError, RESERVED_CHANNEL_KEY};

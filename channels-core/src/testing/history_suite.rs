@@ -232,6 +232,78 @@ pub async fn a_history_layer_stamps_batches_in_order<F: LayerFactory>(factory: &
     assert_eq!(r.messages.len(), 200);
 }
 
+/// A message sent again with the same key (a client resending what it could not confirm) is
+/// stored and delivered once, also when the two sends race, through [`History`] and through a
+/// deduplicating [`HistoryLayer`](crate::layer::HistoryLayer).
+pub async fn a_resend_with_the_same_key_is_stored_once<F: LayerFactory>(factory: &F) {
+    use crate::layer::HistoryLayer;
+    let inner = layer(factory).await;
+    let h = Arc::new(history(&inner, 100, Duration::from_secs(60)));
+    let member = inner.new_channel("specific").await.expect("a channel");
+    inner.group_add("room", &member).await.expect("join");
+    let (first, new) = h.group_send_once("room", "k1", msg(1)).await.expect("send");
+    assert!(new);
+    let (again, new) = h.group_send_once("room", "k1", msg(1)).await.expect("send");
+    assert_eq!((again, new), (first.clone(), false));
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.group_send_once("room", "k2", msg(2)).await.expect("send") })
+        })
+        .collect();
+    let mut stored = 0;
+    for r in racers {
+        stored += usize::from(r.await.expect("a racer").1);
+    }
+    assert_eq!(stored, 1);
+    #[derive(serde::Deserialize)]
+    struct Key {
+        n: u64,
+    }
+    let wrapped = HistoryLayer::wrap(inner.clone(), HistoryOptions::new(100, Duration::from_secs(60)), |_| true)
+        .expect("the layer keeps history")
+        .dedupe_by(|_, m| Some(format!("n{}", m.decode::<Key>().ok()?.n)));
+    let batch: Vec<(String, Message)> = [3, 3, 1, 4].iter().map(|n| ("room".to_owned(), msg(*n))).collect();
+    for report in wrapped.group_send_many(&batch).await {
+        report.expect("a send");
+    }
+    // k1 and k2 were other keys: n1 is new to the layer's keys.
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let m = receive(&*inner, &member).await;
+        got.push((n_of(&m), position_of(&m).expect("a position").offset));
+    }
+    assert_eq!(got, vec![(1, 1), (2, 2), (3, 3), (1, 4), (4, 5)]);
+    let nothing_more = tokio::time::timeout(Duration::from_millis(200), inner.receive(&member)).await;
+    assert!(nothing_more.is_err(), "a resend was delivered: {nothing_more:?}");
+}
+
+/// A [`StreamCursor`](crate::layer::StreamCursor) delivers each message once and in order: a
+/// message stored but never sent (its process died in between) is filled in from the history
+/// when the next one arrives, and what was delivered already is dropped.
+pub async fn a_cursor_fills_a_gap_from_the_history<F: LayerFactory>(factory: &F) {
+    use crate::layer::{Admit, StreamCursor};
+    let layer = layer(factory).await;
+    let h = history(&layer, 100, Duration::from_secs(60));
+    let store = layer.history_store().expect("the layer keeps history");
+    let member = layer.new_channel("specific").await.expect("a channel");
+    layer.group_add("room", &member).await.expect("join");
+    let mut cursor = StreamCursor::at(h.position("room").await.expect("position"));
+    h.group_send("room", msg(1)).await.expect("send");
+    store.append("room", &msg(2), h.options()).await.expect("stored, never sent");
+    h.group_send("room", msg(3)).await.expect("send");
+    let one = receive(&*layer, &member).await;
+    assert_eq!(cursor.admit(&one), Admit::Deliver);
+    let three = receive(&*layer, &member).await;
+    assert_eq!(cursor.admit(&three), Admit::Gap);
+    let filled = cursor.fill(&h, "room", &three).await;
+    assert!(filled.complete);
+    let offsets: Vec<u64> = filled.messages.iter().map(|m| position_of(m).expect("a position").offset).collect();
+    assert_eq!((offsets, filled.messages.iter().map(n_of).collect::<Vec<_>>()), (vec![2, 3], vec![2, 3]));
+    assert_eq!(cursor.admit(&three), Admit::Duplicate);
+    assert_eq!(cursor.position().map(|p| p.offset), Some(3));
+}
+
 /// Generates one `#[tokio::test]` per history check for a layer factory.
 #[macro_export]
 macro_rules! history_conformance_tests {
@@ -243,6 +315,8 @@ macro_rules! history_conformance_tests {
             a_flush_starts_a_new_epoch,
             no_gap_and_no_duplicate_while_senders_send,
             a_history_layer_stamps_batches_in_order,
+            a_resend_with_the_same_key_is_stored_once,
+            a_cursor_fills_a_gap_from_the_history,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {$(

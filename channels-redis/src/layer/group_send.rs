@@ -16,7 +16,7 @@ use channels_core::layer::{GroupError, GroupSendReport, Message, non_local_name,
 
 use super::full_queues::Suspect;
 use super::send::stays;
-use super::shards::query;
+use super::shards::query_retried;
 use super::{Inner, backend};
 use crate::wire::{self, Routing};
 
@@ -164,7 +164,9 @@ impl Inner {
                 pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg(0).arg(trim_before).ignore();
                 pipe.cmd("ZRANGE").arg(&key).arg(0).arg(-1);
             }
-            match query::<Vec<Vec<Vec<u8>>>>(self, shard, &pipe).await {
+            // Reading twice is harmless: a connection that dropped since its last use (Redis
+            // restarted) fails the first send after the restart otherwise.
+            match query_retried::<Vec<Vec<Vec<u8>>>>(self, shard, &pipe).await {
                 Ok(found) => {
                     for (&g, found) in read.iter().zip(found) {
                         members[g] = found;

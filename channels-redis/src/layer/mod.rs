@@ -24,6 +24,7 @@
 //! | `flush.rs` | `flush` |
 
 mod flush;
+pub(crate) use flush::{escape_glob, unlink_matching};
 mod full_queues;
 mod group_send;
 mod groups;

@@ -64,6 +64,23 @@ pub(super) async fn query<T: redis::FromRedisValue>(
     pipe.query_async(&mut conn).await
 }
 
+/// [`query`] for a pipeline that may run twice (reads, trims): once more when the connection
+/// turns out to have dropped (Redis restarted since its last use), as the connection
+/// reconnects on that error.
+pub(super) async fn query_retried<T: redis::FromRedisValue>(
+    inner: &Inner,
+    shard: usize,
+    pipe: &redis::Pipeline,
+) -> Result<T, redis::RedisError> {
+    match query(inner, shard, pipe).await {
+        Err(e) if e.is_connection_dropped() => {
+            tracing::debug!(error = %e, shard, "command connection dropped; retrying once");
+            query(inner, shard, pipe).await
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
