@@ -60,24 +60,14 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1)}
 /// meta hash; ARGV = payload, size, window (ms), a new epoch for a missing hash, the hash's
 /// time to live (ms). Returns `{epoch, offset}`.
 pub(crate) static HISTORY_APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
+    Script::new(&format!(
+        "local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
-    epoch = ARGV[4]
-    redis.call('DEL', KEYS[1])
-    redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+{NEW_EPOCH}
 end
-local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'o', offset, 'p', ARGV[1])
-redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', now - tonumber(ARGV[3])))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-return {epoch, offset}
-",
-    )
+{APPEND}
+return {{epoch, offset}}"
+    ))
 });
 
 /// [`HISTORY_APPEND`] once per key (see `history.rs`). KEYS[3] = the key's marker; ARGV as
@@ -85,34 +75,40 @@ return {epoch, offset}
 /// it was written in, returns `{epoch, offset of the earlier message, 0}` and writes nothing;
 /// else appends and returns `{epoch, offset, 1}`.
 pub(crate) static HISTORY_APPEND_ONCE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
+    Script::new(&format!(
+        "local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if epoch then
     local seen = redis.call('GET', KEYS[3])
     if seen then
         local at = string.find(seen, ':', 1, true)
         if at and string.sub(seen, at + 1) == epoch then
-            return {epoch, tonumber(string.sub(seen, 1, at - 1)), 0}
+            return {{epoch, tonumber(string.sub(seen, 1, at - 1)), 0}}
         end
     end
 else
-    epoch = ARGV[4]
-    redis.call('DEL', KEYS[1])
-    redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+{NEW_EPOCH}
 end
-local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+{APPEND}
+redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[3])
+return {{epoch, offset, 1}}"
+    ))
+});
+
+/// The history scripts' start of a new epoch, when the meta hash is missing: the stream of an
+/// older epoch goes.
+const NEW_EPOCH: &str = "    epoch = ARGV[4]
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)";
+
+/// The history scripts' append: the next offset, the message added, what is past the size or
+/// the window trimmed, the keys' time to live renewed.
+const APPEND: &str = "local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'o', offset, 'p', ARGV[1])
 redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', now - tonumber(ARGV[3])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[3])
-return {epoch, offset, 1}
-",
-    )
-});
+redis.call('PEXPIRE', KEYS[2], ARGV[5])";
 
 /// Reads a group's history (see `history.rs`). KEYS[1] = stream, KEYS[2] = meta hash; ARGV =
 /// window (ms), a new epoch for a missing hash, the hash's time to live (ms), the epoch asked

@@ -258,15 +258,42 @@ class Poster {
   }
 }
 
-class SseTransport {
-  constructor(channel, since) {
-    this.name = "sse";
+/** What the two HTTP transports share: POSTs for sending, a fetch to abort when stopped. */
+class HttpTransport {
+  constructor(name, channel, since) {
+    this.name = name;
     this.channel = channel;
     this.since = since;
     this.opened = false;
     this.done = false;
     this.controller = null;
     this.poster = new Poster(channel);
+  }
+
+  fail(info) {
+    if (this.done) return;
+    this.done = true;
+    if (this.controller) this.controller.abort();
+    this.channel._lost(this, info);
+  }
+
+  ready() {
+    return this.opened && !this.done;
+  }
+
+  send(text) {
+    return this.poster.send(text);
+  }
+
+  stop() {
+    this.done = true;
+    if (this.controller) this.controller.abort();
+  }
+}
+
+class SseTransport extends HttpTransport {
+  constructor(channel, since) {
+    super("sse", channel, since);
   }
 
   start() {
@@ -276,13 +303,6 @@ class SseTransport {
     this.controller = new AbortController();
     const url = withParams(ch.urls.sse, params);
     this.run(url).catch((error) => this.fail({ opened: this.opened, reason: describe(error) }));
-  }
-
-  fail(info) {
-    if (this.done) return;
-    this.done = true;
-    if (this.controller) this.controller.abort();
-    this.channel._lost(this, info);
   }
 
   async run(url) {
@@ -341,44 +361,18 @@ class SseTransport {
     this.fail({ opened: true, reason: "the event stream ended" });
   }
 
-  ready() {
-    return this.opened && !this.done;
-  }
-
-  send(text) {
-    return this.poster.send(text);
-  }
-
   ping() {
     /* the server's keep-alive comments are the heartbeat */
   }
-
-  stop() {
-    this.done = true;
-    if (this.controller) this.controller.abort();
-  }
 }
 
-class LongPollTransport {
+class LongPollTransport extends HttpTransport {
   constructor(channel, since) {
-    this.name = "longpoll";
-    this.channel = channel;
-    this.since = since;
-    this.opened = false;
-    this.done = false;
-    this.controller = null;
-    this.poster = new Poster(channel);
+    super("longpoll", channel, since);
   }
 
   start() {
     this.loop().catch((error) => this.fail({ opened: this.opened, reason: describe(error) }));
-  }
-
-  fail(info) {
-    if (this.done) return;
-    this.done = true;
-    if (this.controller) this.controller.abort();
-    this.channel._lost(this, info);
   }
 
   async loop() {
@@ -431,21 +425,8 @@ class LongPollTransport {
     }
   }
 
-  ready() {
-    return this.opened && !this.done;
-  }
-
-  send(text) {
-    return this.poster.send(text);
-  }
-
   ping() {
     /* every poll is answered within `wait`: a poll that is not is the dead connection */
-  }
-
-  stop() {
-    this.done = true;
-    if (this.controller) this.controller.abort();
   }
 
   /** Leaves at once rather than after the server's poll timeout. */
