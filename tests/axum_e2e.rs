@@ -229,3 +229,43 @@ async fn mounted_in_axum_captures_addresses_layers_and_shutdown_work() {
         .expect("serve");
     assert_eq!(disconnects.load(Ordering::SeqCst), 3, "every disconnect ran before axum returned");
 }
+
+/// Follows a redirect's `Location` from `path` as a browser would (resolved against the
+/// request's URL), returning the path it leads to.
+fn resolve_location(addr: SocketAddr, path: &str, headers: &http::HeaderMap) -> String {
+    let location = headers.get("location").expect("a Location header").to_str().expect("ASCII");
+    let base = url::Url::parse(&format!("http://{addr}{path}")).expect("base URL");
+    let target = base.join(location).expect("a Location the URL parser resolves");
+    assert_eq!(target.host_str(), base.host_str(), "the redirect stays on this server");
+    match target.query() {
+        Some(query) => format!("{}?{query}", target.path()),
+        None => target.path().to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_trailing_slash_redirect_keeps_the_prefix_of_nest_service() {
+    let page = |request: channels::http::HttpRequest| async move {
+        channels::http::text(StatusCode::OK, format!("served {}", request.scope.path()))
+    };
+    let app = Application::builder(Router::new().http("/rooms/{room}/", page).http("/file", page)).build();
+    let router = axum::Router::new().nest_service("/realtime", app.clone()).fallback_service(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    for (path, expected, served) in [
+        ("/realtime/rooms/lobby?x=1", "/realtime/rooms/lobby/?x=1", "served /rooms/lobby/"),
+        ("/realtime/file/", "/realtime/file", "served /file"),
+        // Not nested: the same relative redirect leads to the route itself.
+        ("/rooms/lobby", "/rooms/lobby/", "served /rooms/lobby/"),
+        ("/file/", "/file", "served /file"),
+    ] {
+        let (status, headers, _) = request(addr, "GET", path, "").await;
+        assert_eq!(status, 308, "{path}");
+        let target = resolve_location(addr, path, &headers);
+        assert_eq!(target, expected, "{path} redirects to {target}");
+        let (status, _, body) = request(addr, "GET", &target, "").await;
+        assert_eq!((status, body.as_str()), (200, served), "{target}");
+    }
+}

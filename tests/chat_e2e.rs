@@ -190,7 +190,7 @@ async fn the_page_is_served_at_root_and_home() {
     }
     let redirect = http_get(&example, "/home", "");
     assert!(redirect.starts_with("HTTP/1.1 308"), "{redirect}");
-    assert!(redirect.to_ascii_lowercase().contains("location: /home/"), "{redirect}");
+    assert!(redirect.to_ascii_lowercase().contains("location: ./home/"), "{redirect}");
 }
 
 #[tokio::test]

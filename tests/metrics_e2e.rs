@@ -263,3 +263,48 @@ async fn a_server_sent_event_stream_counts_as_an_sse_connection() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chats_long_polls_and_posts_are_counted() {
+    let example = Example::start("chat", &[]);
+    let addr = example.addr;
+    let route = r#"route="/chat/{room}/events",transport="long-poll""#;
+    let events = "/chat/polled/events?client=c1&user=poller";
+    let (mut answered_events, mut answered_bytes) = (0u64, 0u64);
+    let mut count_answer = |status: u16, body: &str| {
+        assert_eq!(status, 200, "{body}");
+        let answer: Vec<serde_json::Value> = serde_json::from_str(body).expect("a JSON array of events");
+        answered_events += answer.len() as u64;
+        answered_bytes += body.len() as u64;
+        answer
+    };
+
+    // The first poll answers with the presence snapshot.
+    let (status, body) = http(addr, "GET", &format!("{events}&wait=0"), "").await;
+    let first = count_answer(status, &body);
+    assert!(first.iter().any(|e| e["type"] == "chat.presence"), "{first:?}");
+
+    // A held poll is an open long-poll connection until it answers.
+    let held = tokio::spawn(async move { http(addr, "GET", &format!("{events}&wait=10"), "").await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while scrape(&example).await.get(&format!("channels_connections_open{{{route}}}")) != Some(&1.0) {
+        assert!(tokio::time::Instant::now() < deadline, "the held poll is never counted open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let post = r#"{"message": "hello pollers"}"#;
+    let (status, _) = http(addr, "POST", "/chat/polled/messages?user=poster", post).await;
+    assert_eq!(status, 202);
+    let (status, body) = held.await.expect("the held poll");
+    let second = count_answer(status, &body);
+    assert!(second.iter().any(|e| e["text"] == "hello pollers"), "{second:?}");
+
+    let samples = scrape(&example).await;
+    assert_eq!(get(&samples, &format!("channels_connections_accepted_total{{{route}}}")), 2.0);
+    assert_eq!(get(&samples, &format!("channels_connections_open{{{route}}}")), 0.0);
+    assert_eq!(get(&samples, r#"channels_connection_duration_seconds_count{transport="long-poll"}"#), 2.0);
+    assert_eq!(get(&samples, r#"channels_messages_sent_total{transport="long-poll"}"#), answered_events as f64);
+    assert_eq!(get(&samples, r#"channels_sent_bytes_total{transport="long-poll"}"#), answered_bytes as f64);
+    assert_eq!(get(&samples, r#"channels_messages_received_total{transport="long-poll"}"#), 1.0);
+    assert_eq!(get(&samples, r#"channels_received_bytes_total{transport="long-poll"}"#), post.len() as f64);
+    assert_eq!(get(&samples, r#"channels_messages_sent_total{transport="websocket"}"#), 0.0);
+}

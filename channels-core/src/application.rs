@@ -28,7 +28,7 @@ use crate::http::{HttpRequest, HttpResponse, full, text};
 use crate::io::{LeanIo, WsStream};
 use crate::layer::{BackendError, ChannelLayer, ChannelLayers};
 use crate::membership::Shutdown;
-use crate::metrics::{ConnectionGuard, Metrics};
+use crate::metrics::{Metrics, OpenConnection};
 use crate::middleware::{Middleware, Rejection};
 use crate::routing::{CompiledRouter, Endpoints, Resolved, Router};
 use crate::runtime::{Finished, Handshake, Session, Upgrading};
@@ -209,7 +209,7 @@ pub(crate) enum Upgrade {
         limits: Arc<WebsocketLimits>,
         permit: tokio::sync::OwnedSemaphorePermit,
         /// Counts the connection open, when metrics are on.
-        guard: Option<ConnectionGuard>,
+        guard: Option<OpenConnection>,
     },
     Refuse {
         status: StatusCode,
@@ -391,7 +391,8 @@ impl Application {
             && matches!(*scope.method(), Method::GET | Method::HEAD)
         {
             let query = scope.query_string();
-            let location = if query.is_empty() { canonical } else { format!("{canonical}?{query}") };
+            let location = slash_redirect(&canonical);
+            let location = if query.is_empty() { location } else { format!("{location}?{query}") };
             let mut response = text(StatusCode::PERMANENT_REDIRECT, "");
             if let Ok(value) = HeaderValue::try_from(location) {
                 response.headers_mut().insert(header::LOCATION, value);
@@ -666,6 +667,24 @@ where
 /// as its biggest state, so otherwise every request would keep the upgrade's, the body's and
 /// the middleware's state for as long as its handler waits: a held long poll, for minutes.
 type Routed = futures_util::future::BoxFuture<'static, HttpResponse>;
+
+/// The `Location` of the redirect to `canonical`, a path that differs from the request's by a
+/// trailing slash: a reference relative to the request's own URL (`./room/`, `../file`), so it
+/// stays right under whatever prefix a router mounting the application (axum's
+/// `nest_service`) or a proxy took off the path before the application saw it.
+fn slash_redirect(canonical: &str) -> String {
+    fn last_segment(path: &str) -> &str {
+        path.rsplit('/').next().unwrap_or_default()
+    }
+    match canonical.strip_suffix('/').map(last_segment) {
+        // `/a/room` → `/a/room/`: the last segment again, with its slash.
+        Some(segment) if !segment.is_empty() => format!("./{segment}/"),
+        // `/a/file/` → `/a/file`: up out of the "directory" `file/`, then the segment.
+        None if !last_segment(canonical).is_empty() => format!("../{}", last_segment(canonical)),
+        // An empty segment (`//` → `/`) has no relative form.
+        _ => canonical.to_owned(),
+    }
+}
 
 /// A request answered without a handler (refused, redirected, upgraded).
 fn answered(response: HttpResponse) -> Routed {

@@ -73,6 +73,11 @@ pub struct WebsocketContext {
     outbox: Option<Box<std::sync::Mutex<Outbox>>>,
     /// The application's per-message metrics, when they are on.
     pub(crate) metrics: Option<Arc<crate::metrics::Hot>>,
+    /// With metrics on, the data frames sent during the current burst (`batching`) and their
+    /// payload bytes: added to the metrics once, when the burst ends, rather than once per
+    /// frame.
+    burst_frames: u32,
+    burst_bytes: u64,
 }
 
 /// What a mutex holds, reached through `&mut` (never locked: the mutexes are there for `Sync`).
@@ -106,6 +111,8 @@ impl WebsocketContext {
             batching: false,
             outbox: None,
             metrics: None,
+            burst_frames: 0,
+            burst_bytes: 0,
         }
     }
 

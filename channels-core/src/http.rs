@@ -12,7 +12,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
 use crate::layer::ChannelLayers;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OpenConnection, Transport};
 use crate::scope::Scope;
 use crate::tasks::Tasks;
 
@@ -54,6 +54,34 @@ impl HttpRequest {
     /// ```
     pub fn layers(&self) -> &ChannelLayers {
         &self.layers
+    }
+
+    /// The application's metrics, when they are on: for a handler that serves a transport of
+    /// its own to count its messages ([`Metrics::count_sent`], [`Metrics::count_received`]).
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref().map(|(metrics, _)| metrics)
+    }
+
+    /// When metrics are on, counts this request as a connection of `transport` on its route,
+    /// open until the returned value drops (see [`Metrics::open_connection`]): for a handler
+    /// that holds the request, a long poll of its own say. `None` with metrics off.
+    ///
+    /// ```
+    /// use channels_core::http::{HttpRequest, HttpResponse, text};
+    /// use channels_core::metrics::Transport;
+    /// use http::StatusCode;
+    ///
+    /// async fn poll(request: HttpRequest) -> HttpResponse {
+    ///     let _open = request.open_connection(Transport::LongPoll);
+    ///     tokio::time::sleep(std::time::Duration::from_millis(10)).await; // waiting for events
+    ///     if let Some(metrics) = request.metrics() {
+    ///         metrics.count_sent(Transport::LongPoll, 0, 2);
+    ///     }
+    ///     text(StatusCode::OK, "[]")
+    /// }
+    /// ```
+    pub fn open_connection(&self, transport: Transport) -> Option<OpenConnection> {
+        self.metrics.as_ref().map(|(metrics, route)| metrics.open_connection(transport, route))
     }
 }
 

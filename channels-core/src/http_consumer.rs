@@ -23,7 +23,7 @@ use crate::guarded::guarded;
 use crate::http::{HttpHandler, HttpRequest, HttpResponse, response, text};
 use crate::layer::{ChannelLayer, DEFAULT_ALIAS, GroupSendReport};
 use crate::membership::Membership;
-use crate::metrics::{ConnectionGuard, Metrics, Transport};
+use crate::metrics::{Metrics, OpenConnection, Transport};
 use crate::scope::Scope;
 
 /// An HTTP consumer: one instance per request.
@@ -115,7 +115,7 @@ pub struct HttpContext {
     /// The application's metrics, if on, and the route's path.
     metrics: Option<(Metrics, Arc<str>)>,
     /// How the request is counted while it is a long poll or a stream.
-    open: Option<(Transport, ConnectionGuard)>,
+    open: Option<(Transport, OpenConnection)>,
 }
 
 impl std::fmt::Debug for HttpContext {
@@ -183,7 +183,7 @@ impl HttpContext {
             Reply::Pending(tx) => {
                 let body: Bytes = body.into();
                 if let (Some((Transport::LongPoll, _)), Some((metrics, _))) = (&self.open, &self.metrics) {
-                    metrics.hot().sent_on(Transport::LongPoll, body.len());
+                    metrics.hot().sent_on(Transport::LongPoll, 1, body.len() as u64);
                 }
                 // A held request answered: no longer open.
                 self.open = None;
@@ -221,7 +221,7 @@ impl HttpContext {
         tx.send(reply).map_err(|_| ContextError::Closed)?;
         self.reply = Reply::Streaming(body_tx);
         if let Some((metrics, route)) = &self.metrics {
-            self.open = Some((Transport::Sse, metrics.opened(Transport::Sse, route)));
+            self.open = Some((Transport::Sse, metrics.open_connection(Transport::Sse, route)));
         }
         Ok(())
     }
@@ -239,7 +239,7 @@ impl HttpContext {
             match tokio::time::timeout(self.send_timeout, tx.send(chunk)).await {
                 Ok(Ok(())) => {
                     if let Some((metrics, _)) = &self.metrics {
-                        metrics.hot().sent_on(Transport::Sse, len);
+                        metrics.hot().sent_on(Transport::Sse, 1, len as u64);
                     }
                     Ok(())
                 }
@@ -369,7 +369,7 @@ async fn session<C: HttpConsumer>(
     }
     if !failed && let (Reply::Pending(_), Some((metrics, route))) = (&ctx.reply, &ctx.metrics) {
         // `handle` returned without an answer: a long poll, held until an event answers it.
-        ctx.open = Some((Transport::LongPoll, metrics.opened(Transport::LongPoll, route)));
+        ctx.open = Some((Transport::LongPoll, metrics.open_connection(Transport::LongPoll, route)));
     }
     if !failed {
         let layer = ctx.membership.layer.clone();

@@ -3,11 +3,11 @@
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
-//! | `channels_connections_open` | gauge | `transport`, `route` | connections open now: WebSockets (`websocket`), HTTP consumers' held requests (`long-poll`) and streams (`sse`) |
+//! | `channels_connections_open` | gauge | `transport`, `route` | connections open now: WebSockets (`websocket`), HTTP consumers' held requests (`long-poll`) and streams (`sse`), and what handlers count with [`HttpRequest::open_connection`](crate::http::HttpRequest::open_connection) |
 //! | `channels_connections_accepted_total` | counter | `transport`, `route` | connections accepted, the same way |
 //! | `channels_handshakes_denied_total` | counter | `reason` | WebSocket handshakes refused: `bad_request`, `shutting_down`, `middleware`, `no_route`, `connection_limit`, `denied` (by the consumer or its `connect` failing), `unavailable` (the layer failed or was too slow) |
-//! | `channels_messages_received_total` | counter | `transport` | data frames from clients |
-//! | `channels_messages_sent_total` | counter | `transport` | data frames to clients; an HTTP consumer's long-poll answers and stream chunks |
+//! | `channels_messages_received_total` | counter | `transport` | data frames from clients, and what handlers count with [`Metrics::count_received`] |
+//! | `channels_messages_sent_total` | counter | `transport` | data frames to clients; an HTTP consumer's long-poll answers and stream chunks; what handlers count with [`Metrics::count_sent`] |
 //! | `channels_received_bytes_total` | counter | `transport` | their payload bytes |
 //! | `channels_sent_bytes_total` | counter | `transport` | their payload bytes |
 //! | `channels_closes_sent_total` | counter | `code` | close frames the server started (a handler's close, 1001 at shutdown, 1009 for a message too big...) |
@@ -22,7 +22,11 @@
 //! | `channels_layer_recoveries_total` | counter | `layer` | times the backend answered again after failing (Redis back, the layer reconnected) |
 //!
 //! The counters a frame touches are sharded by thread (no lock, no allocation, no cache line
-//! shared between threads, and no locked instruction for the first 15 threads that count); a group send adds to plain atomics once per call (not per member).
+//! shared between threads, and no locked instruction for the first 15 threads that count);
+//! the frames a connection sends in a burst of layer messages are tallied in the connection
+//! and added once per burst, before the burst is flushed to the socket, so a scrape never
+//! reads fewer than clients could have received. A group send adds to plain atomics once per
+//! call (not per member).
 //! With metrics off (the default) none of this runs, and the clock is not read for it. The exposition is OpenMetrics text written by
 //! [`prometheus-client`](https://docs.rs/prometheus-client).
 
@@ -41,8 +45,8 @@ use prometheus_client::registry::Registry;
 use async_trait::async_trait;
 
 use crate::layer::{
-    BackendError, ChannelLayer, ChannelReceiver, FlushError, GroupError, GroupSendReport, LayerConfig, Message,
-    NewChannelError, PresenceStore, ReceiveError, SendError,
+    BackendError, ChannelLayer, ChannelReceiver, FlushError, GroupError, GroupSendReport, HistoryStore, LayerConfig,
+    Message, NewChannelError, PresenceStore, ReceiveError, SendError,
 };
 
 /// Label pairs of a family.
@@ -181,43 +185,81 @@ impl Metrics {
     }
 
     /// A WebSocket connection on `route` was accepted; the guard counts it open until dropped.
-    pub(crate) fn websocket_opened(&self, route: &str) -> ConnectionGuard {
-        self.opened(Transport::Websocket, route)
+    pub(crate) fn websocket_opened(&self, route: &str) -> OpenConnection {
+        self.open_connection(Transport::Websocket, route)
     }
 
-    /// A connection of `transport` on `route` began (a WebSocket accepted, a long poll held, a
-    /// stream started); the guard counts it open until dropped.
-    pub(crate) fn opened(&self, transport: Transport, route: &str) -> ConnectionGuard {
+    /// Counts a connection of `transport` on `route` as accepted and open until the returned
+    /// [`OpenConnection`] drops, then observes its duration. The framework counts its own
+    /// connections (WebSockets, [`HttpConsumer`](crate::http_consumer::HttpConsumer)s' held
+    /// requests and streams); this is for a transport a handler of yours serves itself, such
+    /// as a long poll it holds. From a handler, [`HttpRequest::open_connection`](crate::http::HttpRequest::open_connection)
+    /// fills in the route.
+    ///
+    /// ```
+    /// use channels_core::metrics::{Metrics, Transport};
+    ///
+    /// let metrics = Metrics::new();
+    /// let poll = metrics.open_connection(Transport::LongPoll, "/events");
+    /// metrics.count_sent(Transport::LongPoll, 3, 120);
+    /// let text = metrics.render();
+    /// assert!(text.contains(r#"channels_connections_open{transport="long-poll",route="/events"} 1"#));
+    /// assert!(text.contains(r#"channels_messages_sent_total{transport="long-poll"} 3"#));
+    /// drop(poll);
+    /// assert!(metrics.render().contains(r#"channels_connections_open{transport="long-poll",route="/events"} 0"#));
+    /// ```
+    pub fn open_connection(&self, transport: Transport, route: &str) -> OpenConnection {
         let labels = vec![("transport", TRANSPORTS[transport as usize].to_owned()), ("route", route.to_owned())];
         self.inner.accepted.get_or_create(&labels).inc();
         let open = self.inner.open.get_or_create(&labels).clone();
         open.inc();
-        ConnectionGuard { open, started: Instant::now(), durations: self.inner.connection_duration.clone(), transport }
+        OpenConnection { open, started: Instant::now(), durations: self.inner.connection_duration.clone(), transport }
+    }
+
+    /// Counts `messages` from clients of `transport`, `bytes` of payload in all, for a
+    /// transport a handler of yours serves (the framework counts its own).
+    pub fn count_received(&self, transport: Transport, messages: u64, bytes: u64) {
+        self.inner.hot.received_on(transport, messages, bytes);
+    }
+
+    /// Counts `messages` to clients of `transport`, `bytes` of payload in all, like
+    /// [`count_received`](Self::count_received).
+    pub fn count_sent(&self, transport: Transport, messages: u64, bytes: u64) {
+        self.inner.hot.sent_on(transport, messages, bytes);
     }
 }
 
-/// Counts a connection open while it lives, and its duration when it ends.
-pub(crate) struct ConnectionGuard {
+/// A connection counted open (`channels_connections_open`) while this lives; its duration is
+/// observed when it drops. See [`Metrics::open_connection`].
+pub struct OpenConnection {
     open: Gauge,
     started: Instant,
     durations: Arc<[AtomicHistogram; TRANSPORTS.len()]>,
     transport: Transport,
 }
 
-impl Drop for ConnectionGuard {
+impl fmt::Debug for OpenConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenConnection").field("transport", &self.transport).finish_non_exhaustive()
+    }
+}
+
+impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.open.dec();
         self.durations[self.transport as usize].observe(self.started.elapsed());
     }
 }
 
-/// How a client is connected.
+/// How a client is connected: the `transport` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Transport {
+#[non_exhaustive]
+pub enum Transport {
+    /// A WebSocket (`websocket`).
     Websocket = 0,
-    /// An HTTP consumer's request held until it answers.
+    /// An HTTP request held until there is something to answer (`long-poll`).
     LongPoll = 1,
-    /// An HTTP consumer's streamed response (server-sent events).
+    /// A streamed HTTP response: server-sent events (`sse`).
     Sse = 2,
 }
 
@@ -313,6 +355,7 @@ impl Hot {
         }
     }
 
+    #[inline]
     fn shard(&self) -> (usize, &[AtomicU64; SLOTS]) {
         let index = shard_index();
         (index, &self.shards[index].0)
@@ -341,20 +384,28 @@ impl Hot {
         add(index, &shard[Slot::BytesIn as usize], bytes as u64);
     }
 
-    /// A data frame to a client.
+    /// Data frames to a WebSocket client.
     #[inline]
-    pub(crate) fn sent(&self, bytes: usize) {
+    pub(crate) fn sent(&self, frames: u64, bytes: u64) {
         let (index, shard) = self.shard();
-        add(index, &shard[Slot::MessagesOut as usize], 1);
-        add(index, &shard[Slot::BytesOut as usize], bytes as u64);
+        add(index, &shard[Slot::MessagesOut as usize], frames);
+        add(index, &shard[Slot::BytesOut as usize], bytes);
     }
 
-    /// A message to a client of an HTTP transport: a long poll's answer, a stream's chunk.
-    pub(crate) fn sent_on(&self, transport: Transport, bytes: usize) {
+    /// Messages to clients of an HTTP transport: a long poll's answer, a stream's chunk.
+    pub(crate) fn sent_on(&self, transport: Transport, messages: u64, bytes: u64) {
         let base = transport as usize * 4;
         let (index, shard) = self.shard();
-        add(index, &shard[base + Slot::MessagesOut as usize], 1);
-        add(index, &shard[base + Slot::BytesOut as usize], bytes as u64);
+        add(index, &shard[base + Slot::MessagesOut as usize], messages);
+        add(index, &shard[base + Slot::BytesOut as usize], bytes);
+    }
+
+    /// Messages from clients of an HTTP transport.
+    pub(crate) fn received_on(&self, transport: Transport, messages: u64, bytes: u64) {
+        let base = transport as usize * 4;
+        let (index, shard) = self.shard();
+        add(index, &shard[base + Slot::MessagesIn as usize], messages);
+        add(index, &shard[base + Slot::BytesIn as usize], bytes);
     }
 
     /// A hook ran for `took`.
@@ -725,6 +776,10 @@ impl ChannelLayer for MeteredLayer {
 
     fn presence_store(&self) -> Option<Arc<dyn PresenceStore>> {
         self.inner.presence_store()
+    }
+
+    fn history_store(&self) -> Option<Arc<dyn HistoryStore>> {
+        self.inner.history_store()
     }
 
     fn config(&self) -> &LayerConfig {

@@ -8,6 +8,8 @@
 //! route only by a trailing slash is still served: an HTTP `GET`/`HEAD` is redirected (308) to
 //! the route's form, and a WebSocket (which browsers cannot redirect) is served directly. So
 //! `/ws/chat/{room}/` answers `/ws/chat/lobby` too, and Django-style patterns keep working.
+//! The redirect's `Location` is relative to the request (`./lobby/`, `../file`), so it keeps
+//! any prefix a mounting router or a proxy removed from the path.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -49,7 +49,7 @@ pub(crate) struct Finished {
     pub(crate) done: Option<oneshot::Sender<()>>,
     /// Counts the connection open until it ends, when metrics are on.
     #[expect(dead_code, reason = "held, not read: dropping it counts the connection closed")]
-    pub(crate) metrics: Option<crate::metrics::ConnectionGuard>,
+    pub(crate) metrics: Option<crate::metrics::OpenConnection>,
 }
 
 impl Drop for Finished {
@@ -321,6 +321,10 @@ async fn handle_burst<C: WebsocketConsumer>(
     // future (often several hundred bytes) once more.
     let result = guarded(dispatch_burst(consumer, ctx, first, receiver)).await;
     ctx.batching = false;
+    // The burst's frames are counted before they are flushed: a scrape never reads fewer than
+    // a client could have received (only a burst that overflows the write buffer is seen
+    // before its count).
+    ctx.count_burst_sent();
     if matches!(ctx.state, State::Open) {
         let _ = ctx.flush().await;
     }
@@ -550,16 +554,16 @@ async fn event_loop<C: WebsocketConsumer>(
                     Ok(frame) => {
                         // Borrowed, not cloned: a clone of the shared `Arc` would be two locked
                         // operations on one cache line for every frame of every connection.
-                        let started = ctx.metrics.as_ref().map(|metrics| {
+                        if let Some(metrics) = &ctx.metrics {
                             metrics.received(match &frame {
                                 Frame::Text(text) => text.len(),
                                 Frame::Binary(data) => data.len(),
                             });
-                            Instant::now()
-                        });
+                        }
                         let result = Box::pin(guarded(consumer.receive(ctx, frame))).await;
-                        if let (Some(started), Some(metrics)) = (started, &ctx.metrics) {
-                            metrics.hook(Hook::Receive, started.elapsed());
+                        if let Some(metrics) = &ctx.metrics {
+                            // The hook started when the frame was read: one look at the clock.
+                            metrics.hook(Hook::Receive, last_seen.elapsed());
                         }
                         result
                     }

@@ -8,6 +8,9 @@
 //!   channel in the room's group: the seed's "one queue per user". Its first answer holds the
 //!   `chat.presence` snapshot. A client that stops polling is dropped after the poll timeout
 //!   and leaves the room's presence; `DELETE` on the same URL leaves at once.
+//! - With metrics on, a held poll counts as an open `long-poll` connection on its route, each
+//!   event it answers with as a message sent, and each post as a message received on
+//!   `long-poll` (the HTTP clients post whichever way they read).
 //! - `GET /chat/{room}/stream?user=NAME`: server-sent events, one `data:` line per event, with
 //!   an `id: EPOCH:OFFSET` line on each positioned `chat.message`.
 //! - `?since=EPOCH:OFFSET` on the events and stream URLs (and SSE's `Last-Event-ID`, which wins
@@ -18,9 +21,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use channels::http::{HttpRequest, HttpResponse, json};
+use channels::http::{HttpRequest, HttpResponse, json, response};
 use channels::http_consumer::{HttpConsumer, HttpContext};
 use channels::layers::{Admit, ChannelLayer, Message, StreamCursor};
+use channels::metrics::Transport;
 use channels::middleware::StatusCode;
 use channels::prelude::*;
 use tokio::time::Instant;
@@ -49,6 +53,10 @@ fn layer_of(request: &HttpRequest) -> Option<Arc<dyn ChannelLayer>> {
 pub(crate) async fn post_message(request: HttpRequest) -> HttpResponse {
     if request.scope.method() != http::Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+    }
+    // Every post is a message from a client, as every WebSocket data frame is, valid or not.
+    if let Some(metrics) = request.metrics() {
+        metrics.count_received(Transport::LongPoll, 1, request.body.len() as u64);
     }
     let room = request.scope.param("room").unwrap_or_default().to_owned();
     if !valid_room(&room) {
@@ -198,6 +206,8 @@ impl PollClients {
         // Counts the poll as finished even when the client hangs up mid-wait and this future
         // is dropped, so the sweep can still time the client out.
         let _polling = PollGuard { clients: &self, key: &key };
+        // A held poll is an open long-poll connection in the metrics, until it answers.
+        let _open = request.open_connection(Transport::LongPoll);
         let (mut events, mut cursor) = {
             let mut clients = self.lock();
             match clients.get_mut(&key) {
@@ -212,7 +222,15 @@ impl PollClients {
         if let Some(c) = self.lock().get_mut(&key) {
             c.cursor = cursor;
         }
-        json(StatusCode::OK, &events)
+        let body = match serde_json::to_vec(&events) {
+            Ok(body) => body,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &format!("could not encode the events: {e}")),
+        };
+        // Each event is a message to the client, as each is a frame on a WebSocket.
+        if let Some(metrics) = request.metrics() {
+            metrics.count_sent(Transport::LongPoll, events.len() as u64, body.len() as u64);
+        }
+        response(StatusCode::OK, "application/json", body)
     }
 
     /// A new client: its channel joins the room and tracks the user in the room's presence,

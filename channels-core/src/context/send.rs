@@ -42,16 +42,44 @@ impl WebsocketContext {
     }
 
     /// Counts a data frame handed to the socket (or held for it until the upgrade), when
-    /// metrics are on.
+    /// metrics are on: during a burst in the connection's own tally, which the runtime adds
+    /// to the metrics when the burst ends (one add per burst, not per frame).
     #[inline]
-    fn count_sent(&self, bytes: usize) {
+    fn count_sent(&mut self, bytes: usize) {
+        if self.metrics.is_none() || (self.batching && self.tally_burst_frame(bytes)) {
+            return;
+        }
         if let Some(metrics) = &self.metrics {
-            metrics.sent(bytes);
+            metrics.sent(1, bytes as u64);
+        }
+    }
+
+    /// Adds a frame of `bytes` to the burst's tally; `false` (nothing added) when the tally
+    /// would overflow.
+    #[inline]
+    fn tally_burst_frame(&mut self, bytes: usize) -> bool {
+        match (self.burst_frames.checked_add(1), self.burst_bytes.checked_add(bytes as u64)) {
+            (Some(frames), Some(bytes)) => {
+                (self.burst_frames, self.burst_bytes) = (frames, bytes);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds the burst's tally to the metrics and clears it.
+    #[inline]
+    pub(crate) fn count_burst_sent(&mut self) {
+        if self.burst_frames > 0
+            && let Some(metrics) = &self.metrics
+        {
+            metrics.sent(u64::from(self.burst_frames), self.burst_bytes);
+            (self.burst_frames, self.burst_bytes) = (0, 0);
         }
     }
 
     #[inline]
-    fn count_sent_if(&self, sent: &Result<(), ContextError>, bytes: usize) {
+    fn count_sent_if(&mut self, sent: &Result<(), ContextError>, bytes: usize) {
         if sent.is_ok() {
             self.count_sent(bytes);
         }
