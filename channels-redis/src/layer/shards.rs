@@ -72,8 +72,11 @@ pub(super) async fn query_retried<T: redis::FromRedisValue>(
     shard: usize,
     pipe: &redis::Pipeline,
 ) -> Result<T, redis::RedisError> {
+    // A connection that could not be made is not tried again: that would double the wait for
+    // the error while Redis is down.
+    let had_connection = inner.shards[shard].commands.get().is_some();
     match query(inner, shard, pipe).await {
-        Err(e) if e.is_connection_dropped() => {
+        Err(e) if had_connection && e.is_connection_dropped() => {
             tracing::debug!(error = %e, shard, "command connection dropped; retrying once");
             query(inner, shard, pipe).await
         }
