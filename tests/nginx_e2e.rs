@@ -12,9 +12,7 @@ use std::time::Duration;
 use channels::http::{HttpRequest, text};
 use channels::middleware::TrustedProxies;
 use channels::prelude::*;
-use http_body_util::BodyExt;
-use support::{Example, next_json, next_of_type, send_text};
-use tokio::net::{TcpSocket, TcpStream};
+use support::{Example, get_from, next_json, next_of_type, send_text};
 
 /// The `nginx` block of docs/deployment.md.
 fn documented_config() -> String {
@@ -85,28 +83,6 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// `GET path` from the local address `from`, with extra headers: status and body.
-async fn get_from(from: &str, to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.bind(format!("{from}:0").parse().expect("from")).expect("bind the client's address");
-    let stream: TcpStream = socket.connect(to).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(connection);
-    let mut request = hyper::Request::get(path).header("host", "chat.example.com");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
-    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-        .await
-        .expect("an answer within 10 s")
-        .expect("response");
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -384,3 +384,25 @@ pub fn run_browser_script(script: &str, example: &Example, timeout: Duration) ->
     }
     stdout
 }
+
+/// `GET path` from the local address `from`, with extra headers: status and body.
+pub async fn get_from(from: &str, to: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(format!("{from}:0").parse().expect("from")).expect("bind the client's address");
+    let stream: tokio::net::TcpStream = socket.connect(to).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut request = hyper::Request::get(path).header("host", "chat.example.com");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(http_body_util::Empty::<bytes::Bytes>::new()).expect("request");
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("an answer within 10 s")
+        .expect("response");
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
