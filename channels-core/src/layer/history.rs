@@ -236,7 +236,11 @@ impl MemoryHistoryStore {
         let now = Instant::now();
         let mut state = self.lock();
         let epoch = state.epoch.clone();
-        let ring = state.groups.entry(group.to_owned()).or_default();
+        // Looked up before inserted: a send to a known group allocates no key.
+        let ring = match state.groups.get_mut(group) {
+            Some(ring) => ring,
+            None => state.groups.entry(group.to_owned()).or_default(),
+        };
         if let Some(key) = key {
             ring.trim(options.size, options.window, now);
             if let Some((offset, ..)) = ring.entries.iter().find(|(_, _, k, _)| k.as_deref() == Some(key)) {
@@ -447,6 +451,7 @@ impl StreamCursor {
     }
 
     /// What to do with the live `message`; [`Admit::Deliver`] moves the cursor past it.
+    #[inline]
     pub fn admit(&mut self, message: &Message) -> Admit {
         match position_ref(message) {
             Some(p) => self.admit_position(p),
@@ -455,7 +460,21 @@ impl StreamCursor {
     }
 
     /// [`admit`](Self::admit) for a message at `position`.
+    #[inline]
     pub fn admit_position(&mut self, position: &StreamPosition) -> Admit {
+        // The common case first, without a call: the next offset of the same epoch.
+        if let Some(last) = &mut self.last
+            && position.offset == last.offset.wrapping_add(1)
+            && position.epoch.len() == last.epoch.len()
+            && position.epoch == last.epoch
+        {
+            last.offset = position.offset;
+            return Admit::Deliver;
+        }
+        self.admit_other(position)
+    }
+
+    fn admit_other(&mut self, position: &StreamPosition) -> Admit {
         match &mut self.last {
             Some(last) if last.epoch == position.epoch => {
                 if position.offset <= last.offset {
@@ -514,7 +533,15 @@ pub fn position_of(message: &Message) -> Option<StreamPosition> {
 
 /// [`position_of`] borrowed: read once per message and shared by its clones (every member's
 /// copy of a group send).
+#[inline]
 fn position_ref(message: &Message) -> Option<&StreamPosition> {
+    if let Some(read) = message.position_cell().get() {
+        return read.as_ref();
+    }
+    read_position(message)
+}
+
+fn read_position(message: &Message) -> Option<&StreamPosition> {
     #[derive(Deserialize)]
     struct Stamped {
         epoch: Option<String>,
@@ -531,18 +558,40 @@ fn position_ref(message: &Message) -> Option<&StreamPosition> {
 
 /// `message` with `"epoch"` and `"offset"` keys set to `position` (replacing any already there).
 pub fn with_position(message: &Message, position: &StreamPosition) -> Result<Message, MessageError> {
-    let rmpv::Value::Map(mut entries) = message.to_value()? else {
-        return Err(MessageError::NotAMap);
+    let stamped = if may_hold_position(message.as_bytes()) {
+        let rmpv::Value::Map(mut entries) = message.to_value()? else {
+            return Err(MessageError::NotAMap);
+        };
+        entries.retain(|(k, _)| !matches!(k.as_str(), Some("epoch" | "offset")));
+        entries.push((rmpv::Value::from("epoch"), rmpv::Value::from(position.epoch.as_str())));
+        entries.push((rmpv::Value::from("offset"), rmpv::Value::from(position.offset)));
+        let mut bytes = Vec::with_capacity(message.as_bytes().len() + position.epoch.len() + 24);
+        rmpv::encode::write_value(&mut bytes, &rmpv::Value::Map(entries))
+            .map_err(|e| MessageError::Codec(e.to_string()))?;
+        Message::from_msgpack(bytes)?
+    } else {
+        // The common case, a message without a position yet: the two keys go at the end of
+        // the map as it is, without decoding it.
+        let mut entries = Vec::with_capacity(position.epoch.len() + 24);
+        let codec = |e: rmp::encode::ValueWriteError| MessageError::Codec(e.to_string());
+        rmp::encode::write_str(&mut entries, "epoch").map_err(codec)?;
+        rmp::encode::write_str(&mut entries, &position.epoch).map_err(codec)?;
+        rmp::encode::write_str(&mut entries, "offset").map_err(codec)?;
+        rmp::encode::write_uint(&mut entries, position.offset).map_err(codec)?;
+        message.with_entries_appended(2, &entries)?
     };
-    entries.retain(|(k, _)| !matches!(k.as_str(), Some("epoch" | "offset")));
-    entries.push((rmpv::Value::from("epoch"), rmpv::Value::from(position.epoch.as_str())));
-    entries.push((rmpv::Value::from("offset"), rmpv::Value::from(position.offset)));
-    let mut bytes = Vec::with_capacity(message.as_bytes().len() + position.epoch.len() + 24);
-    rmpv::encode::write_value(&mut bytes, &rmpv::Value::Map(entries))
-        .map_err(|e| MessageError::Codec(e.to_string()))?;
-    let stamped = Message::from_msgpack(bytes)?;
     let _ = stamped.position_cell().set(Some(position.clone()));
     Ok(stamped)
+}
+
+/// Whether `bytes` (a msgpack map) may have an `"epoch"` or `"offset"` key: false when neither
+/// name appears encoded as a msgpack string anywhere in it.
+fn may_hold_position(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(at, &marker)| match marker {
+        0xa5 => bytes[at + 1..].starts_with(b"epoch"),
+        0xa6 => bytes[at + 1..].starts_with(b"offset"),
+        _ => false,
+    })
 }
 
 /// Group sends with history, and recovery, on a layer that keeps history (see the module).
@@ -907,6 +956,29 @@ mod tests {
         let again = with_position(&m, &StreamPosition::new("f", 4)).unwrap();
         let v: serde_json::Value = again.decode().unwrap();
         assert_eq!(v, serde_json::json!({"type": "t", "n": 1, "epoch": "f", "offset": 4}));
+    }
+
+    #[test]
+    fn a_position_goes_at_the_end_of_maps_of_every_size() {
+        for keys in [0, 12, 13, 14, 15, 16, 70_000] {
+            let mut map: serde_json::Map<String, serde_json::Value> =
+                (0..keys).map(|k| (format!("k{k}"), serde_json::Value::from(k))).collect();
+            map.insert("type".into(), "t".into());
+            let m = with_position(&Message::new(&map).unwrap(), &StreamPosition::new("e", 300)).unwrap();
+            map.insert("epoch".into(), "e".into());
+            map.insert("offset".into(), 300.into());
+            let back: serde_json::Map<String, serde_json::Value> = m.decode().unwrap();
+            assert_eq!(back, map, "{keys} keys");
+            assert_eq!(m.message_type(), "t");
+        }
+    }
+
+    #[test]
+    fn a_text_that_names_the_keys_keeps_one_of_each() {
+        let said = serde_json::json!({"type": "t", "text": "epoch", "note": "offset"});
+        let m = with_position(&Message::new(&said).unwrap(), &StreamPosition::new("e", 1)).unwrap();
+        let v: serde_json::Value = m.decode().unwrap();
+        assert_eq!(v, serde_json::json!({"type": "t", "text": "epoch", "note": "offset", "epoch": "e", "offset": 1}));
     }
 
     #[tokio::test]

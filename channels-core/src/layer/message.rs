@@ -167,6 +167,26 @@ impl Message {
         Ok(Self { inner: Arc::new(Inner { bytes, message_type, json: OnceLock::new(), position: OnceLock::new() }) })
     }
 
+    /// This message with `added` key-value pairs (msgpack-encoded, in `entries`) appended to
+    /// its map. The caller makes sure none of the keys is in the map already, nor reserved.
+    pub(crate) fn with_entries_appended(&self, added: u32, entries: &[u8]) -> Result<Self, MessageError> {
+        let bytes = &self.inner.bytes;
+        let (count, head) = match bytes.first() {
+            Some(&b @ 0x80..=0x8f) => (u32::from(b & 0x0f), 1),
+            Some(0xde) if bytes.len() >= 3 => (u32::from(u16::from_be_bytes([bytes[1], bytes[2]])), 3),
+            Some(0xdf) if bytes.len() >= 5 => (u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]), 5),
+            _ => return Err(MessageError::NotAMap),
+        };
+        let count = count.checked_add(added).ok_or_else(|| MessageError::Codec("map too large".into()))?;
+        let mut out = Vec::with_capacity(bytes.len() + entries.len() + 4);
+        rmp::encode::write_map_len(&mut out, count).map_err(|e| MessageError::Codec(e.to_string()))?;
+        out.extend_from_slice(&bytes[head..]);
+        out.extend_from_slice(entries);
+        let inner =
+            Inner { bytes: out, message_type: self.inner.message_type.clone(), json: OnceLock::new(), position: OnceLock::new() };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
     /// The message's `"type"`, such as `"chat.message"`.
     pub fn message_type(&self) -> &str {
         &self.inner.message_type
