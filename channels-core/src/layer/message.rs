@@ -182,8 +182,12 @@ impl Message {
         rmp::encode::write_map_len(&mut out, count).map_err(|e| MessageError::Codec(e.to_string()))?;
         out.extend_from_slice(&bytes[head..]);
         out.extend_from_slice(entries);
-        let inner =
-            Inner { bytes: out, message_type: self.inner.message_type.clone(), json: OnceLock::new(), position: OnceLock::new() };
+        let inner = Inner {
+            bytes: out,
+            message_type: self.inner.message_type.clone(),
+            json: OnceLock::new(),
+            position: OnceLock::new(),
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 
