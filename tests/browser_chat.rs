@@ -31,3 +31,13 @@ fn chat_page_recovers_what_was_said_during_a_network_cut() {
     let example = Example::start("chat", &[]);
     print!("{}", run_browser_script("recovery.test.mjs", &example, SCRIPT_TIMEOUT));
 }
+
+/// `tests/browser/resend.test.mjs`: the page's WebSocket dies as a message is sent, once before
+/// the frame reaches the server and once after it did but before its echo came back; after the
+/// reconnect each message is in both pages' transcripts once (the page sends again, with the
+/// same ID, what it did not see come back, and the server keeps it once).
+#[test]
+fn chat_page_sends_again_what_a_dying_socket_swallowed_and_doubles_nothing() {
+    let example = Example::start("chat", &[]);
+    print!("{}", run_browser_script("resend.test.mjs", &example, SCRIPT_TIMEOUT));
+}

@@ -25,7 +25,9 @@
 //!   optional `"id"` (1-64 letters, digits, `-`, `_`, `.` or `:`, chosen by the client) comes
 //!   back on the message's `chat.message`; with history on, a message sent again with the same
 //!   ID by the same user while the first is in the history is neither stored nor delivered
-//!   again, so a client may resend whatever it did not see come back before a reconnect.
+//!   again, so a client may resend whatever it did not see come back before a reconnect. The
+//!   page does: it gives each message a random ID and, after a reconnect, sends again, in
+//!   order, those whose `chat.message` it has not seen (channels.js's `idKey`).
 //! - Server → client: JSON text frames
 //!   - `{"type": "chat.message", "user", "text", "ts", "epoch", "offset", "id"}`: `"epoch"` (a
 //!     string) and `"offset"` (an integer, one more than the room's previous message) are the

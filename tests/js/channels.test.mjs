@@ -705,3 +705,119 @@ test("a close code a browser would refuse is sent as 1000", () => {
   channel.close(1011, "internal");
   assert.deepEqual(latestSocket().closedWith, { code: 1000, reason: "" });
 });
+
+// ---------- message IDs (idKey) ----------
+
+test("with idKey, what was sent and not confirmed is sent again in order, with the same IDs, on the reconnect", () => {
+  const channel = new Channel({ url: BASE + "/ws/", WebSocket: FakeWebSocket, idKey: "id", reconnect: { initialDelay: 10, jitter: 0 } });
+  const unsent = record(channel, ["unsent"]);
+  const first = latestSocket();
+  first.open();
+  const given = { message: "a" };
+  channel.send(given);
+  channel.send({ message: "b" });
+  channel.send({ message: "c", id: "mine-1" });
+  assert.equal(given.id, undefined, "the caller's object is left as it was");
+  const sent = first.sent.map((text) => JSON.parse(text));
+  assert.deepEqual(sent.map((m) => m.message), ["a", "b", "c"]);
+  assert.equal(sent[2].id, "mine-1");
+  assert.ok(sent.every((m) => typeof m.id === "string" && /^[A-Za-z0-9_.:-]{1,64}$/.test(m.id)));
+  assert.equal(new Set(sent.map((m) => m.id)).size, 3);
+  assert.equal(channel.unconfirmed, 3);
+  // "a" comes back (from anyone's page: the ID is what counts); "b" and "c" do not.
+  first.receive({ type: "chat.message", text: "a", id: sent[0].id, epoch: "E", offset: 1 });
+  assert.equal(channel.unconfirmed, 2);
+  first.serverClose(1006);
+  channel.send({ message: "d" }); // while reconnecting: queued, after the ones sent again
+  mock.timers.tick(10);
+  const second = latestSocket();
+  assert.notEqual(second, first);
+  second.open();
+  assert.deepEqual(
+    second.sent.map((text) => JSON.parse(text)),
+    [sent[1], sent[2], { message: "d", id: JSON.parse(second.sent[2]).id }],
+  );
+  // The replay confirms "b", the live stream "c" and "d"; a third connection sends nothing again.
+  for (const [offset, text] of second.sent.entries()) {
+    const m = JSON.parse(text);
+    second.receive({ type: "chat.message", text: m.message, id: m.id, epoch: "E", offset: offset + 2 });
+  }
+  assert.equal(channel.unconfirmed, 0);
+  second.serverClose(1006);
+  mock.timers.tick(20); // the second attempt in a row waits twice as long
+  assert.notEqual(latestSocket(), second);
+  latestSocket().open();
+  assert.deepEqual(latestSocket().sent, []);
+  assert.deepEqual(unsent, []);
+});
+
+test("with idKey, the unconfirmed messages are bounded, closing reports them, and confirm: false is not kept", () => {
+  const channel = new Channel({ url: BASE + "/ws/", WebSocket: FakeWebSocket, idKey: "id", queueSize: 2 });
+  const unsent = record(channel, ["unsent"]);
+  latestSocket().open();
+  assert.ok(channel.send({ message: "once" }, { confirm: false }));
+  assert.deepEqual(latestSocket().sent, ['{"message":"once"}']);
+  assert.ok(channel.send({ message: "1" }));
+  assert.ok(channel.send({ message: "2" }));
+  assert.equal(channel.send({ message: "3" }), false);
+  assert.equal(unsent.length, 1);
+  assert.deepEqual(unsent[0][1].messages, [{ message: "3" }]);
+  assert.match(unsent[0][1].reason, /not confirmed/);
+  assert.equal(channel.unconfirmed, 2);
+  channel.close();
+  assert.equal(unsent.length, 2);
+  assert.deepEqual(unsent[1][1].messages.map((m) => m.message), ["1", "2"]);
+  assert.match(unsent[1][1].reason, /not confirmed/);
+  assert.equal(channel.unconfirmed, 0);
+});
+
+test("without idKey nothing is added or sent again", () => {
+  const channel = new Channel({ url: BASE + "/ws/", WebSocket: FakeWebSocket, reconnect: { initialDelay: 10, jitter: 0 } });
+  latestSocket().open();
+  channel.send({ message: "a" });
+  assert.deepEqual(latestSocket().sent, ['{"message":"a"}']);
+  latestSocket().serverClose(1006);
+  mock.timers.tick(10);
+  latestSocket().open();
+  assert.deepEqual(latestSocket().sent, []);
+  assert.equal(channel.unconfirmed, 0);
+});
+
+test("with idKey, a POST cut off by the network is sent again on the next connection, a refused one is unsent", async () => {
+  let stream;
+  const posted = [];
+  let answer = () => {
+    throw new TypeError("fetch failed");
+  };
+  const { fetch } = fakeFetch({
+    "/s": (url, init) => {
+      stream = sseResponse(init.signal);
+      return stream.response;
+    },
+    "/p": (url, init) => {
+      posted.push(JSON.parse(init.body));
+      return answer();
+    },
+  });
+  const channel = new Channel({ sse: BASE + "/s", post: BASE + "/p", fetch, idKey: "id", reconnect: { initialDelay: 10, jitter: 0 } });
+  const unsent = record(channel, ["unsent"]);
+  await settle();
+  channel.send({ message: "lost?" });
+  await settle();
+  assert.deepEqual(unsent, []);
+  assert.equal(channel.unconfirmed, 1);
+  answer = () => jsonResponse(202, { ok: true });
+  stream.end(); // the stream goes too: reconnect
+  await settle();
+  mock.timers.tick(10);
+  await settle();
+  assert.equal(posted.length, 2);
+  assert.deepEqual(posted[1], posted[0]);
+  answer = () => jsonResponse(413, { error: "too long" });
+  channel.send({ message: "x".repeat(5000) });
+  await settle();
+  assert.equal(unsent.length, 1);
+  assert.equal(unsent[0][1].status, 413);
+  assert.equal(channel.unconfirmed, 1, "only the first, still waiting for its echo");
+  channel.close();
+});

@@ -53,6 +53,9 @@ export const DEFAULTS = Object.freeze({
   refuseAfter: 3,
   /** The query parameter that carries the position to resume from. */
   sinceParam: "since",
+  /** The key of a message's ID (`"id"`): sent messages are kept until one with their ID comes
+   *  back, and sent again on each reconnect. null: off. */
+  idKey: null,
 });
 
 /**
@@ -121,6 +124,13 @@ function withParams(url, params) {
     if (value !== null && value !== undefined) u.searchParams.set(key, String(value));
   }
   return u.href;
+}
+
+/** A random message ID: a UUID where the browser makes them (secure contexts), else 32 hex digits. */
+function messageId() {
+  const crypto = globalThis.crypto;
+  if (crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  return randomId();
 }
 
 function randomId() {
@@ -469,6 +479,9 @@ const MAKERS = { websocket: WebSocketTransport, sse: SseTransport, longpoll: Lon
  * @property {(message:any) => boolean} [isUnrecovered] default `isUnrecovered`.
  * @property {(code:number) => boolean} [shouldReconnect] for a WebSocket the server closed
  *   with `code`; default: every code but 1000.
+ * @property {string|null} [idKey] the key of a message's ID (`"id"`); when set, `send` gives
+ *   each object without one a random ID, and keeps it until a received message carries the
+ *   same ID: a reconnect sends again, in order, what was not confirmed. Default null: off.
  * @property {boolean} [autoConnect] default true: connects at once.
  * @property {typeof WebSocket} [WebSocket] default `globalThis.WebSocket`.
  * @property {typeof fetch} [fetch] default `globalThis.fetch`.
@@ -488,7 +501,8 @@ const MAKERS = { websocket: WebSocketTransport, sse: SseTransport, longpoll: Lon
  * | `fallback` | `{from, to, reason}`: the next transport is tried |
  * | `reconnecting` | `{delay, attempt, reason}`: the next attempt starts in `delay` ms |
  * | `refused` | `{transport, status, reason}`: the server refuses; no more attempts |
- * | `unsent` | `{messages, reason}`: what `send` was given and will not be sent |
+ * | `unsent` | `{messages, reason}`: what `send` was given and will not be sent (or, with
+ *   `idKey`, was sent but not confirmed when the channel closed) |
  * | `closed` | `{code, reason, refused}`: final; no more attempts |
  * | `error` | `{error, transport}`: something not fatal (a frame that is not JSON) |
  */
@@ -530,6 +544,8 @@ export class Channel {
     this._attempt = 0;
     this._failedOpens = 0;
     this._queue = [];
+    /** With `idKey`: messages sent or queued whose ID has not come back, by ID, in order. */
+    this._unconfirmed = new Map();
     this._position = options.since || null;
     this._seen = new Set();
     this._seenOrder = [];
@@ -557,6 +573,11 @@ export class Channel {
   /** Messages waiting for a connection. */
   get queued() {
     return this._queue.length;
+  }
+
+  /** With `idKey`: messages sent or queued whose ID has not come back yet. */
+  get unconfirmed() {
+    return this._unconfirmed.size;
   }
 
   /**
@@ -639,15 +660,30 @@ export class Channel {
   /**
    * Sends `data` as JSON: at once when open, otherwise queued (at most `queueSize`) and sent
    * in order on the next open. Returns false, and emits `unsent`, when it will not be sent.
+   * With `idKey`, an object is kept until its ID comes back (one is added to a copy when it
+   * has none), at most `queueSize` of them; `{confirm: false}` sends it once, untracked.
    * @param {any} data
+   * @param {{confirm?: boolean}} [options]
    * @returns {boolean}
    */
-  send(data) {
+  send(data, options = {}) {
     if (this._state === "closed") {
       this._emit("unsent", { messages: [data], reason: "the channel is closed" });
       return false;
     }
+    const key = this.options.idKey;
+    const tracked = !!key && options.confirm !== false && !!data && typeof data === "object" && !Array.isArray(data);
+    if (tracked) {
+      if (this._unconfirmed.size >= this.options.queueSize) {
+        const reason = "too many messages not confirmed yet (" + this.options.queueSize + ")";
+        this._emit("unsent", { messages: [data], reason });
+        return false;
+      }
+      if (typeof data[key] !== "string" || !data[key]) data = Object.assign({}, data, { [key]: messageId() });
+      if (this._unconfirmed.has(data[key])) return true; // the same message again: sent once
+    }
     if (this._state === "open" && this._queue.length === 0 && this._current.ready()) {
+      if (tracked) this._unconfirmed.set(data[key], data);
       this._transmit(this._current, data);
       return true;
     }
@@ -655,6 +691,7 @@ export class Channel {
       this._emit("unsent", { messages: [data], reason: "the offline queue is full (" + this.options.queueSize + ")" });
       return false;
     }
+    if (tracked) this._unconfirmed.set(data[key], data);
     this._queue.push(data);
     return true;
   }
@@ -664,12 +701,36 @@ export class Channel {
     try {
       text = JSON.stringify(data);
     } catch (error) {
+      const id = this._trackedId(data);
+      if (id !== null) this._unconfirmed.delete(id);
       this._emit("unsent", { messages: [data], reason: "not JSON: " + describe(error) });
       return;
     }
     transport.send(text).then((result) => {
-      if (!result.ok) this._emit("unsent", { messages: [data], reason: result.reason, status: result.status });
+      if (result.ok) return;
+      const id = this._trackedId(data);
+      // A POST cut off by the network may or may not have arrived: a tracked message is sent
+      // again on the next connection (the server drops it if it had it).
+      if (id !== null && result.status === 0 && this._state !== "closed") return;
+      if (id !== null) this._unconfirmed.delete(id);
+      this._emit("unsent", { messages: [data], reason: result.reason, status: result.status });
     });
+  }
+
+  /** The ID of `data` when it is a message waiting for its confirmation, otherwise null. */
+  _trackedId(data) {
+    const key = this.options.idKey;
+    if (!key || !data || typeof data !== "object") return null;
+    const id = data[key];
+    return typeof id === "string" && this._unconfirmed.get(id) === data ? id : null;
+  }
+
+  /** A new connection: what was sent on an earlier one and not confirmed goes first, in order. */
+  _resend() {
+    if (!this._unconfirmed.size) return;
+    const queued = new Set(this._queue);
+    const again = Array.from(this._unconfirmed.values()).filter((data) => !queued.has(data));
+    this._queue.unshift(...again);
   }
 
   _flush() {
@@ -701,6 +762,13 @@ export class Channel {
       this._probe = null;
     }
     this._setState("closed");
+    // Sent but not confirmed (they may have arrived), then never sent.
+    const queued = new Set(this._queue);
+    const unconfirmed = Array.from(this._unconfirmed.values()).filter((data) => !queued.has(data));
+    this._unconfirmed.clear();
+    if (unconfirmed.length) {
+      this._emit("unsent", { messages: unconfirmed, reason: "sent but not confirmed before the channel closed (it may have arrived)" });
+    }
     if (this._queue.length) {
       const messages = this._queue.splice(0);
       this._emit("unsent", { messages, reason: detail.reason || "the channel is closed" });
@@ -725,6 +793,7 @@ export class Channel {
     }, this.options.reconnect.stableAfter);
     this._beat();
     this._scheduleUpgrade();
+    this._resend();
     this._flush();
   }
 
@@ -763,6 +832,8 @@ export class Channel {
       if (this._seenOrder.length > 1000) this._seen.delete(this._seenOrder.shift());
       this._position = key;
     }
+    const idKey = this.options.idKey;
+    if (idKey && event && typeof event[idKey] === "string") this._unconfirmed.delete(event[idKey]);
     this._emit("message", event);
   }
 
@@ -930,6 +1001,7 @@ export class Channel {
     }
     this._emit("open", { transport: "websocket", resumed: !!socket.since, upgraded: true });
     this._beat();
+    this._resend();
     this._flush();
   }
 }
