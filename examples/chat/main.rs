@@ -495,6 +495,9 @@ fn with_history(
                     user: String,
                     id: Option<String>,
                 }
+                if message.message_type() != "chat.message" {
+                    return None;
+                }
                 let keyed: Keyed = message.decode().ok()?;
                 Some(format!("{}:{}", keyed.id?, keyed.user))
             });

@@ -558,6 +558,11 @@ fn read_position(message: &Message) -> Option<&StreamPosition> {
 
 /// `message` with `"epoch"` and `"offset"` keys set to `position` (replacing any already there).
 pub fn with_position(message: &Message, position: &StreamPosition) -> Result<Message, MessageError> {
+    stamp(message, position.clone())
+}
+
+/// [`with_position`], keeping `position` in the stamped message (no copy of the epoch).
+fn stamp(message: &Message, position: StreamPosition) -> Result<Message, MessageError> {
     let stamped = if may_hold_position(message.as_bytes()) {
         let rmpv::Value::Map(mut entries) = message.to_value()? else {
             return Err(MessageError::NotAMap);
@@ -580,7 +585,7 @@ pub fn with_position(message: &Message, position: &StreamPosition) -> Result<Mes
         rmp::encode::write_uint(&mut entries, position.offset).map_err(codec)?;
         message.with_entries_appended(2, &entries)?
     };
-    let _ = stamped.position_cell().set(Some(position.clone()));
+    let _ = stamped.position_cell().set(Some(position));
     Ok(stamped)
 }
 
@@ -685,7 +690,7 @@ impl History {
         let mut messages = Vec::with_capacity(stored.messages.len());
         for (offset, message) in &stored.messages {
             let position = StreamPosition { epoch: stored.top.epoch.clone(), offset: *offset };
-            messages.push(with_position(message, &position).map_err(HistoryError::Message)?);
+            messages.push(stamp(message, position).map_err(HistoryError::Message)?);
         }
         Ok(Recovery { recovered: stored.complete, messages, position: stored.top })
     }
@@ -818,7 +823,7 @@ impl HistoryLayer {
             };
             match stored.map_err(GroupError::Backend).and_then(|(position, new)| {
                 if new {
-                    with_position(message, &position).map(Some).map_err(|e| GroupError::Backend(Box::new(e)))
+                    stamp(message, position).map(Some).map_err(|e| GroupError::Backend(Box::new(e)))
                 } else {
                     Ok(None)
                 }

@@ -69,7 +69,7 @@ pub struct Message {
 
 struct Inner {
     bytes: Vec<u8>,
-    message_type: Box<str>,
+    message_type: Arc<str>,
     /// The message as JSON text, rendered on first use and shared by every receiver.
     json: OnceLock<Utf8Bytes>,
     /// The message's history position (`"epoch"` and `"offset"` keys), read on first use and
