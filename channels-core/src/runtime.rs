@@ -368,6 +368,37 @@ enum Input {
     Tick,
 }
 
+/// What a frame read from the client asks of the event loop.
+enum ClientFrame {
+    /// A data frame for the consumer's `receive`.
+    Data(Frame),
+    /// An empty text frame: the heartbeat of clients that cannot send pings (browsers,
+    /// channels.js), answered by the runtime so that every consumer supports it.
+    Heartbeat,
+    /// A ping, a pong or a raw frame: nothing to do (tungstenite answers pings itself).
+    Ignored,
+    /// The client's close frame, with the code `disconnect` gets.
+    Close(u16),
+    /// A read error.
+    Failed(WsError),
+    /// The stream ended without a close frame.
+    Ended,
+}
+
+impl ClientFrame {
+    fn from_read(read: Option<Result<WsMessage, WsError>>) -> Self {
+        match read {
+            Some(Ok(WsMessage::Text(text))) if text.is_empty() => Self::Heartbeat,
+            Some(Ok(WsMessage::Text(text))) => Self::Data(Frame::Text(Utf8Bytes::from_tungstenite(text))),
+            Some(Ok(WsMessage::Binary(data))) => Self::Data(Frame::Binary(data)),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Self::Ignored,
+            Some(Ok(WsMessage::Close(frame))) => Self::Close(frame.map_or(close_code::NO_STATUS, |f| f.code.into())),
+            Some(Err(e)) => Self::Failed(e),
+            None => Self::Ended,
+        }
+    }
+}
+
 /// Reports every failed queued group send to the consumer's hook.
 async fn report_send_failures<C: WebsocketConsumer>(consumer: &mut C, ctx: &mut WebsocketContext) -> HandlerResult {
     for (group, error) in ctx.take_send_failures() {
@@ -539,46 +570,37 @@ async fn event_loop<C: WebsocketConsumer>(
                     pinged = false;
                     quiet.as_mut().project().keepalive.reset(last_seen + limits.ping_interval);
                 }
-                let frame = match frame {
-                    // The heartbeat of clients that cannot send pings (browsers, channels.js):
-                    // answered here, so every consumer supports it.
-                    Some(Ok(WsMessage::Text(text))) if text.is_empty() => {
+                // Classified by a plain function that takes the frame whole: matched here, the
+                // frame's parts would stay in every connection's future across the awaits below.
+                let frame = match ClientFrame::from_read(frame) {
+                    ClientFrame::Data(frame) => frame,
+                    ClientFrame::Heartbeat => {
                         let _ = Box::pin(ctx.write(WsMessage::Text(Default::default()))).await;
                         continue;
                     }
-                    Some(Ok(WsMessage::Text(text))) => Ok(Frame::Text(Utf8Bytes::from_tungstenite(text))),
-                    Some(Ok(WsMessage::Binary(data))) => Ok(Frame::Binary(data)),
-                    other => Err(other),
-                };
-                match frame {
-                    Ok(frame) => {
-                        // Borrowed, not cloned: a clone of the shared `Arc` would be two locked
-                        // operations on one cache line for every frame of every connection.
-                        if let Some(metrics) = &ctx.metrics {
-                            metrics.received(match &frame {
-                                Frame::Text(text) => text.len(),
-                                Frame::Binary(data) => data.len(),
-                            });
-                        }
-                        let result = Box::pin(guarded(consumer.receive(ctx, frame))).await;
-                        if let Some(metrics) = &ctx.metrics {
-                            // The hook started when the frame was read: one look at the clock.
-                            metrics.hook(Hook::Receive, last_seen.elapsed());
-                        }
-                        result
+                    ClientFrame::Ignored => continue,
+                    ClientFrame::Close(code) => {
+                        // tungstenite queued the reply; send it, then we are done.
+                        let _ = Box::pin(tokio::time::timeout(limits.close_timeout, socket_flush(ctx))).await;
+                        return code;
                     }
-                    Err(frame) => match frame {
-                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
-                        Some(Ok(WsMessage::Close(frame))) => {
-                            // tungstenite queued the reply; send it, then we are done.
-                            let _ = Box::pin(tokio::time::timeout(limits.close_timeout, socket_flush(ctx))).await;
-                            return frame.map_or(close_code::NO_STATUS, |f| f.code.into());
-                        }
-                        Some(Err(e)) => return Box::pin(fail(ctx, e, limits)).await,
-                        None => return close_code::ABNORMAL,
-                        Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_))) => continue,
-                    },
+                    ClientFrame::Failed(e) => return Box::pin(fail(ctx, e, limits)).await,
+                    ClientFrame::Ended => return close_code::ABNORMAL,
+                };
+                // Borrowed, not cloned: a clone of the shared `Arc` would be two locked
+                // operations on one cache line for every frame of every connection.
+                if let Some(metrics) = &ctx.metrics {
+                    metrics.received(match &frame {
+                        Frame::Text(text) => text.len(),
+                        Frame::Binary(data) => data.len(),
+                    });
                 }
+                let result = Box::pin(guarded(consumer.receive(ctx, frame))).await;
+                if let Some(metrics) = &ctx.metrics {
+                    // The hook started when the frame was read: one look at the clock.
+                    metrics.hook(Hook::Receive, last_seen.elapsed());
+                }
+                result
             }
             Input::Layer(received) => {
                 layer_backoff = received.is_err();
