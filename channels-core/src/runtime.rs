@@ -204,34 +204,10 @@ fn run<C: WebsocketConsumer>(
     finished: Finished,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let code = match socket.await {
-            Some(socket) => {
-                ctx.attach(socket);
-                let (pending, closing) = match std::mem::replace(&mut ctx.state, State::Open) {
-                    State::Connecting(connecting) => (connecting.pending, connecting.closing),
-                    _ => (Vec::new(), None),
-                };
-                // What `connect` sent goes into the write buffer; the event loop sends it, with
-                // the layer messages already waiting when it starts (a join announced to the
-                // connection's own group, say) in the same write.
-                let mut unflushed = !pending.is_empty();
-                ctx.batching = true;
-                for frame in pending {
-                    if Box::pin(ctx.write(frame)).await.is_err() {
-                        break;
-                    }
-                }
-                ctx.batching = false;
-                if let (Some(code), State::Open) = (closing, &ctx.state) {
-                    // `connect` closed after accepting: its close frame goes out now (a failed
-                    // flush leaves the context closed: no reply is waited for).
-                    unflushed = false;
-                    if Box::pin(ctx.flush()).await.is_ok() {
-                        ctx.state = State::Closing { code };
-                    }
-                }
-                event_loop(&mut consumer, &mut ctx, &limits, shutdown.signal(), unflushed).await
-            }
+        // What `open` leaves is only whether the socket's buffer holds frames not sent yet: the
+        // socket it returned, and what `connect` sent, take no room while the connection runs.
+        let code = match open(&mut ctx, socket).await {
+            Some(unflushed) => event_loop(&mut consumer, &mut ctx, &limits, shutdown.signal(), unflushed).await,
             None => close_code::ABNORMAL,
         };
         ctx.state = State::Closed;
@@ -240,6 +216,36 @@ fn run<C: WebsocketConsumer>(
         ctx.detach();
         drop(finished);
     }
+}
+
+/// Waits for the upgrade and attaches the socket to the context; `None` when the upgrade
+/// failed. What `connect` sent goes into the write buffer; the event loop sends it, with the
+/// layer messages already waiting when it starts (a join announced to the connection's own
+/// group, say) in the same write. Returns whether the socket's buffer holds frames not sent yet.
+async fn open(ctx: &mut WebsocketContext, socket: Upgrading) -> Option<bool> {
+    let socket = socket.await?;
+    ctx.attach(socket);
+    let (pending, closing) = match std::mem::replace(&mut ctx.state, State::Open) {
+        State::Connecting(connecting) => (connecting.pending, connecting.closing),
+        _ => (Vec::new(), None),
+    };
+    let mut unflushed = !pending.is_empty();
+    ctx.batching = true;
+    for frame in pending {
+        if Box::pin(ctx.write(frame)).await.is_err() {
+            break;
+        }
+    }
+    ctx.batching = false;
+    if let (Some(code), State::Open) = (closing, &ctx.state) {
+        // `connect` closed after accepting: its close frame goes out now (a failed flush leaves
+        // the context closed: no reply is waited for).
+        unflushed = false;
+        if Box::pin(ctx.flush()).await.is_ok() {
+            ctx.state = State::Closing { code };
+        }
+    }
+    Some(unflushed)
 }
 
 /// Sends what is still queued, then `disconnect` (and what it queued), then leave every group,
