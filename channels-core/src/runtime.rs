@@ -46,7 +46,9 @@ pub(crate) type Session = Box<dyn FnOnce(&Tasks, Upgrading, Finished) + Send>;
 pub(crate) struct Finished {
     #[expect(dead_code, reason = "held, not read: dropping it frees the connection slot")]
     pub(crate) permit: OwnedSemaphorePermit,
-    pub(crate) done: Option<oneshot::Sender<()>>,
+    /// Boxed: only test communicators wait, and inline it would take 16 bytes of every
+    /// connection's future (8 more than the box).
+    pub(crate) done: Option<Box<oneshot::Sender<()>>>,
     /// Counts the connection open until it ends, when metrics are on.
     #[expect(dead_code, reason = "held, not read: dropping it counts the connection closed")]
     pub(crate) metrics: Option<crate::metrics::OpenConnection>,
