@@ -74,7 +74,8 @@ const MAX_SHARED: usize = 64;
 
 // `LeanIo` counts what was taken of `unread` (at most `SCRATCH` bytes) and what was sent of
 // `unsent` (at most `MAX_PENDING_WRITE` bytes and one frame header) in 16 bits.
-const _: () = assert!(SCRATCH <= u16::MAX as usize && MAX_PENDING_WRITE + 10 <= u16::MAX as usize);
+const _: () = assert!(SCRATCH <= u16::MAX as usize);
+const _: () = assert!(MAX_PENDING_WRITE + 10 <= u16::MAX as usize);
 
 thread_local! {
     /// Write buffers of finished flushes (empty, at most [`MAX_PENDING_WRITE`] bytes of room,
