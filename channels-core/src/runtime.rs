@@ -742,3 +742,58 @@ async fn linger(socket: &mut WsStream, limit: Duration) {
     })
     .await;
 }
+
+/// Layouts are those of a release build, so these run only there
+/// (`cargo test --release -p channels-core --lib`).
+#[cfg(all(test, not(debug_assertions)))]
+mod tests {
+    use super::*;
+
+    /// A consumer like most: a group name and a user name, and a `receive` and an `event` that
+    /// send (the framework bench server's, which `idle_memory` measures).
+    struct Room {
+        group: String,
+        user: String,
+    }
+
+    impl WebsocketConsumer for Room {
+        type Event = serde_json::Value;
+
+        fn groups(&self) -> Vec<String> {
+            vec![self.group.clone()]
+        }
+
+        async fn receive(&mut self, ctx: &mut WebsocketContext, frame: Frame) -> HandlerResult {
+            let text = frame.as_text().unwrap_or_default().to_owned();
+            ctx.group_send(
+                &self.group,
+                &serde_json::json!({ "type": "chat.message", "user": self.user, "text": text }),
+            )
+            .await?;
+            Ok(())
+        }
+
+        async fn event(&mut self, ctx: &mut WebsocketContext, event: serde_json::Value) -> HandlerResult {
+            ctx.send_json(&event).await?;
+            Ok(())
+        }
+    }
+
+    /// tokio allocates a task in 128-byte steps and adds 104 bytes of its own: a connection's
+    /// future of up to 920 bytes makes a 1,024-byte task, one byte more a 1,152-byte one, on
+    /// every idle socket (`benches/idle_memory.rs`).
+    #[test]
+    fn an_idle_connection_task_leaves_room_under_tokios_1024_byte_step() {
+        let ctx = WebsocketContext::new(Scope::websocket("/ws/chat/lobby/"), None, None, Duration::from_secs(1));
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("a free permit");
+        let finished = Finished { permit, done: None, metrics: None };
+        let upgrading: Upgrading = Box::pin(async { None });
+        let consumer = Room { group: "chat_lobby".into(), user: "ann".into() };
+        let limits = Arc::new(WebsocketLimits::default());
+        let connection = run(consumer, ctx, upgrading, limits, Shutdown::default(), finished);
+        let task = tokio_util::task::TaskTracker::new().track_future(connection);
+        let size = std::mem::size_of_val(&task);
+        // The chat example's consumer is 32 bytes larger than this one.
+        assert!(size + 32 <= 920, "a connection's future is {size} bytes: the chat's task no longer fits 1,024 bytes");
+    }
+}
