@@ -72,6 +72,11 @@ const SPARE_BUFFERS: usize = 16;
 /// Most pieces a write buffer holds after its first shared payload.
 const MAX_SHARED: usize = 64;
 
+// `LeanIo` counts what was taken of `unread` (at most `SCRATCH` bytes) and what was sent of
+// `unsent` (at most `MAX_PENDING_WRITE` bytes and one frame header) in 16 bits.
+const _: () = assert!(SCRATCH <= u16::MAX as usize);
+const _: () = assert!(MAX_PENDING_WRITE + 10 <= u16::MAX as usize);
+
 thread_local! {
     /// Write buffers of finished flushes (empty, at most [`MAX_PENDING_WRITE`] bytes of room,
     /// at most [`SPARE_BUFFERS`]). A connection holds a write buffer only from its first frame
@@ -119,10 +124,11 @@ pub(crate) struct LeanIo<S> {
     unsent: Vec<u8>,
     /// What follows `unsent` once a large payload was buffered, sent after it in order.
     later: Option<Box<Later>>,
-    /// How much of `unread` was taken.
-    taken: u32,
+    /// How much of `unread` was taken (16 bits, like `sent`: with `blocked` they fit in the
+    /// 8 bytes after `later`, and the boxed stream stays in a smaller allocation).
+    taken: u16,
     /// How much of `unsent` was sent.
-    sent: u32,
+    sent: u16,
     /// The last write was not taken whole: its writer holds the rest, so nothing may be put
     /// in front of it.
     blocked: bool,
@@ -236,8 +242,8 @@ impl<S: AsyncWrite + Unpin> LeanIo<S> {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            // Bounded by `unsent.len()`, which `MAX_PENDING_WRITE` keeps far below 4 GiB.
-            self.sent += n as u32;
+            // Bounded by `unsent.len()`, which `MAX_PENDING_WRITE` keeps below 64 KiB.
+            self.sent += n as u16;
         }
         recycle(std::mem::take(&mut self.unsent));
         self.sent = 0;
@@ -268,7 +274,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for LeanIo<S> {
             let n = buf.remaining().min(this.unread.len() - taken);
             buf.put_slice(&this.unread[taken..taken + n]);
             // Bounded by `unread.len()`, at most `SCRATCH`.
-            this.taken += n as u32;
+            this.taken += n as u16;
             if this.taken as usize == this.unread.len() {
                 this.unread = Vec::new();
                 this.taken = 0;

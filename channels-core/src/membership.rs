@@ -39,6 +39,11 @@ impl Membership {
         let (layer, channel) = self.layer_and_channel()?;
         layer.group_add(group, channel).await.map_err(ContextError::Group)?;
         if !self.groups.iter().any(|g| g == group) {
+            // Most connections join one group and keep it for their life: room for that one,
+            // not the four names a first push makes room for.
+            if self.groups.capacity() == 0 {
+                self.groups.reserve_exact(1);
+            }
             self.groups.push(group.to_owned());
         }
         Ok(())

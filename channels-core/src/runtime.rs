@@ -46,7 +46,9 @@ pub(crate) type Session = Box<dyn FnOnce(&Tasks, Upgrading, Finished) + Send>;
 pub(crate) struct Finished {
     #[expect(dead_code, reason = "held, not read: dropping it frees the connection slot")]
     pub(crate) permit: OwnedSemaphorePermit,
-    pub(crate) done: Option<oneshot::Sender<()>>,
+    /// Boxed: only test communicators wait, and inline it would take 16 bytes of every
+    /// connection's future (8 more than the box).
+    pub(crate) done: Option<Box<oneshot::Sender<()>>>,
     /// Counts the connection open until it ends, when metrics are on.
     #[expect(dead_code, reason = "held, not read: dropping it counts the connection closed")]
     pub(crate) metrics: Option<crate::metrics::OpenConnection>,
@@ -204,34 +206,10 @@ fn run<C: WebsocketConsumer>(
     finished: Finished,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let code = match socket.await {
-            Some(socket) => {
-                ctx.attach(socket);
-                let (pending, closing) = match std::mem::replace(&mut ctx.state, State::Open) {
-                    State::Connecting(connecting) => (connecting.pending, connecting.closing),
-                    _ => (Vec::new(), None),
-                };
-                // What `connect` sent goes into the write buffer; the event loop sends it, with
-                // the layer messages already waiting when it starts (a join announced to the
-                // connection's own group, say) in the same write.
-                let mut unflushed = !pending.is_empty();
-                ctx.batching = true;
-                for frame in pending {
-                    if Box::pin(ctx.write(frame)).await.is_err() {
-                        break;
-                    }
-                }
-                ctx.batching = false;
-                if let (Some(code), State::Open) = (closing, &ctx.state) {
-                    // `connect` closed after accepting: its close frame goes out now (a failed
-                    // flush leaves the context closed: no reply is waited for).
-                    unflushed = false;
-                    if Box::pin(ctx.flush()).await.is_ok() {
-                        ctx.state = State::Closing { code };
-                    }
-                }
-                event_loop(&mut consumer, &mut ctx, &limits, shutdown.signal(), unflushed).await
-            }
+        // What `open` leaves is only whether the socket's buffer holds frames not sent yet: the
+        // socket it returned, and what `connect` sent, take no room while the connection runs.
+        let code = match open(&mut ctx, socket).await {
+            Some(unflushed) => event_loop(&mut consumer, &mut ctx, &limits, shutdown.signal(), unflushed).await,
             None => close_code::ABNORMAL,
         };
         ctx.state = State::Closed;
@@ -240,6 +218,36 @@ fn run<C: WebsocketConsumer>(
         ctx.detach();
         drop(finished);
     }
+}
+
+/// Waits for the upgrade and attaches the socket to the context; `None` when the upgrade
+/// failed. What `connect` sent goes into the write buffer; the event loop sends it, with the
+/// layer messages already waiting when it starts (a join announced to the connection's own
+/// group, say) in the same write. Returns whether the socket's buffer holds frames not sent yet.
+async fn open(ctx: &mut WebsocketContext, socket: Upgrading) -> Option<bool> {
+    let socket = socket.await?;
+    ctx.attach(socket);
+    let (pending, closing) = match std::mem::replace(&mut ctx.state, State::Open) {
+        State::Connecting(connecting) => (connecting.pending, connecting.closing),
+        _ => (Vec::new(), None),
+    };
+    let mut unflushed = !pending.is_empty();
+    ctx.batching = true;
+    for frame in pending {
+        if Box::pin(ctx.write(frame)).await.is_err() {
+            break;
+        }
+    }
+    ctx.batching = false;
+    if let (Some(code), State::Open) = (closing, &ctx.state) {
+        // `connect` closed after accepting: its close frame goes out now (a failed flush leaves
+        // the context closed: no reply is waited for).
+        unflushed = false;
+        if Box::pin(ctx.flush()).await.is_ok() {
+            ctx.state = State::Closing { code };
+        }
+    }
+    Some(unflushed)
 }
 
 /// Sends what is still queued, then `disconnect` (and what it queued), then leave every group,
@@ -366,6 +374,37 @@ enum Input {
     Frame(Option<Result<WsMessage, WsError>>),
     Layer(Result<Message, ReceiveError>),
     Tick,
+}
+
+/// What a frame read from the client asks of the event loop.
+enum ClientFrame {
+    /// A data frame for the consumer's `receive`.
+    Data(Frame),
+    /// An empty text frame: the heartbeat of clients that cannot send pings (browsers,
+    /// channels.js), answered by the runtime so that every consumer supports it.
+    Heartbeat,
+    /// A ping, a pong or a raw frame: nothing to do (tungstenite answers pings itself).
+    Ignored,
+    /// The client's close frame, with the code `disconnect` gets.
+    Close(u16),
+    /// A read error.
+    Failed(WsError),
+    /// The stream ended without a close frame.
+    Ended,
+}
+
+impl ClientFrame {
+    fn from_read(read: Option<Result<WsMessage, WsError>>) -> Self {
+        match read {
+            Some(Ok(WsMessage::Text(text))) if text.is_empty() => Self::Heartbeat,
+            Some(Ok(WsMessage::Text(text))) => Self::Data(Frame::Text(Utf8Bytes::from_tungstenite(text))),
+            Some(Ok(WsMessage::Binary(data))) => Self::Data(Frame::Binary(data)),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Self::Ignored,
+            Some(Ok(WsMessage::Close(frame))) => Self::Close(frame.map_or(close_code::NO_STATUS, |f| f.code.into())),
+            Some(Err(e)) => Self::Failed(e),
+            None => Self::Ended,
+        }
+    }
 }
 
 /// Reports every failed queued group send to the consumer's hook.
@@ -539,46 +578,37 @@ async fn event_loop<C: WebsocketConsumer>(
                     pinged = false;
                     quiet.as_mut().project().keepalive.reset(last_seen + limits.ping_interval);
                 }
-                let frame = match frame {
-                    // The heartbeat of clients that cannot send pings (browsers, channels.js):
-                    // answered here, so every consumer supports it.
-                    Some(Ok(WsMessage::Text(text))) if text.is_empty() => {
+                // Classified by a plain function that takes the frame whole: matched here, the
+                // frame's parts would stay in every connection's future across the awaits below.
+                let frame = match ClientFrame::from_read(frame) {
+                    ClientFrame::Data(frame) => frame,
+                    ClientFrame::Heartbeat => {
                         let _ = Box::pin(ctx.write(WsMessage::Text(Default::default()))).await;
                         continue;
                     }
-                    Some(Ok(WsMessage::Text(text))) => Ok(Frame::Text(Utf8Bytes::from_tungstenite(text))),
-                    Some(Ok(WsMessage::Binary(data))) => Ok(Frame::Binary(data)),
-                    other => Err(other),
-                };
-                match frame {
-                    Ok(frame) => {
-                        // Borrowed, not cloned: a clone of the shared `Arc` would be two locked
-                        // operations on one cache line for every frame of every connection.
-                        if let Some(metrics) = &ctx.metrics {
-                            metrics.received(match &frame {
-                                Frame::Text(text) => text.len(),
-                                Frame::Binary(data) => data.len(),
-                            });
-                        }
-                        let result = Box::pin(guarded(consumer.receive(ctx, frame))).await;
-                        if let Some(metrics) = &ctx.metrics {
-                            // The hook started when the frame was read: one look at the clock.
-                            metrics.hook(Hook::Receive, last_seen.elapsed());
-                        }
-                        result
+                    ClientFrame::Ignored => continue,
+                    ClientFrame::Close(code) => {
+                        // tungstenite queued the reply; send it, then we are done.
+                        let _ = Box::pin(tokio::time::timeout(limits.close_timeout, socket_flush(ctx))).await;
+                        return code;
                     }
-                    Err(frame) => match frame {
-                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => continue,
-                        Some(Ok(WsMessage::Close(frame))) => {
-                            // tungstenite queued the reply; send it, then we are done.
-                            let _ = Box::pin(tokio::time::timeout(limits.close_timeout, socket_flush(ctx))).await;
-                            return frame.map_or(close_code::NO_STATUS, |f| f.code.into());
-                        }
-                        Some(Err(e)) => return Box::pin(fail(ctx, e, limits)).await,
-                        None => return close_code::ABNORMAL,
-                        Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_))) => continue,
-                    },
+                    ClientFrame::Failed(e) => return Box::pin(fail(ctx, e, limits)).await,
+                    ClientFrame::Ended => return close_code::ABNORMAL,
+                };
+                // Borrowed, not cloned: a clone of the shared `Arc` would be two locked
+                // operations on one cache line for every frame of every connection.
+                if let Some(metrics) = &ctx.metrics {
+                    metrics.received(match &frame {
+                        Frame::Text(text) => text.len(),
+                        Frame::Binary(data) => data.len(),
+                    });
                 }
+                let result = Box::pin(guarded(consumer.receive(ctx, frame))).await;
+                if let Some(metrics) = &ctx.metrics {
+                    // The hook started when the frame was read: one look at the clock.
+                    metrics.hook(Hook::Receive, last_seen.elapsed());
+                }
+                result
             }
             Input::Layer(received) => {
                 layer_backoff = received.is_err();
@@ -711,4 +741,59 @@ async fn linger(socket: &mut WsStream, limit: Duration) {
         }
     })
     .await;
+}
+
+/// Layouts are those of a release build, so these run only there
+/// (`cargo test --release -p channels-core --lib`).
+#[cfg(all(test, not(debug_assertions)))]
+mod tests {
+    use super::*;
+
+    /// A consumer like most: a group name and a user name, and a `receive` and an `event` that
+    /// send (the framework bench server's, which `idle_memory` measures).
+    struct Room {
+        group: String,
+        user: String,
+    }
+
+    impl WebsocketConsumer for Room {
+        type Event = serde_json::Value;
+
+        fn groups(&self) -> Vec<String> {
+            vec![self.group.clone()]
+        }
+
+        async fn receive(&mut self, ctx: &mut WebsocketContext, frame: Frame) -> HandlerResult {
+            let text = frame.as_text().unwrap_or_default().to_owned();
+            ctx.group_send(
+                &self.group,
+                &serde_json::json!({ "type": "chat.message", "user": self.user, "text": text }),
+            )
+            .await?;
+            Ok(())
+        }
+
+        async fn event(&mut self, ctx: &mut WebsocketContext, event: serde_json::Value) -> HandlerResult {
+            ctx.send_json(&event).await?;
+            Ok(())
+        }
+    }
+
+    /// tokio allocates a task in 128-byte steps and adds 104 bytes of its own: a connection's
+    /// future of up to 920 bytes makes a 1,024-byte task, one byte more a 1,152-byte one, on
+    /// every idle socket (`benches/idle_memory.rs`).
+    #[test]
+    fn an_idle_connection_task_leaves_room_under_tokios_1024_byte_step() {
+        let ctx = WebsocketContext::new(Scope::websocket("/ws/chat/lobby/"), None, None, Duration::from_secs(1));
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().expect("a free permit");
+        let finished = Finished { permit, done: None, metrics: None };
+        let upgrading: Upgrading = Box::pin(async { None });
+        let consumer = Room { group: "chat_lobby".into(), user: "ann".into() };
+        let limits = Arc::new(WebsocketLimits::default());
+        let connection = run(consumer, ctx, upgrading, limits, Shutdown::default(), finished);
+        let task = tokio_util::task::TaskTracker::new().track_future(connection);
+        let size = std::mem::size_of_val(&task);
+        // The chat example's consumer is 32 bytes larger than this one.
+        assert!(size + 32 <= 920, "a connection's future is {size} bytes: the chat's task no longer fits 1,024 bytes");
+    }
 }

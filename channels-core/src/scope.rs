@@ -30,14 +30,16 @@ pub enum ScopeKind {
 /// assert_eq!(scope.query_param("user").as_deref(), Some("ann b"));
 /// assert_eq!(scope.cookie("sid").as_deref(), Some("42"));
 /// ```
-#[derive(Debug)]
 pub struct Scope {
     kind: ScopeKind,
+    /// Where the query string starts in `raw_path_and_query`.
+    query_start: usize,
     method: Method,
     /// The decoded path, kept only when decoding changed it.
     path: Option<Box<str>>,
-    raw_path: Box<str>,
-    query_string: Box<str>,
+    /// The raw path followed by the raw query string (without `?`): one allocation for both,
+    /// kept by every connection for its life.
+    raw_path_and_query: Box<str>,
     /// The headers, packed: a `HeaderMap` costs about 1 KiB even for a handful of headers,
     /// and most connections never need one.
     header_block: HeaderBlock,
@@ -50,6 +52,25 @@ pub struct Scope {
     extensions: http::Extensions,
 }
 
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope")
+            .field("kind", &self.kind)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("raw_path", &self.raw_path())
+            .field("query_string", &self.query_string())
+            .field("header_block", &self.header_block)
+            .field("header_map", &self.header_map)
+            .field("client", &self.client)
+            .field("server", &self.server)
+            .field("subprotocols", &self.subprotocols)
+            .field("params", &self.params)
+            .field("extensions", &self.extensions)
+            .finish()
+    }
+}
+
 impl Scope {
     /// Builds a scope from a request's parts, as the server does.
     pub fn from_request(
@@ -60,7 +81,9 @@ impl Scope {
         client: Option<SocketAddr>,
         server: Option<SocketAddr>,
     ) -> Self {
-        let raw_path: Box<str> = uri.path().into();
+        let raw_path = uri.path();
+        let query = uri.query().unwrap_or("");
+        let query_start = raw_path.len();
         let subprotocols = if kind == ScopeKind::Websocket {
             headers
                 .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -76,13 +99,13 @@ impl Scope {
         };
         Self {
             kind,
+            query_start,
             method,
-            path: match percent_decode(&raw_path, false) {
+            path: match percent_decode(raw_path, false) {
                 Cow::Owned(decoded) => Some(decoded.into()),
                 Cow::Borrowed(_) => None,
             },
-            raw_path,
-            query_string: uri.query().unwrap_or("").into(),
+            raw_path_and_query: [raw_path, query].concat().into(),
             header_block: HeaderBlock::new(&headers),
             header_map: OnceLock::new(),
             client,
@@ -150,22 +173,22 @@ impl Scope {
 
     /// The percent-decoded path.
     pub fn path(&self) -> &str {
-        self.path.as_deref().unwrap_or(&self.raw_path)
+        self.path.as_deref().unwrap_or(self.raw_path())
     }
 
     /// The path as it arrived, still percent-encoded.
     pub fn raw_path(&self) -> &str {
-        &self.raw_path
+        &self.raw_path_and_query[..self.query_start]
     }
 
     /// The raw query string, without `?`, still percent-encoded.
     pub fn query_string(&self) -> &str {
-        &self.query_string
+        &self.raw_path_and_query[self.query_start..]
     }
 
     /// The query parameters, decoded, in order.
     pub fn query(&self) -> Vec<(String, String)> {
-        parse_query(&self.query_string)
+        parse_query(self.query_string())
     }
 
     /// The first value of query parameter `name`, decoded.

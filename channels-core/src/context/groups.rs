@@ -17,7 +17,7 @@ impl WebsocketContext {
 
     /// The socket and the queued group sends, borrowed together for the connection's loop.
     pub(crate) fn socket_and_outbox(&mut self) -> (Option<&mut WsStream>, Option<&mut Outbox>) {
-        (self.socket.as_mut().map(unlocked), self.outbox.as_mut().map(|m| unlocked(m)))
+        (unlocked(&mut self.socket).as_mut(), self.outbox.as_mut().map(|m| unlocked(m)))
     }
 
     /// True when so many group sends wait that the client should not be read for now.

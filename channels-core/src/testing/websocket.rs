@@ -189,7 +189,7 @@ impl WebsocketCommunicator {
         let (done_tx, done_rx) = oneshot::channel();
         self.done = Some(done_rx);
         let (permit, metrics) = permit;
-        session(self.app.tasks(), upgrading, Finished { permit, done: Some(done_tx), metrics });
+        session(self.app.tasks(), upgrading, Finished { permit, done: Some(Box::new(done_tx)), metrics });
         self.response_headers = acceptance
             .headers
             .iter()
