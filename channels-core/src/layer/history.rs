@@ -806,7 +806,12 @@ impl HistoryLayer {
         let locks: Vec<_> = groups.iter().map(|g| self.history.group_lock(g)).collect();
         let mut _held = Vec::with_capacity(locks.len());
         for lock in &locks {
-            _held.push(lock.lock().await);
+            // Free almost always: taken without a wait, which would spend the task's
+            // scheduling budget and could send the batch later than the messages it follows.
+            _held.push(match lock.try_lock() {
+                Ok(held) => held,
+                Err(_) => lock.lock().await,
+            });
         }
         let mut reports: Vec<Option<Result<GroupSendReport, GroupError>>> = Vec::with_capacity(sends.len());
         let mut batch = Vec::with_capacity(sends.len());
