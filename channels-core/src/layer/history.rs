@@ -465,7 +465,6 @@ impl StreamCursor {
         // The common case first, without a call: the next offset of the same epoch.
         if let Some(last) = &mut self.last
             && position.offset == last.offset.wrapping_add(1)
-            && position.epoch.len() == last.epoch.len()
             && position.epoch == last.epoch
         {
             last.offset = position.offset;
@@ -590,11 +589,11 @@ fn stamp(message: &Message, position: StreamPosition) -> Result<Message, Message
 }
 
 /// Whether `bytes` (a msgpack map) may have an `"epoch"` or `"offset"` key: false when neither
-/// name appears encoded as a msgpack string anywhere in it.
+/// name appears anywhere in it, however its strings are encoded.
 fn may_hold_position(bytes: &[u8]) -> bool {
-    bytes.iter().enumerate().any(|(at, &marker)| match marker {
-        0xa5 => bytes[at + 1..].starts_with(b"epoch"),
-        0xa6 => bytes[at + 1..].starts_with(b"offset"),
+    bytes.iter().enumerate().any(|(at, &first)| match first {
+        b'e' => bytes[at..].starts_with(b"epoch"),
+        b'o' => bytes[at..].starts_with(b"offset"),
         _ => false,
     })
 }
@@ -989,6 +988,22 @@ mod tests {
         let m = with_position(&Message::new(&said).unwrap(), &StreamPosition::new("e", 1)).unwrap();
         let v: serde_json::Value = m.decode().unwrap();
         assert_eq!(v, serde_json::json!({"type": "t", "text": "epoch", "note": "offset", "epoch": "e", "offset": 1}));
+    }
+
+    #[test]
+    fn a_position_key_in_a_longer_string_encoding_is_replaced() {
+        // {"type": "t", "epoch": "x"}, the key "epoch" as a str8 rather than a fixstr.
+        let mut bytes = vec![0x82, 0xa4];
+        bytes.extend_from_slice(b"type");
+        bytes.extend_from_slice(&[0xa1, b't', 0xd9, 5]);
+        bytes.extend_from_slice(b"epoch");
+        bytes.extend_from_slice(&[0xa1, b'x']);
+        let m = with_position(&Message::from_msgpack(bytes).unwrap(), &StreamPosition::new("e", 2)).unwrap();
+        let rmpv::Value::Map(entries) = m.to_value().unwrap() else { panic!("not a map") };
+        let keys: Vec<_> = entries.iter().map(|(k, _)| k.as_str().unwrap_or_default()).collect();
+        assert_eq!(keys, ["type", "epoch", "offset"]);
+        let v: serde_json::Value = m.decode().unwrap();
+        assert_eq!(v, serde_json::json!({"type": "t", "epoch": "e", "offset": 2}));
     }
 
     #[tokio::test]
