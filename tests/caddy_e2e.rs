@@ -7,13 +7,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use channels::http::{HttpRequest, text};
 use channels::middleware::TrustedProxies;
 use channels::prelude::*;
-use support::{EventStream, Example, get_from, http, next_json, next_of_type, send_text};
+use support::{EventStream, Example, Proxy, free_port, get_from, http, next_json, next_of_type, send_text};
 
 /// The `caddyfile` block of docs/deployment.md.
 fn documented_config() -> String {
@@ -23,75 +22,43 @@ fn documented_config() -> String {
     doc[start..][..doc[start..].find("```").expect("the block's end")].to_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// Caddy running the documented block, listening on a free port and proxying to `upstream`.
-struct Caddy {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Caddy {
-    fn start(upstream: SocketAddr) -> Caddy {
-        let caddy = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .expect("caddy is missing: run scripts/install-test-deps (it installs Debian's caddy)");
-        let dir = std::env::temp_dir().join(format!("channels-caddy-{}-{}", std::process::id(), upstream.port()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let port = free_port();
-        let block = documented_config();
-        assert!(block.contains("chat.example.com {") && block.contains("reverse_proxy 127.0.0.1:8000"), "{block}");
-        // Plain HTTP on a loopback port for any host name, instead of the site's certificate.
-        let block = block
-            .replace("chat.example.com {", &format!("http://:{port} {{\n    bind 127.0.0.1"))
-            .replace("reverse_proxy 127.0.0.1:8000", &format!("reverse_proxy {upstream}"));
-        // No admin endpoint (its fixed port would clash between tests), nothing in $HOME.
-        let config = format!("{{\n    admin off\n    storage file_system {}/data\n}}\n\n{block}", dir.display());
-        std::fs::write(dir.join("Caddyfile"), config).expect("write config");
-        let log = std::fs::File::create(dir.join("caddy.log")).expect("log");
-        let mut child = Command::new(caddy)
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(dir.join("Caddyfile"))
-            .env("HOME", &dir)
-            .env("XDG_DATA_HOME", dir.join("data"))
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start caddy");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        for _ in 0..400 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return Caddy { child, addr, dir };
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "caddy did not listen on {addr}: {}",
-            std::fs::read_to_string(dir.join("caddy.log")).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn start(upstream: SocketAddr) -> Proxy {
+    let caddy = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("caddy is missing: run scripts/install-test-deps (it installs Debian's caddy)");
+    let dir = std::env::temp_dir().join(format!("channels-caddy-{}-{}", std::process::id(), upstream.port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let block = documented_config();
+    assert!(block.contains("chat.example.com {") && block.contains("reverse_proxy 127.0.0.1:8000"), "{block}");
+    // Plain HTTP on a loopback port for any host name, instead of the site's certificate.
+    let block = block
+        .replace("chat.example.com {", &format!("http://:{port} {{\n    bind 127.0.0.1"))
+        .replace("reverse_proxy 127.0.0.1:8000", &format!("reverse_proxy {upstream}"));
+    // No admin endpoint (its fixed port would clash between tests), nothing in $HOME.
+    let config = format!("{{\n    admin off\n    storage file_system {}/data\n}}\n\n{block}", dir.display());
+    std::fs::write(dir.join("Caddyfile"), config).expect("write config");
+    let log = std::fs::File::create(dir.join("caddy.log")).expect("log");
+    let child = Command::new(caddy)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(dir.join("Caddyfile"))
+        .env("HOME", &dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start caddy");
+    Proxy::listening("caddy", child, port, dir, "caddy.log")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chat_works_through_caddy() {
     let chat = Example::start("chat", &["--trusted-proxy", "127.0.0.1"]);
-    let caddy = Caddy::start(chat.addr);
+    let caddy = start(chat.addr);
     let (status, page) = get_from("127.0.0.1", caddy.addr, "/", &[]).await;
     assert_eq!(status, 200);
     assert!(page.contains("<html"), "the chat page through caddy");
@@ -136,7 +103,7 @@ async fn serve(trusted: bool) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_addresses_come_from_caddys_x_forwarded_for_only_when_trusted() {
     let (trusting, distrusting) = (serve(true).await, serve(false).await);
-    let (to_trusting, to_distrusting) = (Caddy::start(trusting), Caddy::start(distrusting));
+    let (to_trusting, to_distrusting) = (start(trusting), start(distrusting));
     // The client is 127.0.0.2 and lies about where it comes from: Caddy replaces the header.
     let forged = [("x-forwarded-for", "203.0.113.9")];
 

@@ -6,13 +6,12 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use channels::http::{HttpRequest, text};
 use channels::middleware::TrustedProxies;
 use channels::prelude::*;
-use support::{Example, get_from, next_json, next_of_type, send_text};
+use support::{Example, Proxy, free_port, get_from, next_json, next_of_type, send_text};
 
 /// The `nginx` block of docs/deployment.md.
 fn documented_config() -> String {
@@ -21,74 +20,42 @@ fn documented_config() -> String {
     doc[start..][..doc[start..].find("```").expect("the block's end")].to_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// nginx running the documented block, listening on a free port and proxying to `upstream`.
-struct Nginx {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(upstream: SocketAddr) -> Nginx {
-        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .expect("nginx is missing: run scripts/install-test-deps (it installs Debian's nginx)");
-        let dir = std::env::temp_dir().join(format!("channels-nginx-{}-{}", std::process::id(), upstream.port()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let port = free_port();
-        let block = documented_config();
-        assert!(block.contains("listen 80;") && block.contains("server 127.0.0.1:8000;"), "{block}");
-        let block = block
-            .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
-            .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
-        let d = dir.display();
-        let config = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+fn start(upstream: SocketAddr) -> Proxy {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("nginx is missing: run scripts/install-test-deps (it installs Debian's nginx)");
+    let dir = std::env::temp_dir().join(format!("channels-nginx-{}-{}", std::process::id(), upstream.port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = free_port();
+    let block = documented_config();
+    assert!(block.contains("listen 80;") && block.contains("server 127.0.0.1:8000;"), "{block}");
+    let block = block
+        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+        .replace("server 127.0.0.1:8000;", &format!("server {upstream};"));
+    let d = dir.display();
+    let config = format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{block}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), config).expect("write config");
-        let mut child = Command::new(nginx)
-            .args(["-e", &format!("{d}/error.log"), "-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return Nginx { child, addr, dir };
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "nginx did not listen on {addr}: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    );
+    std::fs::write(dir.join("nginx.conf"), config).expect("write config");
+    let child = Command::new(nginx)
+        .args(["-e", &format!("{d}/error.log"), "-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    Proxy::listening("nginx", child, port, dir, "error.log")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chat_works_through_nginx() {
     let chat = Example::start("chat", &["--trusted-proxy", "127.0.0.1"]);
-    let nginx = Nginx::start(chat.addr);
+    let nginx = start(chat.addr);
     let (status, page) = get_from("127.0.0.1", nginx.addr, "/", &[]).await;
     assert_eq!(status, 200);
     assert!(page.contains("<html"), "the chat page through nginx");
@@ -125,7 +92,7 @@ async fn serve(trusted: bool) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_addresses_come_from_x_forwarded_for_only_behind_a_trusted_proxy() {
     let (trusting, distrusting) = (serve(true).await, serve(false).await);
-    let (to_trusting, to_distrusting) = (Nginx::start(trusting), Nginx::start(distrusting));
+    let (to_trusting, to_distrusting) = (start(trusting), start(distrusting));
     // The client is 127.0.0.2 and lies about where it comes from.
     let forged = [("x-forwarded-for", "203.0.113.9")];
 

@@ -406,3 +406,41 @@ pub async fn get_from(from: &str, to: std::net::SocketAddr, path: &str, headers:
     let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// A free TCP port on 127.0.0.1 (free when asked; a server started right after takes it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A reverse proxy (nginx, Caddy) a test started with its files in `dir`: killed, and `dir`
+/// removed, when dropped.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Proxy {
+    /// Waits up to 10 s for `child` to listen on 127.0.0.1:`port`; otherwise kills it and
+    /// panics with its log (`log`, a file in `dir`).
+    pub fn listening(name: &str, mut child: Child, port: u16, dir: PathBuf, log: &str) -> Proxy {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Proxy { child, addr, dir };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{name} did not listen on {addr}: {}", std::fs::read_to_string(dir.join(log)).unwrap_or_default());
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
