@@ -11,7 +11,9 @@
 //!
 //! `cargo bench --bench server_instructions` (needs `valgrind`; see docs/performance.md).
 //! `BENCH_RUNS=N` runs per server (default 3); `BENCH_SERVERS=chat,baseline,batched,framework`;
-//! `BENCH_CALLGRIND_DIR=DIR` keeps each run's dump there (for `callgrind_annotate`).
+//! `BENCH_CALLGRIND_DIR=DIR` keeps each run's dump there (for `callgrind_annotate`);
+//! `BENCH_SCENARIO=seed` counts the seed scenario's send phase instead (20 clients, each
+//! sending 200 messages: 80,000 deliveries, one send per 20).
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -29,21 +31,25 @@ fn main() -> ExitCode {
         println!("skipped: valgrind (callgrind_control) is not installed");
         return ExitCode::SUCCESS;
     }
-    let scenario = Scenario {
-        clients: 200,
-        rooms: 1,
-        senders: 1,
-        messages_per_sender: 200,
-        window: 8,
-        room: "bench",
-        time_limit: Duration::from_secs(300),
+    let scenario = match std::env::var("BENCH_SCENARIO").as_deref() {
+        Ok("seed") => Scenario { time_limit: Duration::from_secs(300), ..Scenario::seed("bench") },
+        _ => Scenario {
+            clients: 200,
+            rooms: 1,
+            senders: 1,
+            messages_per_sender: 200,
+            window: 8,
+            room: "bench",
+            time_limit: Duration::from_secs(300),
+        },
     };
     let Some(chat) = common::server::prepare(scenario.clients as u64 + 200) else { return ExitCode::FAILURE };
     let kinds: Vec<Kind> = common::compare::servers(false).into_iter().filter(|k| *k != Kind::Django).collect();
     let runs = common::runs();
     println!(
-        "== server instructions (callgrind, user space): 1 room x {} clients, 1 sender x {} messages, window {}; {} deliveries per run, {runs} runs per server",
+        "== server instructions (callgrind, user space): 1 room x {} clients, {} senders x {} messages, window {}; {} deliveries per run, {runs} runs per server",
         scenario.clients,
+        scenario.senders,
         scenario.messages_per_sender,
         scenario.window,
         scenario.expected()

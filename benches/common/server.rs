@@ -133,7 +133,20 @@ pub fn prepare(open_files: u64) -> Option<PathBuf> {
 pub fn build_chat_example() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building the chat example (cargo build --release --example chat) ...");
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // What cargo set for this benchmark's own crate: build scripts (ring's) watch some of them,
+    // so leaving them would rebuild those crates here and again in the user's next build.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_MANIFEST_LINKS", "CARGO_CRATE_NAME"]
+                .contains(&name.as_ref())
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&name.as_ref())
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let output = command
         .current_dir(super::repository_root())
         .args(["build", "--release", "--example", "chat", "--message-format=json-render-diagnostics"])
         .stderr(Stdio::inherit())
