@@ -121,7 +121,7 @@ impl HistoryStore for RedisHistoryStore {
             .arg(new_epoch())
             .arg(window.saturating_add(millis(META_TTL)));
         let (epoch, offset): (String, u64) = self.invoke(group, &script).await?;
-        Ok(StreamPosition { epoch, offset })
+        Ok(StreamPosition { epoch: epoch.into(), offset })
     }
 
     async fn append_once(
@@ -144,19 +144,19 @@ impl HistoryStore for RedisHistoryStore {
             .arg(new_epoch())
             .arg(window.saturating_add(millis(META_TTL)));
         let (epoch, offset, new): (String, u64, u8) = self.invoke(group, &script).await?;
-        Ok((StreamPosition { epoch, offset }, new == 1))
+        Ok((StreamPosition { epoch: epoch.into(), offset }, new == 1))
     }
 
     async fn since(&self, group: &str, since: &StreamPosition, window: Duration) -> Result<StoredSince, BackendError> {
         let (stream, meta) = self.keys(group);
         let window = millis(window);
         let mut script = scripts::HISTORY_READ.key(&stream);
-        script.key(&meta).arg(window).arg(new_epoch()).arg(window.saturating_add(millis(META_TTL))).arg(&since.epoch);
+        script.key(&meta).arg(window).arg(new_epoch()).arg(window.saturating_add(millis(META_TTL))).arg(&*since.epoch);
         let (epoch, top, entries): (String, u64, Vec<Entry>) = self.invoke(group, &script).await?;
         let mut messages = Vec::with_capacity(entries.len());
         for (_, (_, offset, _, payload)) in entries {
             messages.push((offset, Message::from_msgpack(payload).map_err(backend)?));
         }
-        Ok(select_since(StreamPosition { epoch, offset: top }, since, messages))
+        Ok(select_since(StreamPosition { epoch: epoch.into(), offset: top }, since, messages))
     }
 }

@@ -267,9 +267,11 @@ impl WebsocketConsumer for ChatConsumer {
         let Some(raw) = frame.as_text() else {
             return Ok(()); // binary frames mean nothing in this protocol
         };
-        let (text, id) = match serde_json::from_str::<Inbound>(raw) {
-            Ok(inbound) => (inbound.message, inbound.id),
-            Err(_) => (raw.to_owned(), None),
+        // Only what looks like a JSON object is parsed as one: plain text costs no failed parse.
+        let parsed = raw.trim_start().starts_with('{').then(|| serde_json::from_str::<Inbound>(raw).ok()).flatten();
+        let (text, id) = match parsed {
+            Some(inbound) => (std::borrow::Cow::Owned(inbound.message), inbound.id),
+            None => (std::borrow::Cow::Borrowed(raw), None),
         };
         let id = match message_id(id) {
             Ok(id) => id,
@@ -490,16 +492,11 @@ fn with_history(
             // A message sent again with its ID (by a client that could not tell whether the
             // first went through) is stored and delivered once.
             let wrapped = wrapped.dedupe_by(|_group, message| {
-                #[derive(Deserialize)]
-                struct Keyed {
-                    user: String,
-                    id: Option<String>,
-                }
                 if message.message_type() != "chat.message" {
                     return None;
                 }
-                let keyed: Keyed = message.decode().ok()?;
-                Some(format!("{}:{}", keyed.id?, keyed.user))
+                let id = message.get_str("id")?;
+                Some(format!("{id}:{}", message.get_str("user")?))
             });
             let history = wrapped.history();
             (Arc::new(wrapped), Some(history))

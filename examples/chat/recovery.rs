@@ -59,7 +59,7 @@ pub(crate) async fn replay(history: &ChatHistory, group: &str, since: &StreamPos
 /// `{"type": "chat.unrecovered"}`, with the room's current position when known.
 fn unrecovered(position: Option<&StreamPosition>) -> Message {
     let value = match position {
-        Some(p) => serde_json::json!({"type": "chat.unrecovered", "epoch": p.epoch, "offset": p.offset}),
+        Some(p) => serde_json::json!({"type": "chat.unrecovered", "epoch": &*p.epoch, "offset": p.offset}),
         None => serde_json::json!({"type": "chat.unrecovered"}),
     };
     Message::new(&value).expect("a map with a type")

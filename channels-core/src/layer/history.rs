@@ -27,10 +27,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -42,7 +42,7 @@ use super::{BackendError, ChannelLayer, GroupError, GroupSendReport, Message, Me
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StreamPosition {
     /// The history's epoch: changes when the history is lost.
-    pub epoch: String,
+    pub epoch: Arc<str>,
     /// The message's offset: one more than the message before it in the group (the first is 1);
     /// 0 before any message.
     pub offset: u64,
@@ -50,7 +50,7 @@ pub struct StreamPosition {
 
 impl StreamPosition {
     /// The position `offset` of `epoch`.
-    pub fn new(epoch: impl Into<String>, offset: u64) -> Self {
+    pub fn new(epoch: impl Into<Arc<str>>, offset: u64) -> Self {
         Self { epoch: epoch.into(), offset }
     }
 }
@@ -91,7 +91,7 @@ impl FromStr for StreamPosition {
         if epoch.is_empty() || offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
-        Ok(Self { epoch: epoch.to_owned(), offset: offset.parse().map_err(|_| bad())? })
+        Ok(Self { epoch: epoch.into(), offset: offset.parse().map_err(|_| bad())? })
     }
 }
 
@@ -180,8 +180,8 @@ pub struct MemoryHistoryStore {
 
 #[derive(Debug)]
 struct MemoryState {
-    epoch: String,
-    groups: HashMap<String, Ring>,
+    epoch: Arc<str>,
+    groups: foldhash::HashMap<String, Ring>,
 }
 
 #[derive(Debug, Default)]
@@ -205,7 +205,7 @@ impl Ring {
 
 impl Default for MemoryHistoryStore {
     fn default() -> Self {
-        Self { state: Mutex::new(MemoryState { epoch: new_epoch(), groups: HashMap::new() }) }
+        Self { state: Mutex::new(MemoryState { epoch: new_epoch().into(), groups: foldhash::HashMap::default() }) }
     }
 }
 
@@ -219,7 +219,7 @@ impl MemoryHistoryStore {
     pub fn clear(&self) {
         let mut state = self.lock();
         state.groups.clear();
-        state.epoch = new_epoch();
+        state.epoch = new_epoch().into();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
@@ -465,7 +465,7 @@ impl StreamCursor {
         // The common case first, without a call: the next offset of the same epoch.
         if let Some(last) = &mut self.last
             && position.offset == last.offset.wrapping_add(1)
-            && position.epoch == last.epoch
+            && (Arc::ptr_eq(&position.epoch, &last.epoch) || position.epoch == last.epoch)
         {
             last.offset = position.offset;
             return Admit::Deliver;
@@ -550,7 +550,7 @@ fn read_position(message: &Message) -> Option<&StreamPosition> {
         .position_cell()
         .get_or_init(|| {
             let s: Stamped = message.decode().ok()?;
-            Some(StreamPosition { epoch: s.epoch?, offset: s.offset? })
+            Some(StreamPosition { epoch: s.epoch?.into(), offset: s.offset? })
         })
         .as_ref()
 }
@@ -562,12 +562,12 @@ pub fn with_position(message: &Message, position: &StreamPosition) -> Result<Mes
 
 /// [`with_position`], keeping `position` in the stamped message (no copy of the epoch).
 fn stamp(message: &Message, position: StreamPosition) -> Result<Message, MessageError> {
-    let stamped = if may_hold_position(message.as_bytes()) {
+    let stamped = if message.has_position_keys() {
         let rmpv::Value::Map(mut entries) = message.to_value()? else {
             return Err(MessageError::NotAMap);
         };
         entries.retain(|(k, _)| !matches!(k.as_str(), Some("epoch" | "offset")));
-        entries.push((rmpv::Value::from("epoch"), rmpv::Value::from(position.epoch.as_str())));
+        entries.push((rmpv::Value::from("epoch"), rmpv::Value::from(&*position.epoch)));
         entries.push((rmpv::Value::from("offset"), rmpv::Value::from(position.offset)));
         let mut bytes = Vec::with_capacity(message.as_bytes().len() + position.epoch.len() + 24);
         rmpv::encode::write_value(&mut bytes, &rmpv::Value::Map(entries))
@@ -576,26 +576,17 @@ fn stamp(message: &Message, position: StreamPosition) -> Result<Message, Message
     } else {
         // The common case, a message without a position yet: the two keys go at the end of
         // the map as it is, without decoding it.
-        let mut entries = Vec::with_capacity(position.epoch.len() + 24);
-        let codec = |e: rmp::encode::ValueWriteError| MessageError::Codec(e.to_string());
-        rmp::encode::write_str(&mut entries, "epoch").map_err(codec)?;
-        rmp::encode::write_str(&mut entries, &position.epoch).map_err(codec)?;
-        rmp::encode::write_str(&mut entries, "offset").map_err(codec)?;
-        rmp::encode::write_uint(&mut entries, position.offset).map_err(codec)?;
-        message.with_entries_appended(2, &entries)?
+        message.with_entries_appended(2, position.epoch.len() + 24, |out| {
+            let codec = |e: rmp::encode::ValueWriteError| MessageError::Codec(e.to_string());
+            rmp::encode::write_str(out, "epoch").map_err(codec)?;
+            rmp::encode::write_str(out, &position.epoch).map_err(codec)?;
+            rmp::encode::write_str(out, "offset").map_err(codec)?;
+            rmp::encode::write_uint(out, position.offset).map_err(codec)?;
+            Ok(())
+        })?
     };
     let _ = stamped.position_cell().set(Some(position));
     Ok(stamped)
-}
-
-/// Whether `bytes` (a msgpack map) may have an `"epoch"` or `"offset"` key: false when neither
-/// name appears anywhere in it, however its strings are encoded.
-fn may_hold_position(bytes: &[u8]) -> bool {
-    bytes.iter().enumerate().any(|(at, &first)| match first {
-        b'e' => bytes[at..].starts_with(b"epoch"),
-        b'o' => bytes[at..].starts_with(b"offset"),
-        _ => false,
-    })
 }
 
 /// Group sends with history, and recovery, on a layer that keeps history (see the module).
@@ -607,8 +598,13 @@ pub struct History {
     layer: Arc<dyn ChannelLayer>,
     store: Arc<dyn HistoryStore>,
     options: HistoryOptions,
-    order: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// Each group's send-order lock. Kept while unused (a send to a known group allocates
+    /// nothing); the unused ones are dropped when the map grows past [`ORDER_LOCKS_KEPT`].
+    order: Mutex<foldhash::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// How many groups' send-order locks [`History`] keeps before it drops the unused ones.
+const ORDER_LOCKS_KEPT: usize = 1024;
 
 impl fmt::Debug for History {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -620,7 +616,7 @@ impl History {
     /// History on `layer` with `options`; `None` when the layer keeps no history.
     pub fn new(layer: Arc<dyn ChannelLayer>, options: HistoryOptions) -> Option<Self> {
         let store = layer.history_store()?;
-        Some(Self { layer, store, options, order: Mutex::new(HashMap::new()) })
+        Some(Self { layer, store, options, order: Mutex::default() })
     }
 
     /// The options given.
@@ -630,14 +626,15 @@ impl History {
 
     pub(crate) fn group_lock(&self, group: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut order = self.order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(lock) = order.get(group).and_then(Weak::upgrade) {
-            return lock;
+        if let Some(lock) = order.get(group) {
+            return lock.clone();
         }
-        if order.len() > 1024 {
-            order.retain(|_, w| w.strong_count() > 0);
+        if order.len() >= ORDER_LOCKS_KEPT {
+            // Only the map holds an unused lock.
+            order.retain(|_, lock| Arc::strong_count(lock) > 1);
         }
         let lock = Arc::new(tokio::sync::Mutex::new(()));
-        order.insert(group.to_owned(), Arc::downgrade(&lock));
+        order.insert(group.to_owned(), lock.clone());
         lock
     }
 
@@ -699,7 +696,7 @@ impl History {
     /// # Errors
     /// The store's failure.
     pub async fn position(&self, group: &str) -> Result<StreamPosition, HistoryError> {
-        let none = StreamPosition { epoch: String::new(), offset: 0 };
+        let none = StreamPosition { epoch: "".into(), offset: 0 };
         Ok(self.store.since(group, &none, self.options.window).await.map_err(HistoryError::Backend)?.top)
     }
 }

@@ -14,11 +14,135 @@ use super::message::MAX_NESTING_DEPTH;
 
 /// `msgpack` (one value) as JSON text.
 pub(crate) fn to_json(msgpack: &[u8]) -> Result<String, serde_json::Error> {
+    if let Some(json) = flat_map(msgpack) {
+        return Ok(json);
+    }
     let input = Cell::new(msgpack);
     // JSON text of a chat event is a little longer than its msgpack.
     let mut out = Vec::with_capacity(msgpack.len() + msgpack.len() / 4 + 16);
     serde_json::to_writer(&mut out, &Item { input: &input, depth: 0 })?;
     String::from_utf8(out).map_err(serde_json::Error::custom)
+}
+
+/// A map with string keys and scalar values (strings, numbers, booleans, nil), which most
+/// messages are, as JSON written directly; `None` for anything else (nested values, binary,
+/// keys that are not strings, strings that are not UTF-8, broken input), which takes the
+/// general path. The text is the same either way (checked in the tests).
+fn flat_map(msgpack: &[u8]) -> Option<String> {
+    let mut input = msgpack;
+    let len = match take(&mut input, 1)?[0] {
+        m @ 0x80..=0x8f => usize::from(m & 0x0f),
+        0xde => length(&mut input, 2)?,
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(msgpack.len() + msgpack.len() / 4 + 16);
+    out.push(b'{');
+    for i in 0..len {
+        if i > 0 {
+            out.push(b',');
+        }
+        let key = match take(&mut input, 1)?[0] {
+            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
+            m @ 0xd9..=0xdb => length(&mut input, 1 << (m - 0xd9))?,
+            _ => return None,
+        };
+        push_str(&mut out, take(&mut input, key)?)?;
+        out.push(b':');
+        scalar(&mut out, &mut input)?;
+    }
+    out.push(b'}');
+    // Every string was checked as it was copied: this cannot fail.
+    String::from_utf8(out).ok()
+}
+
+/// The next `n` bytes of `input`.
+fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if input.len() < n {
+        return None;
+    }
+    let (taken, rest) = input.split_at(n);
+    *input = rest;
+    Some(taken)
+}
+
+/// A big-endian number of `width` bytes (at most 8).
+fn fixed(input: &mut &[u8], width: usize) -> Option<u64> {
+    Some(take(input, width)?.iter().fold(0, |n, &b| n << 8 | u64::from(b)))
+}
+
+/// A big-endian length of `width` bytes (1, 2 or 4).
+fn length(input: &mut &[u8], width: usize) -> Option<usize> {
+    usize::try_from(fixed(input, width)?).ok()
+}
+
+/// The scalar value at the start of `input` as JSON, as `serde_json` writes it.
+fn scalar(out: &mut Vec<u8>, input: &mut &[u8]) -> Option<()> {
+    use serde_json::ser::{CompactFormatter, Formatter};
+    let marker = take(input, 1)?[0];
+    let written = match marker {
+        0xa0..=0xbf => return push_str(out, take(input, usize::from(marker & 0x1f))?),
+        0xd9..=0xdb => {
+            let len = length(input, 1 << (marker - 0xd9))?;
+            return push_str(out, take(input, len)?);
+        }
+        0xc0 => CompactFormatter.write_null(out),
+        0xc2 => CompactFormatter.write_bool(out, false),
+        0xc3 => CompactFormatter.write_bool(out, true),
+        0x00..=0x7f => CompactFormatter.write_u64(out, u64::from(marker)),
+        0xe0..=0xff => CompactFormatter.write_i64(out, i64::from(marker as i8)),
+        0xcc..=0xcf => CompactFormatter.write_u64(out, fixed(input, 1 << (marker - 0xcc))?),
+        0xd0..=0xd3 => {
+            let bits = 8 << (marker - 0xd0);
+            // Sign-extended from its width.
+            let n = (fixed(input, bits / 8)? << (64 - bits)) as i64 >> (64 - bits);
+            CompactFormatter.write_i64(out, n)
+        }
+        0xca => match f32::from_bits(fixed(input, 4)? as u32) {
+            f if f.is_finite() => CompactFormatter.write_f32(out, f),
+            _ => CompactFormatter.write_null(out),
+        },
+        0xcb => match f64::from_bits(fixed(input, 8)?) {
+            f if f.is_finite() => CompactFormatter.write_f64(out, f),
+            _ => CompactFormatter.write_null(out),
+        },
+        _ => return None,
+    };
+    written.ok()
+}
+
+/// `bytes` as a JSON string, escaped as `serde_json` escapes; `None` when they are not UTF-8.
+fn push_str(out: &mut Vec<u8>, bytes: &[u8]) -> Option<()> {
+    out.push(b'"');
+    if bytes.iter().all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\') {
+        // Printable ASCII, the common case: as it is.
+        out.extend_from_slice(bytes);
+    } else {
+        std::str::from_utf8(bytes).ok()?;
+        for &b in bytes {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                0x00..=0x1f => out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0x0f)],
+                ]),
+                // The rest, UTF-8 sequences included, as it is.
+                _ => out.push(b),
+            }
+        }
+    }
+    out.push(b'"');
+    Some(())
 }
 
 /// The next value of `input`, serialized as it is read (which advances `input` past it).
@@ -264,6 +388,78 @@ mod tests {
         for input in inputs {
             same_as_value(input);
         }
+    }
+
+    #[test]
+    fn flat_maps_render_as_through_rmpv() {
+        // Every character that JSON escapes, in keys and values; every scalar kind.
+        let all_ascii: String = (0u8..0x80).map(char::from).collect();
+        let value = Value::Map(vec![
+            (Value::from("type"), Value::from("chat.message")),
+            (Value::from(all_ascii.as_str()), Value::from(all_ascii.as_str())),
+            (Value::from("é 🎉 \u{2028}"), Value::from("</script> \u{7f}")),
+            (Value::from("n"), Value::Nil),
+            (Value::from("t"), Value::from(true)),
+            (Value::from("f"), Value::from(false)),
+            (Value::from("u"), Value::from(u64::MAX)),
+            (Value::from("i"), Value::from(i64::MIN)),
+            (Value::from("x"), Value::F32(-1.5e-7)),
+            (Value::from("nan"), Value::F32(f32::NAN)),
+            (Value::from("y"), Value::F64(1_764_170_000.123_456)),
+            (Value::from("inf"), Value::F64(f64::NEG_INFINITY)),
+            (Value::from(""), Value::from("")),
+        ]);
+        let bytes = encode(&value);
+        assert!(super::flat_map(&bytes).is_some());
+        same_as_value(&bytes);
+        // Integers in every width, signed ones negative and not.
+        for n in [0i64, 1, 127, 128, 255, 256, 65_535, 65_536, -1, -32, -33, -128, -129, -32_768, -32_769, i64::MIN] {
+            for marker in [0xd0u8, 0xd1, 0xd2, 0xd3] {
+                let width = 1usize << (marker - 0xd0);
+                let mut bytes = vec![0x81, 0xa1, b'k', marker];
+                bytes.extend_from_slice(&n.to_be_bytes()[8 - width..]);
+                same_as_value(&bytes);
+            }
+        }
+        // Random flat maps of random text.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2_000 {
+            let text = |next: &mut dyn FnMut() -> u64| {
+                (0..next() % 12).map(|_| char::from_u32((next() % 0x130) as u32).unwrap_or('?')).collect::<String>()
+            };
+            let entries = (0..next() % 8)
+                .map(|_| {
+                    let value = match next() % 6 {
+                        0 => Value::from(text(&mut next)),
+                        1 => Value::from(next() >> (next() % 64)),
+                        2 => Value::from(-((next() >> (next() % 63 + 1)) as i64) - 1),
+                        3 => Value::F64(f64::from_bits(next())),
+                        4 => Value::F32(f32::from_bits(next() as u32)),
+                        _ => Value::Nil,
+                    };
+                    (Value::from(text(&mut next)), value)
+                })
+                .collect();
+            same_as_value(&encode(&Value::Map(entries)));
+        }
+        // Not flat: the general path renders these.
+        for value in [
+            Value::Map(vec![(Value::from("a"), Value::Array(vec![]))]),
+            Value::Map(vec![(Value::from(1), Value::from("integer key"))]),
+            Value::Map(vec![(Value::from("b"), Value::Binary(vec![1]))]),
+        ] {
+            assert!(super::flat_map(&encode(&value)).is_none());
+            same_as_value(&encode(&value));
+        }
+        // A string that is not UTF-8, and a truncated map.
+        assert!(super::flat_map(&[0x81, 0xa1, b'a', 0xa2, 0xff, 0xfe]).is_none());
+        assert!(super::flat_map(&[0x82, 0xa1, b'a', 0xc0]).is_none());
     }
 
     #[test]

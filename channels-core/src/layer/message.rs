@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use crate::frame::Utf8Bytes;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 /// Why a value could not become a [`Message`], or a [`Message`] could not be decoded.
 #[derive(Debug)]
@@ -70,6 +70,8 @@ pub struct Message {
 struct Inner {
     bytes: Vec<u8>,
     message_type: Arc<str>,
+    /// Whether the map has an `"epoch"` or `"offset"` key.
+    positioned: bool,
     /// The message as JSON text, rendered on first use and shared by every receiver.
     json: OnceLock<Utf8Bytes>,
     /// The message's history position (`"epoch"` and `"offset"` keys), read on first use and
@@ -77,67 +79,133 @@ struct Inner {
     position: OnceLock<Option<super::StreamPosition>>,
 }
 
-/// The top level of a message: its `"type"`, and whether it sets the reserved key. Read by hand
-/// rather than derived, because a derived struct also matches integer keys by field position
-/// (msgpack `{0: "x"}` would pass for `{"type": "x"}`), and Django's messages have string keys.
+/// What [`Message::from_msgpack`] reads of a message's top level.
 struct Head<'a> {
     message_type: Option<&'a str>,
     reserved: bool,
+    /// Whether a top-level key is `"epoch"` or `"offset"` (a history position's keys).
+    positioned: bool,
 }
 
-impl<'de> Deserialize<'de> for Head<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Head<'de>;
+/// Reads msgpack bytes value by value, checking their structure without building anything.
+/// What it accepts and refuses is what decoding with `rmp_serde` does (compared in the tests).
+struct Reader<'a> {
+    rest: &'a [u8],
+}
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map with string keys")
-            }
+fn codec(what: &str) -> MessageError {
+    MessageError::Codec(what.to_owned())
+}
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head<'de>, A::Error> {
-                let mut head = Head { message_type: None, reserved: false };
-                while let Some(MsgpackStr(key)) = map.next_key()? {
-                    match key {
-                        "type" if head.message_type.is_some() => {
-                            return Err(serde::de::Error::duplicate_field("type"));
-                        }
-                        "type" => head.message_type = Some(map.next_value::<MsgpackStr<'de>>()?.0),
-                        RESERVED_CHANNEL_KEY => {
-                            head.reserved = true;
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                        _ => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(head)
-            }
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
+        if self.rest.len() < n {
+            return Err(codec("truncated msgpack"));
         }
-        deserializer.deserialize_map(Visitor)
+        let (taken, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(taken)
     }
-}
 
-/// A msgpack `str`, borrowed. serde's own `&str` also takes a `bin` that happens to be UTF-8;
-/// Python decodes that as `bytes`, which is neither a key Django looks up nor a `"type"`.
-struct MsgpackStr<'a>(&'a str);
+    fn byte(&mut self) -> Result<u8, MessageError> {
+        Ok(self.take(1)?[0])
+    }
 
-impl<'de> Deserialize<'de> for MsgpackStr<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = MsgpackStr<'de>;
+    /// A big-endian length of `width` bytes (1, 2 or 4).
+    fn length(&mut self, width: usize) -> Result<usize, MessageError> {
+        Ok(self.take(width)?.iter().fold(0, |n, &b| n << 8 | usize::from(b)))
+    }
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a msgpack string")
+    /// The length of the map that starts here.
+    fn map_len(&mut self) -> Result<usize, MessageError> {
+        match self.byte().map_err(|_| MessageError::NotAMap)? {
+            m @ 0x80..=0x8f => Ok(usize::from(m & 0x0f)),
+            0xde => self.length(2),
+            0xdf => self.length(4),
+            _ => Err(MessageError::NotAMap),
+        }
+    }
+
+    /// The next value, which must be a UTF-8 msgpack `str` (not `bin`: Python reads that as
+    /// `bytes`).
+    fn str(&mut self) -> Result<&'a str, MessageError> {
+        std::str::from_utf8(self.str_bytes()?).map_err(|_| codec("a msgpack string that is not UTF-8"))
+    }
+
+    /// The bytes of the next value, which must be a msgpack `str`.
+    fn str_bytes(&mut self) -> Result<&'a [u8], MessageError> {
+        let len = match self.byte()? {
+            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
+            m @ 0xd9..=0xdb => self.length(1 << (m - 0xd9))?,
+            _ => return Err(codec("expected a msgpack string")),
+        };
+        self.take(len)
+    }
+
+    /// Steps over the next value, which sits inside `depth` maps and arrays.
+    fn skip(&mut self, depth: usize) -> Result<(), MessageError> {
+        let marker = self.byte()?;
+        let (items, len) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => return Ok(()),
+            0x80..=0x8f => (2 * usize::from(marker & 0x0f), 0),
+            0x90..=0x9f => (usize::from(marker & 0x0f), 0),
+            0xa0..=0xbf => (0, usize::from(marker & 0x1f)),
+            0xc4..=0xc6 => (0, self.length(1 << (marker - 0xc4))?),
+            0xc7..=0xc9 => (0, self.length(1 << (marker - 0xc7))?.saturating_add(1)),
+            0xca => (0, 4),
+            0xcb => (0, 8),
+            0xcc..=0xcf => (0, 1 << (marker - 0xcc)),
+            0xd0..=0xd3 => (0, 1 << (marker - 0xd0)),
+            0xd4..=0xd8 => (0, (1 << (marker - 0xd4)) + 1),
+            0xd9..=0xdb => (0, self.length(1 << (marker - 0xd9))?),
+            0xdc | 0xdd => (self.length(if marker == 0xdc { 2 } else { 4 })?, 0),
+            0xde | 0xdf => (self.length(if marker == 0xde { 2 } else { 4 })?.saturating_mul(2), 0),
+            0xc1 => return Err(codec("reserved msgpack marker 0xc1")),
+        };
+        // Maps, arrays and extension values (a newtype around its bytes, for serde) nest.
+        if matches!(marker, 0x80..=0x9f | 0xc7..=0xc9 | 0xd4..=0xd8 | 0xdc..=0xdf) && depth + 1 >= MAX_NESTING_DEPTH {
+            return Err(codec("msgpack nested too deeply"));
+        }
+        self.take(len)?;
+        if items > 0 {
+            // Every item takes at least a byte: a count beyond what is left is a lie.
+            if items > self.rest.len() {
+                return Err(codec("truncated msgpack"));
             }
-
-            fn visit_borrowed_str<E: serde::de::Error>(self, value: &'de str) -> Result<MsgpackStr<'de>, E> {
-                Ok(MsgpackStr(value))
+            for _ in 0..items {
+                self.skip(depth + 1)?;
             }
         }
-        deserializer.deserialize_str(Visitor)
+        Ok(())
+    }
+
+    /// The top level of a message: a map with string keys, its `"type"` a string.
+    fn head(&mut self) -> Result<Head<'a>, MessageError> {
+        let len = self.map_len()?;
+        let mut head = Head { message_type: None, reserved: false, positioned: false };
+        for _ in 0..len {
+            match self.str()? {
+                "type" if head.message_type.is_some() => return Err(codec("a second \"type\" key")),
+                "type" => head.message_type = Some(self.str()?),
+                key => {
+                    head.reserved |= key == RESERVED_CHANNEL_KEY;
+                    head.positioned |= key == "epoch" || key == "offset";
+                    self.skip(1)?;
+                }
+            }
+        }
+        Ok(head)
+    }
+
+    /// The string value of the top-level key `key`, if the message has one.
+    fn top_level_str(&mut self, key: &str) -> Option<&'a str> {
+        for _ in 0..self.map_len().ok()? {
+            if self.str_bytes().ok()? == key.as_bytes() {
+                return self.str().ok();
+            }
+            self.skip(1).ok()?;
+        }
+        None
     }
 }
 
@@ -147,29 +215,34 @@ impl Message {
     /// Fails if the value is not a map with a string `"type"` key, or if it sets the reserved
     /// `__asgi_channel__` key.
     pub fn new<T: Serialize + ?Sized>(value: &T) -> Result<Self, MessageError> {
-        let bytes = rmp_serde::to_vec_named(value).map_err(|e| MessageError::Codec(e.to_string()))?;
+        // Most messages are small: room for them from the start, rather than growing the
+        // buffer a few bytes at a time.
+        let mut bytes = Vec::with_capacity(128);
+        rmp_serde::encode::write_named(&mut bytes, value).map_err(|e| MessageError::Codec(e.to_string()))?;
         Self::from_msgpack(bytes)
     }
 
     /// Wraps bytes that already hold a msgpack map, checking the same rules as [`Message::new`].
     pub fn from_msgpack(bytes: Vec<u8>) -> Result<Self, MessageError> {
-        match bytes.first() {
-            Some(0x80..=0x8f | 0xde | 0xdf) => {}
-            _ => return Err(MessageError::NotAMap),
-        }
-        let mut decoder = rmp_serde::Deserializer::from_read_ref(&bytes);
-        decoder.set_max_depth(MAX_NESTING_DEPTH);
-        let head = Head::deserialize(&mut decoder).map_err(|e| MessageError::Codec(e.to_string()))?;
+        let head = Reader { rest: &bytes }.head()?;
         if head.reserved {
             return Err(MessageError::ReservedKey(RESERVED_CHANNEL_KEY));
         }
         let message_type = head.message_type.ok_or(MessageError::MissingType)?.into();
-        Ok(Self { inner: Arc::new(Inner { bytes, message_type, json: OnceLock::new(), position: OnceLock::new() }) })
+        let positioned = head.positioned;
+        let inner = Inner { bytes, message_type, positioned, json: OnceLock::new(), position: OnceLock::new() };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
-    /// This message with `added` key-value pairs (msgpack-encoded, in `entries`) appended to
-    /// its map. The caller makes sure none of the keys is in the map already, nor reserved.
-    pub(crate) fn with_entries_appended(&self, added: u32, entries: &[u8]) -> Result<Self, MessageError> {
+    /// This message with `added` key-value pairs appended to its map, encoded by `write` (in
+    /// about `room` bytes): a history position's keys. The caller makes sure none of the keys
+    /// is in the map already, nor reserved.
+    pub(crate) fn with_entries_appended(
+        &self,
+        added: u32,
+        room: usize,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), MessageError>,
+    ) -> Result<Self, MessageError> {
         let bytes = &self.inner.bytes;
         let (count, head) = match bytes.first() {
             Some(&b @ 0x80..=0x8f) => (u32::from(b & 0x0f), 1),
@@ -178,13 +251,14 @@ impl Message {
             _ => return Err(MessageError::NotAMap),
         };
         let count = count.checked_add(added).ok_or_else(|| MessageError::Codec("map too large".into()))?;
-        let mut out = Vec::with_capacity(bytes.len() + entries.len() + 4);
+        let mut out = Vec::with_capacity(bytes.len() + room + 4);
         rmp::encode::write_map_len(&mut out, count).map_err(|e| MessageError::Codec(e.to_string()))?;
         out.extend_from_slice(&bytes[head..]);
-        out.extend_from_slice(entries);
+        write(&mut out)?;
         let inner = Inner {
             bytes: out,
             message_type: self.inner.message_type.clone(),
+            positioned: true,
             json: OnceLock::new(),
             position: OnceLock::new(),
         };
@@ -194,6 +268,27 @@ impl Message {
     /// The message's `"type"`, such as `"chat.message"`.
     pub fn message_type(&self) -> &str {
         &self.inner.message_type
+    }
+
+    /// The string value of the message's top-level key `key`, read from the encoded bytes
+    /// without decoding the rest: `None` when there is no such key or its value is not a
+    /// string.
+    ///
+    /// ```
+    /// use channels_core::layer::Message;
+    /// use std::collections::BTreeMap;
+    ///
+    /// let msg = Message::new(&BTreeMap::from([("type", "chat.message"), ("id", "m-1")])).unwrap();
+    /// assert_eq!(msg.get_str("id"), Some("m-1"));
+    /// assert_eq!(msg.get_str("user"), None);
+    /// ```
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        Reader { rest: &self.inner.bytes }.top_level_str(key)
+    }
+
+    /// Whether the map has an `"epoch"` or `"offset"` key at its top level.
+    pub(crate) fn has_position_keys(&self) -> bool {
+        self.inner.positioned
     }
 
     /// The cell holding the message's history position, read once (see `history::position_of`).
@@ -258,7 +353,164 @@ impl fmt::Debug for Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
     use std::collections::BTreeMap;
+
+    /// The reference for [`Reader::head`]: the top level read through `rmp_serde` with a
+    /// depth limit, as `Message::from_msgpack` once did. `Err` holds nothing: only whether a
+    /// message is refused matters, and for which of the typed reasons.
+    fn head_through_serde(bytes: &[u8]) -> Result<(String, bool, bool), Option<MessageError>> {
+        struct Head(Option<String>, bool, bool);
+        struct Key(String);
+        impl<'de> Deserialize<'de> for Key {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a msgpack string")
+                    }
+                    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key, E> {
+                        Ok(Key(v.to_owned()))
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+        impl<'de> Deserialize<'de> for Head {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Head;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a map")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head, A::Error> {
+                        let mut head = Head(None, false, false);
+                        while let Some(Key(key)) = map.next_key()? {
+                            match key.as_str() {
+                                "type" if head.0.is_some() => return Err(serde::de::Error::duplicate_field("type")),
+                                "type" => head.0 = Some(map.next_value::<Key>()?.0),
+                                k => {
+                                    head.1 |= k == RESERVED_CHANNEL_KEY;
+                                    head.2 |= k == "epoch" || k == "offset";
+                                    map.next_value::<serde::de::IgnoredAny>()?;
+                                }
+                            }
+                        }
+                        Ok(head)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        if !matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
+            return Err(Some(MessageError::NotAMap));
+        }
+        let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+        decoder.set_max_depth(MAX_NESTING_DEPTH);
+        let head = Head::deserialize(&mut decoder).map_err(|_| None)?;
+        if head.1 {
+            return Err(Some(MessageError::ReservedKey(RESERVED_CHANNEL_KEY)));
+        }
+        Ok((head.0.ok_or(Some(MessageError::MissingType))?, head.1, head.2))
+    }
+
+    /// `from_msgpack` accepts and refuses exactly what the reference does.
+    fn same_head_as_serde(bytes: &[u8]) {
+        let ours = Message::from_msgpack(bytes.to_vec())
+            .map(|m| (m.message_type().to_owned(), false, m.has_position_keys()))
+            .map_err(|e| match e {
+                MessageError::Codec(_) => None,
+                e => Some(e),
+            });
+        let reference = head_through_serde(bytes);
+        let kind = |r: &Result<(String, bool, bool), Option<MessageError>>| match r {
+            Ok(head) => format!("{head:?}"),
+            Err(e) => format!("{e:?}"),
+        };
+        assert_eq!(kind(&ours), kind(&reference), "input {bytes:02x?}");
+    }
+
+    #[test]
+    fn the_top_level_is_read_as_rmp_serde_reads_it() {
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        let values = [
+            rmpv::Value::Map(vec![("type".into(), "a".into()), ("epoch".into(), 1.into())]),
+            rmpv::Value::Map(vec![("offset".into(), rmpv::Value::Nil), ("type".into(), "b".into())]),
+            rmpv::Value::Map(vec![("type".into(), "a".into()), (RESERVED_CHANNEL_KEY.into(), "x".into())]),
+            rmpv::Value::Map(vec![
+                ("type".into(), "chat.message".into()),
+                ("text".into(), "epoch and offset in a text".into()),
+                ("n".into(), rmpv::Value::Array(vec![1.into(), (-1).into(), 1.5.into(), u64::MAX.into()])),
+                ("m".into(), rmpv::Value::Map(vec![(1.into(), rmpv::Value::Binary(vec![0xff; 300]))])),
+                ("e".into(), rmpv::Value::Ext(3, vec![1, 2, 3, 4])),
+                ("s".into(), "x".repeat(70_000).into()),
+            ]),
+        ];
+        for value in &values {
+            let mut bytes = Vec::new();
+            rmpv::encode::write_value(&mut bytes, value).unwrap();
+            inputs.push(bytes);
+        }
+        // Keys and types as str8/str16, a bin "type", a non-UTF-8 str value and key, nil.
+        inputs.push(vec![0x81, 0xd9, 4, b't', b'y', b'p', b'e', 0xda, 0, 1, b'x']);
+        inputs.push(vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa1, b'x', 0xd9, 5, b'e', b'p', b'o', b'c', b'h', 0xc0]);
+        inputs.push(vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa1, b'x', 0xa1, b'v', 0xa2, 0xff, 0xfe]);
+        inputs.push(vec![0x81, 0xa2, 0xff, 0xfe, 0xa1, b'x']);
+        inputs.push(vec![0x81, 0xa4, b't', b'y', b'p', b'e', 0xc0]);
+        inputs.push(vec![0x80]);
+        inputs.push(vec![]);
+        // Nesting around the limit, in arrays and in maps, down to a nil, an empty array or
+        // an extension value (which counts as a level).
+        for depth in MAX_NESTING_DEPTH - 4..MAX_NESTING_DEPTH + 4 {
+            for open in [[0x91].as_slice(), &[0x81, 0xa1, b'k']] {
+                for leaf in [[0xc0].as_slice(), &[0x90], &[0xd4, 0x01, 0x02]] {
+                    let mut bytes = vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa1, b'x', 0xa1, b'v'];
+                    for _ in 0..depth {
+                        bytes.extend_from_slice(open);
+                    }
+                    bytes.extend_from_slice(leaf);
+                    inputs.push(bytes);
+                }
+            }
+        }
+        // Every truncation of each, and single-byte changes of the short ones.
+        let whole = inputs.clone();
+        for bytes in whole.iter().filter(|b| b.len() < 1_000) {
+            for cut in 0..bytes.len() {
+                inputs.push(bytes[..cut].to_vec());
+            }
+            for at in 0..bytes.len() {
+                for b in [0x00, 0x7f, 0x80, 0x90, 0xa0, 0xc0, 0xc1, 0xc4, 0xc7, 0xd4, 0xd9, 0xdc, 0xde, 0xdf, 0xff] {
+                    let mut changed = bytes.clone();
+                    changed[at] = b;
+                    inputs.push(changed);
+                }
+            }
+        }
+        for bytes in &inputs {
+            same_head_as_serde(bytes);
+        }
+    }
+
+    #[test]
+    fn get_str_reads_top_level_strings_only() {
+        let value = rmpv::Value::Map(vec![
+            ("type".into(), "chat.message".into()),
+            ("n".into(), 5.into()),
+            ("deep".into(), rmpv::Value::Map(vec![("id".into(), "inner".into())])),
+            ("user".into(), "ann".into()),
+        ]);
+        let mut bytes = Vec::new();
+        rmpv::encode::write_value(&mut bytes, &value).unwrap();
+        let message = Message::from_msgpack(bytes).unwrap();
+        assert_eq!(message.get_str("user"), Some("ann"));
+        assert_eq!(message.get_str("type"), Some("chat.message"));
+        assert_eq!(message.get_str("n"), None);
+        assert_eq!(message.get_str("id"), None);
+        assert_eq!(message.get_str("deep"), None);
+    }
 
     #[derive(Serialize)]
     struct Job {

@@ -65,7 +65,9 @@ pub fn validate_channel_name(name: &str) -> Result<(), InvalidName> {
 
 /// Checks a group name: `^[a-zA-Z\d\-_.]+$`, fewer than 100 characters.
 pub fn validate_group_name(name: &str) -> Result<(), InvalidName> {
-    if !name.is_empty() && name.len() < MAX_NAME_LENGTH && name.chars().all(is_base_char) {
+    // Byte by byte: every allowed character is ASCII, and no byte of a longer one passes.
+    let base_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if !name.is_empty() && name.len() < MAX_NAME_LENGTH && name.as_bytes().iter().all(base_byte) {
         Ok(())
     } else {
         Err(invalid("group", name))
