@@ -303,6 +303,16 @@ mod tests {
         bytes
     }
 
+    /// A fixed-seed pseudo-random sequence (xorshift64): the same inputs on every run.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     fn same_as_value(bytes: &[u8]) {
         assert_eq!(super::to_json(bytes).ok(), through_value(bytes), "input {bytes:02x?}");
     }
@@ -422,13 +432,7 @@ mod tests {
             }
         }
         // Random flat maps of random text.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..2_000 {
             let text = |next: &mut dyn FnMut() -> u64| {
                 (0..next() % 12).map(|_| char::from_u32((next() % 0x130) as u32).unwrap_or('?')).collect::<String>()
@@ -492,13 +496,7 @@ mod tests {
     #[test]
     fn random_trees_render_as_through_rmpv() {
         // A fixed-seed generator: the same few thousand trees on every run.
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         fn tree(next: &mut dyn FnMut() -> u64, depth: usize) -> Value {
             let pick = next() % if depth > 4 { 9 } else { 11 };
             match pick {
