@@ -41,3 +41,12 @@ fn chat_page_sends_again_what_a_dying_socket_swallowed_and_doubles_nothing() {
     let example = Example::start("chat", &[]);
     print!("{}", run_browser_script("resend.test.mjs", &example, SCRIPT_TIMEOUT));
 }
+
+/// `tests/browser/reload.test.mjs`: the page is reloaded while cut off with a message waiting;
+/// the reloaded page sends it again (same ID) and resumes from the last message it had seen,
+/// so both pages' transcripts hold every message once.
+#[test]
+fn chat_page_reloaded_while_offline_sends_what_waited_and_misses_nothing() {
+    let example = Example::start("chat", &[]);
+    print!("{}", run_browser_script("reload.test.mjs", &example, SCRIPT_TIMEOUT));
+}

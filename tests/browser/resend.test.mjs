@@ -15,11 +15,8 @@
 // Usage: node tests/browser/resend.test.mjs http://127.0.0.1:8000/
 // Exit code 0 on success; on failure, a message on stderr and exit code 1.
 
-import { chromium } from 'playwright-core';
+import { WAIT_MS, check, describe, joinChat, launch, newPage, progress, run, say, sleep, startWatchdog, texts, waitForText } from './support.mjs';
 
-const WAIT_MS = 15_000;
-const OVERALL_MS = 80_000;
-const CHROMIUM = '/usr/bin/chromium';
 const ROOM = 'resend';
 const LOST = 'lost in the cut';
 const AWAY = 'typed while away';
@@ -31,63 +28,22 @@ if (!base) {
   process.exit(2);
 }
 
-let step = 'starting';
-const consoleLines = [];
-const watchdog = setTimeout(() => {
-  console.error(`FAIL at step: ${step}\nthe browser test did not finish within ${OVERALL_MS / 1000} s`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}, OVERALL_MS);
-watchdog.unref();
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+startWatchdog(80_000);
 
 async function openAs(browser, user, route) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
-  context.setDefaultTimeout(WAIT_MS);
-  const page = await context.newPage();
-  page.on('console', (msg) => consoleLines.push(`[${user} console.${msg.type()}] ${msg.text()}`));
-  page.on('pageerror', (err) => consoleLines.push(`[${user} page error] ${err.message}`));
+  const page = await newPage(browser, user);
   if (route) {
     await page.routeWebSocket(/\/ws\/chat\//, route.socket);
     // While cut off, the page's plain HTTP to the same URL fails too (channels.js asks it to
     // tell a server that is down from one that refuses).
     await page.route(/\/ws\/chat\//, route.http);
   }
-  await page.goto(base, { timeout: WAIT_MS });
-  await page.fill('#name', user);
-  await page.fill('#room', ROOM);
-  await page.selectOption('#transport', 'ws');
-  await page.click('#join');
-  await page.locator('#online li[data-user="' + user + '"]').waitFor({ timeout: WAIT_MS });
+  await joinChat(page, base, user, ROOM);
   return page;
 }
 
-async function send(page, text) {
-  await page.fill('#message', text);
-  await page.click('#send');
-}
-
-/** The texts of the chat messages in #log, in order. */
-async function texts(page) {
-  return page.locator('#log .msg .text').allTextContents();
-}
-
-async function waitForText(page, text) {
-  await page.locator('#log .msg .text', { hasText: text }).first().waitFor({ timeout: WAIT_MS });
-}
-
-/** What a page shows, for a failure message. */
-async function describe(page) {
-  return `log: ${await page.locator('#log').innerText()}\nstatus: ${await page.locator('#status').innerText()}`;
-}
-
 async function main() {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: WAIT_MS });
+  const browser = await launch();
   try {
     let cut = false; // new connections (and HTTP to the WebSocket's URL) fail
     // What to do with ann's next frame whose message is this text: 'swallow' or 'deliver',
@@ -140,24 +96,24 @@ async function main() {
       http: (request) => (cut ? request.abort('internetdisconnected') : request.continue()),
     };
 
-    step = 'ann (routed) and bob join room "resend" over WebSocket';
+    progress.step = 'ann (routed) and bob join room "resend" over WebSocket';
     const ann = await openAs(browser, 'ann', route);
     const bob = await openAs(browser, 'bob', null);
-    await send(bob, 'hello');
+    await say(bob, 'hello');
     await waitForText(ann, 'hello');
 
-    step = `ann's "${LOST}" never reaches the server: her socket dies as she sends it`;
+    progress.step = `ann's "${LOST}" never reaches the server: her socket dies as she sends it`;
     cutAt.set(LOST, 'swallow');
-    await send(ann, LOST);
+    await say(ann, LOST);
     await ann.locator('#status[data-state="reconnecting"]').waitFor({ timeout: WAIT_MS });
     check(!cutAt.has(LOST), `the route did not see "${LOST}"`);
     const lostFrame = connections[0].frames.find((f) => f.message === LOST);
-    step = `while cut off, ann types "${AWAY}"`;
-    await send(ann, AWAY);
+    progress.step = `while cut off, ann types "${AWAY}"`;
+    await say(ann, AWAY);
     await sleep(500);
     check((await texts(bob)).length === 1, `bob got something during the cut: ${JSON.stringify(await texts(bob))}`);
 
-    step = 'the network is back: ann reconnects and sends again what did not come back';
+    progress.step = 'the network is back: ann reconnects and sends again what did not come back';
     cut = false;
     try {
       await waitForText(bob, AWAY);
@@ -171,31 +127,31 @@ async function main() {
     check(typeof lostFrame.id === 'string' && lostFrame.id.length > 0, `"${LOST}" was sent without an ID: ${JSON.stringify(lostFrame)}`);
     check(resent.every((f) => f.id === lostFrame.id), `"${LOST}" was sent again with another ID: ${JSON.stringify([lostFrame, ...resent])}`);
 
-    step = `ann's "${ARRIVED}" reaches the server, but her socket dies before its echo comes back`;
+    progress.step = `ann's "${ARRIVED}" reaches the server, but her socket dies before its echo comes back`;
     const before = connections.length;
     cutAt.set(ARRIVED, 'deliver');
-    await send(ann, ARRIVED);
+    await say(ann, ARRIVED);
     await ann.locator('#status[data-state="reconnecting"]').waitFor({ timeout: WAIT_MS });
     check(!cutAt.has(ARRIVED), `the route did not see "${ARRIVED}"`);
     const arrivedFrame = connections[before - 1].frames.find((f) => f.message === ARRIVED);
     await waitForText(bob, ARRIVED); // the first send did go through
     check(!(await texts(ann)).includes(ARRIVED), `ann saw the echo of "${ARRIVED}" before the cut`);
 
-    step = 'the network is back: the page sends it again, the server keeps it once, the replay shows it';
+    progress.step = 'the network is back: the page sends it again, the server keeps it once, the replay shows it';
     cut = false;
     try {
       await waitForText(ann, ARRIVED);
     } catch (err) {
       throw new Error(`ann's ${await describe(ann)}\n${err.message}`);
     }
-    await send(bob, 'after');
+    await say(bob, 'after');
     await waitForText(ann, 'after');
     await waitForText(bob, 'after');
     const again = connections.slice(before).flatMap((c) => c.frames).filter((f) => f.message === ARRIVED);
     check(again.length >= 1, `ann's page did not send "${ARRIVED}" again (nothing to drop)`);
     check(again.every((f) => f.id === arrivedFrame.id), `"${ARRIVED}" was sent again with another ID`);
 
-    step = 'both transcripts hold every message once, in order';
+    progress.step = 'both transcripts hold every message once, in order';
     await sleep(500); // a double would arrive right behind "after"
     const expected = ['hello', LOST, AWAY, ARRIVED, 'after'];
     for (const [who, page] of [['ann', ann], ['bob', bob]]) {
@@ -209,13 +165,4 @@ async function main() {
   }
 }
 
-try {
-  const started = Date.now();
-  await main();
-  console.log(`ok: browser resend test passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-  process.exit(0);
-} catch (err) {
-  console.error(`FAIL at step: ${step}\n${err && err.stack ? err.stack : err}`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}
+await run('resend', main);

@@ -771,6 +771,27 @@ test("with idKey, the unconfirmed messages are bounded, closing reports them, an
   assert.equal(channel.unconfirmed, 0);
 });
 
+test("with idKey, unconfirmedMessages gives copies, oldest first, that a new channel sends with their IDs", () => {
+  const channel = new Channel({ url: BASE + "/ws/", WebSocket: FakeWebSocket, idKey: "id" });
+  const first = latestSocket();
+  first.open();
+  channel.send({ message: "a" });
+  channel.send({ message: "b", meta: { n: 1 } });
+  const sent = first.sent.map((text) => JSON.parse(text));
+  first.receive({ type: "chat.message", text: "a", id: sent[0].id });
+  const kept = channel.unconfirmedMessages();
+  assert.deepEqual(kept, [sent[1]]);
+  kept[0].meta.n = 2; // a copy: the channel's own is untouched
+  assert.deepEqual(channel.unconfirmedMessages(), [sent[1]]);
+  // A reloaded page: a new channel sends what the old one kept, with the same ID.
+  const after = new Channel({ url: BASE + "/ws/", WebSocket: FakeWebSocket, idKey: "id" });
+  after.send(JSON.parse(JSON.stringify(channel.unconfirmedMessages()[0])));
+  latestSocket().open();
+  assert.deepEqual(latestSocket().sent.map((text) => JSON.parse(text)), [sent[1]]);
+  assert.equal(after.unconfirmed, 1);
+  assert.deepEqual(new Channel({ url: BASE + "/ws/", WebSocket: FakeWebSocket }).unconfirmedMessages(), []);
+});
+
 test("without idKey nothing is added or sent again", () => {
   const channel = new Channel({ url: BASE + "/ws/", WebSocket: FakeWebSocket, reconnect: { initialDelay: 10, jitter: 0 } });
   latestSocket().open();

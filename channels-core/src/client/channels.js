@@ -581,6 +581,16 @@ export class Channel {
   }
 
   /**
+   * With `idKey`: copies of the messages sent or queued whose ID has not come back, oldest
+   * first. A page can keep them across a reload (in `sessionStorage`, say) and `send` them
+   * again: they keep their IDs, so a server that has them already can drop the copies.
+   * @returns {any[]}
+   */
+  unconfirmedMessages() {
+    return Array.from(this._unconfirmed.values(), (data) => JSON.parse(JSON.stringify(data)));
+  }
+
+  /**
    * Listens to an event; returns a function that stops listening.
    * @param {string} type
    * @param {(detail:any) => void} listener
