@@ -8,12 +8,9 @@
 // Usage: node tests/browser/recovery.test.mjs http://127.0.0.1:8000/
 // Exit code 0 on success; on failure, a message on stderr and exit code 1.
 
-import { chromium } from 'playwright-core';
+import { WAIT_MS, check, joinChat, launch, newPage, progress, run, say, startWatchdog, texts, waitForText } from './support.mjs';
 
-const WAIT_MS = 15_000;
-const OVERALL_MS = 80_000;
 const CUT_MS = 5_000;
-const CHROMIUM = '/usr/bin/chromium';
 
 const base = process.argv[2];
 if (!base) {
@@ -21,55 +18,22 @@ if (!base) {
   process.exit(2);
 }
 
-let step = 'starting';
-const consoleLines = [];
-const watchdog = setTimeout(() => {
-  console.error(`FAIL at step: ${step}\nthe browser test did not finish within ${OVERALL_MS / 1000} s`);
-  process.exit(1);
-}, OVERALL_MS);
-watchdog.unref();
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
+startWatchdog(80_000);
 
 async function openAs(browser, user, route) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
-  context.setDefaultTimeout(WAIT_MS);
-  const page = await context.newPage();
-  page.on('console', (msg) => consoleLines.push(`[${user} console.${msg.type()}] ${msg.text()}`));
-  page.on('pageerror', (err) => consoleLines.push(`[${user} page error] ${err.message}`));
+  const page = await newPage(browser, user);
   if (route) {
     await page.routeWebSocket(/\/ws\/chat\//, route.socket);
     // The page's plain HTTP to the same host goes through the cut too (channels.js asks the
     // WebSocket's URL over HTTP to tell a server that is down from one that refuses).
     await page.route(/\/ws\/chat\//, route.http);
   }
-  await page.goto(base, { timeout: WAIT_MS });
-  await page.fill('#name', user);
-  await page.fill('#room', 'recovery');
-  await page.selectOption('#transport', 'ws');
-  await page.click('#join');
-  await page.locator('#online li[data-user="' + user + '"]').waitFor({ timeout: WAIT_MS });
+  await joinChat(page, base, user, 'recovery');
   return page;
 }
 
-async function send(page, text) {
-  await page.fill('#message', text);
-  await page.click('#send');
-}
-
-/** The texts of the chat messages in #log, in order. */
-async function texts(page) {
-  return page.locator('#log .msg .text').allTextContents();
-}
-
-async function waitForText(page, text) {
-  await page.locator('#log .msg .text', { hasText: text }).first().waitFor({ timeout: WAIT_MS });
-}
-
 async function main() {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: WAIT_MS });
+  const browser = await launch();
   try {
     let cut = false;
     const open = []; // ann's routed connections: [page side, server side]
@@ -86,13 +50,13 @@ async function main() {
       },
       http: (request) => (cut ? request.abort('internetdisconnected') : request.continue()),
     };
-    step = 'ann (routed) and bob join room "recovery" over WebSocket';
+    progress.step = 'ann (routed) and bob join room "recovery" over WebSocket';
     const ann = await openAs(browser, 'ann', route);
     const bob = await openAs(browser, 'bob', null);
-    await send(bob, 'before the cut');
+    await say(bob, 'before the cut');
     await waitForText(ann, 'before the cut');
 
-    step = 'the network is cut for ann; bob says three things';
+    progress.step = 'the network is cut for ann; bob says three things';
     cut = true;
     for (const [ws, server] of open.splice(0)) {
       await server.close().catch(() => {});
@@ -101,19 +65,19 @@ async function main() {
     await ann.locator('#status[data-state="reconnecting"]').waitFor({ timeout: WAIT_MS });
     const started = Date.now();
     for (let k = 1; k <= 3; k++) {
-      await send(bob, `during the cut ${k}`);
+      await say(bob, `during the cut ${k}`);
       await waitForText(bob, `during the cut ${k}`);
     }
     await new Promise((r) => setTimeout(r, Math.max(0, CUT_MS - (Date.now() - started))));
 
-    step = 'the network is back: ann reconnects by herself and recovers what bob said';
+    progress.step = 'the network is back: ann reconnects by herself and recovers what bob said';
     cut = false;
     try {
       await waitForText(ann, 'during the cut 3');
     } catch (err) {
       throw new Error(`ann's log: ${await ann.locator('#log').innerText()}\nstatus: ${await ann.locator('#status').innerText()}\nurls: ${JSON.stringify(urls)}\n${err.message}`);
     }
-    await send(bob, 'after the cut');
+    await say(bob, 'after the cut');
     await waitForText(ann, 'after the cut');
     const got = await texts(ann);
     const expected = ['before the cut', 'during the cut 1', 'during the cut 2', 'during the cut 3', 'after the cut'];
@@ -126,13 +90,4 @@ async function main() {
   }
 }
 
-try {
-  const started = Date.now();
-  await main();
-  console.log(`ok: browser recovery test passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-  process.exit(0);
-} catch (err) {
-  console.error(`FAIL at step: ${step}\n${err && err.stack ? err.stack : err}`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}
+await run('recovery', main);
