@@ -11,11 +11,8 @@
 // Usage: node tests/browser/fallback.test.mjs http://127.0.0.1:8000/
 // Exit code 0 on success; on failure, a message on stderr and exit code 1.
 
-import { chromium } from 'playwright-core';
+import { WAIT_MS, check, launch, newPage, progress, run, say, startWatchdog, texts, waitForText } from './support.mjs';
 
-const WAIT_MS = 15_000;
-const OVERALL_MS = 80_000;
-const CHROMIUM = '/usr/bin/chromium';
 const ROOM = 'fallback';
 
 const base = process.argv[2];
@@ -24,26 +21,12 @@ if (!base) {
   process.exit(2);
 }
 
-let step = 'starting';
-const consoleLines = [];
-const watchdog = setTimeout(() => {
-  console.error(`FAIL at step: ${step}\nthe browser test did not finish within ${OVERALL_MS / 1000} s`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}, OVERALL_MS);
-watchdog.unref();
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
+startWatchdog(80_000);
 
 /** Opens the page as `user`; `block` sets up the page's network before it loads. */
 async function openAs(browser, user, block) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
-  context.setDefaultTimeout(WAIT_MS);
-  const page = await context.newPage();
-  page.on('console', (msg) => consoleLines.push(`[${user} console.${msg.type()}] ${msg.text()}`));
-  page.on('pageerror', (err) => consoleLines.push(`[${user} page error] ${err.message}`));
+  const page = await newPage(browser, user);
+  const context = page.context();
   const sockets = { tried: 0, upgrades: 0 };
   page.on('websocket', () => {
     sockets.upgrades += 1;
@@ -97,29 +80,16 @@ async function waitForOnline(page, users) {
   );
 }
 
-async function send(page, text) {
-  await page.fill('#message', text);
-  await page.click('#send');
-}
-
-async function texts(page) {
-  return page.locator('#log .msg .text').allTextContents();
-}
-
-async function waitForText(page, text) {
-  await page.locator('#log .msg .text', { hasText: text }).first().waitFor({ timeout: WAIT_MS });
-}
-
 async function main() {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: WAIT_MS });
+  const browser = await launch();
   const clients = [];
   try {
-    step = 'dave joins over WebSocket (Automatic)';
+    progress.step = 'dave joins over WebSocket (Automatic)';
     const dave = await openAs(browser, 'dave', null);
     clients.push(dave);
     await waitForStatus(dave, 'WebSocket');
 
-    step = "carol's network refuses WebSockets: her page falls back to server-sent events by itself";
+    progress.step = "carol's network refuses WebSockets: her page falls back to server-sent events by itself";
     const carol = await openAs(browser, 'carol', blockWebSockets);
     clients.push(carol);
     await waitForStatus(carol, 'Server-sent events');
@@ -127,7 +97,7 @@ async function main() {
     const fallbackNotice = await carol.page.locator('#log .notice', { hasText: 'using Server-sent events' }).count();
     check(fallbackNotice === 1, `carol's log shows ${fallbackNotice} fallback notices, expected 1`);
 
-    step = "erin's network refuses WebSockets and event streams: her page ends on long polling";
+    progress.step = "erin's network refuses WebSockets and event streams: her page ends on long polling";
     const erin = await openAs(browser, 'erin', async (page, sockets) => {
       await blockWebSockets(page, sockets);
       await page.route(/\/chat\/[^/]+\/stream/, (route) => route.abort('connectionrefused'));
@@ -135,21 +105,21 @@ async function main() {
     clients.push(erin);
     await waitForStatus(erin, 'Long polling');
 
-    step = 'everyone sees everyone online';
+    progress.step = 'everyone sees everyone online';
     for (const { page } of clients) await waitForOnline(page, ['carol', 'dave', 'erin']);
 
-    step = 'the three talk across transports';
+    progress.step = 'the three talk across transports';
     const said = [];
     for (let round = 1; round <= 3; round++) {
       for (const c of clients) {
         const text = `${c.user} says ${round}`;
         said.push(text);
-        await send(c.page, text);
+        await say(c.page, text);
         for (const other of clients) await waitForText(other.page, text);
       }
     }
 
-    step = 'every page shows the whole conversation, in order, once each';
+    progress.step = 'every page shows the whole conversation, in order, once each';
     for (const c of clients) {
       const got = await texts(c.page);
       check(JSON.stringify(got) === JSON.stringify(said), `${c.user}'s transcript is ${JSON.stringify(got)}`);
@@ -165,13 +135,4 @@ async function main() {
   }
 }
 
-try {
-  const started = Date.now();
-  await main();
-  console.log(`ok: browser fallback test passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-  process.exit(0);
-} catch (err) {
-  console.error(`FAIL at step: ${step}\n${err && err.stack ? err.stack : err}`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}
+await run('fallback', main);

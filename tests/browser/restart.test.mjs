@@ -11,11 +11,10 @@
 // and exit code 1.
 
 import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { check, launch, newPage, progress, run, startWatchdog, texts } from './support.mjs';
 
+// Longer than the other scripts' waits: a page may take a while to get back after the restart.
 const WAIT_MS = 20_000;
-const OVERALL_MS = 100_000;
-const CHROMIUM = '/usr/bin/chromium';
 const ROOM = 'restart';
 const PER_PHASE = 5; // messages per user in each phase
 
@@ -25,14 +24,7 @@ if (!base) {
   process.exit(2);
 }
 
-let step = 'starting';
-const consoleLines = [];
-const watchdog = setTimeout(() => {
-  console.error(`FAIL at step: ${step}\nthe browser test did not finish within ${OVERALL_MS / 1000} s`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}, OVERALL_MS);
-watchdog.unref();
+startWatchdog(100_000);
 
 const stdinLines = [];
 const stdinWaiters = [];
@@ -46,16 +38,10 @@ function nextStdinLine() {
   return new Promise((resolve) => stdinWaiters.push(resolve));
 }
 
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
 async function openAs(browser, user) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  const page = await newPage(browser, user);
+  const context = page.context();
   context.setDefaultTimeout(WAIT_MS);
-  const page = await context.newPage();
-  page.on('console', (msg) => consoleLines.push(`[${user} console.${msg.type()}] ${msg.text()}`));
-  page.on('pageerror', (err) => consoleLines.push(`[${user} page error] ${err.message}`));
   await page.goto(base, { timeout: WAIT_MS });
   await page.fill('#name', user);
   await page.fill('#room', ROOM);
@@ -71,10 +57,6 @@ async function send(page, text) {
   await page.waitForFunction(() => document.getElementById('message').value === '', null, { timeout: WAIT_MS });
 }
 
-async function texts(page) {
-  return page.locator('#log .msg .text').allTextContents();
-}
-
 async function waitForCount(client, n) {
   try {
     await client.page.waitForFunction((n) => document.querySelectorAll('#log .msg').length >= n, n, { timeout: WAIT_MS });
@@ -86,9 +68,9 @@ async function waitForCount(client, n) {
 }
 
 async function main() {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: WAIT_MS });
+  const browser = await launch();
   try {
-    step = 'ann and bob join room "restart"';
+    progress.step = 'ann and bob join room "restart"';
     const ann = await openAs(browser, 'ann');
     const bob = await openAs(browser, 'bob');
     const clients = [ann, bob];
@@ -98,13 +80,13 @@ async function main() {
       await send(client.page, text);
     };
 
-    step = 'they talk';
+    progress.step = 'they talk';
     for (let k = 1; k <= PER_PHASE; k++) {
       for (const c of clients) await say(c, `${c.user} before ${k}`);
     }
     for (const c of clients) await waitForCount(c, 2 * PER_PHASE);
 
-    step = 'the server restarts; both pages notice';
+    progress.step = 'the server restarts; both pages notice';
     console.log('RESTART');
     for (const c of clients) {
       await c.page.waitForFunction(() => document.getElementById('status').dataset.state !== 'connected', null, {
@@ -112,7 +94,7 @@ async function main() {
       });
     }
 
-    step = 'both keep talking while the server is away (their pages queue it)';
+    progress.step = 'both keep talking while the server is away (their pages queue it)';
     for (let k = 1; k <= PER_PHASE; k++) {
       for (const c of clients) await say(c, `${c.user} during ${k}`);
     }
@@ -122,14 +104,14 @@ async function main() {
     ]);
     check(reply === 'RESTARTED', `the driver answered ${JSON.stringify(reply)} instead of RESTARTED`);
 
-    step = 'the pages reconnect by themselves; ann talks while bob may still be reconnecting';
+    progress.step = 'the pages reconnect by themselves; ann talks while bob may still be reconnecting';
     for (let k = 1; k <= PER_PHASE; k++) await say(ann, `ann after ${k}`);
     for (const c of clients) {
       await c.page.locator('#status[data-state="connected"]').waitFor({ timeout: WAIT_MS });
     }
     for (let k = 1; k <= PER_PHASE; k++) await say(bob, `bob after ${k}`);
 
-    step = "every page shows every message once, in each sender's order, and the same transcript";
+    progress.step = "every page shows every message once, in each sender's order, and the same transcript";
     const total = sent.ann.length + sent.bob.length;
     for (const c of clients) await waitForCount(c, total);
     // A moment for anything doubled to show up.
@@ -160,13 +142,4 @@ async function main() {
   }
 }
 
-try {
-  const started = Date.now();
-  await main();
-  console.log(`ok: browser restart test passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-  process.exit(0);
-} catch (err) {
-  console.error(`FAIL at step: ${step}\n${err && err.stack ? err.stack : err}`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}
+await run('restart', main);
