@@ -6,11 +6,8 @@
 // Usage: node tests/browser/xss.test.mjs http://127.0.0.1:8000/
 // Exit code 0 on success; on failure, a message on stderr and exit code 1.
 
-import { chromium } from 'playwright-core';
+import { WAIT_MS, check, launch, newPage, progress, run, startWatchdog } from './support.mjs';
 
-const WAIT_MS = 12_000;
-const OVERALL_MS = 60_000;
-const CHROMIUM = '/usr/bin/chromium';
 const ROOM = 'xss';
 
 const base = process.argv[2];
@@ -18,16 +15,7 @@ if (!base) {
   console.error('usage: node xss.test.mjs BASE_URL');
   process.exit(2);
 }
-const watchdog = setTimeout(() => {
-  console.error(`FAIL at step: ${step}\nnot finished within ${OVERALL_MS / 1000} s`);
-  process.exit(1);
-}, OVERALL_MS);
-watchdog.unref();
-
-let step = 'starting';
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
+startWatchdog(60_000);
 
 // Each would set window.__xss (or load an element) if the page parsed it as HTML.
 const NAME = '<img src=x onerror=__xss=1>';
@@ -42,9 +30,8 @@ const MESSAGES = [
 const POSTED = '<img src=y onerror="window.__xss = \'posted\'"> via POST';
 
 async function join(browser, user, transport) {
-  const context = await browser.newContext();
-  context.setDefaultTimeout(WAIT_MS);
-  const page = await context.newPage();
+  const page = await newPage(browser, user);
+  const context = page.context();
   await page.goto(base, { timeout: WAIT_MS });
   await page.fill('#name', user);
   await page.fill('#room', ROOM);
@@ -55,25 +42,25 @@ async function join(browser, user, transport) {
 }
 
 async function main() {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  const browser = await launch();
   try {
-    step = 'alice (WebSocket) and carol (long polling) join; mallory joins with a markup name';
+    progress.step = 'alice (WebSocket) and carol (long polling) join; mallory joins with a markup name';
     const alice = await join(browser, 'alice', 'ws');
     const carol = await join(browser, 'carol', 'longpoll');
     const mallory = await join(browser, NAME, 'ws');
 
-    step = 'mallory sends markup over WebSocket';
+    progress.step = 'mallory sends markup over WebSocket';
     for (const text of MESSAGES) {
       await mallory.page.fill('#message', text);
       await mallory.page.click('#send');
     }
-    step = 'someone posts markup with a markup name over HTTP';
+    progress.step = 'someone posts markup with a markup name over HTTP';
     const url = new URL(`chat/${ROOM}/messages?user=${encodeURIComponent(POST_NAME)}`, base);
     const posted = await fetch(url, { method: 'POST', body: POSTED });
     check(posted.status === 202, `the POST was answered ${posted.status}`);
 
     for (const { page, user } of [alice, carol]) {
-      step = `${user}'s page shows every message as literal text`;
+      progress.step = `${user}'s page shows every message as literal text`;
       for (const text of [...MESSAGES, POSTED]) {
         await page.locator('#log .msg', { hasText: text }).first().waitFor({ timeout: WAIT_MS });
       }
@@ -81,7 +68,7 @@ async function main() {
       check(fromMallory.includes(NAME), `${user}: the sender's name is not shown literally: ${fromMallory}`);
       const fromPost = await page.locator('#log .msg', { hasText: POSTED }).first().textContent();
       check(fromPost.includes(POST_NAME), `${user}: the poster's name is not shown literally: ${fromPost}`);
-      step = `${user}'s #online lists the markup name as text`;
+      progress.step = `${user}'s #online lists the markup name as text`;
       await page.waitForFunction(
         (name) => Array.from(document.querySelectorAll('#online li')).some((li) => li.textContent.includes(name)),
         NAME,
@@ -91,7 +78,7 @@ async function main() {
     // Give any injected handler (image errors, SVG animations) time to fire.
     await alice.page.waitForTimeout(1000);
     for (const { page, user } of [alice, carol, mallory]) {
-      step = `${user}'s page created no element and ran no script from user input`;
+      progress.step = `${user}'s page created no element and ran no script from user input`;
       const injected = await page.evaluate(() => ({
         xss: window.__xss,
         elements: document.querySelectorAll('#log img, #log script, #log svg, #log iframe, #online img, #online svg')
@@ -106,10 +93,4 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(`FAIL at step: ${step}\n${err.stack || err}`);
-    process.exit(1);
-  },
-);
+await run('xss', main);
