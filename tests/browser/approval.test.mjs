@@ -14,11 +14,8 @@
 // Exit code 0 on success; on failure, a message on stderr and exit code 1.
 
 import { resolve } from 'node:path';
-import { chromium } from 'playwright-core';
+import { WAIT_MS, check, launch, newPage, progress, run, startWatchdog } from './support.mjs';
 
-const WAIT_MS = 15_000; // every single wait
-const OVERALL_MS = 100_000; // the whole script
-const CHROMIUM = '/usr/bin/chromium';
 const shot = (name) => resolve(`target/browser-approval-${name}.png`);
 const PIPELINE = ['deploy-download', 'deploy-compile', 'deploy-package', 'deploy-server-1', 'deploy-server-2', 'deploy-server-3', 'deploy-restart'];
 
@@ -29,35 +26,21 @@ if (!base) {
 }
 const origin = new URL(base).origin;
 
-let step = 'starting';
-const consoleLines = [];
 const foreignRequests = [];
 
-const watchdog = setTimeout(() => {
-  console.error(`FAIL at step: ${step}\nthe browser test did not finish within ${OVERALL_MS / 1000} s`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}, OVERALL_MS);
-watchdog.unref();
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
+startWatchdog(100_000);
 
 /** A browser context of its own (its own cookies) that may only talk to the example's server. */
 async function newUser(browser, name) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  context.setDefaultTimeout(WAIT_MS);
-  await context.route('**/*', (route) => {
-    const url = route.request().url();
-    if (url.startsWith(origin)) return route.continue();
-    foreignRequests.push(url);
-    return route.abort();
-  });
-  const page = await context.newPage();
-  page.on('console', (msg) => consoleLines.push(`[${name} console.${msg.type()}] ${msg.text()}`));
-  page.on('pageerror', (err) => consoleLines.push(`[${name} page error] ${err.message}`));
-  return { context, page, name };
+  const onlyOurs = (context) =>
+    context.route('**/*', (route) => {
+      const url = route.request().url();
+      if (url.startsWith(origin)) return route.continue();
+      foreignRequests.push(url);
+      return route.abort();
+    });
+  const page = await newPage(browser, name, { viewport: { width: 1280, height: 900 }, prepare: onlyOurs });
+  return { context: page.context(), page, name };
 }
 
 async function signIn(page, username, next = '/') {
@@ -94,27 +77,27 @@ async function recordNodeStates(page) {
 }
 
 async function main() {
-  step = `launching ${CHROMIUM}`;
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: WAIT_MS });
+  progress.step = 'launching Chromium';
+  const browser = await launch();
   try {
     const requester = await newUser(browser, 'zhangkun');
     const approver = await newUser(browser, 'fulele');
 
-    step = 'an anonymous visitor is sent to the sign-in page';
+    progress.step = 'an anonymous visitor is sent to the sign-in page';
     await requester.page.goto(base);
     await requester.page.waitForURL((url) => url.pathname === '/login/');
 
-    step = '张坤 signs in and opens the list page with its charts';
+    progress.step = '张坤 signs in and opens the list page with its charts';
     await signIn(requester.page, 'zhangkun', '/');
     const list = await requester.context.newPage();
-    list.on('pageerror', (err) => consoleLines.push(`[zhangkun list page error] ${err.message}`));
+    list.on('pageerror', (err) => progress.consoleLines.push(`[zhangkun list page error] ${err.message}`));
     await list.goto(base);
     await list.locator('#conn.live').waitFor();
     const deployedBefore = Number(await list.getAttribute('#counts span[data-status="deployed"]', 'data-count'));
     check(await list.locator('#bar').isVisible(), 'the bar chart is not shown');
     check(await list.locator('#pie').isVisible(), 'the pie chart is not shown');
 
-    step = '张坤 files a ticket through the Release workflow';
+    progress.step = '张坤 files a ticket through the Release workflow';
     const title = `上线 v2.3 <b>not bold</b> ${Date.now()}`;
     await requester.page.goto(new URL('/tickets/new/', base).href);
     await requester.page.fill('#title', title);
@@ -132,34 +115,34 @@ async function main() {
     await page.locator('#graph canvas').first().waitFor();
     await recordNodeStates(page);
 
-    step = 'the list page shows the new ticket live';
+    progress.step = 'the list page shows the new ticket live';
     await list.locator(`#tickets tr[data-status="pending"] a`, { hasText: title }).waitFor();
 
-    step = '付乐乐 signs in and approves the lead step';
+    progress.step = '付乐乐 signs in and approves the lead step';
     await signIn(approver.page, 'fulele', ticketPath);
     await approver.page.locator('#decide').waitFor({ state: 'visible' });
     await approver.page.fill('#comment', '代码已审 LGTM');
     await approver.page.screenshot({ path: shot('approver'), timeout: WAIT_MS });
     await approver.page.click('#approve');
 
-    step = "张坤's flowchart moves to the ops step without a reload";
+    progress.step = "张坤's flowchart moves to the ops step without a reload";
     await waitForNode(page, 'step-0', 'done');
     await waitForNode(page, 'step-1', 'current');
     await page.locator('#history li[data-decision="approve"]', { hasText: '代码已审 LGTM' }).waitFor();
     check(await page.locator('#decide').isHidden(), 'the requester is offered approve/reject on the ops step');
     await page.screenshot({ path: shot('waiting'), timeout: WAIT_MS });
 
-    step = '付乐乐 may not decide the ops step: the page no longer offers it';
+    progress.step = '付乐乐 may not decide the ops step: the page no longer offers it';
     await approver.page.locator('#decide').waitFor({ state: 'hidden' });
 
-    step = 'the approver context signs in as 贾文龙 (ops) and approves the last step';
+    progress.step = 'the approver context signs in as 贾文龙 (ops) and approves the last step';
     await approver.page.click('#logout');
     await approver.page.waitForURL((url) => url.pathname === '/login/');
     await signIn(approver.page, 'jiawenlong', ticketPath);
     await approver.page.locator('#decide').waitFor({ state: 'visible' });
     await approver.page.click('#approve');
 
-    step = "the pipeline nodes light up on 张坤's page, one after another";
+    progress.step = "the pipeline nodes light up on 张坤's page, one after another";
     await waitForNode(page, 'step-1', 'done');
     // A step may be over before a poll of the page sees it running (a loaded machine): read
     // what the page rendered, as recorded since before the approval.
@@ -175,27 +158,19 @@ async function main() {
     }
     await page.screenshot({ path: shot('deployed'), timeout: WAIT_MS });
 
-    step = "张坤's list page shows the deployed ticket and the new count, live";
+    progress.step = "张坤's list page shows the deployed ticket and the new count, live";
     await list.locator(`#tickets tr[data-status="deployed"] a`, { hasText: title }).waitFor();
     await list.locator(`#counts span[data-status="deployed"][data-count="${deployedBefore + 1}"]`).waitFor();
     await list.screenshot({ path: shot('list'), timeout: WAIT_MS });
 
-    step = 'the pages loaded nothing from other servers';
+    progress.step = 'the pages loaded nothing from other servers';
     check(foreignRequests.length === 0, `requests left the example's server: ${foreignRequests.join(', ')}`);
-    const errors = consoleLines.filter((line) => line.includes('page error'));
+    const errors = progress.consoleLines.filter((line) => line.includes('page error'));
     check(errors.length === 0, `the pages raised errors:\n${errors.join('\n')}`);
+    console.log(`screenshots: ${shot('*')}`);
   } finally {
     await browser.close().catch(() => {});
   }
 }
 
-try {
-  const started = Date.now();
-  await main();
-  console.log(`ok: browser approval test passed in ${((Date.now() - started) / 1000).toFixed(1)} s (screenshots: ${shot('*')})`);
-  process.exit(0);
-} catch (err) {
-  console.error(`FAIL at step: ${step}\n${err && err.stack ? err.stack : err}`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}
+await run('approval', main);

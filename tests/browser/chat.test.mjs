@@ -16,11 +16,9 @@
 
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { chromium } from 'playwright-core';
+import { check, launch, newPage as newSupportPage, progress, run, startWatchdog } from './support.mjs';
 
 const WAIT_MS = 12_000; // every single wait
-const OVERALL_MS = 90_000; // the whole script
-const CHROMIUM = '/usr/bin/chromium';
 const SCREENSHOT = resolve('target/browser-chat.png');
 const SCREENSHOT_MIXED = resolve('target/browser-chat-mixed.png');
 const LABELS = { ws: 'WebSocket', longpoll: 'Long polling', poll: 'Polling', sse: 'Server-sent events' };
@@ -31,27 +29,13 @@ if (!base) {
   process.exit(2);
 }
 
-const watchdog = setTimeout(() => {
-  console.error(`FAIL at step: ${step}\nthe browser test did not finish within ${OVERALL_MS / 1000} s`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}, OVERALL_MS);
-watchdog.unref();
-
-let step = 'starting';
-const consoleLines = [];
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
+startWatchdog(90_000);
 
 /** A fresh browser context (its own storage) with one page, console captured. */
 async function newPage(browser, user) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  const page = await newSupportPage(browser, user);
+  const context = page.context();
   context.setDefaultTimeout(WAIT_MS);
-  const page = await context.newPage();
-  page.on('console', (msg) => consoleLines.push(`[${user} console.${msg.type()}] ${msg.text()}`));
-  page.on('pageerror', (err) => consoleLines.push(`[${user} page error] ${err.message}`));
   return { context, page, user };
 }
 
@@ -155,7 +139,7 @@ async function closeWith(client, word) {
 }
 
 async function websocketScenario(browser) {
-  step = 'alice joins room "browser" over WebSocket and sees herself online';
+  progress.step = 'alice joins room "browser" over WebSocket and sees herself online';
   const alice = await openAs(browser, 'alice');
   let bob = null;
   let bobAgain = null;
@@ -163,20 +147,20 @@ async function websocketScenario(browser) {
     await waitForOnline(alice.page, ['alice']);
     check((await tagOf(alice.page, 'alice')) === '(you)', 'alice is not marked as "(you)" in her own list');
 
-    step = 'bob joins; both pages show [connected]';
+    progress.step = 'bob joins; both pages show [connected]';
     bob = await openAs(browser, 'bob');
     await waitForLogText(alice.page, '[connected]');
     await waitForLogText(bob.page, '[connected]');
     const status = await statusOf(alice.page);
     check(status.includes('WebSocket'), `the status line does not name the transport: ${JSON.stringify(status)}`);
 
-    step = 'both #online lists contain alice and bob; alice is told "bob joined", bob not "alice joined"';
+    progress.step = 'both #online lists contain alice and bob; alice is told "bob joined", bob not "alice joined"';
     await waitForOnline(alice.page, ['alice', 'bob']);
     await waitForOnline(bob.page, ['alice', 'bob']);
     await waitForNotices(alice.page, 'bob joined', 1);
     check((await notices(bob.page, 'alice joined')) === 0, 'bob was told alice joined, but she was there before him');
 
-    step = 'bob opens a second tab: alice lists him once with ×2, and is not told he joined again';
+    progress.step = 'bob opens a second tab: alice lists him once with ×2, and is not told he joined again';
     bobAgain = await openAs(browser, 'bob');
     await alice.page.waitForFunction(
       () => document.querySelector('#online li[data-user="bob"] .tag')?.textContent === '×2',
@@ -186,7 +170,7 @@ async function websocketScenario(browser) {
     await waitForOnline(alice.page, ['alice', 'bob']);
     check((await notices(alice.page, 'bob joined')) === 1, 'alice was told again that bob joined');
 
-    step = "bob closes his second tab: he stays online at alice's, with one connection";
+    progress.step = "bob closes his second tab: he stays online at alice's, with one connection";
     await bobAgain.context.close();
     bobAgain = null;
     await alice.page.waitForFunction(
@@ -196,7 +180,7 @@ async function websocketScenario(browser) {
     );
     check((await notices(alice.page, 'bob left')) === 0, 'alice was told bob left while he still had a tab open');
 
-    step = 'alice sends "hello from alice"; it reaches both pages with her name';
+    progress.step = 'alice sends "hello from alice"; it reaches both pages with her name';
     await send(alice.page, 'hello from alice');
     for (const { page, user } of [alice, bob]) {
       const msg = await messageIn(page, 'hello from alice');
@@ -204,7 +188,7 @@ async function websocketScenario(browser) {
       check(text.includes('alice'), `${user}'s page shows the message without its sender: ${JSON.stringify(text)}`);
     }
 
-    step = 'bob sends markup; alice sees it as literal text';
+    progress.step = 'bob sends markup; alice sees it as literal text';
     const markup = '<b>not bold</b>';
     await send(bob.page, markup);
     const msg = await messageIn(alice.page, markup);
@@ -213,14 +197,14 @@ async function websocketScenario(browser) {
     const bolds = await alice.page.locator('#log b').count();
     check(bolds === 0, `user text was parsed as HTML: ${bolds} <b> element(s) in alice's #log`);
 
-    step = "screenshot of alice's page";
+    progress.step = "screenshot of alice's page";
     mkdirSync(dirname(SCREENSHOT), { recursive: true });
     await alice.page.screenshot({ path: SCREENSHOT, timeout: WAIT_MS });
 
-    step = 'bob sends the close word 关闭 and sees [disconnected]';
+    progress.step = 'bob sends the close word 关闭 and sees [disconnected]';
     await closeWith(bob, '关闭');
 
-    step = 'alice sees bob leave';
+    progress.step = 'alice sees bob leave';
     await waitForNotices(alice.page, 'bob left', 1);
     await waitForGone(alice.page, 'bob');
   } finally {
@@ -229,7 +213,7 @@ async function websocketScenario(browser) {
 }
 
 async function mixedScenario(browser) {
-  step = 'w, l, p and s join room "mixed" over ws, longpoll, poll and sse';
+  progress.step = 'w, l, p and s join room "mixed" over ws, longpoll, poll and sse';
   const clients = [];
   for (const [user, transport] of [['w', 'ws'], ['l', 'longpoll'], ['p', 'poll'], ['s', 'sse']]) {
     clients.push(await openAs(browser, user, 'mixed', transport));
@@ -238,7 +222,7 @@ async function mixedScenario(browser) {
   const users = clients.map((c) => c.user);
   try {
     for (const { page, user, transport } of clients) {
-      step = `${user} (${transport}) shows [connected] and names its transport`;
+      progress.step = `${user} (${transport}) shows [connected] and names its transport`;
       await waitForLogText(page, '[connected]');
       const status = await statusOf(page);
       check(status.includes(LABELS[transport]), `${user}: the status line does not say ${LABELS[transport]}: ${status}`);
@@ -250,15 +234,15 @@ async function mixedScenario(browser) {
       );
     }
 
-    step = 'every page lists all four users as online';
+    progress.step = 'every page lists all four users as online';
     for (const { page } of clients) await waitForOnline(page, users);
 
-    step = 'each user sends one message (with markup in it)';
+    progress.step = 'each user sends one message (with markup in it)';
     const said = (c) => `hello <i>from</i> ${c.user} over ${c.transport}`;
     for (const c of clients) await send(c.page, said(c));
 
     for (const { page, user } of clients) {
-      step = `${user}'s page shows all four messages, each with its sender`;
+      progress.step = `${user}'s page shows all four messages, each with its sender`;
       for (const from of clients) {
         const msg = await messageIn(page, said(from));
         const body = await msg.locator('.user').textContent();
@@ -270,11 +254,11 @@ async function mixedScenario(browser) {
       check(count === 4, `${user}'s page shows ${count} messages, expected exactly 4 (nothing twice)`);
     }
 
-    step = 'screenshot of the polling page';
+    progress.step = 'screenshot of the polling page';
     mkdirSync(dirname(SCREENSHOT_MIXED), { recursive: true });
     await p.page.screenshot({ path: SCREENSHOT_MIXED, timeout: WAIT_MS });
 
-    step = 'p (poll) loses the network: it shows the backoff, then catches up on what it missed';
+    progress.step = 'p (poll) loses the network: it shows the backoff, then catches up on what it missed';
     await p.context.setOffline(true);
     await p.page.waitForFunction(() => document.getElementById('status').dataset.state === 'reconnecting', null, {
       timeout: WAIT_MS,
@@ -290,7 +274,7 @@ async function mixedScenario(browser) {
     });
     await waitForOnline(p.page, users);
 
-    step = 'a message over the server limit: the HTTP error shows as an error line';
+    progress.step = 'a message over the server limit: the HTTP error shows as an error line';
     await l.page.evaluate(() => {
       document.getElementById('message').value = 'x'.repeat(4001); // past the input's maxlength
     });
@@ -299,14 +283,14 @@ async function mixedScenario(browser) {
       .locator('#log .notice.error', { hasText: 'limited to 4000 characters' })
       .waitFor({ state: 'visible', timeout: WAIT_MS });
 
-    step = 's (sse) sends 关闭: its page disconnects, the others see s leave';
+    progress.step = 's (sse) sends 关闭: its page disconnects, the others see s leave';
     await closeWith(s, '关闭');
     for (const { page } of [w, l, p]) {
       await waitForLogText(page, 's left');
       await waitForGone(page, 's');
     }
 
-    step = 'p (poll) sends /close: it stops polling, the server drops it after its poll timeout';
+    progress.step = 'p (poll) sends /close: it stops polling, the server drops it after its poll timeout';
     const polls = [];
     p.page.on('request', (req) => {
       if (req.url().includes('/events?')) polls.push(req.url());
@@ -321,7 +305,7 @@ async function mixedScenario(browser) {
     const closeSent = await w.page.locator('#log .msg', { hasText: '/close' }).count();
     check(closeSent === 0, 'the close word was posted to the room as a message');
 
-    step = 'p reconnects as a new polling client and is announced again';
+    progress.step = 'p reconnects as a new polling client and is announced again';
     const pJoined = await notices(w.page, 'p joined');
     await p.page.click('#reconnect');
     await p.page.locator('#log .notice.state', { hasText: '[connected]' }).nth(1).waitFor({ timeout: WAIT_MS });
@@ -329,7 +313,7 @@ async function mixedScenario(browser) {
     await waitForOnline(w.page, ['w', 'l', 'p']);
     await waitForNotices(w.page, 'p joined', pJoined + 1);
 
-    step = 'l (long polling) sends 关闭: its page disconnects and stops polling';
+    progress.step = 'l (long polling) sends 关闭: its page disconnects and stops polling';
     await closeWith(l, '关闭');
     check((await l.page.locator('#online li').count()) === 0, 'l still lists users after disconnecting');
   } finally {
@@ -338,7 +322,7 @@ async function mixedScenario(browser) {
 }
 
 async function urlScenario(browser) {
-  step = '?transport=sse in the URL joins over server-sent events';
+  progress.step = '?transport=sse in the URL joins over server-sent events';
   const a = await openUrl(browser, 'ua', 'room=urlroom&user=ua&transport=sse');
   await waitForOnline(a.page, ['ua']); // so that ua is told when ub joins
   const b = await openUrl(browser, 'ub', 'room=urlroom&user=ub&transport=longpoll');
@@ -346,7 +330,7 @@ async function urlScenario(browser) {
   try {
     // An unknown ?transport= leaves the menu on "Automatic", which connects over WebSocket.
     for (const [client, transport, label] of [[a, 'sse', 'sse'], [b, 'longpoll', 'longpoll'], [c, 'auto', 'ws']]) {
-      step = `${client.user}: ?transport= in the URL selects ${transport}`;
+      progress.step = `${client.user}: ?transport= in the URL selects ${transport}`;
       const { page, user } = client;
       await waitForLogText(page, '[connected]');
       const chosen = await page.inputValue('#transport');
@@ -355,13 +339,13 @@ async function urlScenario(browser) {
       check(status.includes(LABELS[label]), `${user}: the status line does not say ${LABELS[label]}: ${status}`);
     }
 
-    step = 'the three URL-joined pages see each other and each other\'s messages';
+    progress.step = 'the three URL-joined pages see each other and each other\'s messages';
     for (const { page } of [a, b, c]) await waitForOnline(page, ['ua', 'ub', 'uc']);
     await send(b.page, 'long poll via the URL');
     await messageIn(a.page, 'long poll via the URL');
     await messageIn(c.page, 'long poll via the URL');
 
-    step = 'ub reloads: the tab resumes its polling client (same ID, nobody joins twice)';
+    progress.step = 'ub reloads: the tab resumes its polling client (same ID, nobody joins twice)';
     const idBefore = await b.page.evaluate(() => JSON.parse(sessionStorage.getItem('channels-chat-client')).id);
     await b.page.reload({ timeout: WAIT_MS });
     await waitForLogText(b.page, '[connected]');
@@ -382,31 +366,16 @@ async function urlScenario(browser) {
 }
 
 async function main() {
-  step = `launching ${CHROMIUM}`;
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox'],
-    timeout: WAIT_MS,
-  });
+  progress.step = 'launching Chromium';
+  const browser = await launch();
   try {
     await websocketScenario(browser);
     await mixedScenario(browser);
     await urlScenario(browser);
+    console.log(`screenshots: ${SCREENSHOT}, ${SCREENSHOT_MIXED}`);
   } finally {
     await browser.close().catch(() => {});
   }
 }
 
-try {
-  const started = Date.now();
-  await main();
-  console.log(
-    `ok: browser chat test passed in ${((Date.now() - started) / 1000).toFixed(1)} s ` +
-      `(screenshots: ${SCREENSHOT}, ${SCREENSHOT_MIXED})`,
-  );
-  process.exit(0);
-} catch (err) {
-  console.error(`FAIL at step: ${step}\n${err && err.stack ? err.stack : err}`);
-  if (consoleLines.length) console.error('--- browser console ---\n' + consoleLines.join('\n'));
-  process.exit(1);
-}
+await run('chat', main);

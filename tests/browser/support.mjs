@@ -32,10 +32,12 @@ export function launch() {
   return chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: WAIT_MS });
 }
 
-/** A new page in its own context whose console goes into the failure message as `user`. */
-export async function newPage(browser, user) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+/** A new page in its own context whose console goes into the failure message as `user`;
+ * `prepare(context)` runs before the page is made (routes for every page of the context). */
+export async function newPage(browser, user, { viewport = { width: 1000, height: 700 }, prepare = null } = {}) {
+  const context = await browser.newContext({ viewport });
   context.setDefaultTimeout(WAIT_MS);
+  if (prepare) await prepare(context);
   const page = await context.newPage();
   page.on('console', (msg) => progress.consoleLines.push(`[${user} console.${msg.type()}] ${msg.text()}`));
   page.on('pageerror', (err) => progress.consoleLines.push(`[${user} page error] ${err.message}`));
