@@ -6,7 +6,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use channels::http::{HttpRequest, text};
@@ -16,21 +15,13 @@ use support::{EventStream, Example, Proxy, free_port, get_from, http, next_json,
 
 /// The `caddyfile` block of docs/deployment.md.
 fn documented_config() -> String {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deployment.md")).expect("doc");
-    let fence = "```caddyfile\n";
-    let start = doc.find(fence).expect("a caddyfile block in docs/deployment.md") + fence.len();
-    doc[start..][..doc[start..].find("```").expect("the block's end")].to_owned()
+    support::deployment_block("caddyfile")
 }
 
 /// Caddy running the documented block, listening on a free port and proxying to `upstream`.
 fn start(upstream: SocketAddr) -> Proxy {
-    let caddy = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("caddy is missing: run scripts/install-test-deps (it installs Debian's caddy)");
-    let dir = std::env::temp_dir().join(format!("channels-caddy-{}-{}", std::process::id(), upstream.port()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let caddy = support::installed_program(&["/usr/bin/caddy", "/usr/local/bin/caddy"]);
+    let dir = support::scratch_dir("caddy", upstream.port());
     let port = free_port();
     let block = documented_config();
     assert!(block.contains("chat.example.com {") && block.contains("reverse_proxy 127.0.0.1:8000"), "{block}");

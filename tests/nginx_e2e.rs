@@ -5,7 +5,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use channels::http::{HttpRequest, text};
@@ -15,20 +14,13 @@ use support::{Example, Proxy, free_port, get_from, next_json, next_of_type, send
 
 /// The `nginx` block of docs/deployment.md.
 fn documented_config() -> String {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deployment.md")).expect("doc");
-    let start = doc.find("```nginx\n").expect("an nginx block in docs/deployment.md") + "```nginx\n".len();
-    doc[start..][..doc[start..].find("```").expect("the block's end")].to_owned()
+    support::deployment_block("nginx")
 }
 
 /// nginx running the documented block, listening on a free port and proxying to `upstream`.
 fn start(upstream: SocketAddr) -> Proxy {
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("nginx is missing: run scripts/install-test-deps (it installs Debian's nginx)");
-    let dir = std::env::temp_dir().join(format!("channels-nginx-{}-{}", std::process::id(), upstream.port()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let nginx = support::installed_program(&["/usr/sbin/nginx", "/usr/bin/nginx"]);
+    let dir = support::scratch_dir("nginx", upstream.port());
     let port = free_port();
     let block = documented_config();
     assert!(block.contains("listen 80;") && block.contains("server 127.0.0.1:8000;"), "{block}");

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -405,6 +405,31 @@ pub async fn get_from(from: &str, to: std::net::SocketAddr, path: &str, headers:
     let status = response.status().as_u16();
     let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The first fenced block of docs/deployment.md whose fence names `lang` (```` ```lang ````).
+pub fn deployment_block(lang: &str) -> String {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deployment.md")).expect("doc");
+    let fence = format!("```{lang}\n");
+    let start = doc.find(&fence).unwrap_or_else(|| panic!("a {lang} block in docs/deployment.md")) + fence.len();
+    doc[start..][..doc[start..].find("```").expect("the block's end")].to_owned()
+}
+
+/// The first of `paths` that exists: a program the tests need, which
+/// scripts/install-test-deps installs.
+pub fn installed_program(paths: &[&str]) -> PathBuf {
+    paths
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{} is missing: run scripts/install-test-deps (it installs it)", paths[0]))
+}
+
+/// A new directory for `name`'s files (configuration, logs) in this test process.
+pub fn scratch_dir(name: &str, port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("channels-{name}-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; a server started right after takes it).
