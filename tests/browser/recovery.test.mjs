@@ -8,7 +8,7 @@
 // Usage: node tests/browser/recovery.test.mjs http://127.0.0.1:8000/
 // Exit code 0 on success; on failure, a message on stderr and exit code 1.
 
-import { WAIT_MS, check, joinChat, launch, newPage, progress, run, say, startWatchdog, texts, waitForText } from './support.mjs';
+import { WAIT_MS, check, launch, openChat, progress, run, say, startWatchdog, texts, waitForText } from './support.mjs';
 
 const CUT_MS = 5_000;
 
@@ -19,18 +19,6 @@ if (!base) {
 }
 
 startWatchdog(80_000);
-
-async function openAs(browser, user, route) {
-  const page = await newPage(browser, user);
-  if (route) {
-    await page.routeWebSocket(/\/ws\/chat\//, route.socket);
-    // The page's plain HTTP to the same host goes through the cut too (channels.js asks the
-    // WebSocket's URL over HTTP to tell a server that is down from one that refuses).
-    await page.route(/\/ws\/chat\//, route.http);
-  }
-  await joinChat(page, base, user, 'recovery');
-  return page;
-}
 
 async function main() {
   const browser = await launch();
@@ -51,8 +39,8 @@ async function main() {
       http: (request) => (cut ? request.abort('internetdisconnected') : request.continue()),
     };
     progress.step = 'ann (routed) and bob join room "recovery" over WebSocket';
-    const ann = await openAs(browser, 'ann', route);
-    const bob = await openAs(browser, 'bob', null);
+    const ann = await openChat(browser, base, 'ann', 'recovery', route);
+    const bob = await openChat(browser, base, 'bob', 'recovery', null);
     await say(bob, 'before the cut');
     await waitForText(ann, 'before the cut');
 

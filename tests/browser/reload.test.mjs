@@ -8,7 +8,7 @@
 // Usage: node tests/browser/reload.test.mjs http://127.0.0.1:8000/
 // Exit code 0 on success; on failure, a message on stderr and exit code 1.
 
-import { WAIT_MS, check, describe, joinChat, launch, newPage, progress, run, say, sleep, startWatchdog, texts, waitForText } from './support.mjs';
+import { WAIT_MS, check, describe, launch, openChat, progress, run, say, sleep, startWatchdog, texts, waitForText } from './support.mjs';
 
 const ROOM = 'reload';
 const TYPED = 'typed before the reload';
@@ -27,30 +27,30 @@ await run('reload', async () => {
     let cut = false; // ann's connections (and HTTP to the WebSocket's URL) fail
     let current = null; // ann's open routed connection
     const frames = []; // what ann's page sent, parsed
-    const ann = await newPage(browser, 'ann');
-    await ann.routeWebSocket(/\/ws\/chat\//, (ws) => {
-      if (cut) {
-        ws.close({ code: 4000, reason: 'network cut' });
-        return;
-      }
-      const server = ws.connectToServer();
-      current = { ws, server };
-      ws.onMessage((frame) => {
-        try {
-          if (frame) frames.push(JSON.parse(frame));
-        } catch (_) {
-          frames.push({ message: frame });
+    const route = {
+      socket: (ws) => {
+        if (cut) {
+          ws.close({ code: 4000, reason: 'network cut' });
+          return;
         }
-        server.send(frame);
-      });
-      server.onMessage((frame) => ws.send(frame));
-    });
-    await ann.route(/\/ws\/chat\//, (request) => (cut ? request.abort('internetdisconnected') : request.continue()));
-    const bob = await newPage(browser, 'bob');
+        const server = ws.connectToServer();
+        current = { ws, server };
+        ws.onMessage((frame) => {
+          try {
+            if (frame) frames.push(JSON.parse(frame));
+          } catch (_) {
+            frames.push({ message: frame });
+          }
+          server.send(frame);
+        });
+        server.onMessage((frame) => ws.send(frame));
+      },
+      http: (request) => (cut ? request.abort('internetdisconnected') : request.continue()),
+    };
 
     progress.step = 'ann (routed) and bob join room "reload" over WebSocket';
-    await joinChat(ann, base, 'ann', ROOM);
-    await joinChat(bob, base, 'bob', ROOM);
+    const ann = await openChat(browser, base, 'ann', ROOM, route);
+    const bob = await openChat(browser, base, 'bob', ROOM);
     await say(bob, 'hello');
     await waitForText(ann, 'hello');
 

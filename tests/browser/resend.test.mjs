@@ -15,7 +15,7 @@
 // Usage: node tests/browser/resend.test.mjs http://127.0.0.1:8000/
 // Exit code 0 on success; on failure, a message on stderr and exit code 1.
 
-import { WAIT_MS, check, describe, joinChat, launch, newPage, progress, run, say, sleep, startWatchdog, texts, waitForText } from './support.mjs';
+import { WAIT_MS, check, describe, launch, openChat, progress, run, say, sleep, startWatchdog, texts, waitForText } from './support.mjs';
 
 const ROOM = 'resend';
 const LOST = 'lost in the cut';
@@ -29,18 +29,6 @@ if (!base) {
 }
 
 startWatchdog(80_000);
-
-async function openAs(browser, user, route) {
-  const page = await newPage(browser, user);
-  if (route) {
-    await page.routeWebSocket(/\/ws\/chat\//, route.socket);
-    // While cut off, the page's plain HTTP to the same URL fails too (channels.js asks it to
-    // tell a server that is down from one that refuses).
-    await page.route(/\/ws\/chat\//, route.http);
-  }
-  await joinChat(page, base, user, ROOM);
-  return page;
-}
 
 async function main() {
   const browser = await launch();
@@ -97,8 +85,8 @@ async function main() {
     };
 
     progress.step = 'ann (routed) and bob join room "resend" over WebSocket';
-    const ann = await openAs(browser, 'ann', route);
-    const bob = await openAs(browser, 'bob', null);
+    const ann = await openChat(browser, base, 'ann', ROOM, route);
+    const bob = await openChat(browser, base, 'bob', ROOM, null);
     await say(bob, 'hello');
     await waitForText(ann, 'hello');
 

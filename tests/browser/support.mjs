@@ -54,6 +54,20 @@ export async function joinChat(page, base, user, room) {
   await page.locator('#online li[data-user="' + user + '"]').waitFor({ timeout: WAIT_MS });
 }
 
+/** A new page as `user` in `room` of the chat at `base`, over WebSocket. With `route`, the
+ * page's WebSockets to /ws/chat/ go through `route.socket` and its plain HTTP to those URLs
+ * through `route.http` (channels.js asks a WebSocket's URL over HTTP to tell a server that is
+ * down from one that refuses, so a simulated cut must cover both). */
+export async function openChat(browser, base, user, room, route = null) {
+  const page = await newPage(browser, user);
+  if (route) {
+    await page.routeWebSocket(/\/ws\/chat\//, route.socket);
+    await page.route(/\/ws\/chat\//, route.http);
+  }
+  await joinChat(page, base, user, room);
+  return page;
+}
+
 /** Sends `text` from the chat page's message box. */
 export async function say(page, text) {
   await page.fill('#message', text);
