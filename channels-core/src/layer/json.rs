@@ -10,7 +10,7 @@ use std::cell::Cell;
 use serde::Serialize;
 use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 
-use super::message::MAX_NESTING_DEPTH;
+use super::message::{MAX_NESTING_DEPTH, Reader};
 
 /// `msgpack` (one value) as JSON text.
 pub(crate) fn to_json(msgpack: &[u8]) -> Result<String, serde_json::Error> {
@@ -29,24 +29,15 @@ pub(crate) fn to_json(msgpack: &[u8]) -> Result<String, serde_json::Error> {
 /// keys that are not strings, strings that are not UTF-8, broken input), which takes the
 /// general path. The text is the same either way (checked in the tests).
 fn flat_map(msgpack: &[u8]) -> Option<String> {
-    let mut input = msgpack;
-    let len = match take(&mut input, 1)?[0] {
-        m @ 0x80..=0x8f => usize::from(m & 0x0f),
-        0xde => length(&mut input, 2)?,
-        _ => return None,
-    };
+    let mut input = Reader::new(msgpack);
+    let len = input.map_len().ok()?;
     let mut out = Vec::with_capacity(msgpack.len() + msgpack.len() / 4 + 16);
     out.push(b'{');
     for i in 0..len {
         if i > 0 {
             out.push(b',');
         }
-        let key = match take(&mut input, 1)?[0] {
-            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
-            m @ 0xd9..=0xdb => length(&mut input, 1 << (m - 0xd9))?,
-            _ => return None,
-        };
-        push_str(&mut out, take(&mut input, key)?)?;
+        push_str(&mut out, input.str_bytes().ok()?)?;
         out.push(b':');
         scalar(&mut out, &mut input)?;
     }
@@ -55,53 +46,32 @@ fn flat_map(msgpack: &[u8]) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The next `n` bytes of `input`.
-fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if input.len() < n {
-        return None;
-    }
-    let (taken, rest) = input.split_at(n);
-    *input = rest;
-    Some(taken)
-}
-
-/// A big-endian number of `width` bytes (at most 8).
-fn fixed(input: &mut &[u8], width: usize) -> Option<u64> {
-    Some(take(input, width)?.iter().fold(0, |n, &b| n << 8 | u64::from(b)))
-}
-
-/// A big-endian length of `width` bytes (1, 2 or 4).
-fn length(input: &mut &[u8], width: usize) -> Option<usize> {
-    usize::try_from(fixed(input, width)?).ok()
-}
-
 /// The scalar value at the start of `input` as JSON, as `serde_json` writes it.
-fn scalar(out: &mut Vec<u8>, input: &mut &[u8]) -> Option<()> {
+fn scalar(out: &mut Vec<u8>, input: &mut Reader<'_>) -> Option<()> {
     use serde_json::ser::{CompactFormatter, Formatter};
-    let marker = take(input, 1)?[0];
+    if let Some(0xa0..=0xbf | 0xd9..=0xdb) = input.peek() {
+        return push_str(out, input.str_bytes().ok()?);
+    }
+    let marker = input.byte().ok()?;
+    let mut fixed = |width: usize| input.fixed(width).ok();
     let written = match marker {
-        0xa0..=0xbf => return push_str(out, take(input, usize::from(marker & 0x1f))?),
-        0xd9..=0xdb => {
-            let len = length(input, 1 << (marker - 0xd9))?;
-            return push_str(out, take(input, len)?);
-        }
         0xc0 => CompactFormatter.write_null(out),
         0xc2 => CompactFormatter.write_bool(out, false),
         0xc3 => CompactFormatter.write_bool(out, true),
         0x00..=0x7f => CompactFormatter.write_u64(out, u64::from(marker)),
         0xe0..=0xff => CompactFormatter.write_i64(out, i64::from(marker as i8)),
-        0xcc..=0xcf => CompactFormatter.write_u64(out, fixed(input, 1 << (marker - 0xcc))?),
+        0xcc..=0xcf => CompactFormatter.write_u64(out, fixed(1 << (marker - 0xcc))?),
         0xd0..=0xd3 => {
             let bits = 8 << (marker - 0xd0);
             // Sign-extended from its width.
-            let n = (fixed(input, bits / 8)? << (64 - bits)) as i64 >> (64 - bits);
+            let n = (fixed(bits / 8)? << (64 - bits)) as i64 >> (64 - bits);
             CompactFormatter.write_i64(out, n)
         }
-        0xca => match f32::from_bits(fixed(input, 4)? as u32) {
+        0xca => match f32::from_bits(fixed(4)? as u32) {
             f if f.is_finite() => CompactFormatter.write_f32(out, f),
             _ => CompactFormatter.write_null(out),
         },
-        0xcb => match f64::from_bits(fixed(input, 8)?) {
+        0xcb => match f64::from_bits(fixed(8)?) {
             f if f.is_finite() => CompactFormatter.write_f64(out, f),
             _ => CompactFormatter.write_null(out),
         },

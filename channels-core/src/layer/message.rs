@@ -89,7 +89,7 @@ struct Head<'a> {
 
 /// Reads msgpack bytes value by value, checking their structure without building anything.
 /// What it accepts and refuses is what decoding with `rmp_serde` does (compared in the tests).
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     rest: &'a [u8],
 }
 
@@ -98,7 +98,16 @@ fn codec(what: &str) -> MessageError {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+
+    /// The next byte, not taken.
+    pub(super) fn peek(&self) -> Option<u8> {
+        self.rest.first().copied()
+    }
+
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], MessageError> {
         if self.rest.len() < n {
             return Err(codec("truncated msgpack"));
         }
@@ -107,17 +116,22 @@ impl<'a> Reader<'a> {
         Ok(taken)
     }
 
-    fn byte(&mut self) -> Result<u8, MessageError> {
+    pub(super) fn byte(&mut self) -> Result<u8, MessageError> {
         Ok(self.take(1)?[0])
+    }
+
+    /// A big-endian number of `width` bytes (at most 8).
+    pub(super) fn fixed(&mut self, width: usize) -> Result<u64, MessageError> {
+        Ok(self.take(width)?.iter().fold(0, |n, &b| n << 8 | u64::from(b)))
     }
 
     /// A big-endian length of `width` bytes (1, 2 or 4).
     fn length(&mut self, width: usize) -> Result<usize, MessageError> {
-        Ok(self.take(width)?.iter().fold(0, |n, &b| n << 8 | usize::from(b)))
+        usize::try_from(self.fixed(width)?).map_err(|_| codec("msgpack length beyond memory"))
     }
 
     /// The length of the map that starts here.
-    fn map_len(&mut self) -> Result<usize, MessageError> {
+    pub(super) fn map_len(&mut self) -> Result<usize, MessageError> {
         match self.byte().map_err(|_| MessageError::NotAMap)? {
             m @ 0x80..=0x8f => Ok(usize::from(m & 0x0f)),
             0xde => self.length(2),
@@ -133,7 +147,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The bytes of the next value, which must be a msgpack `str`.
-    fn str_bytes(&mut self) -> Result<&'a [u8], MessageError> {
+    pub(super) fn str_bytes(&mut self) -> Result<&'a [u8], MessageError> {
         let len = match self.byte()? {
             m @ 0xa0..=0xbf => usize::from(m & 0x1f),
             m @ 0xd9..=0xdb => self.length(1 << (m - 0xd9))?,
@@ -224,7 +238,7 @@ impl Message {
 
     /// Wraps bytes that already hold a msgpack map, checking the same rules as [`Message::new`].
     pub fn from_msgpack(bytes: Vec<u8>) -> Result<Self, MessageError> {
-        let head = Reader { rest: &bytes }.head()?;
+        let head = Reader::new(&bytes).head()?;
         if head.reserved {
             return Err(MessageError::ReservedKey(RESERVED_CHANNEL_KEY));
         }
@@ -283,7 +297,7 @@ impl Message {
     /// assert_eq!(msg.get_str("user"), None);
     /// ```
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        Reader { rest: &self.inner.bytes }.top_level_str(key)
+        Reader::new(&self.inner.bytes).top_level_str(key)
     }
 
     /// Whether the map has an `"epoch"` or `"offset"` key at its top level.
